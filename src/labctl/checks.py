@@ -1,0 +1,307 @@
+"""Checks that need the whole inventory, not one field.
+
+Each check returns InputErrors pointing at the line the operator must change. The list
+is exhaustive on purpose: an operator fixing a file wants every problem at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Iterator
+
+from labctl import gguf_header
+from labctl.errors import InputError
+from labctl.inventory import (
+    BACKEND_KINDS,
+    SECRET_NAME_RE,
+    Inventory,
+    LiteLLM,
+    LlamaCppPython,
+    LlamaServer,
+    Ollama,
+    ServiceBase,
+    Vllm,
+)
+from labctl.yamlsrc import Source
+
+# Flags labctl sets itself from typed fields; setting them again through extra_args
+# would silently override (or duplicate) the checked value, e.g. --host 0.0.0.0.
+OWNED_FLAGS = {
+    "llama-server": {"--host", "--port", "--model", "-m", "--alias", "-a", "--n-gpu-layers", "-ngl",
+                     "--gpu-layers", "--ctx-size", "-c", "--threads", "-t", "--parallel", "-np",
+                     "--metrics"},
+    "llama-cpp-python": {"--host", "--port", "--model", "--model_alias", "--n_gpu_layers", "--n_ctx",
+                         "--n_threads"},
+    "vllm": {"--host", "--port", "--served-model-name", "--quantization", "-q", "--dtype",
+             "--gpu-memory-utilization", "--max-model-len", "--device", "--enforce-eager"},
+    "litellm": {"--host", "--port", "--config", "-c"},
+    "ollama": set(),
+}
+
+
+def cross_check(inv: Inventory, src: Source, *, check_files: bool = False) -> list[InputError]:
+    errors: list[InputError] = []
+    for check in (_ports, _binds, _extra_args, _environment, _gpu_layers, _llama_ctx, _vllm,
+                  _gateways, _images):
+        errors.extend(check(inv, src))
+    if check_files:
+        errors.extend(_files(inv, src))
+    return errors
+
+
+def _ports(inv: Inventory, src: Source) -> Iterator[InputError]:
+    claimed: dict[int, str] = {}
+
+    def claim(port: int, loc: tuple, who: str) -> Iterator[InputError]:
+        if port in claimed:
+            yield src.error(loc, f"port {port} is already used by {claimed[port]}")
+        else:
+            claimed[port] = who
+
+    for name, svc in inv.services.items():
+        if svc.enabled:
+            yield from claim(svc.port, ("services", name, "port"), f"services.{name}")
+    mon = inv.monitoring
+    if mon.enabled:
+        yield from claim(mon.prometheus.port, ("monitoring", "prometheus", "port"), "monitoring.prometheus")
+        yield from claim(mon.grafana.port, ("monitoring", "grafana", "port"), "monitoring.grafana")
+        if mon.node_exporter.enabled:
+            yield from claim(mon.node_exporter.port, ("monitoring", "node_exporter", "port"),
+                             "monitoring.node_exporter")
+
+
+def _is_loopback(addr: str) -> bool:
+    return ipaddress.ip_address(addr).is_loopback
+
+
+def _binds(inv: Inventory, src: Source) -> Iterator[InputError]:
+    if inv.host.allow_public_bind:
+        return
+    hint = "binding beyond loopback needs host.allow_public_bind: true"
+    if not _is_loopback(inv.host.bind):
+        yield src.error(("host", "bind"), f"{inv.host.bind} is not a loopback address; {hint}")
+    for name, svc in inv.services.items():
+        if svc.bind is not None and not _is_loopback(svc.bind):
+            yield src.error(("services", name, "bind"), f"{svc.bind} is not a loopback address; {hint}")
+
+
+def _extra_args(inv: Inventory, src: Source) -> Iterator[InputError]:
+    for name, svc in inv.services.items():
+        owned = OWNED_FLAGS[svc.kind]  # type: ignore[attr-defined]
+        for i, arg in enumerate(svc.extra_args):
+            flag = arg.split("=", 1)[0]
+            if flag in owned:
+                yield src.error(("services", name, "extra_args", i),
+                                f"{flag} is set by labctl from the typed field; set that field instead")
+            if "\n" in arg:
+                yield src.error(("services", name, "extra_args", i), "must not contain a newline")
+
+
+def _environment(inv: Inventory, src: Source) -> Iterator[InputError]:
+    for name, svc in inv.services.items():
+        for key, value in svc.environment.items():
+            loc = ("services", name, "environment", key)
+            if SECRET_NAME_RE.search(key):
+                yield src.error(loc, "looks like a secret; secrets must not be inline: put it in a 0600 "
+                                     "file listed in environment_files")
+            if "\n" in value:
+                yield src.error(loc, "must not contain a newline")
+            if isinstance(svc, Ollama) and key == "OLLAMA_HOST":
+                yield src.error(loc, "OLLAMA_HOST is set by labctl from bind and port")
+
+
+def _gpu_layers(inv: Inventory, src: Source) -> Iterator[InputError]:
+    if not inv.host.gpu:
+        return
+    for name, svc in inv.services.items():
+        if isinstance(svc, (LlamaServer, LlamaCppPython)) and svc.enabled and svc.n_gpu_layers == 0:
+            yield src.error(("services", name, "n_gpu_layers"),
+                            "0 on a GPU host runs the model on the CPU; set the layers to offload, "
+                            "or host.gpu: false for a CPU-only host")
+
+
+def _llama_ctx(inv: Inventory, src: Source) -> Iterator[InputError]:
+    for name, svc in inv.services.items():
+        if isinstance(svc, LlamaServer) and svc.ctx_size // svc.parallel < 64:
+            yield src.error(("services", name, "ctx_size"),
+                            f"ctx_size {svc.ctx_size} split over parallel {svc.parallel} leaves "
+                            f"{svc.ctx_size // svc.parallel} tokens per slot (minimum 64)")
+
+
+def _vllm(inv: Inventory, src: Source) -> Iterator[InputError]:
+    for name, svc in inv.services.items():
+        if not isinstance(svc, Vllm):
+            continue
+        if svc.quantization in ("awq", "gptq") and svc.dtype == "float32":
+            yield src.error(("services", name, "dtype"),
+                            f"vLLM refuses float32 with {svc.quantization} quantization; use float16 or bfloat16")
+        if svc.cpu_kv_cache_gib is not None and svc.device != "cpu":
+            yield src.error(("services", name, "cpu_kv_cache_gib"), "only applies with device: cpu")
+
+
+def _backend_model(svc: ServiceBase) -> str | None:
+    if isinstance(svc, (LlamaServer, LlamaCppPython)):
+        return svc.alias
+    if isinstance(svc, Vllm):
+        return svc.served_model_name
+    return None
+
+
+def _gateways(inv: Inventory, src: Source) -> Iterator[InputError]:
+    gateways = [(n, s) for n, s in inv.services.items() if isinstance(s, LiteLLM)]
+    enabled = [n for n, s in gateways if s.enabled]
+    if len(enabled) > 1:
+        yield src.error(("services", enabled[1]), f"only one enabled litellm gateway is supported "
+                                                  f"(also: {enabled[0]})")
+    for name, gw in gateways:
+        yield from _routes(inv, src, name, gw)
+        yield from _fallbacks(src, name, gw)
+
+
+def _routes(inv: Inventory, src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:
+    seen: dict[str, int] = {}
+    for i, route in enumerate(gw.routes):
+        loc = ("services", name, "routes", i)
+        if route.name in seen:
+            yield src.error(loc + ("name",), f"route {route.name!r} is already defined at routes[{seen[route.name]}]")
+        seen.setdefault(route.name, i)
+        backend = inv.services.get(route.service)
+        if backend is None:
+            yield src.error(loc + ("service",), f"no service named {route.service!r}")
+            continue
+        if backend.kind not in BACKEND_KINDS:  # type: ignore[attr-defined]
+            yield src.error(loc + ("service",), f"{route.service!r} is a {backend.kind} service, not a model backend")  # type: ignore[attr-defined]
+            continue
+        if not backend.enabled:
+            yield src.error(loc + ("service",), f"service {route.service!r} is disabled")
+        if isinstance(backend, Ollama):
+            if route.model is None:
+                yield src.error(loc, "an ollama route needs 'model' (one of the service's models)")
+            elif route.model not in backend.models:
+                yield src.error(loc + ("model",), f"{route.model!r} is not in services.{route.service}.models "
+                                                  f"({', '.join(backend.models)})")
+        elif route.model is not None and route.model != _backend_model(backend):
+            yield src.error(loc + ("model",), f"services.{route.service} serves {_backend_model(backend)!r}, "
+                                              f"not {route.model!r}")
+
+
+def _fallbacks(src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:
+    routes = {r.name for r in gw.routes}
+    base = ("services", name, "fallbacks")
+    for primary, chain in gw.fallbacks.items():
+        if primary not in routes:
+            yield src.error(base + (primary,), f"fallback chain for undefined model {primary!r} "
+                                               f"(routes: {', '.join(sorted(routes))})")
+        for i, target in enumerate(chain):
+            if target not in routes:
+                yield src.error(base + (primary, i), f"chain {primary!r} falls back to undefined model "
+                                                     f"{target!r} (routes: {', '.join(sorted(routes))})")
+            elif target == primary:
+                yield src.error(base + (primary, i), f"chain {primary!r} falls back to itself")
+            if chain.index(target) != i:
+                yield src.error(base + (primary, i), f"{target!r} appears twice in the chain")
+    cycle = find_cycle(gw.fallbacks)
+    if cycle:
+        yield src.error(base + (cycle[0],), "fallback cycle: " + " -> ".join(cycle))
+
+
+def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """A cycle of length >= 2 in the fallback graph, as a closed walk, or None.
+
+    LiteLLM follows a fallback's own fallbacks, so a -> b with b -> a loops until retries
+    run out. Self-loops are reported separately.
+    """
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in graph.get(node, []):
+            if nxt == node:
+                continue
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def _images(inv: Inventory, src: Source) -> Iterator[InputError]:
+    mon = inv.monitoring
+    for part, image in (("prometheus", mon.prometheus.image), ("grafana", mon.grafana.image),
+                        ("node_exporter", mon.node_exporter.image)):
+        tag = image.split("@", 1)[0].rsplit(":", 1)[-1]
+        if tag == "latest":
+            yield src.error(("monitoring", part, "image"), "pin the image to a version tag, not :latest")
+
+
+# --- --check-files: the inventory against this machine's files ------------------------
+
+
+def _files(inv: Inventory, src: Source) -> Iterator[InputError]:
+    host = inv.host
+    models_dir = Path(host.expand(host.models_dir))
+    for name, svc in inv.services.items():
+        if not svc.enabled:
+            continue
+        base = ("services", name)
+        binary = getattr(svc, "binary", None)
+        if binary is not None:
+            yield from _executable(src, base + ("binary",), Path(host.expand(binary)))
+        runtime = getattr(svc, "runtime", None)
+        if runtime is not None and not runtime.pip:
+            # A runtime labctl provisions (pip specs) may not exist yet; anything else must.
+            yield from _executable(src, base + ("runtime",), Path(runtime.interpreter(host)))
+        for i, env_file in enumerate(svc.environment_files):
+            path = Path(host.expand(env_file))
+            if not path.is_file():
+                yield src.error(base + ("environment_files", i), f"{path} does not exist")
+        if isinstance(svc, (LlamaServer, LlamaCppPython)):
+            yield from _model_file(inv, src, base + ("model",), svc, models_dir)
+
+
+def _executable(src: Source, loc: tuple, path: Path) -> Iterator[InputError]:
+    if not path.exists():
+        yield src.error(loc, f"{path} does not exist")
+    elif not path.is_file() or not os.access(path, os.X_OK):
+        yield src.error(loc, f"{path} is not an executable file")
+
+
+def _model_file(inv: Inventory, src: Source, loc: tuple, svc: LlamaServer | LlamaCppPython,
+                models_dir: Path) -> Iterator[InputError]:
+    path = Path(inv.model_path(svc))
+    if svc.model == "current":
+        if not path.is_symlink():
+            what = "is not a symlink" if path.exists() else "does not exist"
+            yield src.error(loc, f"{path} {what}; point it at a model with 'labctl model switch FILE'")
+            return
+        target = path.resolve()
+        if not target.is_relative_to(models_dir.resolve()):
+            yield src.error(loc, f"{path} resolves to {target}, outside the models dir {models_dir}")
+            return
+    if not path.exists():
+        yield src.error(loc, f"model file {path} does not exist")
+        return
+    problem = gguf_header.problem(path)
+    if problem:
+        yield src.error(loc, f"{path}: {problem}")
+        return
+    ctx = getattr(svc, "ctx_size", None) or getattr(svc, "n_ctx", None)
+    trained = gguf_header.context_length(path)
+    if trained and ctx and ctx > trained:
+        field = "ctx_size" if isinstance(svc, LlamaServer) else "n_ctx"
+        yield src.error(loc[:-1] + (field,), f"{ctx} exceeds the model's trained context length {trained}")

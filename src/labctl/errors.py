@@ -1,0 +1,76 @@
+"""One exception hierarchy; the CLI maps it to exit codes in one place (cli.main).
+
+Exit codes (stable, documented in docs/cli.md):
+  0 success, 1 unexpected internal error, 2 bad input, 3 host not ready (pre-flight),
+  4 an operation failed on the host, 5 another labctl run holds the lock.
+"""
+
+from __future__ import annotations
+
+
+class LabctlError(Exception):
+    """A failure that labctl explains to the operator in one line per problem."""
+
+    exit_code = 4
+
+    def lines(self) -> list[str]:
+        return [f"labctl: {self}"]
+
+    def as_dicts(self) -> list[dict[str, object]]:
+        return [{"message": str(self)}]
+
+
+class InputError(LabctlError):
+    """Something in an input file is wrong: ``file:line: dotted.path: message``."""
+
+    exit_code = 2
+
+    def __init__(self, file: str, line: int, path: str, message: str) -> None:
+        self.file, self.line, self.path, self.message = file, line, path, message
+        super().__init__(f"{file}:{line}: {path}: {message}")
+
+    def lines(self) -> list[str]:
+        return [str(self)]
+
+    def as_dicts(self) -> list[dict[str, object]]:
+        return [{"file": self.file, "line": self.line, "path": self.path, "message": self.message}]
+
+
+class InvalidInventory(LabctlError):
+    """Several InputErrors found in one pass; each is printed on its own line."""
+
+    exit_code = 2
+
+    def __init__(self, errors: list[InputError]) -> None:
+        self.errors = sorted(errors, key=lambda e: (e.line, e.path, e.message))
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+    def lines(self) -> list[str]:
+        return [str(e) for e in self.errors]
+
+    def as_dicts(self) -> list[dict[str, object]]:
+        return [d for e in self.errors for d in e.as_dicts()]
+
+
+class UsageError(LabctlError):
+    """A command-line argument is wrong (not an inventory problem)."""
+
+    exit_code = 2
+
+
+class HostNotReady(LabctlError):
+    """Pre-flight found the host unable to run the stack; nothing was changed."""
+
+    exit_code = 3
+
+
+class OperationFailed(LabctlError):
+    """A step on the host failed (systemctl, a probe deadline, docker compose...)."""
+
+    exit_code = 4
+
+
+class LockBusy(LabctlError):
+    """Another labctl run is mutating this host."""
+
+    exit_code = 5

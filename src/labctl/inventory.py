@@ -1,0 +1,311 @@
+"""The inventory schema: what ``inventory.yaml`` may say.
+
+Every model forbids unknown keys and is frozen once parsed. Paths may be absolute or
+start with ``~/`` (the host user's home, ``host.home``); nothing else, because a unit
+file's meaning must not depend on the directory labctl was run from.
+
+Cross-checks that need the whole document (ports, routes, fallbacks, ...) live in
+``labctl.checks``; this module only knows the shape of each piece.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import PurePosixPath
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, AfterValidator, model_validator
+
+NAME_RE = r"^[a-z0-9][a-z0-9-]{0,39}$"
+ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+DURATION_RE = r"^[1-9][0-9]*(ms|s|m|h)$"
+UNIT_PREFIX = "labctl-"
+
+
+def _check_path(value: str) -> str:
+    if not (value.startswith("/") or value.startswith("~/")):
+        raise ValueError("must be an absolute path or start with ~/ (the host user's home)")
+    if "\n" in value or "\x00" in value:
+        raise ValueError("must not contain newlines or NUL bytes")
+    if ".." in PurePosixPath(value).parts:
+        raise ValueError("must not contain '..'")
+    return value
+
+
+def _check_bind(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError("must be an IP address such as 127.0.0.1") from None
+    return value
+
+
+PathStr = Annotated[str, AfterValidator(_check_path)]
+BindAddr = Annotated[str, AfterValidator(_check_bind)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+EnvName = Annotated[str, Field(pattern=ENV_NAME_RE)]
+Duration = Annotated[str, Field(pattern=DURATION_RE)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class SecretRef(Strict):
+    """Where a secret lives. Never the secret itself.
+
+    ``env_file`` + ``var``: an environment file (mode 0600) holding ``VAR=value``; the unit
+    gets ``EnvironmentFile=``. labctl creates the file with a random value when
+    ``generate`` is true and the file does not exist.
+    ``env``: a variable already present in the user manager's environment.
+    """
+
+    env_file: PathStr | None = None
+    var: EnvName | None = None
+    env: EnvName | None = None
+    generate: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "SecretRef":
+        if self.env is not None:
+            if self.env_file is not None or self.var is not None or self.generate:
+                raise ValueError("use either {env: NAME} or {env_file: PATH, var: NAME}, not both")
+        elif self.env_file is None or self.var is None:
+            raise ValueError("a secret reference needs {env_file: PATH, var: NAME} or {env: NAME}")
+        return self
+
+    @property
+    def variable(self) -> str:
+        return self.env or self.var or ""
+
+
+class RestartPolicy(Strict):
+    restart: Literal["no", "on-failure", "on-abnormal", "always"] = "on-failure"
+    restart_sec: Annotated[int, Field(ge=0, le=3600)] = 5
+    start_limit_burst: Annotated[int, Field(ge=1, le=100)] = 5
+    start_limit_interval_sec: Annotated[int, Field(ge=1, le=86400)] = 600
+    stop_timeout_sec: Annotated[int, Field(ge=1, le=3600)] = 30
+
+
+class Host(Strict):
+    user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
+    home: PathStr | None = None
+    models_dir: PathStr = "~/models"
+    current_link: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+\.gguf$")] = "current.gguf"
+    state_dir: PathStr = "~/.local/state/labctl"
+    bind: BindAddr = "127.0.0.1"
+    allow_public_bind: bool = False
+    # Whether this host has a GPU the llama.cpp servers should offload to. With gpu: true,
+    # n_gpu_layers: 0 is refused: it silently runs a model on the CPU (an operator outage).
+    gpu: bool = True
+
+    @property
+    def home_dir(self) -> str:
+        if self.home:
+            return self.home
+        return "/root" if self.user == "root" else f"/home/{self.user}"
+
+    def expand(self, path: str) -> str:
+        """``~/x`` -> ``<home>/x``; absolute paths unchanged."""
+        if path.startswith("~/"):
+            return str(PurePosixPath(self.home_dir) / path[2:])
+        return path
+
+    @property
+    def current_path(self) -> str:
+        return str(PurePosixPath(self.expand(self.models_dir)) / self.current_link)
+
+
+class ServiceBase(Strict):
+    enabled: bool = True
+    port: Port
+    bind: BindAddr | None = None
+    description: str | None = None
+    extra_args: list[str] = []
+    environment: dict[EnvName, str] = {}
+    environment_files: list[PathStr] = []
+    restart: RestartPolicy | None = None
+    # Deadline for readiness after (re)start. Model loads dominate, so it is per service.
+    ready_timeout_sec: Annotated[int, Field(ge=1, le=7200)] = 120
+
+
+class Runtime(Strict):
+    """A Python runtime: an existing interpreter, or a venv labctl provisions with pip."""
+
+    venv: PathStr | None = None
+    python: PathStr | None = None
+    # Pinned pip requirement specs installed into ``venv`` by ``labctl up``.
+    pip: list[str] = []
+    pip_env: dict[EnvName, str] = {}
+
+    @model_validator(mode="after")
+    def _one(self) -> "Runtime":
+        if (self.venv is None) == (self.python is None):
+            raise ValueError("set exactly one of venv or python")
+        if self.pip and self.venv is None:
+            raise ValueError("pip specs need a venv to install into")
+        return self
+
+    def interpreter(self, host: Host) -> str:
+        if self.python:
+            return host.expand(self.python)
+        return str(PurePosixPath(host.expand(self.venv or "")) / "bin" / "python")
+
+
+class Ollama(ServiceBase):
+    kind: Literal["ollama"]
+    binary: PathStr = "/usr/local/bin/ollama"
+    port: Port = 11434
+    models: Annotated[list[str], Field(min_length=1)]
+    ready_timeout_sec: Annotated[int, Field(ge=1, le=7200)] = 60
+
+
+ModelRef = Annotated[str, Field(min_length=1)]
+
+
+class LlamaCppPython(ServiceBase):
+    kind: Literal["llama-cpp-python"]
+    runtime: Runtime
+    port: Port = 8000
+    model: ModelRef = "current"
+    alias: Annotated[str, Field(min_length=1)]
+    n_gpu_layers: Annotated[int, Field(ge=0)]
+    n_ctx: Annotated[int, Field(ge=64, le=1_048_576)] = 4096
+    n_threads: Annotated[int, Field(ge=1, le=1024)] | None = None
+
+
+class LlamaServer(ServiceBase):
+    kind: Literal["llama-server"]
+    binary: PathStr
+    port: Port = 8080
+    model: ModelRef = "current"
+    alias: Annotated[str, Field(min_length=1)]
+    n_gpu_layers: Annotated[int, Field(ge=0)]
+    ctx_size: Annotated[int, Field(ge=64, le=1_048_576)] = 4096
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = None
+    parallel: Annotated[int, Field(ge=1, le=256)] = 1
+    metrics: bool = True
+    # llama-server's own library directory, when the binary is not on the loader path.
+    library_path: PathStr | None = None
+
+
+class Vllm(ServiceBase):
+    kind: Literal["vllm"]
+    runtime: Runtime
+    port: Port = 8001
+    model: ModelRef
+    served_model_name: Annotated[str, Field(min_length=1)]
+    quantization: Literal["awq", "gptq", "fp8"] | None = None
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
+    max_model_len: Annotated[int, Field(ge=16, le=1_048_576)] = 4096
+    device: Literal["cuda", "cpu"] = "cuda"
+    enforce_eager: bool = False
+    # CPU only: GiB of RAM for the KV cache (VLLM_CPU_KVCACHE_SPACE).
+    cpu_kv_cache_gib: Annotated[int, Field(ge=1, le=1024)] | None = None
+    # The model is a local directory or already cached: run with the hub switched off.
+    offline: bool = False
+    ready_timeout_sec: Annotated[int, Field(ge=1, le=7200)] = 600
+
+
+class Route(Strict):
+    name: Annotated[str, Field(min_length=1)]
+    service: Annotated[str, Field(pattern=NAME_RE)]
+    # The model name the backend knows. Defaults to what the backend serves
+    # (alias / served_model_name); required for Ollama, which serves several.
+    model: str | None = None
+
+
+class RedisCache(Strict):
+    type: Literal["redis"] = "redis"
+    host: str = "127.0.0.1"
+    port: Port = 6379
+    password: SecretRef | None = None
+    ttl_sec: Annotated[int, Field(ge=1)] = 600
+
+
+class LiteLLM(ServiceBase):
+    kind: Literal["litellm"]
+    runtime: Runtime
+    port: Port = 4000
+    master_key: SecretRef = SecretRef(
+        env_file="~/.config/labctl/secrets/litellm.env", var="LITELLM_MASTER_KEY", generate=True
+    )
+    routes: Annotated[list[Route], Field(min_length=1)]
+    fallbacks: dict[str, list[str]] = {}
+    num_retries: Annotated[int, Field(ge=0, le=20)] = 1
+    timeout_sec: Annotated[float, Field(gt=0, le=3600)] = 600
+    cooldown_sec: Annotated[int, Field(ge=0, le=3600)] = 30
+    allowed_fails: Annotated[int, Field(ge=0, le=100)] = 3
+    cache: RedisCache | None = None
+    # LiteLLM's Prometheus callback (needs prometheus_client in the gateway's venv).
+    prometheus_metrics: bool = True
+
+
+Service = Annotated[Union[Ollama, LlamaCppPython, LlamaServer, Vllm, LiteLLM], Field(discriminator="kind")]
+KINDS = ("ollama", "llama-cpp-python", "llama-server", "vllm", "litellm")
+BACKEND_KINDS = ("ollama", "llama-cpp-python", "llama-server", "vllm")
+
+
+class Prometheus(Strict):
+    image: Annotated[str, Field(pattern=r"^[^\s:@]+(:[^\s:@]+)(@sha256:[0-9a-f]{64})?$")] = "prom/prometheus:v2.53.2"
+    port: Port = 9090
+    retention: Duration = "15d"
+
+
+class Grafana(Strict):
+    image: Annotated[str, Field(pattern=r"^[^\s:@]+(:[^\s:@]+)(@sha256:[0-9a-f]{64})?$")] = "grafana/grafana:11.2.2"
+    port: Port = 3000
+    admin_user: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "labadmin"
+    # A file holding only the password (mode 0600), generated by labctl when missing.
+    admin_password_file: PathStr = "~/.config/labctl/secrets/grafana-admin-password"
+
+
+class NodeExporter(Strict):
+    enabled: bool = True
+    image: Annotated[str, Field(pattern=r"^[^\s:@]+(:[^\s:@]+)(@sha256:[0-9a-f]{64})?$")] = "prom/node-exporter:v1.8.2"
+    port: Port = 9100
+
+
+class Monitoring(Strict):
+    enabled: bool = True
+    project: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")] = "labctl-monitoring"
+    scrape_interval: Duration = "15s"
+    evaluation_interval: Duration = "15s"
+    prometheus: Prometheus = Prometheus()
+    grafana: Grafana = Grafana()
+    node_exporter: NodeExporter = NodeExporter()
+
+
+class Inventory(Strict):
+    version: Literal[1]
+    host: Host
+    defaults: RestartPolicy = RestartPolicy()
+    services: dict[Annotated[str, Field(pattern=NAME_RE)], Service]
+    monitoring: Monitoring = Monitoring()
+
+    def enabled(self) -> dict[str, ServiceBase]:
+        return {name: svc for name, svc in self.services.items() if svc.enabled}
+
+    def bind_of(self, svc: ServiceBase) -> str:
+        return svc.bind or self.host.bind
+
+    def restart_of(self, svc: ServiceBase) -> RestartPolicy:
+        return svc.restart or self.defaults
+
+    def gateways(self) -> dict[str, LiteLLM]:
+        return {n: s for n, s in self.enabled().items() if isinstance(s, LiteLLM)}
+
+    def model_path(self, svc: LlamaCppPython | LlamaServer) -> str:
+        """The GGUF path a llama service is started with (the symlink, not its target)."""
+        if svc.model == "current":
+            return self.host.current_path
+        return self.host.expand(svc.model)
+
+
+def unit_name(service: str) -> str:
+    return f"{UNIT_PREFIX}{service}.service"
+
+
+SECRET_NAME_RE = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)

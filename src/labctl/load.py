@@ -1,0 +1,148 @@
+"""Turn ``inventory.yaml`` into a validated, cross-checked :class:`Inventory`.
+
+This is the only door into the core: everything after it may assume a coherent
+inventory. Every problem becomes an :class:`InputError` with file, line and dotted path.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+import types
+from typing import Annotated, Any, Union, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+
+from labctl import checks, yamlsrc
+from labctl.errors import InputError, InvalidInventory
+from labctl.inventory import KINDS, Inventory
+
+
+@dataclass(frozen=True)
+class Loaded:
+    inventory: Inventory
+    source: yamlsrc.Source
+
+    @property
+    def path(self) -> Path:
+        return self.source.path
+
+
+def load_inventory(path: Path | str, *, check_files: bool = False, text: str | None = None) -> Loaded:
+    """Parse, validate and cross-check. Raises InvalidInventory (or InputError)."""
+    source = yamlsrc.load(Path(path), text)
+    if not isinstance(source.data, dict):
+        raise InputError(str(source.path), source.line_of(()), "(document)",
+                         f"expected a mapping at the top level, got {_type_name(source.data)}")
+    try:
+        inventory = Inventory.model_validate(source.data)
+    except ValidationError as exc:
+        raise InvalidInventory(_convert(exc, source)) from None
+    errors = checks.cross_check(inventory, source, check_files=check_files)
+    if errors:
+        raise InvalidInventory(errors)
+    return Loaded(inventory, source)
+
+
+def _type_name(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number",
+            bool: "a boolean"}.get(type(value), type(value).__name__)
+
+
+def _convert(exc: ValidationError, source: yamlsrc.Source) -> list[InputError]:
+    out: list[InputError] = []
+    seen: set[tuple[str, str]] = set()
+    for err in exc.errors(include_url=False):
+        loc = _strip_union_tags(tuple(err["loc"]), source.data)
+        message = _message(err, loc, source.data)
+        if message is None:
+            continue
+        key = (yamlsrc.dotted(loc), message)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(source.error(loc, message))
+    return out
+
+
+# Fields typed SecretRef: a plain value there is a secret pasted into the file.
+SECRET_FIELDS = ("master_key", "password")
+
+
+def _strip_union_tags(loc: tuple, data: Any) -> tuple:
+    """pydantic puts the discriminator value into the location of a tagged union member
+    (``services.gw.litellm.port``); the operator's file has no such level."""
+    if len(loc) >= 3 and loc[0] == "services" and loc[2] in KINDS:
+        return loc[:2] + loc[3:]
+    return loc
+
+
+def _message(err: dict, loc: tuple, data: Any) -> str | None:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1], data)
+        hint = ""
+        if allowed:
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(sorted(allowed))})"
+        return f"unknown key{hint}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        return f"unknown service kind {err['input'].get('kind')!r}; expected one of: {', '.join(KINDS)}"
+    if kind == "union_tag_not_found":
+        return f"service needs a 'kind' (one of: {', '.join(KINDS)})"
+    if kind == "literal_error" and loc == ("version",):
+        return f"unsupported inventory version {err['input']!r}; this labctl reads version 1"
+    if loc and loc[-1] in SECRET_FIELDS and isinstance(err.get("input"), (str, int, float)):
+        return ("secrets must not be inline in the inventory; reference them with "
+                "{env_file: PATH, var: NAME} or {env: NAME}")
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if kind == "string_pattern_mismatch":
+        msg = f"{err['input']!r} is not allowed here (must match {err['ctx']['pattern']})"
+    return msg[0].lower() + msg[1:] if msg else msg
+
+
+def _allowed_keys(loc: tuple, data: Any) -> list[str]:
+    """The field names of the model found at ``loc`` (for 'did you mean')."""
+    return _fields_at(Inventory, loc, data) or []
+
+
+def _fields_at(ann: Any, loc: tuple, node: Any) -> list[str] | None:
+    origin, args = get_origin(ann), get_args(ann)
+    if origin is Annotated:
+        return _fields_at(args[0], loc, node)
+    if origin in (Union, types.UnionType):
+        members = [a for a in args if a is not type(None)]
+        kind = node.get("kind") if isinstance(node, dict) else None
+        for member in members:
+            tag = getattr(member, "model_fields", {}).get("kind")
+            if tag is not None and kind not in get_args(tag.annotation):
+                continue
+            found = _fields_at(member, loc, node)
+            if found is not None:
+                return found
+        return None
+    if origin in (list, dict):
+        if not loc:
+            return None
+        child = node[loc[0]] if _has(node, loc[0]) else None
+        return _fields_at(args[-1], loc[1:], child)
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        if not loc:
+            return list(ann.model_fields)
+        field = ann.model_fields.get(str(loc[0]))
+        if field is None:
+            return None
+        child = node.get(loc[0]) if isinstance(node, dict) else None
+        return _fields_at(field.annotation, loc[1:], child)
+    return None
+
+
+def _has(node: Any, key: Any) -> bool:
+    if isinstance(node, dict):
+        return key in node
+    return isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node)

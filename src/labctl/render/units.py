@@ -1,0 +1,148 @@
+"""systemd user units, one per enabled service."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from labctl import templates
+from labctl.inventory import (
+    Inventory,
+    LiteLLM,
+    LlamaCppPython,
+    LlamaServer,
+    Ollama,
+    ServiceBase,
+    Vllm,
+    unit_name,
+)
+from labctl.layout import Layout
+
+# Characters that force an ExecStart word into double quotes.
+_NEEDS_QUOTES = set(" \t\"'\\;")
+
+
+def quote_word(word: str) -> str:
+    """Quote one argv word for ExecStart=. ``%`` is a specifier and ``$`` expands
+    variables in systemd's command lines, so both are doubled to mean themselves."""
+    word = word.replace("%", "%%").replace("$", "$$")
+    if word and not (_NEEDS_QUOTES & set(word)):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def quote_assignment(key: str, value: str) -> str:
+    """``Environment="KEY=value"``; specifiers apply here too, ``$`` does not."""
+    text = f"{key}={value}".replace("%", "%%").replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def argv(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> list[str]:
+    host, bind, port = inv.host, inv.bind_of(svc), str(svc.port)
+    if isinstance(svc, Ollama):
+        args = [host.expand(svc.binary), "serve"]
+    elif isinstance(svc, LlamaServer):
+        args = [host.expand(svc.binary), "--model", inv.model_path(svc), "--alias", svc.alias,
+                "--host", bind, "--port", port, "--n-gpu-layers", str(svc.n_gpu_layers),
+                "--ctx-size", str(svc.ctx_size), "--parallel", str(svc.parallel)]
+        if svc.threads:
+            args += ["--threads", str(svc.threads)]
+        if svc.metrics:
+            args.append("--metrics")
+    elif isinstance(svc, LlamaCppPython):
+        args = [svc.runtime.interpreter(host), "-m", "llama_cpp.server", "--model", inv.model_path(svc),
+                "--model_alias", svc.alias, "--host", bind, "--port", port,
+                "--n_gpu_layers", str(svc.n_gpu_layers), "--n_ctx", str(svc.n_ctx)]
+        if svc.n_threads:
+            args += ["--n_threads", str(svc.n_threads)]
+    elif isinstance(svc, Vllm):
+        args = [svc.runtime.interpreter(host), "-m", "vllm.entrypoints.openai.api_server",
+                "--model", host.expand(svc.model) if svc.model.startswith(("/", "~/")) else svc.model,
+                "--served-model-name", svc.served_model_name, "--host", bind, "--port", port,
+                "--max-model-len", str(svc.max_model_len), "--dtype", svc.dtype,
+                "--gpu-memory-utilization", str(svc.gpu_memory_utilization)]
+        if svc.quantization:
+            args += ["--quantization", svc.quantization]
+        if svc.enforce_eager:
+            args.append("--enforce-eager")
+    elif isinstance(svc, LiteLLM):
+        args = [svc.runtime.interpreter(host), "-m", "litellm.proxy.proxy_cli",
+                "--config", str(layout.installed(layout.litellm_config)), "--host", bind, "--port", port]
+    else:  # pragma: no cover - the schema admits no other kind
+        raise TypeError(f"unknown service kind {type(svc).__name__}")
+    return args + list(svc.extra_args)
+
+
+def environment(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> dict[str, str]:
+    env: dict[str, str] = {}
+    if isinstance(svc, Ollama):
+        env["OLLAMA_HOST"] = f"{inv.bind_of(svc)}:{svc.port}"
+    elif isinstance(svc, LlamaServer) and svc.library_path:
+        env["LD_LIBRARY_PATH"] = inv.host.expand(svc.library_path)
+    elif isinstance(svc, Vllm):
+        state = PurePosixPath(layout.working_directory(name))
+        env["VLLM_CACHE_ROOT"] = str(state / "vllm-cache")
+        env["HF_HOME"] = str(state / "hf")
+        env["VLLM_NO_USAGE_STATS"] = "1"
+        env["DO_NOT_TRACK"] = "1"
+        if svc.device == "cpu":
+            env["VLLM_TARGET_DEVICE"] = "cpu"
+            if svc.cpu_kv_cache_gib:
+                env["VLLM_CPU_KVCACHE_SPACE"] = str(svc.cpu_kv_cache_gib)
+        if svc.offline:
+            env["HF_HUB_OFFLINE"] = "1"
+            env["TRANSFORMERS_OFFLINE"] = "1"
+    elif isinstance(svc, LiteLLM):
+        # Without this LiteLLM fetches a model cost map from the internet at start-up.
+        env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+        env["NO_DOCS"] = "True"
+    env.update(svc.environment)
+    return env
+
+
+def environment_files(inv: Inventory, svc: ServiceBase) -> list[str]:
+    files = [inv.host.expand(p) for p in svc.environment_files]
+    if isinstance(svc, LiteLLM):
+        for ref in (svc.master_key, svc.cache.password if svc.cache else None):
+            if ref is not None and ref.env_file:
+                files.append(inv.host.expand(ref.env_file))
+    return list(dict.fromkeys(files))
+
+
+def dependencies(inv: Inventory, svc: ServiceBase) -> list[str]:
+    """Units this one starts after: a gateway after the backends its routes use."""
+    if not isinstance(svc, LiteLLM):
+        return []
+    deps = dict.fromkeys(r.service for r in svc.routes if r.service in inv.services
+                         and inv.services[r.service].enabled)
+    return [unit_name(d) for d in deps]
+
+
+def render_unit(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> str:
+    restart = inv.restart_of(svc)
+    note = None
+    if isinstance(svc, Vllm) and restart.restart == "on-failure":
+        # vLLM's API server exits with status 0 after its engine dies, which on-failure
+        # treats as a clean stop: the model would stay down.
+        restart = restart.model_copy(update={"restart": "always"})
+        note = "always: vLLM exits 0 after an engine crash, which on-failure would not restart"
+    return templates.render(
+        "units/service.j2",
+        name=name,
+        kind=svc.kind,  # type: ignore[attr-defined]
+        bind=inv.bind_of(svc),
+        port=svc.port,
+        description=svc.description or f"labctl: {name} ({svc.kind}) on {inv.bind_of(svc)}:{svc.port}",  # type: ignore[attr-defined]
+        after=dependencies(inv, svc),
+        restart=restart,
+        restart_note=note,
+        working_directory=layout.working_directory(name),
+        environment=[quote_assignment(k, v) for k, v in sorted(environment(inv, name, svc, layout).items())],
+        environment_files=environment_files(inv, svc),
+        exec_start=" ".join(quote_word(w) for w in argv(inv, name, svc, layout)),
+        timeout_start_sec=90,
+        unit_stem=unit_name(name).removesuffix(".service"),
+    )
+
+
+def render_units(inv: Inventory, layout: Layout) -> dict[str, str]:
+    return {layout.unit(name): render_unit(inv, name, svc, layout) for name, svc in inv.enabled().items()}
