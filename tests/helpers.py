@@ -5,6 +5,7 @@ Standard library only, so any test tier can import this without extra dependenci
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -105,7 +106,9 @@ def wait_http(
     last: str = "no answer yet"
     while True:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with code {proc.returncode} while waiting for {url}")
+            raise RuntimeError(
+                f"process exited with code {proc.returncode} while waiting for {url}"
+            )
         try:
             result = http_request(url, timeout=max(interval, 2.0))
             if result.status == status:
@@ -114,7 +117,9 @@ def wait_http(
         except OSError as err:
             last = repr(err)
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"{url} did not answer {status} within {timeout:.0f}s (last: {last})")
+            raise TimeoutError(
+                f"{url} did not answer {status} within {timeout:.0f}s (last: {last})"
+            )
         time.sleep(interval)
 
 
@@ -177,10 +182,8 @@ def tail(path: Path, lines: int = 40) -> str:
 
 
 def _signal_group(proc: subprocess.Popen[Any], sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 __all__ = [

