@@ -214,7 +214,9 @@ def host_has_user_manager() -> bool:
         return False
     env = {**os.environ, "XDG_RUNTIME_DIR": runtime}
     try:
-        res = run_cmd(["systemctl", "--user", "is-system-running"], check=False, timeout=10, env=env)
+        res = run_cmd(
+            ["systemctl", "--user", "is-system-running"], check=False, timeout=10, env=env
+        )
     except SandboxError:
         return False
     return res.stdout.strip() in {"running", "degraded", "starting", "initializing", "maintenance"}
@@ -260,7 +262,7 @@ def ssh_key_path(rootfs: Path) -> Path:
 def rootfs_is_current(rootfs: Path, packages: Sequence[str] = PACKAGES) -> bool:
     stamp = Path(rootfs) / META_DIR / "stamp.json"
     try:
-        return json.loads(stamp.read_text()) == _stamp(packages)
+        return bool(json.loads(stamp.read_text()) == _stamp(packages))
     except (OSError, ValueError):
         return False
 
@@ -285,7 +287,7 @@ def build_rootfs(
     """Return a ready bookworm tree in ``cache_dir``, debootstrapping it first when needed.
 
     The build happens in a sibling temp dir that is renamed into place when complete, under an
-    flock so concurrent callers build once. Takes about a minute and ~330 MB the first time.
+    flock so concurrent callers build once. Takes 1-2 minutes and ~300 MB the first time.
     """
     _require_root()
     rootfs = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -319,7 +321,9 @@ def build_rootfs(
                 timeout=timeout,
             )
             _configure_rootfs(tmp)
-            (tmp / META_DIR / "stamp.json").write_text(json.dumps(_stamp(packages), indent=1) + "\n")
+            (tmp / META_DIR / "stamp.json").write_text(
+                json.dumps(_stamp(packages), indent=1) + "\n"
+            )
             old = None
             if rootfs.exists() or rootfs.is_symlink():
                 old = rootfs.parent / f".{rootfs.name}.tmp-old-{os.getpid()}"
@@ -386,8 +390,20 @@ def _configure_rootfs(root: Path) -> None:
     # ssh: a key pair for test tools, authorised for root and the user.
     key = meta / "id_ed25519"
     run_cmd(
-        ["chroot", root, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "labctl-sandbox",
-         "-f", f"/{META_DIR}/id_ed25519"]
+        [
+            "chroot",
+            root,
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "labctl-sandbox",
+            "-f",
+            f"/{META_DIR}/id_ed25519",
+        ]
     )
     pub = (meta / "id_ed25519.pub").read_text()
     run_cmd(["chroot", root, "ssh-keygen", "-A"])
@@ -413,8 +429,13 @@ def _configure_rootfs(root: Path) -> None:
         f"[Unit]\nConditionPathExists={SSHD_LISTEN_CONF}\n",
     )
     # Units that have nothing to do in a throwaway container and only slow the boot.
-    for unit in ("apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer",
-                 "fstrim.timer", "systemd-timesyncd.service"):
+    for unit in (
+        "apt-daily.timer",
+        "apt-daily-upgrade.timer",
+        "e2scrub_all.timer",
+        "fstrim.timer",
+        "systemd-timesyncd.service",
+    ):
         link = root / "etc/systemd/system" / unit
         if not link.exists() and not link.is_symlink():
             link.symlink_to("/dev/null")
@@ -491,7 +512,7 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 free right now (the sandbox shares the host's ports)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 def _port_in_use(port: int) -> bool:
@@ -646,32 +667,70 @@ class Machine:
         ``bind_ro``/``bind_rw`` are (host path, guest path) pairs. With ``inherit_pip`` the host's
         pip configuration is written to the guest's /etc/pip.conf and the local indexes, wheel
         dirs and constraint files it names are bound in read-only at the same paths.
-        ``ssh_port`` (None: no sshd) must be free on the host's 127.0.0.1.
+        ``ssh_port`` (None: no sshd) must be free on the host's 127.0.0.1: the machine shares the
+        host's network namespace, so any port a service inside binds can clash with the host's
+        and with other machines' (pick them with :func:`free_port`). ``name`` must be unique
+        among running machines. ``timeout`` bounds the whole boot up to labuser's manager.
         """
         _require_root()
         _require_tools("systemd-nspawn", "nsenter")
         rootfs = Path(rootfs).resolve()
         if not rootfs_is_current(rootfs) and not (rootfs / "sbin/init").exists():
             raise SandboxError(f"{rootfs} is not a sandbox rootfs (run build_rootfs first)")
-        if not name or not all(c.isalnum() or c in "-_." for c in name) or len(name) > 64:
-            raise SandboxError(f"bad machine name {name!r}: use letters, digits, - _ .")
+        ok_chars = all(c.isascii() and (c.isalnum() or c in "-.") for c in name)
+        if not name or not ok_chars or len(name) > 64 or name[0] in "-.":
+            raise SandboxError(f"bad machine name {name!r}: use letters, digits, '-' and '.'")
         if ssh_port is not None and _port_in_use(ssh_port):
             raise SandboxError(f"ssh port 127.0.0.1:{ssh_port} is already in use on the host")
+        binds_ro: list[tuple[str, str]] = [_validate_bind(h, g) for h, g in bind_ro]
+        binds_rw: list[tuple[str, str]] = [_validate_bind(h, g) for h, g in bind_rw]
+        pip = host_pip_settings() if inherit_pip else None
 
         cgroups = [root / f"labctl-sandbox-{name}" for root in _cgroup_roots()]
         for cg in cgroups:
             if cg.exists() and _cgroup_pids(cg):
                 raise SandboxError(f"a machine named {name} is already running ({cg})")
-            _remove_cgroup(cg)
+        for cg in cgroups:
+            _remove_cgroup(cg)  # an empty leftover of a crashed run
             cg.mkdir(parents=True)
 
         state_dir = Path(tempfile.mkdtemp(prefix=f"labctl-sandbox-{name}-"))
+        started = time.monotonic()
+        try:
+            proc = cls._start(name, rootfs, ssh_port, binds_ro, binds_rw, pip, state_dir, cgroups)
+        except BaseException:
+            for cg in cgroups:
+                _remove_cgroup(cg)
+            shutil.rmtree(state_dir, ignore_errors=True)
+            raise
+        machine = cls(name, rootfs, ssh_port, proc, state_dir, cgroups, pip)
+        _live_machines.add(machine)
+        try:
+            machine._wait_booted(started, timeout)
+        except BaseException:
+            machine.shutdown()
+            raise
+        return machine
+
+    @staticmethod
+    def _start(
+        name: str,
+        rootfs: Path,
+        ssh_port: int | None,
+        binds_ro: list[tuple[str, str]],
+        binds_rw: list[tuple[str, str]],
+        pip: PipSettings | None,
+        state_dir: Path,
+        cgroups: list[Path],
+    ) -> subprocess.Popen[bytes]:
         argv: list[str] = [
             "systemd-nspawn",
             "--boot",
             "--quiet",
-            "-D", os.fspath(rootfs),
-            "-M", name,
+            "-D",
+            os.fspath(rootfs),
+            "-M",
+            name,
             "--register=no",
             "--keep-unit",
             "--console=read-only",
@@ -679,13 +738,19 @@ class Machine:
             "--link-journal=no",
             "--resolv-conf=copy-host",
         ]
-        binds_ro: list[tuple[str, str]] = [_validate_bind(h, g) for h, g in bind_ro]
-        binds_rw: list[tuple[str, str]] = [_validate_bind(h, g) for h, g in bind_rw]
+        # The tree's /etc/hostname is the build host's: name the machine instead.
+        (state_dir / "hostname").write_text(f"{name}\n")
+        (state_dir / "hosts").write_text(
+            f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        )
+        binds_ro += [
+            (os.fspath(state_dir / "hostname"), "/etc/hostname"),
+            (os.fspath(state_dir / "hosts"), "/etc/hosts"),
+        ]
         if ssh_port is not None:
             listen = state_dir / "sshd-listen.conf"
             listen.write_text(f"ListenAddress 127.0.0.1:{ssh_port}\n")
             binds_ro.append((os.fspath(listen), SSHD_LISTEN_CONF))
-        pip = host_pip_settings() if inherit_pip else None
         if pip is not None:
             conf = state_dir / "pip.conf"
             conf.write_text(pip.conf)
@@ -702,10 +767,9 @@ class Machine:
                 (cg / "cgroup.procs").write_text(str(os.getpid()))
 
         log.info("boot: %s", shlex.join(argv))
-        started = time.monotonic()
         with open(state_dir / "console.log", "wb") as console:
             try:
-                proc = subprocess.Popen(
+                return subprocess.Popen(
                     argv,
                     stdin=subprocess.DEVNULL,
                     stdout=console,
@@ -714,23 +778,18 @@ class Machine:
                     start_new_session=True,
                 )
             except (OSError, subprocess.SubprocessError) as exc:
-                for cg in cgroups:
-                    _remove_cgroup(cg)
                 raise SandboxError(f"cannot start systemd-nspawn: {exc}") from exc
-        machine = cls(name, rootfs, ssh_port, proc, state_dir, cgroups, pip)
-        _live_machines.add(machine)
-        try:
-            machine._wait_booted(started, timeout)
-        except BaseException:
-            machine.shutdown()
-            raise
-        return machine
 
     def _fail_if_exited(self, what: str) -> None:
         if self._proc.poll() is not None:
-            tail = _one_line(self.log_path.read_text(errors="replace")) if self.log_path.exists() else ""
+            tail = (
+                _one_line(self.log_path.read_text(errors="replace"))
+                if self.log_path.exists()
+                else ""
+            )
             raise SandboxError(
-                f"systemd-nspawn for {self.name} exited {self._proc.returncode} while {what}: {tail}"
+                f"systemd-nspawn for {self.name} exited {self._proc.returncode}"
+                f" while {what}: {tail}"
             )
 
     def _wait_booted(self, started: float, timeout: float) -> None:
@@ -762,11 +821,14 @@ class Machine:
         self.system_state = state
         if state == "degraded":
             failed = self.run(["systemctl", "--failed", "--plain", "--no-legend"], check=False)
-            log.warning("%s booted degraded: %s", self.name, " ".join(
-                ln.split()[0] for ln in failed.stdout.splitlines() if ln.strip()))
+            log.warning(
+                "%s booted degraded: %s",
+                self.name,
+                " ".join(ln.split()[0] for ln in failed.stdout.splitlines() if ln.strip()),
+            )
 
         while True:
-            self._fail_if_exited("waiting for user@%d" % UID)
+            self._fail_if_exited(f"waiting for user@{UID}")
             left = deadline - time.monotonic()
             if left <= 0:
                 raise SandboxError(f"{self.name}: user@{UID}.service not active after {timeout:g}s")
@@ -774,7 +836,9 @@ class Machine:
             if res.stdout.strip() == "active":
                 user = self.run(
                     ["systemctl", "--user", "is-system-running", "--wait"],
-                    user=USER, check=False, timeout=max(left, 1),
+                    user=USER,
+                    check=False,
+                    timeout=max(left, 1),
                 )
                 if user.stdout.strip() in ("running", "degraded"):
                     break
@@ -795,11 +859,16 @@ class Machine:
                 self._proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 log.warning("%s did not power off in %gs: killing it", self.name, timeout)
-                for pid in (self.pid, self._proc.pid):
-                    if pid:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, signal.SIGKILL)
-                self._proc.wait(10)
+                # Kill the container's init first so that nspawn reaps it (killing nspawn first
+                # would hand it to the host's PID 1, which may never reap it).
+                if self.pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self.pid, signal.SIGKILL)
+                try:
+                    self._proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait(10)
         for cg in self._cgroups:
             _remove_cgroup(cg)
         shutil.rmtree(self.state_dir, ignore_errors=True)
@@ -842,29 +911,36 @@ class Machine:
             raise SandboxError(f"machine {self.name} is not running")
         extra = [f"{k}={v}" for k, v in (env or {}).items()]
         chdir = ["-C", cwd] if cwd else []
-        base = ["nsenter", "-t", str(self.pid), "-a", "--", "env", "-i", f"PATH={GUEST_PATH}",
-                "LANG=C.UTF-8"]
+        enter = ["nsenter", "-t", str(self.pid), "-a", "--"]
+        clean = ["env", "-i", *chdir, f"PATH={GUEST_PATH}", "LANG=C.UTF-8"]
         if user is None or user == "root":
-            cmd = base[:6] + chdir + base[6:] + ["HOME=/root", "USER=root", "LOGNAME=root", *extra, *argv]
+            cmd = [*enter, *clean, "HOME=/root", "USER=root", "LOGNAME=root", *extra, *argv]
         else:
             home = USER_HOME if user == USER else f"/home/{user}"
-            rt = USER_RUNTIME_DIR if user == USER else None
-            user_env = [f"HOME={home}", f"USER={user}", f"LOGNAME={user}", f"PATH={GUEST_PATH}",
-                        "LANG=C.UTF-8"]
-            if rt:
-                user_env += [f"XDG_RUNTIME_DIR={rt}", f"DBUS_SESSION_BUS_ADDRESS=unix:path={rt}/bus"]
-            cmd = base + ["runuser", "-u", user, "--", "env", "-i", *chdir, *user_env, *extra, *argv]
+            user_env = [f"HOME={home}", f"USER={user}", f"LOGNAME={user}"]
+            if user == USER:
+                rt = USER_RUNTIME_DIR
+                user_env += [
+                    f"XDG_RUNTIME_DIR={rt}",
+                    f"DBUS_SESSION_BUS_ADDRESS=unix:path={rt}/bus",
+                ]
+            # env -C runs after runuser, so the directory is entered as the user.
+            cmd = [*enter, "runuser", "-u", user, "--", *clean, *user_env, *extra, *argv]
         try:
             res = run_cmd(cmd, check=False, timeout=timeout, input=input)
         except SandboxTimeout:  # name the command as the caller wrote it
-            raise SandboxTimeout(f"{self.name}: {_short(argv)}: timed out after {timeout:g}s") from None
+            raise SandboxTimeout(
+                f"{self.name}: {_short(argv)}: timed out after {timeout:g}s"
+            ) from None
         if check and res.rc != 0:
             why = _one_line(res.stderr) or _one_line(res.stdout) or "no output"
             who = f" (as {user})" if user and user != "root" else ""
             raise SandboxError(f"{self.name}: {_short(argv)}{who} exited {res.rc}: {why}")
         return res
 
-    def user_systemctl(self, *args: str, check: bool = True, timeout: float | None = 60) -> CommandResult:
+    def user_systemctl(
+        self, *args: str, check: bool = True, timeout: float | None = 60
+    ) -> CommandResult:
         """``systemctl --user ARGS`` as labuser."""
         return self.run(["systemctl", "--user", *args], user=USER, check=check, timeout=timeout)
 
@@ -910,10 +986,13 @@ class Machine:
         self.mkdir(parent, owner=owner)
         self.run(
             ["tar", "-x", "--numeric-owner", "--same-owner", "-C", parent, "-f", "-"],
-            input=buf.getvalue(), timeout=timeout,
+            input=buf.getvalue(),
+            timeout=timeout,
         )
 
-    def write_text(self, dst: str, text: str, *, owner: str | None = None, mode: int = 0o644) -> None:
+    def write_text(
+        self, dst: str, text: str, *, owner: str | None = None, mode: int = 0o644
+    ) -> None:
         """Write ``text`` to the file ``dst`` inside, owned by ``owner`` (default root)."""
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / Path(dst).name
@@ -970,9 +1049,24 @@ class Machine:
         dst = f"{SRC_DIR}/{src_dir.name}"
         self.run(["rm", "-rf", dst])
         self.copy_in(
-            src_dir, dst, owner=USER,
-            exclude=(".git", ".venv", "venv", "__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache",
-                     ".ruff_cache", ".tox", "*.egg-info", "/build", "/dist", "node_modules"),
+            src_dir,
+            dst,
+            owner=USER,
+            exclude=(
+                ".git",
+                ".venv",
+                "venv",
+                "__pycache__",
+                "*.pyc",
+                ".pytest_cache",
+                ".mypy_cache",
+                ".ruff_cache",
+                ".tox",
+                "*.egg-info",
+                "/build",
+                "/dist",
+                "node_modules",
+            ),
         )
         self.mkdir(os.path.dirname(venv), owner=USER)
         self.run(["python3", "-m", "venv", venv], user=USER, timeout=timeout)
@@ -980,7 +1074,10 @@ class Machine:
         spec = dst + (f"[{','.join(extras)}]" if extras else "")
         self.run(
             [f"{venv}/bin/pip", "install", "--no-input", "--disable-pip-version-check", spec],
-            user=USER, env=pip_env, timeout=timeout, cwd=USER_HOME,
+            user=USER,
+            env=pip_env,
+            timeout=timeout,
+            cwd=USER_HOME,
         )
         seconds = time.monotonic() - started
         self.timings["install_python_project"] = seconds

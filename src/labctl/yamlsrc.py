@@ -10,6 +10,8 @@ that hides a whole service, so duplicates are an error here.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,14 +44,20 @@ class Source:
         return InputError(str(self.path), self.line_of(loc), dotted(loc), message)
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]*$")
+
+
 def dotted(loc: Loc) -> str:
-    """``('services', 'vllm', 'port')`` -> ``services.vllm.port``; list items as ``[3]``."""
+    """``('services', 'vllm', 'port')`` -> ``services.vllm.port``; list items as ``[3]``;
+    keys that would be unreadable in that form (empty, spaces, quotes) as ``["a key"]``."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
+        elif _PLAIN_KEY.match(str(part)):
             out += ("." if out else "") + str(part)
+        else:
+            out += f"[{json.dumps(str(part))}]"
     return out or "(document)"
 
 

@@ -140,9 +140,13 @@ def test_dashboard_queries_parse_as_promql(rendered, tmp_path: Path) -> None:
 def test_litellm_config_model_and_labctl_checks(rendered, repo_root: Path, tmp_path: Path) -> None:
     files, out = rendered
     config = out / "labctl/litellm/config.yaml"
-    check = ("import sys, yaml\n"
+    # ConfigYAML passes unknown providers, so each model's provider is resolved as well.
+    check = ("import sys, yaml, litellm\n"
              "from litellm.proxy._types import ConfigYAML\n"
-             "ConfigYAML(**yaml.safe_load(open(sys.argv[1])))\n"
+             "cfg = yaml.safe_load(open(sys.argv[1]))\n"
+             "ConfigYAML(**cfg)\n"
+             "for m in cfg['model_list']:\n"
+             "    litellm.get_llm_provider(model=m['litellm_params']['model'])\n"
              "print('ok')\n")
     proc = subprocess.run([str(litellm_python()), "-c", check, str(config)], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})

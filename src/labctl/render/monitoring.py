@@ -11,8 +11,9 @@ from labctl.inventory import Inventory, LiteLLM, LlamaCppPython, LlamaServer, Ol
 from labctl.layout import Layout
 from labctl.render.gateway import reach
 
-# LiteLLM's Prometheus callback metric families (measured on litellm 1.x; see
-# docs/monitoring.md). Alert rules and dashboards refer to them by these names only.
+# LiteLLM's Prometheus callback metric families (measured on litellm 1.106; see
+# docs/monitoring.md). Alert rules and dashboards refer to them by these names only, and
+# the integration tests check each against a real gateway's /metrics/.
 LITELLM_FALLBACKS = "litellm_deployment_successful_fallbacks_total"
 LITELLM_LATENCY = "litellm_request_total_latency_metric"
 LITELLM_REQUESTS = "litellm_proxy_total_requests_metric_total"
@@ -127,8 +128,9 @@ def backend_panels(inv: Inventory) -> list[tuple[str, str, list[tuple[str, str, 
                       restarts]
         elif isinstance(svc, LiteLLM) and svc.prometheus_metrics:
             panels = [up,
-                      ("Request rate by route", f"sum by (model_group) (rate({LITELLM_REQUESTS}{{{sel}}}[5m]))", "reqps"),
-                      ("Latency p95 by route", "histogram_quantile(0.95, sum by (le, model_group) "
+                      ("Request rate by route", f"sum by (requested_model) (rate({LITELLM_REQUESTS}{{{sel}}}[5m]))",
+                       "reqps"),
+                      ("Latency p95", "histogram_quantile(0.95, sum by (le) "
                                                f"(rate({LITELLM_LATENCY}_bucket{{{sel}}}[5m])))", "s"),
                       ("Fallbacks/s", f"sum(rate({LITELLM_FALLBACKS}{{{sel}}}[5m]))", "none"),
                       restarts]
