@@ -128,20 +128,30 @@ def fail(error: LabctlError, as_json: bool) -> NoReturn:
     raise SystemExit(error.exit_code)
 
 
+def _click_error() -> type[Exception]:
+    """Newer typer vendors its own click (typer._click); older typer uses click itself."""
+    try:
+        from typer._click.exceptions import ClickException  # type: ignore[import-not-found]
+    except ImportError:
+        from click.exceptions import ClickException
+    return ClickException
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: the one place where exceptions become exit codes."""
-    import click
-
+    click_error = _click_error()
     args = sys.argv[1:] if argv is None else argv
+    if not args:
+        args = ["--help"]
     try:
         code = app(args=args, prog_name="labctl", standalone_mode=False)
     except LabctlError as exc:
         fail(exc, "--json" in args)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         sys.stderr.write("labctl: interrupted\n")
         raise SystemExit(130) from None
-    except click.exceptions.ClickException as exc:
-        sys.stderr.write(f"labctl: {exc.format_message()}\n")
+    except click_error as exc:
+        sys.stderr.write(f"labctl: {exc.format_message()}\n")  # type: ignore[attr-defined]
         raise SystemExit(UsageError.exit_code) from None
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
         if os.environ.get("LABCTL_DEBUG"):

@@ -1,0 +1,42 @@
+"""CLI surface: usage errors are one line with exit 2; help and version work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from labctl.cli import main
+
+
+@pytest.mark.parametrize("args,message", [
+    (["validate", "--bogus"], "labctl: No such option: --bogus"),
+    (["nosuch"], "labctl: No such command 'nosuch'."),
+    (["render"], "labctl: Missing option '--out' / '-o'."),
+])
+def test_usage_errors_are_one_line_exit_2(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == message + "\n"
+
+
+def test_console_script_runs_and_no_traceback(tmp_path):
+    """Through the real entry point, as an operator runs it."""
+    bad = tmp_path / "inventory.yaml"
+    bad.write_text("version: 1\nhost: {user: llm}\nservices: {x: {kind: nope}}\n")
+    proc = subprocess.run([sys.executable, "-m", "labctl", "validate", "-i", str(bad)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"{bad}:3: services.x: unknown service kind 'nope'")
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("validate", "render", "plan"):
+        assert command in out
