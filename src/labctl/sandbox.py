@@ -52,7 +52,9 @@ import time
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+
+from labctl.errors import OperationFailed
+from labctl.proc import CommandFailed, CommandResult, CommandTimeout, one_line, run_cmd, short
 
 log = logging.getLogger(__name__)
 
@@ -98,85 +100,12 @@ def default_cache_dir() -> Path:
     return Path(base) / "labctl" / "sandbox" / f"{SUITE}-rootfs"
 
 
-class SandboxError(Exception):
+class SandboxError(OperationFailed):
     """A sandbox step failed; the message is one line."""
 
-    exit_code = 4  # same meaning as labctl's "an operation failed on the host"
 
-    def lines(self) -> list[str]:
-        return [str(self)]
-
-
-class SandboxTimeout(SandboxError):
-    """A command did not finish in time (its process group was killed)."""
-
-
-class CommandResult(NamedTuple):
-    rc: int
-    stdout: str
-    stderr: str
-
-
-# --------------------------------------------------------------------------- commands
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    tail = lines[-1] if lines else ""
-    return tail if len(tail) <= limit else tail[: limit - 3] + "..."
-
-
-def _short(argv: Sequence[str | os.PathLike[str]], limit: int = 160) -> str:
-    text = shlex.join(os.fspath(a) for a in argv)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def run_cmd(
-    argv: Sequence[str | os.PathLike[str]],
-    *,
-    check: bool = True,
-    timeout: float | None = None,
-    env: Mapping[str, str] | None = None,
-    input: bytes | str | None = None,
-    cwd: str | os.PathLike[str] | None = None,
-) -> CommandResult:
-    """Run ``argv`` (never through a shell), log it, return (rc, stdout, stderr).
-
-    With ``check`` a non-zero exit raises :class:`SandboxError`. On timeout the whole process
-    group is killed (``nsenter`` forks; its child would otherwise live on) and SandboxError
-    is raised whatever ``check`` says.
-    """
-    args = [os.fspath(a) for a in argv]
-    log.debug("run: %s", shlex.join(args))
-    data = input.encode() if isinstance(input, str) else input
-    try:
-        proc = subprocess.Popen(
-            args,
-            stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=dict(env) if env is not None else None,
-            cwd=cwd,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise SandboxError(f"cannot run {args[0]}: {exc.strerror or exc}") from exc
-    try:
-        out, err = proc.communicate(data, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise SandboxTimeout(f"{_short(args)}: timed out after {timeout:g}s") from None
-    result = CommandResult(
-        proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
-    )
-    if result.rc != 0:
-        log.debug("rc=%d stderr=%s", result.rc, _one_line(result.stderr))
-    if check and result.rc != 0:
-        why = _one_line(result.stderr) or _one_line(result.stdout) or "no output"
-        raise SandboxError(f"{_short(args)} exited {result.rc}: {why}")
-    return result
+# A command inside the sandbox timed out (labctl.proc raises it).
+SandboxTimeout = CommandTimeout
 
 
 def _require_tools(*tools: str) -> None:
@@ -217,7 +146,7 @@ def host_has_user_manager() -> bool:
         res = run_cmd(
             ["systemctl", "--user", "is-system-running"], check=False, timeout=10, env=env
         )
-    except SandboxError:
+    except CommandFailed:
         return False
     return res.stdout.strip() in {"running", "degraded", "starting", "initializing", "maintenance"}
 
@@ -783,7 +712,7 @@ class Machine:
     def _fail_if_exited(self, what: str) -> None:
         if self._proc.poll() is not None:
             tail = (
-                _one_line(self.log_path.read_text(errors="replace"))
+                one_line(self.log_path.read_text(errors="replace"))
                 if self.log_path.exists()
                 else ""
             )
@@ -812,7 +741,7 @@ class Machine:
             if left <= 0:
                 raise SandboxError(f"{self.name}: system not running after {timeout:g}s ({state})")
             res = self.run(["systemctl", "is-system-running", "--wait"], check=False, timeout=left)
-            state = res.stdout.strip() or _one_line(res.stderr)
+            state = res.stdout.strip() or one_line(res.stderr)
             if state in ("running", "degraded"):
                 break
             # "Failed to connect to bus" until the guest's dbus is up; anything else: retry too.
@@ -930,12 +859,12 @@ class Machine:
             res = run_cmd(cmd, check=False, timeout=timeout, input=input)
         except SandboxTimeout:  # name the command as the caller wrote it
             raise SandboxTimeout(
-                f"{self.name}: {_short(argv)}: timed out after {timeout:g}s"
+                f"{self.name}: {short(argv)}: timed out after {timeout:g}s"
             ) from None
         if check and res.rc != 0:
-            why = _one_line(res.stderr) or _one_line(res.stdout) or "no output"
+            why = one_line(res.stderr) or one_line(res.stdout) or "no output"
             who = f" (as {user})" if user and user != "root" else ""
-            raise SandboxError(f"{self.name}: {_short(argv)}{who} exited {res.rc}: {why}")
+            raise SandboxError(f"{self.name}: {short(argv)}{who} exited {res.rc}: {why}")
         return res
 
     def user_systemctl(

@@ -1,0 +1,89 @@
+"""The one way labctl runs a command: argv lists only (never a shell), logged, with a
+timeout that kills the whole process group, and a one-line error on failure."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+from labctl.errors import OperationFailed
+
+log = logging.getLogger(__name__)
+
+
+class CommandFailed(OperationFailed):
+    """A command exited non-zero (with check=True) or could not be started."""
+
+
+class CommandTimeout(CommandFailed):
+    """A command did not finish in time; its process group was killed."""
+
+
+class CommandResult(NamedTuple):
+    rc: int
+    stdout: str
+    stderr: str
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """The last non-empty line of ``text``, shortened: the line that usually says why."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    tail = lines[-1] if lines else ""
+    return tail if len(tail) <= limit else tail[: limit - 3] + "..."
+
+
+def short(argv: Sequence[str | os.PathLike[str]], limit: int = 160) -> str:
+    text = shlex.join(os.fspath(a) for a in argv)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def run_cmd(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    check: bool = True,
+    timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
+    input: bytes | str | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> CommandResult:
+    """Run ``argv``, log it, return (rc, stdout, stderr).
+
+    With ``check`` a non-zero exit raises :class:`CommandFailed`. On timeout the whole
+    process group is killed (``nsenter`` and ``runuser`` fork; their children would
+    otherwise live on) and CommandTimeout is raised whatever ``check`` says.
+    """
+    args = [os.fspath(a) for a in argv]
+    log.debug("run: %s", shlex.join(args))
+    data = input.encode() if isinstance(input, str) else input
+    try:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise CommandFailed(f"cannot run {args[0]}: {exc.strerror or exc}") from exc
+    try:
+        out, err = proc.communicate(data, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise CommandTimeout(f"{short(args)}: timed out after {timeout:g}s") from None
+    result = CommandResult(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+    if result.rc != 0:
+        log.debug("rc=%d stderr=%s", result.rc, one_line(result.stderr))
+    if check and result.rc != 0:
+        why = one_line(result.stderr) or one_line(result.stdout) or "no output"
+        raise CommandFailed(f"{short(args)} exited {result.rc}: {why}")
+    return result
