@@ -8,11 +8,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS=${LABCTL_TOOLS:-/opt/labctl-tools}
 PY=${PYTHON:-python3}
+# Tool venvs are built on Debian's own interpreter: the sandbox machine (the same Debian
+# release) binds $TOOLS read-only and runs them unchanged, which a venv of any other
+# Python (pyenv's, under /root) would not allow.
+TOOL_PY=/usr/bin/python3
 log() { printf '[bootstrap %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+# pip, quietly: this machine's pip config names local index folders that may not exist,
+# and pip warns once per package about each; real errors still reach stderr.
+pip_q() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
 # --- Debian packages ----------------------------------------------------------------
 APT_PACKAGES=(
   systemd                 # systemd-analyze verify for rendered units
+  python3 python3-venv python3-dev cmake g++   # tool venvs; llama-cpp-python compiles
   prometheus              # promtool, and a real Prometheus for integration tests
   debootstrap systemd-container   # the booted systemd sandbox (system tests, demo)
   iproute2 procps curl ca-certificates
@@ -32,7 +40,7 @@ fi
 # tool_venv NAME "ENV=VALUE ..." SPEC...: a venv at $TOOLS/NAME holding SPECs.
 tool_venv() {
   local name=$1 env=$2; shift 2
-  local dir="$TOOLS/$name" stamp="$TOOLS/$name/.labctl-stamp" want="$env $*"
+  local dir="$TOOLS/$name" stamp="$TOOLS/$name/.labctl-stamp" want="$TOOL_PY $env $*"
   if [[ -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
     log "$name: up to date"
     return
@@ -40,8 +48,8 @@ tool_venv() {
   log "$name: installing $* ${env:+($env)}"
   local t0=$SECONDS
   rm -rf "$dir"
-  "$PY" -m venv "$dir"
-  env $env "$dir/bin/pip" install -q --disable-pip-version-check "$@"
+  "$TOOL_PY" -m venv "$dir"
+  pip_q env $env "$dir/bin/pip" install -q --disable-pip-version-check "$@"
   printf '%s' "$want" >"$stamp"
   log "$name: done in $((SECONDS - t0)) s"
 }
@@ -61,5 +69,5 @@ if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
 fi
 log "installing labctl and test dependencies into .venv"
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+pip_q .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 log "ready"

@@ -47,7 +47,7 @@ def cross_check(inv: Inventory, src: Source, *, check_files: bool = False) -> li
                   _gateways, _images):
         errors.extend(check(inv, src))
     if check_files:
-        errors.extend(_files(inv, src))
+        errors.extend(file_problems(inv, src))
     return errors
 
 
@@ -250,6 +250,11 @@ def _images(inv: Inventory, src: Source) -> Iterator[InputError]:
 
 
 # --- --check-files: the inventory against this machine's files ------------------------
+
+
+def file_problems(inv: Inventory, src: Source) -> list[InputError]:
+    """The inventory against this machine's files (``--check-files``, doctor, pre-flight)."""
+    return list(_files(inv, src))
 
 
 def _files(inv: Inventory, src: Source) -> Iterator[InputError]:

@@ -40,6 +40,22 @@ def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+model_app = typer.Typer(help="GGUF models and the current.gguf symlink.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("make-tiny")
+def model_make_tiny(
+    path: Annotated[Path, typer.Argument(help="Where to write the GGUF.")],
+    arch: Annotated[str, typer.Option(help="Architecture name (an unknown one makes a file llama.cpp refuses).")] = "llama",
+) -> None:
+    """Write a tiny random-weight GGUF (~0.5 MB) that llama.cpp servers load in milliseconds."""
+    from labctl.demo_models import write_tiny_gguf
+
+    write_tiny_gguf(path, arch=arch)
+    out.print(f"wrote {path}")
+
+
 @app.command()
 def version() -> None:
     """Print labctl's version."""
@@ -103,7 +119,11 @@ def plan(
 
     inv = load_inventory(inventory).inventory
     target = root if root is not None else Path(Layout.of(inv).config_root)
-    result = make_plan(inv, render_all(inv), read_installed(target), states=None)
+    installed = read_installed(target)
+    states = None
+    if root is None:
+        states = _unit_states(inv, installed)
+    result = make_plan(inv, render_all(inv), installed, states=states)
     if as_json:
         emit_json({"root": str(target), **result.as_dict()})
         return
@@ -120,12 +140,173 @@ def plan(
         out.print(f"  {action}", markup=False)
 
 
+def _unit_states(inv, installed):  # type: ignore[no-untyped-def]
+    """Unit states from the user manager, when there is one; None means files only."""
+    from labctl.inventory import unit_name
+    from labctl.layout import UNIT_DIR
+    from labctl.systemd import UserManager
+
+    manager = UserManager()
+    if not manager.reachable()[0]:
+        out.print("(no user manager here: comparing files only)", style="dim")
+        return None
+    units = {unit_name(n) for n in inv.enabled()}
+    units |= {p.rsplit("/", 1)[-1] for p in installed if p.startswith(f"{UNIT_DIR}/")}
+    facts = manager.show(sorted(units))
+    return {u: f.state for u, f in facts.items()}
+
+
 def fail(error: LabctlError, as_json: bool) -> NoReturn:
     if as_json:
         emit_json({"ok": False, "exit_code": error.exit_code, "errors": error.as_dicts()})
     for line in error.lines():
         sys.stderr.write(line + "\n")
     raise SystemExit(error.exit_code)
+
+
+NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Fail at once if another labctl run holds the lock.")]
+
+
+def _say(as_json: bool):  # type: ignore[no-untyped-def]
+    """Progress lines: stdout normally, stderr under --json so stdout stays one document."""
+    if as_json:
+        return lambda message: sys.stderr.write(message + "\n")
+    return lambda message: out.print(message, markup=False)
+
+
+def _load(inventory: Path):  # type: ignore[no-untyped-def]
+    from labctl.load import load_inventory
+
+    return load_inventory(inventory)
+
+
+@app.command()
+def up(
+    inventory: InventoryOpt = Path("inventory.yaml"),
+    no_wait: NoWaitOpt = False,
+    no_monitoring: Annotated[bool, typer.Option("--no-monitoring", help="Leave the monitoring stack alone.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Converge this host to the inventory: install, daemon-reload, start in order, probe."""
+    from labctl import apply
+
+    report = apply.up(_load(inventory), say=_say(as_json), wait_lock=not no_wait, with_monitoring=not no_monitoring)
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    if report.changed:
+        out.print(f"up: {len(report.files)} file(s) changed, {len(report.restarted)} unit(s) started or "
+                  f"restarted; previous state saved as generation {report.generation}")
+    else:
+        ready = sum(1 for r in report.ready.values() if r["ready"])
+        out.print(f"up: no changes, nothing restarted; {ready}/{len(report.ready)} service(s) answering")
+
+
+@app.command()
+def down(
+    inventory: InventoryOpt = Path("inventory.yaml"),
+    purge: Annotated[bool, typer.Option("--purge", help="Also remove the installed files (kept as a generation).")] = False,
+    no_wait: NoWaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop and disable every labctl unit (and the monitoring stack)."""
+    from labctl import apply
+
+    report = apply.down(_load(inventory), say=_say(as_json), purge=purge, wait_lock=not no_wait)
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    out.print(f"down: {sum(1 for a in report.actions if a.startswith('stop'))} unit(s) stopped"
+              + (f", {len(report.files)} file(s) removed" if purge else ""))
+
+
+@app.command()
+def restart(
+    services: Annotated[list[str] | None, typer.Argument(help="Services to restart (default: all).")] = None,
+    inventory: InventoryOpt = Path("inventory.yaml"),
+    no_wait: NoWaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restart services in dependency order, waiting for each to be ready."""
+    from labctl import apply
+
+    report = apply.restart(_load(inventory), services or [], say=_say(as_json), wait_lock=not no_wait)
+    if as_json:
+        emit_json(report.as_dict())
+
+
+@app.command()
+def rollback(
+    inventory: InventoryOpt = Path("inventory.yaml"),
+    no_wait: NoWaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore the installed files from before the last change, restart what changed, probe."""
+    from labctl import apply
+
+    report = apply.rollback(_load(inventory), say=_say(as_json), wait_lock=not no_wait)
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    out.print(f"rollback: {len(report.files)} file(s) restored, {len(report.restarted)} unit(s) restarted")
+
+
+@app.command()
+def status(
+    inventory: InventoryOpt = Path("inventory.yaml"),
+    probe_timeout: Annotated[float, typer.Option(help="Seconds each probe may take.")] = 3.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """One table: unit state, restarts, PID, memory, uptime, port, probe, model, drift."""
+    from labctl.status import gather
+
+    report = gather(_load(inventory).inventory, probe_timeout=probe_timeout)
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        from labctl.clitables import status_table
+
+        out.print(status_table(report))
+    raise typer.Exit(0 if report.healthy else 1)
+
+
+@app.command()
+def logs(
+    service: Annotated[str, typer.Argument(help="Service name from the inventory.")],
+    inventory: InventoryOpt = Path("inventory.yaml"),
+    follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n")] = 50,
+) -> None:
+    """The service's journal (journalctl --user)."""
+    from labctl.inventory import unit_name
+    from labctl.systemd import UserManager
+
+    inv = _load(inventory).inventory
+    if service not in inv.services:
+        raise UsageError(f"no service named {service!r} in {inventory} (have: {', '.join(inv.services)})")
+    manager = UserManager()
+    argv = manager.journal_argv(unit_name(service), lines, follow)
+    sys.stdout.flush()
+    os.execvpe(argv[0], argv, manager.env)
+
+
+@app.command()
+def doctor(
+    inventory: InventoryOpt = Path("inventory.yaml"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Check that this host can run the inventory; each line is ok, warn or fail, with the fix."""
+    from labctl.doctor import failures, run_doctor
+
+    checks = run_doctor(_load(inventory))
+    if as_json:
+        emit_json({"ok": not failures(checks), "checks": [c.as_dict() for c in checks]})
+    else:
+        for check in checks:
+            style = {"ok": "green", "warn": "yellow", "fail": "red"}[check.status]
+            out.print(f"[{style}]{check.status:<4}[/{style}] ", end="")
+            out.print(str(check)[5:], markup=False)
+    raise typer.Exit(1 if failures(checks) else 0)
 
 
 def _click_error() -> type[Exception]:

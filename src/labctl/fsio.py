@@ -78,6 +78,6 @@ def read_tree(root: Path, subdirs: list[str], keep: Callable[[str], bool]) -> di
                     continue  # a write interrupted before its rename; never content
                 full = Path(dirpath) / filename
                 rel = full.relative_to(root).as_posix()
-                if keep(rel) and full.is_file():
+                if keep(rel) and full.is_file() and not full.is_symlink():
                     out[rel] = full.read_text(encoding="utf-8", errors="replace")
     return dict(sorted(out.items()))

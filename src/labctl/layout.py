@@ -60,6 +60,8 @@ class Layout:
         """Files labctl owns: a stale one (service removed) is deleted by plan/up.
         Secrets are never managed this way: they outlive any render."""
         if relpath.startswith(f"{UNIT_DIR}/"):
-            name = relpath.rsplit("/", 1)[-1]
-            return name.startswith("labctl-") and name.endswith(".service")
+            name = relpath.removeprefix(f"{UNIT_DIR}/")
+            # Only unit files directly in the unit dir: `systemctl enable` puts symlinks
+            # to them in default.target.wants/, which belong to the manager, not to us.
+            return "/" not in name and name.startswith("labctl-") and name.endswith(".service")
         return relpath.startswith((f"{LABCTL_DIR}/litellm/", f"{LABCTL_DIR}/monitoring/"))

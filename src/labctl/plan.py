@@ -44,6 +44,8 @@ class UnitState:
     load_state: str = "not-found"
     active_state: str = "inactive"
     unit_file_state: str = ""
+    # The unit file on disk differs from what the manager loaded: a daemon-reload is owed.
+    need_daemon_reload: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -116,6 +118,8 @@ def make_plan(inv: Inventory, rendered: dict[str, str], installed: dict[str, str
             actions.append(Action("disable", unit, "no longer in the inventory"))
     if any(p.startswith(f"{UNIT_DIR}/") for p in changed):
         actions.append(Action("daemon-reload", None, "unit files changed"))
+    elif any(s.need_daemon_reload for s in (states or {}).values()):
+        actions.append(Action("daemon-reload", None, "the manager has not loaded the unit files on disk"))
 
     restart: dict[str, str] = {}
     for name in start_order(inv):

@@ -104,7 +104,7 @@ def test_unit_states_drive_start_and_enable(inventory: Path) -> None:
         ("start", "labctl-native.service")]
 
 
-def test_foreign_files_are_never_managed(inventory: Path, tmp_path: Path) -> None:
+def test_only_labctl_unit_files_are_managed(inventory: Path, tmp_path: Path) -> None:
     from labctl.plan import read_installed
 
     root = tmp_path / "cfg"
@@ -113,4 +113,9 @@ def test_foreign_files_are_never_managed(inventory: Path, tmp_path: Path) -> Non
     (root / "labctl/secrets").mkdir(parents=True)
     (root / "labctl/secrets/litellm.env").write_text("LITELLM_MASTER_KEY=x\n")
     (root / "systemd/user/.labctl-native.service.123.tmp").write_text("torn")
-    assert read_installed(root) == {}
+    # `systemctl enable` links units into default.target.wants/: the manager's, not ours.
+    (root / "systemd/user/labctl-native.service").write_text("[Service]\n")
+    (root / "systemd/user/default.target.wants").mkdir()
+    (root / "systemd/user/default.target.wants/labctl-native.service").symlink_to(
+        root / "systemd/user/labctl-native.service")
+    assert read_installed(root) == {"systemd/user/labctl-native.service": "[Service]\n"}

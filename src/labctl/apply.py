@@ -1,0 +1,303 @@
+"""Converge the host to the inventory: ``up``, ``down``, ``restart``, ``rollback``.
+
+Order in ``up``: lock, pre-flight (doctor; refuse before changing anything), provision
+runtimes, secrets, render, plan against the installed files and the manager's unit
+states, snapshot the installed generation, write files atomically, daemon-reload, enable,
+start/restart in dependency order, each followed by a readiness wait, then monitoring.
+
+Interrupted at any point (SIGKILL included), every file is old or new, never torn, and
+the next ``up`` recomputes the plan from what is there and converges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labctl import fsio, generations, secrets
+from labctl.doctor import failures, run_doctor
+from labctl.errors import HostNotReady, OperationFailed
+from labctl.inventory import Inventory, unit_name
+from labctl.layout import UNIT_DIR, Layout
+from labctl.load import Loaded, load_inventory
+from labctl.lock import host_lock
+from labctl.plan import Plan, make_plan, read_installed, start_order
+from labctl.probes import Readiness, probe_all, wait_ready
+from labctl.proc import CommandFailed
+from labctl.provision import provision
+from labctl.render import render_all
+from labctl.systemd import UserManager
+
+Say = Callable[[str], None]
+APPLIED_INVENTORY = "applied-inventory.yaml"
+
+
+@dataclass
+class Report:
+    changed: bool = False
+    files: list[dict[str, str]] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)
+    ready: dict[str, dict[str, object]] = field(default_factory=dict)
+    monitoring: str = ""
+    generation: int | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Host:
+    """What an operation acts on: the inventory, where its files live, the manager."""
+
+    inv: Inventory
+    layout: Layout
+    manager: UserManager
+
+    @classmethod
+    def of(cls, inv: Inventory, manager: UserManager | None = None) -> "Host":
+        return cls(inv, Layout.of(inv), manager or UserManager())
+
+    @property
+    def config_root(self) -> Path:
+        return Path(self.layout.config_root)
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.layout.state_dir)
+
+    def lock(self, wait: bool, say: Say):  # type: ignore[no-untyped-def]
+        return host_lock(self.state_dir / "labctl.lock", wait=wait, on_wait=say)
+
+    def installed_units(self, installed: dict[str, str]) -> list[str]:
+        return [p.rsplit("/", 1)[-1] for p in installed if p.startswith(f"{UNIT_DIR}/")]
+
+
+def ensure_secrets(inv: Inventory, say: Say) -> None:
+    for name, gw in inv.gateways().items():
+        refs = [gw.master_key] + ([gw.cache.password] if gw.cache and gw.cache.password else [])
+        for ref in refs:
+            if ref.env_file and ref.generate:
+                path = Path(inv.host.expand(ref.env_file))
+                if secrets.ensure_env_secret(path, ref.variable):
+                    say(f"{name}: generated {ref.variable} in {path} (mode 0600; the value is never printed)")
+    if inv.monitoring.enabled:
+        path = Path(inv.host.expand(inv.monitoring.grafana.admin_password_file))
+        if secrets.ensure_file_secret(path):
+            say(f"monitoring: generated the Grafana admin password in {path} (mode 0600)")
+
+
+def _alive(host: Host, unit: str, baseline_restarts: int) -> Callable[[], str | None]:
+    def check() -> str | None:
+        facts = host.manager.show([unit])[unit]
+        if facts.active_state == "failed":
+            why = "hit its start limit" if facts.result == "start-limit-hit" else f"failed ({facts.result})"
+            return f"{unit} {why}; main process exit status {facts.exec_main_status}"
+        if facts.n_restarts > baseline_restarts:
+            return (f"{unit} keeps exiting (restarted {facts.n_restarts - baseline_restarts} time(s); "
+                    f"exit status {facts.exec_main_status})")
+        if facts.active_state == "inactive":
+            return f"{unit} is not running ({facts.result or 'stopped'})"
+        return None
+    return check
+
+
+def bring_up(host: Host, name: str, verb: str, say: Say) -> Readiness:
+    """Start or restart one service and wait for its readiness. A unit that fails or
+    loops is stopped (so it does not keep restarting) and reported with its journal."""
+    unit = unit_name(name)
+    svc = host.inv.services[name]
+    baseline = host.manager.show([unit])[unit].n_restarts
+    try:
+        (host.manager.start if verb == "start" else host.manager.restart)(unit)
+    except CommandFailed as exc:
+        raise _unit_failure(host, unit, f"systemctl {verb} failed: {exc}") from None
+    say(f"{verb}ed {unit}; waiting up to {svc.ready_timeout_sec}s for readiness")
+    result = wait_ready(host.inv, name, deadline_sec=svc.ready_timeout_sec, alive=_alive(host, unit, baseline))
+    if not result.ready:
+        facts = host.manager.show([unit])[unit]
+        if facts.active_state == "failed" or facts.n_restarts > baseline:
+            host.manager.stop(unit)
+            raise _unit_failure(host, unit, f"{result.reason}; stopped it so it does not restart in a loop")
+        raise _unit_failure(host, unit, result.reason)
+    say(f"{name}: ready in {result.seconds}s ({result.last.check}: {result.last.detail})")
+    return result
+
+
+def _unit_failure(host: Host, unit: str, reason: str) -> OperationFailed:
+    journal = host.manager.journal(unit, lines=10)
+    lines = [f"{unit} did not become ready: {reason}"]
+    lines += [f"  | {line}" for line in journal] or ["  | (no journal lines)"]
+    lines.append(f"  see: labctl logs {unit.removeprefix('labctl-').removesuffix('.service')}")
+    return _MultiLine(lines)
+
+
+class _MultiLine(OperationFailed):
+    def __init__(self, lines: list[str]) -> None:
+        self._lines = lines
+        super().__init__("\n".join(lines))
+
+    def lines(self) -> list[str]:
+        return ["labctl: " + self._lines[0], *self._lines[1:]]
+
+
+def execute(host: Host, plan: Plan, rendered: dict[str, str], say: Say, report: Report) -> None:
+    """Carry out a plan: the one code path shared by up and rollback."""
+    for action in plan.actions:
+        if action.verb == "stop" and action.unit:
+            host.manager.stop(action.unit)
+        elif action.verb == "disable" and action.unit:
+            host.manager.disable([action.unit])
+    for name in host.inv.enabled():
+        Path(host.layout.working_directory(name)).mkdir(parents=True, exist_ok=True)
+    for change in plan.files:
+        target = host.config_root / change.path
+        if change.change == "delete":
+            target.unlink(missing_ok=True)
+        else:
+            fsio.atomic_write(target, rendered[change.path])
+        report.files.append({"path": change.path, "change": change.change})
+    if any(a.verb == "daemon-reload" for a in plan.actions):
+        host.manager.daemon_reload()
+        report.actions.append("daemon-reload")
+    enable = [a.unit for a in plan.actions if a.verb == "enable" and a.unit]
+    host.manager.enable(enable)
+    report.actions += [f"enable {u}" for u in enable]
+    by_unit = {unit_name(n): n for n in host.inv.services}
+    for action in plan.actions:
+        if action.verb in ("start", "restart") and action.unit in by_unit:
+            result = bring_up(host, by_unit[action.unit], action.verb, say)
+            report.actions.append(f"{action.verb} {action.unit}")
+            report.restarted.append(action.unit)
+            report.ready[by_unit[action.unit]] = {"ready": True, "seconds": result.seconds}
+    if any(a.verb == "monitoring-up" for a in plan.actions):
+        report.monitoring = monitoring_up(host, say)
+
+
+def monitoring_up(host: Host, say: Say) -> str:
+    from labctl import monitoring
+
+    engine = monitoring.engine_status()
+    if not engine.reachable:
+        message = f"monitoring skipped: {engine.detail}"
+        say(message)
+        return message
+    result = monitoring.up(host.inv, host.layout, host.config_root)
+    say(f"monitoring: {result.summary}")
+    return result.summary
+
+
+def up(loaded: Loaded, *, say: Say, manager: UserManager | None = None, wait_lock: bool = True,
+       with_monitoring: bool = True) -> Report:
+    inv = loaded.inventory
+    host = Host.of(inv, manager)
+    report = Report()
+    with host.lock(wait_lock, say):
+        problems = failures(run_doctor(loaded, manager=host.manager, docker=with_monitoring))
+        if problems:
+            raise HostNotReady("pre-flight failed; nothing was changed:\n" + "\n".join(f"  {c}" for c in problems))
+        provision(inv, say=say)
+        ensure_secrets(inv, say)
+        rendered = render_all(inv)
+        if not with_monitoring:
+            rendered = {p: c for p, c in rendered.items() if not p.startswith(host.layout.monitoring_dir + "/")}
+        installed = read_installed(host.config_root)
+        units = sorted({unit_name(n) for n in inv.enabled()} | set(host.installed_units(installed)))
+        facts = host.manager.show(units)
+        plan = make_plan(inv, rendered, installed, {u: f.state for u, f in facts.items()})
+        if plan.empty:
+            say("no changes: nothing to install, nothing restarted")
+            for name, result in probe_all(inv, list(inv.enabled())).items():
+                report.ready[name] = {"ready": result.ok, "detail": result.detail}
+            return report
+        applied = host.state_dir / APPLIED_INVENTORY
+        gen = generations.snapshot(host.state_dir, installed,
+                                   applied.read_text() if applied.exists() else None, "before up")
+        report.generation = gen.number
+        report.changed = True
+        execute(host, plan, rendered, say, report)
+        fsio.atomic_write(applied, loaded.path.read_text())
+    return report
+
+
+def restart(loaded: Loaded, services: list[str], *, say: Say, manager: UserManager | None = None,
+            wait_lock: bool = True) -> Report:
+    inv = loaded.inventory
+    host = Host.of(inv, manager)
+    unknown = [s for s in services if s not in inv.enabled()]
+    if unknown:
+        raise OperationFailed(f"no enabled service named {', '.join(unknown)} in {loaded.path}")
+    report = Report(changed=True)
+    with host.lock(wait_lock, say):
+        for name in [n for n in start_order(inv) if not services or n in services]:
+            result = bring_up(host, name, "restart", say)
+            report.restarted.append(unit_name(name))
+            report.ready[name] = {"ready": True, "seconds": result.seconds}
+    return report
+
+
+def down(loaded: Loaded, *, say: Say, purge: bool = False, manager: UserManager | None = None,
+         wait_lock: bool = True) -> Report:
+    inv = loaded.inventory
+    host = Host.of(inv, manager)
+    report = Report(changed=True)
+    with host.lock(wait_lock, say):
+        installed = read_installed(host.config_root)
+        order = [unit_name(n) for n in reversed(start_order(inv))]
+        units = order + [u for u in host.installed_units(installed) if u not in order]
+        present = [u for u in units if f"{UNIT_DIR}/{u}" in installed]
+        for unit in present:
+            host.manager.stop(unit)
+            report.actions.append(f"stop {unit}")
+        host.manager.disable(present)
+        report.actions += [f"disable {u}" for u in present]
+        compose = host.config_root / host.layout.compose_file
+        if compose.exists():
+            from labctl import monitoring
+
+            if monitoring.engine_status().reachable:
+                monitoring.down(inv, host.layout, host.config_root)
+                report.monitoring = "stopped"
+        if purge and installed:
+            applied = host.state_dir / APPLIED_INVENTORY
+            gen = generations.snapshot(host.state_dir, installed,
+                                       applied.read_text() if applied.exists() else None, "before down --purge")
+            report.generation = gen.number
+            for rel in installed:
+                (host.config_root / rel).unlink(missing_ok=True)
+                report.files.append({"path": rel, "change": "delete"})
+            host.manager.daemon_reload()
+            applied.unlink(missing_ok=True)
+            say(f"removed {len(installed)} file(s); generation {gen.number} keeps them (labctl rollback)")
+    return report
+
+
+def rollback(loaded: Loaded, *, say: Say, manager: UserManager | None = None, wait_lock: bool = True) -> Report:
+    """Restore the newest saved generation: the files installed before the last change."""
+    host = Host.of(loaded.inventory, manager)
+    report = Report(changed=True)
+    with host.lock(wait_lock, say):
+        gens = generations.list_generations(host.state_dir)
+        if not gens:
+            raise OperationFailed(f"no saved generation in {host.state_dir / 'generations'}; nothing to roll back to")
+        target = gens[-1]
+        if target.inventory_text is None:
+            raise OperationFailed(f"generation {target.number} was saved before any labctl up; "
+                                  "use labctl down --purge to remove the stack instead")
+        previous = load_inventory(target.path / "inventory.yaml")
+        inv = previous.inventory
+        host = Host.of(inv, host.manager)
+        installed = read_installed(host.config_root)
+        desired = target.files()
+        units = sorted({unit_name(n) for n in inv.enabled()} | set(host.installed_units(installed)))
+        facts = host.manager.show(units)
+        plan = make_plan(inv, desired, installed, {u: f.state for u, f in facts.items()})
+        applied = host.state_dir / APPLIED_INVENTORY
+        gen = generations.snapshot(host.state_dir, installed,
+                                   applied.read_text() if applied.exists() else None, "before rollback")
+        report.generation = gen.number
+        say(f"rolling back to generation {target.number} ({target.reason}); current state saved as {gen.number}")
+        execute(host, plan, desired, say, report)
+        fsio.atomic_write(applied, target.inventory_text)
+    return report

@@ -1,0 +1,179 @@
+"""``labctl doctor``: can this host run the inventory? One line per check, with the fix.
+
+``labctl up`` runs the same checks as its pre-flight and refuses, changing nothing, when
+any says ``fail``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import shutil
+import stat
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from labctl import checks
+from labctl.inventory import Inventory, LiteLLM, LlamaCppPython, LlamaServer, Vllm, unit_name
+from labctl.layout import Layout
+from labctl.load import Loaded
+from labctl.proc import CommandFailed, run_cmd
+from labctl.provision import runtimes
+from labctl.systemd import UserManager
+
+Status = Literal["ok", "warn", "fail"]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    message: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        fix = f" (fix: {self.fix})" if self.fix and self.status != "ok" else ""
+        return f"{self.status:<4} {self.name}: {self.message}{fix}"
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def listeners() -> dict[int, list[tuple[str, int]]]:
+    """TCP port -> [(process name, pid)] for every listening socket (``ss -ltnpH``).
+    A socket owned by another user shows no process: it then appears with pid 0."""
+    try:
+        res = run_cmd(["ss", "-ltnpH"], timeout=10)
+    except CommandFailed:
+        return {}
+    out: dict[int, list[tuple[str, int]]] = {}
+    for line in res.stdout.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        port_text = fields[3].rsplit(":", 1)[-1]
+        if not port_text.isdigit():
+            continue
+        procs = [(m.group(1), int(m.group(2))) for m in re.finditer(r'\("([^"]*)",pid=(\d+)', line)]
+        out.setdefault(int(port_text), []).extend(procs or [("?", 0)])
+    return out
+
+
+def _cgroup_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return ""
+
+
+def port_checks(inv: Inventory) -> list[Check]:
+    taken = listeners()
+    wanted: list[tuple[str, int, str | None]] = [(n, s.port, unit_name(n)) for n, s in inv.enabled().items()]
+    mon = inv.monitoring
+    if mon.enabled:
+        wanted += [("prometheus", mon.prometheus.port, None), ("grafana", mon.grafana.port, None)]
+        if mon.node_exporter.enabled:
+            wanted.append(("node-exporter", mon.node_exporter.port, None))
+    out = []
+    for name, port, unit in wanted:
+        holders = taken.get(port, [])
+        if not holders:
+            out.append(Check(f"port {port}", "ok", f"free for {name}"))
+        elif unit and holders and all(unit in _cgroup_of(pid) for _, pid in holders):
+            out.append(Check(f"port {port}", "ok", f"held by {unit} (ours)"))
+        elif unit is None and holders and all("docker" in _cgroup_of(pid) or proc in
+                                             ("prometheus", "grafana", "grafana-server", "node_exporter",
+                                              "prometheus-node-exporter") for proc, pid in holders):
+            out.append(Check(f"port {port}", "ok", f"held by the monitoring stack ({holders[0][0]})"))
+        else:
+            who = ", ".join(f"{p} (pid {pid})" if pid else "a process of another user" for p, pid in holders)
+            out.append(Check(f"port {port}", "fail", f"{name} needs it, but {who} listens there",
+                             f"stop that process or change services.{name}.port"))
+    return out
+
+
+def _needs_gpu(inv: Inventory) -> list[str]:
+    out = []
+    for name, svc in inv.enabled().items():
+        if isinstance(svc, (LlamaServer, LlamaCppPython)) and svc.n_gpu_layers > 0:
+            out.append(name)
+        if isinstance(svc, Vllm) and svc.device == "cuda":
+            out.append(name)
+    return out
+
+
+def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bool = True) -> list[Check]:
+    inv, layout = loaded.inventory, Layout.of(loaded.inventory)
+    manager = manager or UserManager()
+    user = inv.host.user
+    out: list[Check] = []
+
+    me = getpass.getuser()
+    out.append(Check("user", "ok", f"running as {me}") if me == user else
+               Check("user", "fail", f"running as {me}, but the inventory's host.user is {user}",
+                     f"run labctl as {user}, or set host.user"))
+    linger = Path("/var/lib/systemd/linger") / user
+    out.append(Check("linger", "ok", f"enabled for {user}") if linger.exists() else
+               Check("linger", "fail", f"not enabled for {user}: the stack stops at logout and does not start "
+                     "at boot", f"sudo loginctl enable-linger {user}"))
+    reachable, detail = manager.reachable()
+    runtime_dir = manager.env.get("XDG_RUNTIME_DIR", "")
+    out.append(Check("user manager", "ok", detail) if reachable else
+               Check("user manager", "fail", detail,
+                     f"log in as {user} or enable linger; XDG_RUNTIME_DIR={runtime_dir or '(unset)'}"))
+
+    out.extend(port_checks(inv))
+
+    provisioned = runtimes(inv)
+    for problem in checks.file_problems(inv, loaded.source):
+        out.append(Check(problem.path, "fail", problem.message, "fix the path in the inventory or install it"))
+    for name in provisioned:
+        out.append(Check(f"services.{name}.runtime", "ok", "provisioned by labctl up (pinned pip specs)"))
+
+    for name in inv.enabled():
+        wd = Path(layout.working_directory(name))
+        out.append(Check(f"{name} working directory", "ok", f"{wd} exists") if wd.is_dir() else
+                   Check(f"{name} working directory", "warn", f"{wd} does not exist yet",
+                         "labctl up creates it before the unit starts"))
+
+    for name, svc in inv.gateways().items():
+        ref = svc.master_key
+        if ref.env_file:
+            path = Path(inv.host.expand(ref.env_file))
+            out.append(_secret_file_check(f"{name} master key", path, ref.generate))
+
+    gpu_users = _needs_gpu(inv)
+    if gpu_users:
+        smi = shutil.which("nvidia-smi")
+        ok = smi is not None and run_cmd([smi, "-L"], check=False, timeout=20).rc == 0
+        out.append(Check("gpu", "ok", "nvidia-smi lists a GPU") if ok else
+                   Check("gpu", "fail", f"{', '.join(gpu_users)} ask for GPU offload, but nvidia-smi finds no GPU",
+                         "install the NVIDIA driver, or set n_gpu_layers: 0 / device: cpu and host.gpu: false"))
+
+    if inv.monitoring.enabled and docker:
+        from labctl.monitoring import engine_status
+
+        engine = engine_status()
+        out.append(Check("docker", "ok", engine.detail) if engine.reachable else
+                   Check("docker", "warn", f"{engine.detail}; the monitoring stack will be skipped",
+                         "start Docker, or set monitoring.enabled: false"))
+    return out
+
+
+def _secret_file_check(name: str, path: Path, generate: bool) -> Check:
+    if not path.exists():
+        if generate:
+            return Check(name, "ok", f"{path} will be generated (mode 0600)")
+        return Check(name, "fail", f"{path} does not exist", f"create it with mode 0600, or set generate: true")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        return Check(name, "fail", f"{path} is mode {mode:o}, readable by others", f"chmod 600 {path}")
+    if not os.access(path, os.R_OK):
+        return Check(name, "fail", f"{path} is not readable", f"chown it to the inventory's host.user")
+    return Check(name, "ok", f"{path} is mode 0600")
+
+
+def failures(results: list[Check]) -> list[Check]:
+    return [c for c in results if c.status == "fail"]

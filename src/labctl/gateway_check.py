@@ -1,0 +1,252 @@
+"""Ask the running LiteLLM gateway whether every route and every fallback chain answers.
+
+Two kinds of checks, each one chat completion of at most one token:
+
+* **route**: the route itself. It is ok when the gateway answers 200 *from that route*;
+  an answer that came from a fallback means the route's own backend is failing, which is
+  exactly what an operator running the check wants to hear about.
+* **fallback**: for each ``primary: [target, ...]`` chain of the inventory, one request per
+  target, sent to the *primary*, in which the primary fails on purpose and the target
+  must answer as its fallback.
+
+How a primary is made to fail without any dangerous setting (measured on LiteLLM 1.106.2):
+
+* ``mock_testing_fallbacks`` and the other ``mock_testing_*``/``mock_timeout`` parameters
+  are refused with 400 unless ``general_settings.dangerously_allow_mock_testing_request_params``
+  is on, which labctl never renders.
+* ``mock_response`` is silently stripped from request bodies (it is kept only for keys or
+  teams whose metadata allows it, which needs LiteLLM's database).
+* ``api_base``/``base_url`` in the body are refused with 400 (client-side endpoints are an
+  SSRF hole).
+* A caller-set ``timeout`` is honoured per request, and a fallback named in the request
+  body may be an object whose keys override the request's parameters for that hop. So
+  ``timeout`` of a microsecond makes the primary fail (HTTP 408, before any byte reaches
+  its backend) and ``fallbacks: [{"model": TARGET, "timeout": T}]`` gives the target a
+  normal deadline. LiteLLM marks such failures as ``client_side_timeout`` and does not
+  count them towards putting the primary into cooldown, so the check leaves real traffic
+  alone. ``num_retries: 0`` skips the retry (and its back-off) of the doomed attempt.
+
+The body's ``fallbacks`` replace the configured chain for that request, so a fallback
+check proves that the gateway can fall back from the primary to each target and that the
+target answers there; it does not read the configured order back. (The integration tests
+prove the rendered chain itself, with the primary's server really stopped.) Each fallback
+check is also one successful fallback in LiteLLM's metrics
+(``litellm_deployment_successful_fallbacks_total``, ``exception_status="408"``); a check
+now and then stays far below the LabctlFallbacksFrequent alert threshold.
+
+Results never hold the gateway key, nor any header of the answer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+from labctl.errors import OperationFailed
+from labctl.inventory import Inventory, LiteLLM
+from labctl.proc import CommandFailed, CommandTimeout, run_cmd
+from labctl.render.gateway import base_url
+
+__all__ = [
+    "FORCED_FAILURE_TIMEOUT",
+    "RouteResult",
+    "all_ok",
+    "check_gateway",
+    "litellm_supports_prometheus",
+]
+
+# The caller-set timeout that makes the primary of a fallback check fail deterministically:
+# nothing on loopback answers within a microsecond.
+FORCED_FAILURE_TIMEOUT = 1e-6
+GROUP_HEADER = "x-litellm-model-group"
+FALLBACKS_HEADER = "x-litellm-attempted-fallbacks"
+PROMPT = [{"role": "user", "content": "labctl gateway check: answer with one token."}]
+ERROR_LIMIT = 240
+
+CheckKind = Literal["route", "fallback"]
+
+
+@dataclass(frozen=True)
+class RouteResult:
+    """One request to the gateway and what came of it.
+
+    ``route`` is the model asked for; for a fallback check, ``fallback_to`` is the chain
+    target that had to answer. ``answered_by`` is the route (LiteLLM model group) that did
+    answer, ``backend`` the inventory service behind it.
+    """
+
+    check: CheckKind
+    route: str
+    fallback_to: str | None
+    status: int | None
+    answered_by: str | None
+    backend: str | None
+    attempted_fallbacks: int | None
+    latency_ms: float
+    error: str | None
+
+    @property
+    def expected(self) -> str:
+        return self.fallback_to if self.check == "fallback" and self.fallback_to else self.route
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status == 200 and self.answered_by == self.expected
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        return data
+
+
+def all_ok(results: list[RouteResult]) -> bool:
+    return bool(results) and all(r.ok for r in results)
+
+
+def gateway_of(inv: Inventory) -> tuple[str, LiteLLM]:
+    gateways = inv.gateways()
+    if not gateways:
+        raise OperationFailed("the inventory has no enabled litellm service: there is no gateway to check")
+    ((name, gw),) = gateways.items()
+    return name, gw
+
+
+def check_gateway(inv: Inventory, key: str, *, timeout: float = 60) -> list[RouteResult]:
+    """Check every route, then every fallback chain target, in inventory order.
+
+    ``key`` is the gateway's master key (see labctl.secrets.read_secret); it is sent as a
+    bearer token and appears nowhere in the results. ``timeout`` bounds each request.
+    The gateway address is the litellm service's bind and port, as a local client reaches it.
+    """
+    _, gw = gateway_of(inv)
+    services = {route.name: route.service for route in gw.routes}
+    url = base_url(inv, gw)
+    results: list[RouteResult] = []
+    # trust_env=False: a proxy from the environment must never see the key or loopback traffic.
+    with httpx.Client(base_url=url, timeout=timeout, trust_env=False,
+                      headers={"Authorization": f"Bearer {key}"}) as client:
+        probe = _Probe(client, url, key, services)
+        for route in gw.routes:
+            results.append(probe.ask("route", route.name, None, {}))
+        for primary, chain in gw.fallbacks.items():
+            for target in chain:
+                forced = {
+                    "timeout": FORCED_FAILURE_TIMEOUT,
+                    "num_retries": 0,
+                    "fallbacks": [{"model": target, "timeout": timeout}],
+                }
+                results.append(probe.ask("fallback", primary, target, forced))
+    return results
+
+
+@dataclass
+class _Probe:
+    client: httpx.Client
+    url: str
+    key: str
+    services: dict[str, str]
+    # Once the gateway cannot be reached at all, the remaining checks report that at once
+    # instead of each waiting for its own connection failure.
+    unreachable: str | None = None
+
+    def ask(self, check: CheckKind, route: str, target: str | None, extra: dict[str, Any]) -> RouteResult:
+        def result(status: int | None, answered_by: str | None = None, attempted: int | None = None,
+                   error: str | None = None) -> RouteResult:
+            backend = self.services.get(answered_by) if answered_by else None
+            return RouteResult(check, route, target, status, answered_by, backend, attempted,
+                               round((time.monotonic() - started) * 1000, 1),
+                               None if error is None else self._scrub(error))
+
+        started = time.monotonic()
+        if self.unreachable:
+            return result(None, error=self.unreachable)
+        body = {"model": route, "messages": PROMPT, "max_tokens": 1, "stream": False, **extra}
+        try:
+            response = self.client.post("/v1/chat/completions", json=body)
+        except httpx.TimeoutException:
+            return result(None, error=f"no answer from the gateway at {self.url} within "
+                                      f"{self.client.timeout.read:g}s")
+        except httpx.TransportError as exc:
+            self.unreachable = f"cannot reach the gateway at {self.url}: {type(exc).__name__}: {exc}"
+            return result(None, error=self.unreachable)
+        answered_by = response.headers.get(GROUP_HEADER) if response.status_code == 200 else None
+        attempted = _int_or_none(response.headers.get(FALLBACKS_HEADER))
+        if response.status_code != 200:
+            return result(response.status_code, attempted=attempted,
+                          error=_error_line(response, target))
+        expected = target or route
+        if answered_by is None:
+            error = f"the gateway answered without an {GROUP_HEADER} header; cannot tell who answered"
+        elif check == "route" and answered_by != route:
+            error = (f"answered by fallback {answered_by!r} (service {self.services.get(answered_by, '?')}) "
+                     f"after {attempted or '?'} attempted fallback(s): route {route!r} itself is failing")
+        elif check == "fallback" and answered_by == route:
+            error = (f"{route!r} answered despite the forced failure; the fallback to {target!r} "
+                     "was not exercised")
+        elif answered_by != expected:
+            error = f"answered by {answered_by!r}, not by the chain target {expected!r}"
+        elif check == "fallback" and not attempted:
+            error = f"{FALLBACKS_HEADER} says no fallback was attempted"
+        else:
+            error = None
+        return result(200, answered_by, attempted, error)
+
+    def _scrub(self, text: str) -> str:
+        if self.key:
+            text = text.replace(self.key, "<gateway key>")
+        return text
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _error_line(response: httpx.Response, target: str | None) -> str:
+    """One line saying why: LiteLLM's error message, shortened."""
+    try:
+        error = response.json().get("error", {})
+        message = str(error.get("message", "")) if isinstance(error, dict) else str(error)
+        kind = error.get("type") if isinstance(error, dict) else None
+    except (ValueError, AttributeError):
+        message, kind = response.text, None
+    if kind == "no_db_connection":
+        # LiteLLM without a database answers an unknown key with 400 "No connected db.".
+        return f"HTTP {response.status_code}: the gateway refused the key (is it the master key?)"
+    if target is not None and "also failed:" in message:
+        # The first part describes the forced failure of the primary; the target's own
+        # failure follows.
+        message = f"fallback to {target!r} failed: " + message.rsplit("also failed:", 1)[1]
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    line = lines[0] if lines else response.reason_phrase
+    if len(line) > ERROR_LIMIT:
+        line = line[: ERROR_LIMIT - 3] + "..."
+    return f"HTTP {response.status_code}: {line}"
+
+
+def litellm_supports_prometheus(python: Path, *, timeout: float = 120) -> bool:
+    """Whether the gateway's interpreter can run LiteLLM's Prometheus callback.
+
+    Both ``prometheus_client`` and ``litellm.integrations.prometheus`` must import; with
+    ``callbacks: ["prometheus"]`` and no ``prometheus_client`` the gateway has no metrics.
+    False also when the interpreter cannot be run. Importing LiteLLM takes a few seconds;
+    a hang past ``timeout`` raises CommandTimeout (an OperationFailed).
+    """
+    env = dict(os.environ)
+    # Without it, importing litellm fetches a model cost map from the internet.
+    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    argv = [os.fspath(python), "-c", "import prometheus_client; import litellm.integrations.prometheus"]
+    try:
+        result = run_cmd(argv, check=False, timeout=timeout, env=env)
+    except CommandTimeout:
+        raise
+    except CommandFailed:
+        return False
+    return result.rc == 0

@@ -1,0 +1,186 @@
+"""Is a service answering? Per-kind probes, and readiness waits with honest deadlines.
+
+A *shallow* probe asks the cheap endpoint (``labctl status``); a *deep* probe also asks for
+one real token, because a server can answer ``/health`` while it cannot serve (vLLM keeps
+``/health`` at 200 after its engine dies; llama-server loads a model it cannot run).
+Readiness waits use deep probes. Every probe has a timeout: a hung backend costs at most
+that timeout, never more.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from labctl import secrets
+from labctl.inventory import Inventory, LiteLLM, LlamaCppPython, LlamaServer, Ollama, ServiceBase, Vllm
+from labctl.render.gateway import base_url
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    service: str
+    ok: bool
+    check: str        # what was asked, e.g. "GET /health"
+    status: int | None
+    latency_ms: float
+    detail: str       # one line: "ready", "loading model", "connection refused", ...
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class _Probe:
+    def __init__(self, name: str, client: httpx.Client) -> None:
+        self.name, self.client, self.started = name, client, time.monotonic()
+        self.check: str = ""
+        self.status: int | None = None
+
+    def get(self, url: str, **kw: object) -> httpx.Response:
+        self.check = f"GET {httpx.URL(url).path}"
+        resp = self.client.get(url, **kw)  # type: ignore[arg-type]
+        self.status = resp.status_code
+        return resp
+
+    def post(self, url: str, **kw: object) -> httpx.Response:
+        self.check = f"POST {httpx.URL(url).path}"
+        resp = self.client.post(url, **kw)  # type: ignore[arg-type]
+        self.status = resp.status_code
+        return resp
+
+    def result(self, ok: bool, detail: str) -> ProbeResult:
+        ms = round((time.monotonic() - self.started) * 1000, 1)
+        return ProbeResult(self.name, ok, self.check, self.status, ms, detail)
+
+
+def gateway_key(inv: Inventory, gw: LiteLLM) -> str | None:
+    ref = gw.master_key
+    path = Path(inv.host.expand(ref.env_file)) if ref.env_file else None
+    try:
+        return secrets.env_or_file(path, ref.variable)
+    except OSError:
+        return None
+
+
+def _one_token(p: _Probe, url: str, model: str) -> ProbeResult | None:
+    resp = p.post(f"{url}/v1/completions", json={"model": model, "prompt": "Hello", "max_tokens": 1,
+                                                  "temperature": 0})
+    if resp.status_code != 200:
+        return p.result(False, f"completion failed: HTTP {resp.status_code} {resp.text[:120]!r}")
+    return None
+
+
+def _probe(inv: Inventory, name: str, svc: ServiceBase, p: _Probe, deep: bool) -> ProbeResult:
+    url = base_url(inv, svc)
+    if isinstance(svc, LlamaServer):
+        resp = p.get(f"{url}/health")
+        if resp.status_code == 503:
+            return p.result(False, "loading model")
+        if resp.status_code != 200:
+            return p.result(False, f"/health answered HTTP {resp.status_code}")
+        if deep and (bad := _one_token(p, url, svc.alias)):
+            return bad
+        return p.result(True, "ready")
+    if isinstance(svc, (LlamaCppPython, Vllm)):
+        if isinstance(svc, Vllm):
+            resp = p.get(f"{url}/health")
+            if resp.status_code != 200:
+                return p.result(False, f"/health answered HTTP {resp.status_code}")
+        served = svc.alias if isinstance(svc, LlamaCppPython) else svc.served_model_name
+        resp = p.get(f"{url}/v1/models")
+        if resp.status_code != 200:
+            return p.result(False, f"/v1/models answered HTTP {resp.status_code}")
+        ids = [m.get("id") for m in resp.json().get("data", [])]
+        if served not in ids:
+            return p.result(False, f"serves {ids}, not {served!r}")
+        # vLLM's /health stays 200 after its engine died: only a token proves it can serve.
+        if (deep or isinstance(svc, Vllm)) and (bad := _one_token(p, url, served)):
+            return bad
+        return p.result(True, "ready")
+    if isinstance(svc, Ollama):
+        resp = p.get(f"{url}/api/version")
+        if resp.status_code != 200:
+            return p.result(False, f"/api/version answered HTTP {resp.status_code}")
+        resp = p.get(f"{url}/api/tags")
+        if resp.status_code != 200:
+            return p.result(False, f"/api/tags answered HTTP {resp.status_code}")
+        have = {m.get("name") for m in resp.json().get("models", [])}
+        missing = [m for m in svc.models if m not in have]
+        if missing:
+            return p.result(True, f"ready; models not pulled: {', '.join(missing)}")
+        return p.result(True, "ready")
+    if isinstance(svc, LiteLLM):
+        resp = p.get(f"{url}/health/liveliness")
+        if resp.status_code != 200:
+            return p.result(False, f"/health/liveliness answered HTTP {resp.status_code}")
+        key = gateway_key(inv, svc)
+        if key is None:
+            return p.result(False, "master key not readable; cannot check /v1/models")
+        resp = p.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"})
+        if resp.status_code != 200:
+            return p.result(False, f"/v1/models answered HTTP {resp.status_code}")
+        routes = sorted(m.get("id") for m in resp.json().get("data", []))
+        want = sorted(r.name for r in svc.routes)
+        if routes != want:
+            return p.result(False, f"gateway lists {routes}, inventory routes are {want}")
+        return p.result(True, "ready")
+    return p.result(False, f"no probe for kind {svc.kind}")  # type: ignore[attr-defined]
+
+
+def probe(inv: Inventory, name: str, *, timeout: float = 5.0, deep: bool = False) -> ProbeResult:
+    svc = inv.services[name]
+    with httpx.Client(timeout=timeout, trust_env=False) as client:
+        p = _Probe(name, client)
+        try:
+            return _probe(inv, name, svc, p, deep)
+        except httpx.TimeoutException:
+            return p.result(False, f"no answer within {timeout:g}s")
+        except httpx.ConnectError:
+            return p.result(False, "connection refused")
+        except (httpx.HTTPError, ValueError) as exc:
+            return p.result(False, f"{type(exc).__name__}: {str(exc)[:120]}")
+
+
+def probe_all(inv: Inventory, names: list[str], *, timeout: float = 5.0) -> dict[str, ProbeResult]:
+    """All probes at once: the slowest bounds the total, and each is bounded by timeout."""
+    if not names:
+        return {}
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        futures = {n: pool.submit(probe, inv, n, timeout=timeout) for n in names}
+        return {n: f.result() for n, f in futures.items()}
+
+
+@dataclass(frozen=True)
+class Readiness:
+    service: str
+    ready: bool
+    seconds: float
+    last: ProbeResult
+    reason: str
+
+
+def wait_ready(inv: Inventory, name: str, *, deadline_sec: float, alive: Callable[[], str | None],
+               interval: float = 0.5, on_wait: Callable[[ProbeResult], None] | None = None) -> Readiness:
+    """Poll a deep probe until it passes, the deadline passes, or ``alive()`` reports why
+    the unit cannot come up (failed, restarting): a dead unit is not waited for."""
+    start = time.monotonic()
+    last = ProbeResult(name, False, "", None, 0.0, "not probed yet")
+    while True:
+        last = probe(inv, name, timeout=min(30.0, max(5.0, deadline_sec / 4)), deep=True)
+        elapsed = time.monotonic() - start
+        if last.ok:
+            return Readiness(name, True, round(elapsed, 2), last, "ready")
+        dead = alive()
+        if dead:
+            return Readiness(name, False, round(elapsed, 2), last, dead)
+        if elapsed >= deadline_sec:
+            return Readiness(name, False, round(elapsed, 2), last,
+                             f"not ready within {deadline_sec:g}s (last probe: {last.check}: {last.detail})")
+        if on_wait:
+            on_wait(last)
+        time.sleep(interval)

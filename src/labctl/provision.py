@@ -1,0 +1,75 @@
+"""Managed Python runtimes: a venv per service whose inventory lists pinned pip specs.
+
+Idempotent: the venv holds a stamp of the specs and pip environment it was built from,
+and is left alone while they match. A failed install leaves no stamp, so the next run
+tries again instead of trusting a half-built venv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from labctl import fsio
+from labctl.inventory import Inventory, Runtime
+from labctl.proc import run_cmd
+
+STAMP = ".labctl-provisioned.json"
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    service: str
+    venv: str
+    changed: bool
+    seconds: float
+
+
+def runtimes(inv: Inventory) -> dict[str, Runtime]:
+    out = {}
+    for name, svc in inv.enabled().items():
+        runtime = getattr(svc, "runtime", None)
+        if isinstance(runtime, Runtime) and runtime.pip:
+            out[name] = runtime
+    return out
+
+
+def _wanted(runtime: Runtime) -> dict[str, object]:
+    return {"pip": list(runtime.pip), "pip_env": dict(sorted(runtime.pip_env.items()))}
+
+
+def is_current(inv: Inventory, runtime: Runtime) -> bool:
+    venv = Path(inv.host.expand(runtime.venv or ""))
+    stamp = venv / STAMP
+    if not stamp.is_file() or not (venv / "bin" / "python").exists():
+        return False
+    return json.loads(stamp.read_text()) == _wanted(runtime)
+
+
+def provision(inv: Inventory, *, say: Callable[[str], None]) -> list[Provisioned]:
+    results = []
+    base_python = shutil.which("python3") or sys.executable
+    for name, runtime in runtimes(inv).items():
+        venv = Path(inv.host.expand(runtime.venv or ""))
+        if is_current(inv, runtime):
+            results.append(Provisioned(name, str(venv), False, 0.0))
+            continue
+        start = time.monotonic()
+        say(f"{name}: installing {' '.join(runtime.pip)} into {venv} (this can take minutes)")
+        (venv / STAMP).unlink(missing_ok=True)
+        if not (venv / "bin" / "python").exists():
+            run_cmd([base_python, "-m", "venv", str(venv)], timeout=300)
+        env = {**os.environ, **runtime.pip_env}
+        run_cmd([str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q",
+                 *runtime.pip], env=env, timeout=3600)
+        fsio.atomic_write(venv / STAMP, json.dumps(_wanted(runtime)))
+        seconds = round(time.monotonic() - start, 1)
+        say(f"{name}: runtime ready in {seconds}s")
+        results.append(Provisioned(name, str(venv), True, seconds))
+    return results

@@ -1,0 +1,155 @@
+"""The user's systemd manager: facts from ``systemctl --user show``, and its verbs.
+
+Facts are parsed from ``show``'s key=value output, never from the human text of
+``systemctl status``, which changes between versions and locales.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from labctl.plan import UnitState
+from labctl.proc import CommandFailed, CommandResult, run_cmd
+
+SHOW_PROPERTIES = (
+    "Id", "LoadState", "ActiveState", "SubState", "UnitFileState", "NRestarts", "MainPID",
+    "MemoryCurrent", "ActiveEnterTimestamp", "ActiveEnterTimestampMonotonic", "InvocationID", "Result",
+    "ExecMainStatus", "NeedDaemonReload",
+)
+# systemd prints this for "no value" in numeric properties such as MemoryCurrent.
+_UINT64_MAX = str(2**64 - 1)
+
+
+@dataclass(frozen=True)
+class UnitFacts:
+    unit: str
+    load_state: str
+    active_state: str
+    sub_state: str
+    unit_file_state: str
+    n_restarts: int
+    main_pid: int
+    memory_bytes: int | None
+    active_enter_timestamp: str
+    active_enter_monotonic_usec: int
+    invocation_id: str
+    result: str
+    exec_main_status: int
+    need_daemon_reload: bool
+
+    @property
+    def state(self) -> UnitState:
+        return UnitState(self.load_state, self.active_state, self.unit_file_state, self.need_daemon_reload)
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, unit: str, props: dict[str, str]) -> "UnitFacts":
+        def num(key: str) -> int:
+            value = props.get(key, "")
+            return int(value) if value.isdigit() and value != _UINT64_MAX else 0
+
+        memory = props.get("MemoryCurrent", "")
+        return cls(
+            unit=unit,
+            load_state=props.get("LoadState", "not-found"),
+            active_state=props.get("ActiveState", "inactive"),
+            sub_state=props.get("SubState", "dead"),
+            unit_file_state=props.get("UnitFileState", ""),
+            n_restarts=num("NRestarts"),
+            main_pid=num("MainPID"),
+            memory_bytes=int(memory) if memory.isdigit() and memory != _UINT64_MAX else None,
+            active_enter_timestamp=props.get("ActiveEnterTimestamp", ""),
+            active_enter_monotonic_usec=num("ActiveEnterTimestampMonotonic"),
+            invocation_id=props.get("InvocationID", ""),
+            result=props.get("Result", ""),
+            exec_main_status=num("ExecMainStatus"),
+            need_daemon_reload=props.get("NeedDaemonReload", "no") == "yes",
+        )
+
+
+def parse_show(output: str, units: Sequence[str]) -> dict[str, UnitFacts]:
+    """``systemctl show`` prints one block per unit, in argument order, separated by blank
+    lines. The Id property names the block when present (it is absent for unknown units
+    on some versions), otherwise the position does."""
+    blocks: list[dict[str, str]] = [{}]
+    for line in output.splitlines():
+        if not line.strip():
+            if blocks[-1]:
+                blocks.append({})
+            continue
+        key, _, value = line.partition("=")
+        blocks[-1][key] = value
+    blocks = [b for b in blocks if b]
+    facts: dict[str, UnitFacts] = {}
+    for unit, props in zip(units, blocks):
+        facts[unit] = UnitFacts.parse(unit, props)
+    for unit in units:
+        facts.setdefault(unit, UnitFacts.parse(unit, {}))
+    return facts
+
+
+class UserManager:
+    """``systemctl --user`` / ``journalctl --user`` for the current user."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        base = dict(os.environ if env is None else env)
+        # Without XDG_RUNTIME_DIR systemctl --user fails with "No medium found".
+        base.setdefault("XDG_RUNTIME_DIR", f"/run/user/{os.getuid()}")
+        self.env = base
+
+    def systemctl(self, *args: str, check: bool = True, timeout: float = 90) -> CommandResult:
+        return run_cmd(["systemctl", "--user", *args], check=check, timeout=timeout, env=self.env)
+
+    def reachable(self) -> tuple[bool, str]:
+        try:
+            res = self.systemctl("is-system-running", check=False, timeout=15)
+        except CommandFailed as exc:
+            return False, str(exc)
+        state = res.stdout.strip()
+        if state in ("running", "degraded", "starting", "initializing"):
+            return True, f"user manager is {state}"
+        why = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else state or "no answer"
+        return False, f"user manager not reachable: {why}"
+
+    def show(self, units: Sequence[str]) -> dict[str, UnitFacts]:
+        if not units:
+            return {}
+        res = self.systemctl("show", "--property=" + ",".join(SHOW_PROPERTIES), *units, timeout=30)
+        return parse_show(res.stdout, units)
+
+    def daemon_reload(self) -> None:
+        self.systemctl("daemon-reload")
+
+    def enable(self, units: Sequence[str]) -> None:
+        if units:
+            self.systemctl("enable", *units)
+
+    def disable(self, units: Sequence[str]) -> None:
+        if units:
+            self.systemctl("disable", *units, check=False)
+
+    def start(self, unit: str) -> None:
+        # A unit that hit its start limit refuses to start until its failure is reset.
+        self.systemctl("reset-failed", unit, check=False)
+        self.systemctl("start", unit)
+
+    def restart(self, unit: str) -> None:
+        self.systemctl("reset-failed", unit, check=False)
+        self.systemctl("restart", unit)
+
+    def stop(self, unit: str) -> None:
+        self.systemctl("stop", unit, check=False)
+
+    def journal(self, unit: str, lines: int = 15) -> list[str]:
+        res = run_cmd(["journalctl", "--user", "--unit", unit, "-n", str(lines), "--no-pager", "-o", "cat"],
+                      check=False, timeout=30, env=self.env)
+        out = [line for line in res.stdout.splitlines() if line.strip() and not line.startswith("-- ")]
+        return out[-lines:]
+
+    def journal_argv(self, unit: str, lines: int, follow: bool) -> list[str]:
+        argv = ["journalctl", "--user", "--unit", unit, "-n", str(lines), "--no-pager"]
+        return argv + ["--follow"] if follow else argv
