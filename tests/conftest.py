@@ -25,3 +25,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def demo_stack():
+    """The CPU demo brought up by `labctl up` on a booted systemd machine (tests/stack.py).
+    Session-wide: tests/infra reads it first; tests/system then changes it."""
+    import os
+
+    from stack import boot_stack
+
+    stack = boot_stack(f"labctl-stack-{os.getpid()}")
+    try:
+        yield stack
+    finally:
+        stack.machine.shutdown()
