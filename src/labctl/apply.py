@@ -17,7 +17,7 @@ from pathlib import Path
 
 from labctl import fsio, generations, secrets
 from labctl.doctor import failures, run_doctor
-from labctl.errors import HostNotReady, OperationFailed
+from labctl.errors import HostNotReady, MultiLineFailure, OperationFailed
 from labctl.inventory import Inventory, unit_name
 from labctl.layout import UNIT_DIR, Layout
 from labctl.load import Loaded, load_inventory
@@ -130,16 +130,7 @@ def _unit_failure(host: Host, unit: str, reason: str) -> OperationFailed:
     lines = [f"{unit} did not become ready: {reason}"]
     lines += [f"  | {line}" for line in journal] or ["  | (no journal lines)"]
     lines.append(f"  see: labctl logs {unit.removeprefix('labctl-').removesuffix('.service')}")
-    return _MultiLine(lines)
-
-
-class _MultiLine(OperationFailed):
-    def __init__(self, lines: list[str]) -> None:
-        self._lines = lines
-        super().__init__("\n".join(lines))
-
-    def lines(self) -> list[str]:
-        return ["labctl: " + self._lines[0], *self._lines[1:]]
+    return MultiLineFailure(lines)
 
 
 def execute(host: Host, plan: Plan, rendered: dict[str, str], say: Say, report: Report) -> None:

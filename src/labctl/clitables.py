@@ -29,6 +29,8 @@ def status_table(report: StatusReport) -> Table:
         table.add_column(column, overflow="fold")
     for s in report.services:
         state = f"{s.active_state}/{s.sub_state}"
+        if s.result and s.result != "success":
+            state += f" ({s.result})"
         colour = "green" if s.active_state == "active" else "red" if s.active_state == "failed" else "yellow"
         restarts = f"{s.n_restarts}" + (" (start limit hit)" if s.start_limit_hit else "")
         probe = s.probe

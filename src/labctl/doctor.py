@@ -128,7 +128,7 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
 
     provisioned = runtimes(inv)
     for problem in checks.file_problems(inv, loaded.source):
-        out.append(Check(problem.path, "fail", problem.message, "fix the path in the inventory or install it"))
+        out.append(Check(problem.path, "fail", problem.message, f"edit {problem.file}:{problem.line}"))
     for name in provisioned:
         out.append(Check(f"services.{name}.runtime", "ok", "provisioned by labctl up (pinned pip specs)"))
 

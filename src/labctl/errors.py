@@ -70,6 +70,18 @@ class OperationFailed(LabctlError):
     exit_code = 4
 
 
+class MultiLineFailure(OperationFailed):
+    """An operation failure whose first line says what failed and why, followed by
+    evidence (journal lines) indented with ``  | ``."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self._lines = list(lines)
+        super().__init__("\n".join(self._lines))
+
+    def lines(self) -> list[str]:
+        return ["labctl: " + self._lines[0], *self._lines[1:]]
+
+
 class LockBusy(LabctlError):
     """Another labctl run is mutating this host."""
 

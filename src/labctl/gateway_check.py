@@ -18,12 +18,17 @@ How a primary is made to fail without any dangerous setting (measured on LiteLLM
   teams whose metadata allows it, which needs LiteLLM's database).
 * ``api_base``/``base_url`` in the body are refused with 400 (client-side endpoints are an
   SSRF hole).
-* A caller-set ``timeout`` is honoured per request, and a fallback named in the request
-  body may be an object whose keys override the request's parameters for that hop. So
-  ``timeout`` of a microsecond makes the primary fail (HTTP 408, before any byte reaches
-  its backend) and ``fallbacks: [{"model": TARGET, "timeout": T}]`` gives the target a
-  normal deadline. LiteLLM marks such failures as ``client_side_timeout`` and does not
-  count them towards putting the primary into cooldown, so the check leaves real traffic
+* A caller-set ``timeout`` of a microsecond is honoured, but it is racy: when the gateway's
+  event loop is busy (right after another request) a fast backend's answer arrives first
+  and the primary "succeeds"; it also reaches the primary's backend.
+* What works: a fallback named in the request body may be an object whose keys override
+  the request for that hop. The request to the primary carries a user message whose
+  content part has a type LiteLLM does not know; LiteLLM's own message validation rejects
+  it inside the primary's hop, before any byte is sent to its backend, on every provider.
+  The fallback object ``{"model": TARGET, "messages": [valid]}`` then sends a valid
+  message to the target. LiteLLM reports the primary's failure as an APIConnectionError,
+  which it never counts towards putting a deployment into cooldown (measured: 20 forced
+  failures within a minute left the primary serving), so the check leaves real traffic
   alone. ``num_retries: 0`` skips the retry (and its back-off) of the doomed attempt.
 
 The body's ``fallbacks`` replace the configured chain for that request, so a fallback
@@ -31,8 +36,9 @@ check proves that the gateway can fall back from the primary to each target and 
 target answers there; it does not read the configured order back. (The integration tests
 prove the rendered chain itself, with the primary's server really stopped.) Each fallback
 check is also one successful fallback in LiteLLM's metrics
-(``litellm_deployment_successful_fallbacks_total``, ``exception_status="408"``); a check
-now and then stays far below the LabctlFallbacksFrequent alert threshold.
+(``litellm_deployment_successful_fallbacks_total``, ``exception_status="500"``); a check
+now and then stays far below the LabctlFallbacksFrequent alert threshold. The forced
+failure also shows in ``litellm_deployment_failure_responses_total`` of the primary.
 
 Results never hold the gateway key, nor any header of the answer.
 """
@@ -53,16 +59,16 @@ from labctl.proc import CommandFailed, CommandTimeout, run_cmd
 from labctl.render.gateway import base_url
 
 __all__ = [
-    "FORCED_FAILURE_TIMEOUT",
+    "FORCED_FAILURE_MESSAGES",
     "RouteResult",
     "all_ok",
     "check_gateway",
     "litellm_supports_prometheus",
 ]
 
-# The caller-set timeout that makes the primary of a fallback check fail deterministically:
-# nothing on loopback answers within a microsecond.
-FORCED_FAILURE_TIMEOUT = 1e-6
+# The message that makes the primary of a fallback check fail inside LiteLLM, before its
+# backend is contacted: a content part of a type LiteLLM's validation refuses.
+FORCED_FAILURE_MESSAGES = [{"role": "user", "content": [{"type": "labctl-forced-failure", "text": "x"}]}]
 GROUP_HEADER = "x-litellm-model-group"
 FALLBACKS_HEADER = "x-litellm-attempted-fallbacks"
 PROMPT = [{"role": "user", "content": "labctl gateway check: answer with one token."}]
@@ -136,9 +142,9 @@ def check_gateway(inv: Inventory, key: str, *, timeout: float = 60) -> list[Rout
         for primary, chain in gw.fallbacks.items():
             for target in chain:
                 forced = {
-                    "timeout": FORCED_FAILURE_TIMEOUT,
+                    "messages": FORCED_FAILURE_MESSAGES,
                     "num_retries": 0,
-                    "fallbacks": [{"model": target, "timeout": timeout}],
+                    "fallbacks": [{"model": target, "messages": PROMPT}],
                 }
                 results.append(probe.ask("fallback", primary, target, forced))
     return results
@@ -165,7 +171,8 @@ class _Probe:
         started = time.monotonic()
         if self.unreachable:
             return result(None, error=self.unreachable)
-        body = {"model": route, "messages": PROMPT, "max_tokens": 1, "stream": False, **extra}
+        body: dict[str, Any] = {"model": route, "messages": PROMPT, "max_tokens": 1, "stream": False}
+        body.update(extra)
         try:
             response = self.client.post("/v1/chat/completions", json=body)
         except httpx.TimeoutException:
@@ -223,7 +230,7 @@ def _error_line(response: httpx.Response, target: str | None) -> str:
     if target is not None and "also failed:" in message:
         # The first part describes the forced failure of the primary; the target's own
         # failure follows.
-        message = f"fallback to {target!r} failed: " + message.rsplit("also failed:", 1)[1]
+        message = f"fallback to {target!r} failed: " + message.rsplit("also failed:", 1)[1].strip()
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     line = lines[0] if lines else response.reason_phrase
     if len(line) > ERROR_LIMIT:

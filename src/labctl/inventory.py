@@ -99,6 +99,8 @@ class Host(Strict):
     # Whether this host has a GPU the llama.cpp servers should offload to. With gpu: true,
     # n_gpu_layers: 0 is refused: it silently runs a model on the CPU (an operator outage).
     gpu: bool = True
+    # GPU memory for model weights, for `labctl model switch`'s budget check (per host).
+    gpu_memory_gib: Annotated[float, Field(gt=0, le=4096)] | None = None
 
     @property
     def home_dir(self) -> str:

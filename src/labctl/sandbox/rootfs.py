@@ -86,6 +86,11 @@ def build_rootfs(
         for stale in rootfs.parent.glob(f".{rootfs.name}.tmp-*"):
             log.info("removing stale partial build %s", stale)
             shutil.rmtree(stale, ignore_errors=True)
+        retired = sorted(rootfs.parent.glob(f".{rootfs.name}.retired-*"))
+        if retired and not _nspawn_users(rootfs):
+            for tree in retired:
+                log.info("removing retired tree %s", tree)
+                shutil.rmtree(tree, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{rootfs.name}.tmp-", dir=rootfs.parent))
         started = time.monotonic()
         try:
@@ -112,7 +117,19 @@ def build_rootfs(
                 os.rename(rootfs, old)
             os.rename(tmp, rootfs)
             if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+                users = _nspawn_users(rootfs)
+                if users:
+                    # Their overlays still read the old tree: deleting it would break them.
+                    keep = rootfs.parent / f".{rootfs.name}.retired-{int(time.time())}"
+                    os.rename(old, keep)
+                    log.warning(
+                        "kept the previous tree as %s: machines booted from it still run"
+                        " (systemd-nspawn PIDs %s); a later build removes it",
+                        keep,
+                        " ".join(map(str, users)),
+                    )
+                else:
+                    shutil.rmtree(old, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -122,6 +139,35 @@ def build_rootfs(
             _dir_size(rootfs) // 2**20,
         )
     return rootfs
+
+
+def _nspawn_users(rootfs: Path) -> list[int]:
+    """PIDs of the systemd-nspawn processes booted from the tree at ``rootfs`` (by their
+    ``-D``/``--directory`` argument: a renamed tree still counts under its old path)."""
+    target = os.path.abspath(rootfs)
+    pids: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        args = [a.decode(errors="replace") for a in raw.split(b"\0")]
+        if not args or os.path.basename(args[0]) != "systemd-nspawn":
+            continue
+        for i, arg in enumerate(args):
+            value = None
+            if arg in ("-D", "--directory") and i + 1 < len(args):
+                value = args[i + 1]
+            elif arg.startswith("--directory="):
+                value = arg.partition("=")[2]
+            elif arg.startswith("-D") and len(arg) > 2:
+                value = arg[2:]
+            if value and os.path.abspath(value) == target:
+                pids.append(int(entry.name))
+                break
+    return pids
 
 
 def _write(path: Path, text: str, mode: int = 0o644, uid: int = 0) -> None:
@@ -164,7 +210,26 @@ def _configure_rootfs(root: Path) -> None:
         _write(root / "etc/resolv.conf", resolv.read_text())
 
     # The lingering user: user@1000.service starts at boot with no login.
-    run_cmd(["chroot", root, "useradd", "-m", "-u", str(UID), "-U", "-s", "/bin/bash", USER])
+    # In systemd-journal: "journalctl --user" reads the per-user file user-1000.journal, which
+    # journald only splits off on persistent storage (/var/log/journal, here on the overlay).
+    # Whenever it logs to /run/log/journal instead (no /var/log/journal, before the flush at
+    # boot, Storage=volatile) there is one system file and the user would find nothing.
+    run_cmd(
+        [
+            "chroot",
+            root,
+            "useradd",
+            "-m",
+            "-u",
+            str(UID),
+            "-U",
+            "-G",
+            "systemd-journal",
+            "-s",
+            "/bin/bash",
+            USER,
+        ]
+    )
     linger = root / "var/lib/systemd/linger"
     linger.mkdir(parents=True, exist_ok=True)
     (linger / USER).touch()
