@@ -63,6 +63,7 @@ __all__ = [
     "RouteResult",
     "all_ok",
     "check_gateway",
+    "gateway_of",
     "litellm_supports_prometheus",
 ]
 
@@ -115,6 +116,7 @@ def all_ok(results: list[RouteResult]) -> bool:
 
 
 def gateway_of(inv: Inventory) -> tuple[str, LiteLLM]:
+    """The enabled gateway's service name and settings (the checks guarantee at most one)."""
     gateways = inv.gateways()
     if not gateways:
         raise OperationFailed("the inventory has no enabled litellm service: there is no gateway to check")
@@ -178,9 +180,11 @@ class _Probe:
         except httpx.TimeoutException:
             return result(None, error=f"no answer from the gateway at {self.url} within "
                                       f"{self.client.timeout.read:g}s")
-        except httpx.TransportError as exc:
-            self.unreachable = f"cannot reach the gateway at {self.url}: {type(exc).__name__}: {exc}"
+        except httpx.ConnectError as exc:
+            self.unreachable = f"cannot reach the gateway at {self.url}: {exc}"
             return result(None, error=self.unreachable)
+        except httpx.TransportError as exc:  # reset or broken mid-request: this check only
+            return result(None, error=f"the gateway at {self.url} dropped the request: {type(exc).__name__}: {exc}")
         answered_by = response.headers.get(GROUP_HEADER) if response.status_code == 200 else None
         attempted = _int_or_none(response.headers.get(FALLBACKS_HEADER))
         if response.status_code != 200:

@@ -349,3 +349,9 @@ def sandbox_list(registry: Path | None = None) -> list[dict[str, object]]:
             }
         )
     return rows
+
+
+def sandbox_copy(name: str, src: Path, dst: str, *, owner: str = USER, registry: Path | None = None) -> None:
+    """Copy a host file or directory into a running sandbox, owned by ``owner``."""
+    machine = Machine.attach(name, registry)
+    machine.copy_in(Path(src), dst, owner=owner)

@@ -154,9 +154,10 @@ def test_bad_host_state_refused_at_preflight(demo_stack: Stack, case: str) -> No
         expect = "missing.gguf does not exist"
     elif case == "port-taken":
         port = free_port()
+        # The same user's process, outside labctl's units: visible to ss, so it is named.
         demo_stack.run("sh", "-c", f"nohup python3 -m http.server --bind 127.0.0.1 {port} >/dev/null 2>&1 & "
-                       "echo $! > /tmp/foreign.pid", user=None)
-        cleanup.append(lambda: demo_stack.run("sh", "-c", "kill $(cat /tmp/foreign.pid)", user=None, check=False))
+                       "echo $! > /tmp/foreign.pid")
+        cleanup.append(lambda: demo_stack.run("sh", "-c", "kill $(cat /tmp/foreign.pid)", check=False))
         time.sleep(1)
         text = text.replace(f"    port: {demo_stack.ports['gateway']}\n", f"    port: {port}\n")
         expect = f"port {port}: gateway needs it, but python3"
