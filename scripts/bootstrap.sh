@@ -23,13 +23,16 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev cmake g++   # tool venvs; llama-cpp-python compiles
   prometheus              # promtool, and a real Prometheus for integration tests
   debootstrap systemd-container   # the booted systemd sandbox (system tests, demo)
+  docker.io               # a real Docker engine for the monitoring compose tests
   iproute2 procps curl ca-certificates
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
-if ((${#missing[@]})); then
+# The test images are built from Debian packages fetched with `apt-get download`,
+# which needs the package lists even when nothing is missing.
+if ((${#missing[@]})) || [[ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e lock -e partial)" ]]; then
   log "apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

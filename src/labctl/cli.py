@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from labctl import __version__
-from labctl.errors import LabctlError, UsageError
+from labctl.errors import LabctlError, OperationFailed, UsageError
 
 app = typer.Typer(
     name="labctl",
@@ -218,6 +218,43 @@ def sandbox_list(as_json: JsonOpt = False) -> None:
         return
     for m in machines:
         out.print(f"{m.get('name')}  ssh {m.get('ssh_port') or '-'}  {m.get('state', '')}", markup=False)
+
+
+gateway_app = typer.Typer(help="The LiteLLM gateway.", no_args_is_help=True)
+app.add_typer(gateway_app, name="gateway")
+
+
+@gateway_app.command("check")
+def gateway_check(
+    inventory: InventoryOpt = Path("inventory.yaml"),
+    timeout: Annotated[float, typer.Option(help="Seconds each request may take.")] = 60.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask every route for one token and exercise every fallback chain; route -> backend -> latency."""
+    from rich.table import Table
+
+    from labctl.gateway_check import all_ok, check_gateway, gateway_of
+    from labctl.probes import gateway_key
+
+    inv = _load(inventory).inventory
+    _, gw = gateway_of(inv)
+    key = gateway_key(inv, gw)
+    if key is None:
+        raise OperationFailed(f"cannot read {gw.master_key.variable} (from {gw.master_key.env_file or 'the environment'})")
+    results = check_gateway(inv, key, timeout=timeout)
+    ok = all_ok(results)
+    if as_json:
+        emit_json({"ok": ok, "results": [r.as_dict() for r in results]})
+    else:
+        table = Table(title="labctl gateway check", title_justify="left")
+        for column in ("check", "route", "fallback to", "status", "answered by", "backend", "fallbacks", "ms", "error"):
+            table.add_column(column, overflow="fold")
+        for r in results:
+            table.add_row(r.check, r.route, r.fallback_to or "-", str(r.status or "-"), r.answered_by or "-",
+                          r.backend or "-", str(r.attempted_fallbacks if r.attempted_fallbacks is not None else "-"),
+                          f"{r.latency_ms:.0f}", r.error or "")
+        out.print(table)
+    raise typer.Exit(0 if ok else OperationFailed.exit_code)
 
 
 @app.command()

@@ -86,8 +86,24 @@ class MonitoringResult:
     output: str = ""
     detail: str = ""
 
+    @property
+    def summary(self) -> str:
+        """One line for the operator."""
+        if self.action == "skipped":
+            return f"{self.project}: {self.detail}"
+        if self.action == "down":
+            left = f", {len(self.containers)} container(s) left" if self.containers else ""
+            return f"{self.project}: stopped{left} ({self.elapsed_sec:.1f}s)"
+        bad = [c for c in self.containers if not c.ok]
+        names = ", ".join(c.service for c in self.containers)
+        if bad:
+            return f"{self.project}: not ready: " + ", ".join(f"{c.service} ({c.health or c.state})" for c in bad)
+        return f"{self.project}: {len(self.containers)} container(s) running and healthy ({names}) " \
+               f"in {self.elapsed_sec:.1f}s"
+
     def as_dict(self) -> dict[str, Any]:
         return {
+            "summary": self.summary,
             "action": self.action, "project": self.project, "compose_file": self.compose_file,
             "containers": [c.as_dict() for c in self.containers],
             "elapsed_sec": round(self.elapsed_sec, 3), "secret_created": self.secret_created,
@@ -122,6 +138,9 @@ def _why(exc: BaseException) -> str:
     return one_line(str(exc), 200) or type(exc).__name__
 
 
+ENGINE_HINT = "start Docker or set DOCKER_HOST"
+
+
 def _client(timeout: float = 10) -> Any:
     """A Docker SDK client for the engine in the environment; HostNotReady if unreachable."""
     import docker  # heavy import (requests, urllib3): only when talking to an engine
@@ -129,8 +148,7 @@ def _client(timeout: float = 10) -> Any:
     try:
         return docker.from_env(timeout=int(max(1, timeout)))
     except docker.errors.DockerException as exc:
-        raise HostNotReady(f"no Docker engine at {docker_host()} ({_why(exc)}); "
-                           "start Docker or set DOCKER_HOST") from None
+        raise HostNotReady(f"no Docker engine at {docker_host()} ({_why(exc)})") from None
 
 
 def engine_status(timeout: float = 5) -> EngineStatus:
@@ -158,7 +176,7 @@ def engine_status(timeout: float = 5) -> EngineStatus:
 def _require_engine() -> None:
     st = engine_status()
     if not st.reachable:
-        raise HostNotReady(st.detail)
+        raise HostNotReady(f"{st.detail}; {ENGINE_HINT}")
 
 
 # --------------------------------------------------------------------------- compose
@@ -329,7 +347,10 @@ def status(inv: Inventory) -> list[ContainerState]:
     an engine."""
     import docker
 
-    client = _client()
+    try:
+        client = _client()
+    except HostNotReady as exc:
+        raise HostNotReady(f"{exc}; {ENGINE_HINT}") from None
     try:
         return sorted((_state(c) for c in _containers(client, inv.monitoring.project)),
                       key=lambda s: (s.service, s.name))

@@ -92,7 +92,7 @@ CASES: dict[str, list[Scenario]] = {
             series("up", PROMETHEUS, "1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0"),
         ), (
             Expect("3m"),
-            Expect("6m", (NATIVE,), "6"),
+            Expect("6m", (NATIVE,), "3"),
             Expect("25m"),
         )),
     ],
