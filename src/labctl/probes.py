@@ -1,8 +1,8 @@
 """Is a service answering? Per-kind probes, and readiness waits with honest deadlines.
 
 A *shallow* probe asks the cheap endpoint (``labctl status``); a *deep* probe also asks for
-one real token, because a server can answer ``/health`` while it cannot serve (vLLM keeps
-``/health`` at 200 after its engine dies; llama-server loads a model it cannot run).
+one real token, because answering ``/health`` is not serving: a server can be up while its
+model or engine cannot produce a token (vLLM's engine dying, a model llama.cpp cannot run).
 Readiness waits use deep probes. Every probe has a timeout: a hung backend costs at most
 that timeout, never more.
 """
@@ -98,7 +98,7 @@ def _probe(inv: Inventory, name: str, svc: ServiceBase, p: _Probe, deep: bool) -
         ids = [m.get("id") for m in resp.json().get("data", [])]
         if served not in ids:
             return p.result(False, f"serves {ids}, not {served!r}")
-        # vLLM's /health stays 200 after its engine died: only a token proves it can serve.
+        # vLLM: only a token proves the engine behind the API server can serve.
         if (deep or isinstance(svc, Vllm)) and (bad := _one_token(p, url, served)):
             return bad
         return p.result(True, "ready")

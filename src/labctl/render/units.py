@@ -55,8 +55,9 @@ def argv(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> list[st
         if svc.n_threads:
             args += ["--n_threads", str(svc.n_threads)]
     elif isinstance(svc, Vllm):
-        args = [svc.runtime.interpreter(host), "-m", "vllm.entrypoints.openai.api_server",
-                "--model", host.expand(svc.model) if svc.model.startswith(("/", "~/")) else svc.model,
+        # `serve MODEL` (positional): the api_server module and --model are deprecated.
+        args = [svc.runtime.interpreter(host), "-m", "vllm.entrypoints.cli.main", "serve",
+                host.expand(svc.model) if svc.model.startswith(("/", "~/")) else svc.model,
                 "--served-model-name", svc.served_model_name, "--host", bind, "--port", port,
                 "--max-model-len", str(svc.max_model_len), "--dtype", svc.dtype,
                 "--gpu-memory-utilization", str(svc.gpu_memory_utilization)]
@@ -84,10 +85,10 @@ def environment(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> 
         env["HF_HOME"] = str(state / "hf")
         env["VLLM_NO_USAGE_STATS"] = "1"
         env["DO_NOT_TRACK"] = "1"
-        if svc.device == "cpu":
-            env["VLLM_TARGET_DEVICE"] = "cpu"
-            if svc.cpu_kv_cache_gib:
-                env["VLLM_CPU_KVCACHE_SPACE"] = str(svc.cpu_kv_cache_gib)
+        if svc.device == "cpu" and svc.cpu_kv_cache_gib:
+            # Without it vLLM on the CPU reserves gpu_memory_utilization of all RAM and
+            # refuses to start when that much is not free.
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(svc.cpu_kv_cache_gib)
         if svc.offline:
             env["HF_HUB_OFFLINE"] = "1"
             env["TRANSFORMERS_OFFLINE"] = "1"
@@ -120,9 +121,9 @@ def dependencies(inv: Inventory, svc: ServiceBase) -> list[str]:
 def render_unit(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> str:
     restart = inv.restart_of(svc)
     note = None
-    if isinstance(svc, Vllm) and restart.restart == "on-failure":
-        # vLLM's API server exits with status 0 after its engine dies, which on-failure
-        # treats as a clean stop: the model would stay down.
+    if isinstance(svc, Vllm) and restart.restart in ("on-failure", "on-abnormal"):
+        # vLLM's API server exits with status 0 after its engine dies, which on-failure and
+        # on-abnormal treat as a clean stop: the model would stay down.
         restart = restart.model_copy(update={"restart": "always"})
         note = "always: vLLM exits 0 after an engine crash, which on-failure would not restart"
     return templates.render(
@@ -139,7 +140,9 @@ def render_unit(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> 
         environment=[quote_assignment(k, v) for k, v in sorted(environment(inv, name, svc, layout).items())],
         environment_files=environment_files(inv, svc),
         exec_start=" ".join(quote_word(w) for w in argv(inv, name, svc, layout)),
-        timeout_start_sec=90,
+        # Type=exec: start completes at exec, so this bounds only a hung exec; sized from the
+        # readiness deadline so a future notify-style start is not cut short.
+        timeout_start_sec=svc.ready_timeout_sec,
         unit_stem=unit_name(name).removesuffix(".service"),
     )
 
