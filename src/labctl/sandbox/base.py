@@ -31,6 +31,9 @@ PACKAGES: tuple[str, ...] = (
     # OpenMP runtime: llama.cpp builds (llama-server, llama-cpp-python) bound in from the
     # host's tool venvs link against libgomp.so.1.
     "libgomp1",
+    # vLLM's CPU kernels (vllm._C) link against libnuma.so.1; without it the engine core
+    # fails to initialise inside the machine.
+    "libnuma1",
 )
 #: Bump when build_rootfs changes what it puts into the tree: forces a rebuild of caches.
 #: 2: labuser in systemd-journal.
