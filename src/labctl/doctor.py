@@ -159,7 +159,22 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
         out.append(Check("docker", "ok", engine.detail) if engine.reachable else
                    Check("docker", "warn", f"{engine.detail}; the monitoring stack will be skipped",
                          "start Docker, or set monitoring.enabled: false"))
+        if inv.monitoring.node_exporter.enabled and not root_is_shared():
+            out.append(Check("node exporter", "warn", "/ is a private mount here: Docker refuses the node "
+                             "exporter's /:/host:ro,rslave bind", "mount --make-rshared /, or set "
+                             "monitoring.node_exporter.enabled: false"))
     return out
+
+
+def root_is_shared(mountinfo: str | None = None) -> bool:
+    """Whether / propagates mounts (``shared:N`` in /proc/self/mountinfo's optional fields)."""
+    text = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) > 6 and fields[4] == "/":
+            optional = fields[6:fields.index("-")] if "-" in fields else []
+            return any(f.startswith("shared:") for f in optional)
+    return False
 
 
 def _secret_file_check(name: str, path: Path, generate: bool) -> Check:

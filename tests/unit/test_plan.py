@@ -119,3 +119,4 @@ def test_only_labctl_unit_files_are_managed(inventory: Path, tmp_path: Path) -> 
     (root / "systemd/user/default.target.wants/labctl-native.service").symlink_to(
         root / "systemd/user/labctl-native.service")
     assert read_installed(root) == {"systemd/user/labctl-native.service": "[Service]\n"}
+
