@@ -257,6 +257,62 @@ def gateway_check(
     raise typer.Exit(0 if ok else OperationFailed.exit_code)
 
 
+monitoring_app = typer.Typer(help="The Prometheus + Grafana stack (docker compose).", no_args_is_help=True)
+app.add_typer(monitoring_app, name="monitoring")
+
+
+@monitoring_app.command("up")
+def monitoring_up(inventory: InventoryOpt = Path("inventory.yaml"), as_json: JsonOpt = False) -> None:
+    """Render the monitoring files, then `docker compose up --wait` them."""
+    from labctl import fsio, monitoring
+    from labctl.layout import Layout
+    from labctl.render import render_all
+
+    inv = _load(inventory).inventory
+    layout = Layout.of(inv)
+    root = Path(layout.config_root)
+    for rel, content in render_all(inv).items():
+        if rel.startswith(layout.monitoring_dir + "/"):
+            fsio.atomic_write(root / rel, content)
+    result = monitoring.up(inv, layout, root)
+    if as_json:
+        emit_json(result.as_dict())
+    else:
+        out.print(f"monitoring: {result.summary}", markup=False)
+
+
+@monitoring_app.command("down")
+def monitoring_down(
+    inventory: InventoryOpt = Path("inventory.yaml"),
+    purge: Annotated[bool, typer.Option("--purge", help="Also remove the data volumes.")] = False,
+) -> None:
+    """Stop and remove the monitoring containers (data volumes stay unless --purge)."""
+    from labctl import monitoring
+    from labctl.layout import Layout
+
+    inv = _load(inventory).inventory
+    layout = Layout.of(inv)
+    result = monitoring.down(inv, layout, Path(layout.config_root), purge=purge)
+    out.print(f"monitoring: {result.summary}", markup=False)
+
+
+@monitoring_app.command("status")
+def monitoring_status(inventory: InventoryOpt = Path("inventory.yaml"), as_json: JsonOpt = False) -> None:
+    """The monitoring containers' state and health, from the Docker engine."""
+    from labctl import monitoring
+
+    inv = _load(inventory).inventory
+    engine = monitoring.engine_status()
+    containers = monitoring.status(inv) if engine.reachable else []
+    if as_json:
+        emit_json({"engine": engine.as_dict(), "containers": [c.as_dict() for c in containers]})
+    else:
+        out.print(engine.detail, markup=False)
+        for c in containers:
+            out.print(f"  {c.service:<14} {c.state:<10} {c.health or '-':<10} {c.image}", markup=False)
+    raise typer.Exit(0 if engine.reachable and containers and all(c.ok for c in containers) else 1)
+
+
 @app.command()
 def version() -> None:
     """Print labctl's version."""

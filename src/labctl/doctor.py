@@ -139,6 +139,18 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
                          "labctl up creates it before the unit starts"))
 
     for name, svc in inv.gateways().items():
+        python = Path(svc.runtime.interpreter(inv.host))
+        if svc.prometheus_metrics and python.exists():
+            from labctl.gateway_check import litellm_supports_prometheus
+
+            # The operators enabled a callback their LiteLLM could not load: ask this one.
+            supported = _cached(Path(layout.state_dir) / "litellm-prometheus.json", python,
+                                lambda: litellm_supports_prometheus(python))
+            out.append(Check(f"{name} metrics", "ok", "the installed LiteLLM has its Prometheus callback")
+                       if supported else
+                       Check(f"{name} metrics", "fail", "the installed LiteLLM cannot load its Prometheus callback",
+                             f"install prometheus_client into {python.parent.parent}, or set "
+                             f"services.{name}.prometheus_metrics: false"))
         ref = svc.master_key
         if ref.env_file:
             path = Path(inv.host.expand(ref.env_file))
@@ -188,6 +200,30 @@ def _secret_file_check(name: str, path: Path, generate: bool) -> Check:
     if not os.access(path, os.R_OK):
         return Check(name, "fail", f"{path} is not readable", f"chown it to the inventory's host.user")
     return Check(name, "ok", f"{path} is mode 0600")
+
+
+def _cached(path: Path, python: Path, compute) -> bool:  # type: ignore[no-untyped-def]
+    """``compute()`` imports LiteLLM (seconds); its answer only changes when the venv's
+    packages do, so it is kept next to the state, keyed on the interpreter and its
+    site-packages' modification time."""
+    import json
+
+    site = sorted(python.parent.parent.glob("lib/python3*/site-packages"))
+    key = {"python": str(python), "mtime": site[0].stat().st_mtime if site else 0}
+    try:
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return bool(cached["answer"])
+    except (OSError, ValueError, KeyError):
+        pass
+    answer = bool(compute())
+    try:
+        from labctl import fsio
+
+        fsio.atomic_write(path, json.dumps({"key": key, "answer": answer}))
+    except OSError:
+        pass  # an unwritable state dir costs the next run some seconds, nothing more
+    return answer
 
 
 def failures(results: list[Check]) -> list[Check]:

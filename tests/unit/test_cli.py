@@ -40,3 +40,18 @@ def test_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for command in ("validate", "render", "plan"):
         assert command in out
+
+
+def test_outage_inventory_refused_by_validate_and_up(tmp_path, capsys):
+    """The operators' outage: a fallback naming a model the gateway does not define."""
+    from invtext import edit
+
+    path = tmp_path / "inventory.yaml"
+    path.write_text(edit(("bindings: [native]", "bindings: [native, llama3.1:latest]")))
+    expected = (f"{path}:31: services.gateway.fallbacks.bindings[1]: chain 'bindings' falls back to undefined "
+                "model 'llama3.1:latest' (routes: bindings, native)\n")
+    for command in ("validate", "up", "plan"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "-i", str(path)])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err == expected
