@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +60,41 @@ class Stack:
                           headers={"Authorization": f"Bearer {self.key()}"}, timeout=timeout, trust_env=False,
                           json={"model": route, "max_tokens": 4,
                                 "messages": [{"role": "user", "content": "Say hello"}]})
+
+
+@contextmanager
+def gateway_load(stack: Stack, route: str, *, interval: float = 0.1) -> Iterator[list[tuple[int, str | None]]]:
+    """Steady chat requests to ``route`` through the gateway while the block runs; yields the
+    growing list of (HTTP status or 0 for a transport error, x-litellm-model-group)."""
+    stop, results = threading.Event(), []
+
+    def run() -> None:
+        key = stack.key()
+        url = f"http://127.0.0.1:{stack.ports['gateway']}/v1/chat/completions"
+        with httpx.Client(timeout=120, trust_env=False) as client:
+            while not stop.is_set():
+                try:
+                    r = client.post(url, headers={"Authorization": f"Bearer {key}"},
+                                    json={"model": route, "max_tokens": 2,
+                                          "messages": [{"role": "user", "content": "hi"}]})
+                    results.append((r.status_code, r.headers.get("x-litellm-model-group")))
+                except httpx.HTTPError as exc:
+                    results.append((0, type(exc).__name__))
+                time.sleep(interval)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        yield results
+    finally:
+        stop.set()
+        worker.join(timeout=180)
+
+
+def load_summary(results: list[tuple[int, str | None]], groups: tuple[str, ...]) -> tuple[list, dict[str, int]]:
+    """(the failed requests, how many each model group answered)."""
+    failed = [r for r in results if r[0] != 200]
+    return failed, {g: sum(1 for r in results if r[1] == g) for g in groups}
 
 
 def demo_inventory(ports: dict[str, int]) -> str:

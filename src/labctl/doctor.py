@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from labctl import checks
-from labctl.inventory import Inventory, LiteLLM, LlamaCppPython, LlamaServer, Vllm, unit_name
+from labctl.inventory import Inventory, LlamaCppPython, LlamaServer, Vllm, unit_name
 from labctl.layout import Layout
 from labctl.load import Loaded
 from labctl.proc import CommandFailed, run_cmd
@@ -193,12 +193,12 @@ def _secret_file_check(name: str, path: Path, generate: bool) -> Check:
     if not path.exists():
         if generate:
             return Check(name, "ok", f"{path} will be generated (mode 0600)")
-        return Check(name, "fail", f"{path} does not exist", f"create it with mode 0600, or set generate: true")
+        return Check(name, "fail", f"{path} does not exist", "create it with mode 0600, or set generate: true")
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         return Check(name, "fail", f"{path} is mode {mode:o}, readable by others", f"chmod 600 {path}")
     if not os.access(path, os.R_OK):
-        return Check(name, "fail", f"{path} is not readable", f"chown it to the inventory's host.user")
+        return Check(name, "fail", f"{path} is not readable", "chown it to the inventory's host.user")
     return Check(name, "ok", f"{path} is mode 0600")
 
 

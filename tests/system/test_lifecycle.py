@@ -10,10 +10,9 @@ import hashlib
 import threading
 import time
 
-import httpx
 import pytest
 
-from stack import HOME, INVENTORY, LABCTL, UNIT_DIR, Stack, json_out
+from stack import HOME, INVENTORY, LABCTL, UNIT_DIR, Stack, gateway_load, json_out, load_summary
 
 pytestmark = pytest.mark.system
 
@@ -57,30 +56,11 @@ def test_status_json_shape(demo_stack: Stack) -> None:
     assert native["bind"] == "127.0.0.1" and native["port"] == demo_stack.ports["native"]
 
 
-def _load(stack: Stack, route: str, stop: threading.Event, results: list) -> None:
-    """Steady chat requests through the gateway until told to stop."""
-    key = stack.key()
-    url = f"http://127.0.0.1:{stack.ports['gateway']}/v1/chat/completions"
-    with httpx.Client(timeout=60, trust_env=False) as client:
-        while not stop.is_set():
-            try:
-                r = client.post(url, headers={"Authorization": f"Bearer {key}"},
-                                json={"model": route, "max_tokens": 2,
-                                      "messages": [{"role": "user", "content": "hi"}]})
-                results.append((r.status_code, r.headers.get("x-litellm-model-group")))
-            except httpx.HTTPError as exc:
-                results.append((0, type(exc).__name__))
-            time.sleep(0.1)
-
-
 def test_kill_9_llama_server_is_restarted_and_gateway_falls_back(demo_stack: Stack) -> None:
     unit = "labctl-native.service"
     pid = int(demo_stack.show(unit, "MainPID")["MainPID"])
     restarts = int(demo_stack.show(unit, "NRestarts")["NRestarts"])
-    stop, results = threading.Event(), []
-    worker = threading.Thread(target=_load, args=(demo_stack, "native", stop, results))
-    worker.start()
-    try:
+    with gateway_load(demo_stack, "native") as results:
         time.sleep(2)
         demo_stack.run("kill", "-9", str(pid), user=None)
         deadline = time.monotonic() + 60
@@ -91,14 +71,10 @@ def test_kill_9_llama_server_is_restarted_and_gateway_falls_back(demo_stack: Sta
             time.sleep(0.5)
         # Keep the load running until the restarted server answers again.
         time.sleep(4)
-    finally:
-        stop.set()
-        worker.join(timeout=120)
     props = demo_stack.show(unit, "NRestarts", "ActiveState")
     assert props["ActiveState"] == "active"
     assert int(props["NRestarts"]) == restarts + 1
-    failed = [r for r in results if r[0] != 200]
-    served = {group: sum(1 for r in results if r[1] == group) for group in ("native", "bindings")}
+    failed, served = load_summary(results, ("native", "bindings"))
     print(f"\nduring the kill: {len(results)} requests, {len(failed)} failed, served by {served}")
     assert not failed, failed[:5]
     assert served["bindings"] >= 1, "no request was answered through the fallback"

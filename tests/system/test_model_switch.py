@@ -4,13 +4,11 @@ restarted by systemd, with the real LiteLLM gateway in front under load."""
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from stack import HOME, INVENTORY, LABCTL, Stack, json_out
+from stack import HOME, INVENTORY, LABCTL, Stack, gateway_load, json_out, load_summary
 from tools import TOOLS_DIR, missing
 
 pytestmark = pytest.mark.system
@@ -71,39 +69,15 @@ def test_model_list_reads_headers(models: Stack) -> None:
     assert listing["notes.gguf"]["problem"].startswith("not a GGUF file")
 
 
-def _load(stack: Stack, stop: threading.Event, results: list) -> None:
-    import httpx
-
-    key = stack.key()
-    url = f"http://127.0.0.1:{stack.ports['gateway']}/v1/chat/completions"
-    with httpx.Client(timeout=120, trust_env=False) as client:
-        while not stop.is_set():
-            try:
-                r = client.post(url, headers={"Authorization": f"Bearer {key}"},
-                                json={"model": "native", "max_tokens": 2,
-                                      "messages": [{"role": "user", "content": "hi"}]})
-                results.append((r.status_code, r.headers.get("x-litellm-model-group")))
-            except httpx.HTTPError as exc:
-                results.append((0, type(exc).__name__))
-            time.sleep(0.1)
-
-
 @pytest.mark.parametrize("target", ["gemma.gguf", "tiny.gguf", "gemma.gguf"])
 def test_switch_under_load_fails_no_request(models: Stack, target: str) -> None:
-    stop, results = threading.Event(), []
-    worker = threading.Thread(target=_load, args=(models, stop, results))
-    worker.start()
-    try:
+    with gateway_load(models, "native") as results:
         time.sleep(1.5)
         res = models.labctl("model", "switch", target, "-i", INVENTORY, "--json")
         time.sleep(1.5)
-    finally:
-        stop.set()
-        worker.join(timeout=180)
     assert res.rc == 0, res.stderr
     assert json_out(res)["outcome"] == "ok"
-    failed = [r for r in results if r[0] != 200]
-    served = {group: sum(1 for r in results if r[1] == group) for group in ("native", "bindings")}
+    failed, served = load_summary(results, ("native", "bindings"))
     print(f"\nswitch to {target}: {len(results)} requests through the gateway, {len(failed)} failed, "
           f"answered by {served}")
     assert results and not failed, failed[:5]

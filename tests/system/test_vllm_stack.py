@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from stack import HOME, Stack, json_out
+from stack import HOME, Stack, gateway_load, json_out, load_summary
 from tools import require_command, tiny_awq_checkpoint, vllm_python
 
 pytestmark = pytest.mark.system
@@ -140,25 +139,7 @@ def test_prometheus_scrapes_vllm_metrics(vllm_stack: Stack) -> None:
 def test_engine_death_restarts_unit_and_gateway_falls_back(vllm_stack: Stack) -> None:
     unit = "labctl-coder.service"
     before = vllm_stack.show(unit, "NRestarts", "MainPID")
-    stop, results = threading.Event(), []
-
-    def load() -> None:
-        key = vllm_stack.key()
-        url = f"http://127.0.0.1:{vllm_stack.ports['gateway']}/v1/chat/completions"
-        with httpx.Client(timeout=120, trust_env=False) as client:
-            while not stop.is_set():
-                try:
-                    r = client.post(url, headers={"Authorization": f"Bearer {key}"},
-                                    json={"model": "tiny-awq", "max_tokens": 2,
-                                          "messages": [{"role": "user", "content": "hi"}]})
-                    results.append((r.status_code, r.headers.get("x-litellm-model-group")))
-                except httpx.HTTPError as exc:
-                    results.append((0, type(exc).__name__))
-                time.sleep(0.2)
-
-    worker = threading.Thread(target=load)
-    worker.start()
-    try:
+    with gateway_load(vllm_stack, "tiny-awq", interval=0.2) as results:
         time.sleep(2)
         # The engine core, not the API server: the server outlives it briefly, then exits 0.
         vllm_stack.run("pkill", "-KILL", "-f", "^VLLM::EngineCore", user=None)
@@ -171,12 +152,8 @@ def test_engine_death_restarts_unit_and_gateway_falls_back(vllm_stack: Stack) ->
                 break
             time.sleep(2)
         time.sleep(2)
-    finally:
-        stop.set()
-        worker.join(timeout=180)
     after = vllm_stack.show(unit, "NRestarts", "MainPID", "ActiveState")
-    failed = [r for r in results if r[0] != 200]
-    served = {g: sum(1 for r in results if r[1] == g) for g in ("tiny-awq", "native")}
+    failed, served = load_summary(results, ("tiny-awq", "native"))
     print(f"\nengine killed: {len(results)} requests, {len(failed)} failed, served by {served}; "
           f"NRestarts {before['NRestarts']} -> {after['NRestarts']}")
     assert saw_unready, "status never noticed the dead engine"
