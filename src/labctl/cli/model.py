@@ -1,0 +1,121 @@
+"""`labctl model`: GGUF models and the current.gguf switch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from labctl.cli import InventoryOpt, JsonOpt, _load, _say, app, emit_json, out
+
+
+model_app = typer.Typer(help="GGUF models and the current.gguf symlink.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("make-tiny")
+def model_make_tiny(
+    path: Annotated[Path, typer.Argument(help="Where to write the GGUF.")],
+    arch: Annotated[str, typer.Option(help="Architecture name (an unknown one makes a file llama.cpp refuses).")] = "llama",
+) -> None:
+    """Write a tiny random-weight GGUF (~0.5 MB) that llama.cpp servers load in milliseconds."""
+    from labctl.demo_models import write_tiny_gguf
+
+    write_tiny_gguf(path, arch=arch)
+    out.print(f"wrote {path}")
+
+
+@model_app.command("list")
+def model_list(inventory: InventoryOpt = Path("inventory.yaml"), as_json: JsonOpt = False) -> None:
+    """GGUF files in the models dir, from their headers, and which one current.gguf points at."""
+    from rich.table import Table
+
+    from labctl.models import list_models
+
+    entries = list_models(_load(inventory).inventory)
+    if as_json:
+        emit_json([e.as_dict() for e in entries])
+        return
+    table = Table()
+    for column in ("", "file", "size", "architecture", "context", "quantisation", "note"):
+        table.add_column(column)
+    for e in entries:
+        info = e.info or {}
+        table.add_row("*" if e.current else "", e.name, f"{int(info.get('size', 0)) / 2**20:.1f} MiB" if info else "-",
+                      str(info.get("architecture", "-")), str(info.get("context_length", "-")),
+                      str(info.get("quantization", "-")), e.problem or "")
+    out.print(table)
+
+
+@model_app.command("current")
+def model_current(inventory: InventoryOpt = Path("inventory.yaml"), as_json: JsonOpt = False) -> None:
+    """The link's target, what each llama service is really serving, and any mismatch."""
+    from labctl.models import current
+    from labctl.systemd import UserManager
+
+    report = current(_load(inventory).inventory, UserManager())
+    if as_json:
+        emit_json(report)
+    else:
+        out.print(f"{report['link']} -> {report['target']}", markup=False)
+        for s in report["services"]:  # type: ignore[union-attr]
+            out.print(f"  {s['service']}: {s['state']} (pid {s['pid'] or '-'}; mapped: "
+                      f"{', '.join(s['mapped']) or '-'})", markup=False)
+    raise typer.Exit(1 if report["mismatch"] else 0)
+
+
+@model_app.command("switch")
+def model_switch(
+    gguf: Annotated[str, typer.Argument(help="A file in the models dir (name or path), or linked into it.")],
+    inventory: InventoryOpt = Path("inventory.yaml"),
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse a model over the GPU memory budget.")] = False,
+    drain_timeout: Annotated[float, typer.Option(help="Seconds to wait for in-flight requests.")] = 30.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Repoint current.gguf safely: validate, drain, swap atomically, restart one service at a
+    time with real readiness, roll back on failure."""
+    from labctl.models import switch
+    from labctl.systemd import UserManager
+
+    result = switch(_load(inventory).inventory, gguf, manager=UserManager(), say=_say(as_json), strict=strict,
+                    drain_sec=drain_timeout)
+    if as_json:
+        emit_json(result.as_dict())
+    else:
+        out.print(f"switched to {result.target} ({result.outcome})", markup=False)
+
+
+@model_app.command("rollback")
+def model_rollback(inventory: InventoryOpt = Path("inventory.yaml"), as_json: JsonOpt = False) -> None:
+    """Switch back to the model the last successful switch replaced."""
+    from labctl.models import rollback_target, switch
+    from labctl.systemd import UserManager
+
+    inv = _load(inventory).inventory
+    target = rollback_target(Path(inv.host.expand(inv.host.state_dir)))
+    result = switch(inv, target, manager=UserManager(), say=_say(as_json))
+    if as_json:
+        emit_json(result.as_dict())
+    else:
+        out.print(f"rolled back to {result.target}", markup=False)
+
+
+@model_app.command("history")
+def model_history(inventory: InventoryOpt = Path("inventory.yaml"), as_json: JsonOpt = False) -> None:
+    """Every switch: time, from, to, outcome, durations."""
+    import datetime
+
+    from labctl.models import history
+
+    inv = _load(inventory).inventory
+    entries = history(Path(inv.host.expand(inv.host.state_dir)))
+    if as_json:
+        emit_json(entries)
+        return
+    for e in entries:
+        when = datetime.datetime.fromtimestamp(float(e["time"])).isoformat(timespec="seconds")  # type: ignore[arg-type]
+        prev = Path(str(e.get("previous"))).name if e.get("previous") else "-"
+        out.print(f"{when}  {prev} -> {Path(str(e['target'])).name}  {e['outcome']}"
+                  + (f" (failed at {e['failed_step']})" if e.get("failed_step") else "")
+                  + f"  {e.get('durations', {}).get('total', '-')}s", markup=False)

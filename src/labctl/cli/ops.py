@@ -1,0 +1,104 @@
+"""`labctl gateway|monitoring`: the gateway check and the monitoring stack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from labctl.cli import InventoryOpt, JsonOpt, _load, app, emit_json, out
+from labctl.errors import OperationFailed
+
+
+gateway_app = typer.Typer(help="The LiteLLM gateway.", no_args_is_help=True)
+app.add_typer(gateway_app, name="gateway")
+
+
+@gateway_app.command("check")
+def gateway_check(
+    inventory: InventoryOpt = Path("inventory.yaml"),
+    timeout: Annotated[float, typer.Option(help="Seconds each request may take.")] = 60.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask every route for one token and exercise every fallback chain; route -> backend -> latency."""
+    from rich.table import Table
+
+    from labctl.gateway_check import all_ok, check_gateway, gateway_of
+    from labctl.probes import gateway_key
+
+    inv = _load(inventory).inventory
+    _, gw = gateway_of(inv)
+    key = gateway_key(inv, gw)
+    if key is None:
+        raise OperationFailed(f"cannot read {gw.master_key.variable} (from {gw.master_key.env_file or 'the environment'})")
+    results = check_gateway(inv, key, timeout=timeout)
+    ok = all_ok(results)
+    if as_json:
+        emit_json({"ok": ok, "results": [r.as_dict() for r in results]})
+    else:
+        table = Table(title="labctl gateway check", title_justify="left")
+        for column in ("check", "route", "fallback to", "status", "answered by", "backend", "fallbacks", "ms", "error"):
+            table.add_column(column, overflow="fold")
+        for r in results:
+            table.add_row(r.check, r.route, r.fallback_to or "-", str(r.status or "-"), r.answered_by or "-",
+                          r.backend or "-", str(r.attempted_fallbacks if r.attempted_fallbacks is not None else "-"),
+                          f"{r.latency_ms:.0f}", r.error or "")
+        out.print(table)
+    raise typer.Exit(0 if ok else OperationFailed.exit_code)
+
+
+monitoring_app = typer.Typer(help="The Prometheus + Grafana stack (docker compose).", no_args_is_help=True)
+app.add_typer(monitoring_app, name="monitoring")
+
+
+@monitoring_app.command("up")
+def monitoring_up(inventory: InventoryOpt = Path("inventory.yaml"), as_json: JsonOpt = False) -> None:
+    """Render the monitoring files, then `docker compose up --wait` them."""
+    from labctl import fsio, monitoring
+    from labctl.layout import Layout
+    from labctl.render import render_all
+
+    inv = _load(inventory).inventory
+    layout = Layout.of(inv)
+    root = Path(layout.config_root)
+    for rel, content in render_all(inv).items():
+        if rel.startswith(layout.monitoring_dir + "/"):
+            fsio.atomic_write(root / rel, content)
+    result = monitoring.up(inv, layout, root)
+    if as_json:
+        emit_json(result.as_dict())
+    else:
+        out.print(f"monitoring: {result.summary}", markup=False)
+
+
+@monitoring_app.command("down")
+def monitoring_down(
+    inventory: InventoryOpt = Path("inventory.yaml"),
+    purge: Annotated[bool, typer.Option("--purge", help="Also remove the data volumes.")] = False,
+) -> None:
+    """Stop and remove the monitoring containers (data volumes stay unless --purge)."""
+    from labctl import monitoring
+    from labctl.layout import Layout
+
+    inv = _load(inventory).inventory
+    layout = Layout.of(inv)
+    result = monitoring.down(inv, layout, Path(layout.config_root), purge=purge)
+    out.print(f"monitoring: {result.summary}", markup=False)
+
+
+@monitoring_app.command("status")
+def monitoring_status(inventory: InventoryOpt = Path("inventory.yaml"), as_json: JsonOpt = False) -> None:
+    """The monitoring containers' state and health, from the Docker engine."""
+    from labctl import monitoring
+
+    inv = _load(inventory).inventory
+    engine = monitoring.engine_status()
+    containers = monitoring.status(inv) if engine.reachable else []
+    if as_json:
+        emit_json({"engine": engine.as_dict(), "containers": [c.as_dict() for c in containers]})
+    else:
+        out.print(engine.detail, markup=False)
+        for c in containers:
+            out.print(f"  {c.service:<14} {c.state:<10} {c.health or '-':<10} {c.image}", markup=False)
+    raise typer.Exit(0 if engine.reachable and containers and all(c.ok for c in containers) else 1)
