@@ -108,8 +108,7 @@ def test_user_unit_serves_http_to_the_host(machine: sandbox.Machine, http_unit) 
 
 
 def test_testinfra_over_ssh(machine: sandbox.Machine, http_unit) -> None:
-    testinfra = pytest.importorskip("testinfra")
-    pytest.importorskip("paramiko")
+    import testinfra  # a test dependency: its absence is an install error, never a skip
     unit, port = http_unit
     host = testinfra.get_host(f"paramiko://{machine.name}", ssh_config=str(machine.ssh_config()))
     assert host.run("id -un").stdout.strip() == "root"
