@@ -249,11 +249,14 @@ def _start(request: pytest.FixtureRequest, tmp: Path, python: Path, model: Path,
 
 # --- a serving instance, shared by the read-only tests -----------------------------------------
 
+@pytest.fixture(scope="class")
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+           vllm_python: Path, tiny_awq: Path) -> Server:
+    """One vLLM for the whole TestServing class (it takes ~40 s to be ready)."""
+    return _start(request, tmp_path_factory.mktemp("vllm"), vllm_python, tiny_awq)
+
+
 class TestServing:
-    @pytest.fixture(scope="class")
-    def server(self, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-               vllm_python: Path, tiny_awq: Path) -> Server:
-        return _start(request, tmp_path_factory.mktemp("vllm"), vllm_python, tiny_awq)
 
     def test_rendered_unit_serves_awq_on_cpu(self, server: Server) -> None:
         """The readiness probe answered: one token, from the served name."""
