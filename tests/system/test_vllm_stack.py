@@ -15,54 +15,34 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stack import HOME, Stack, gateway_load, json_out, load_summary
+from stack import HOME, REPO, Stack, gateway_load, json_out, load_summary
 from tools import require_command, tiny_awq_checkpoint, vllm_python
 
 pytestmark = pytest.mark.system
 
 VLLM_INVENTORY = f"{HOME}/inventory-vllm.yaml"
-SERVICE = """\
-  coder:
-    kind: vllm
-    runtime:
-      python: {python}
-    port: {port}
-    model: ~/models/tiny-awq
-    served_model_name: tiny-awq
-    quantization: awq
-    dtype: float16
-    max_model_len: 256
-    device: cpu
-    cpu_kv_cache_gib: 1
-    enforce_eager: true
-    offline: true
-    ready_timeout_sec: 600
-
-"""
-
-
-def with_vllm(text: str, python: str, port: int) -> str:
-    text = text.replace("\n  gateway:\n", "\n" + SERVICE.format(python=python, port=port) + "  gateway:\n", 1)
-    text = text.replace("      - {name: bindings, service: bindings}\n",
-                        "      - {name: bindings, service: bindings}\n      - {name: tiny-awq, service: coder}\n", 1)
-    return text.replace("      native: [bindings]\n", "      native: [bindings]\n      tiny-awq: [native]\n", 1)
+def vllm_inventory(ports: dict[str, int]) -> str:
+    """examples/cpu-demo/inventory-vllm.yaml on the stack's free ports."""
+    text = (REPO / "examples/cpu-demo/inventory-vllm.yaml").read_text()
+    for name, default in (("native", 8080), ("bindings", 8000), ("coder", 8001), ("gateway", 4000)):
+        text = text.replace(f"    port: {default}\n", f"    port: {ports[name]}\n", 1)
+    return text
 
 
 @pytest.fixture(scope="module")
 def vllm_stack(demo_stack: Stack) -> Stack:
     from labctl.sandbox import free_port
 
-    python = vllm_python()
+    vllm_python()  # the tool venv the example names; bound into the machine with /opt/labctl-tools
     checkpoint = tiny_awq_checkpoint()
     demo_stack.machine.copy_in(checkpoint, f"{HOME}/models/tiny-awq", owner="labuser")  # type: ignore[attr-defined]
-    port = free_port()
-    text = with_vllm(demo_stack.inventory_text, str(python), port)
+    demo_stack.ports["coder"] = free_port()
+    text = vllm_inventory(demo_stack.ports)
     demo_stack.write_inventory(text, VLLM_INVENTORY)
     started = time.monotonic()
     res = demo_stack.labctl("up", "-i", VLLM_INVENTORY, timeout=1200)
     print(f"\nlabctl up with vLLM: {time.monotonic() - started:.1f}s\n{res.stdout}")
     assert res.rc == 0, res.stdout + res.stderr
-    demo_stack.ports["coder"] = port
     demo_stack.inventory_text_vllm = text  # type: ignore[attr-defined]
     yield demo_stack
     # Leave the machine as the other system tests expect it: the demo inventory only.

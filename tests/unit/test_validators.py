@@ -31,14 +31,20 @@ from labctl.render.gateway import verify
 from labctl.render.monitoring import backend_panels
 from tools import compose_binary, litellm_python, require_command
 
-INVENTORIES = {"root": None, "base": BASE, "base-vllm": with_service(VLLM)}
+# Text, or a path relative to the repository: every inventory the project ships, and two
+# test ones.
+INVENTORIES = {"root": "inventory.yaml", "cpu-demo": "examples/cpu-demo/inventory.yaml",
+               "cpu-demo-vllm": "examples/cpu-demo/inventory-vllm.yaml", "base": BASE, "base-vllm": with_service(VLLM)}
 
 
 def relocated(repo_root: Path, tmp_path: Path, which: str) -> Path:
     """The named inventory with host.home and every binary moved under tmp_path."""
-    text = (repo_root / "inventory.yaml").read_text() if INVENTORIES[which] is None else INVENTORIES[which]
+    source = INVENTORIES[which]
+    text = (repo_root / source).read_text() if source.endswith(".yaml") else source
     data = yaml.safe_load(text)
     data["host"]["home"] = str(tmp_path / "home")
+    # Monitoring on everywhere, so its files are validated for every service set too.
+    data.setdefault("monitoring", {})["enabled"] = True
     for name, svc in data["services"].items():
         if "binary" in svc:
             svc["binary"] = f"~/bin/{name}"
