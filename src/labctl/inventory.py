@@ -85,8 +85,8 @@ class RestartPolicy(Strict):
     restart_sec: Annotated[int, Field(ge=0, le=3600)] = 5
     start_limit_burst: Annotated[int, Field(ge=1, le=100)] = 5
     start_limit_interval_sec: Annotated[int, Field(ge=1, le=86400)] = 600
-    # Every server here stops in under 2 s when healthy. llama-server can hang on SIGTERM when a
-    # request arrives as it stops (measured: the full timeout, then SIGKILL), so keep it short.
+    # Every server here stops in under 2 s when healthy, so a stop that takes longer is stuck
+    # (llama-server units get 5 s: see labctl.render.units).
     stop_timeout_sec: Annotated[int, Field(ge=1, le=3600)] = 10
 
 

@@ -17,6 +17,8 @@ from labctl.inventory import (
 )
 from labctl.layout import Layout
 
+# Seconds a llama-server unit waits for its process to stop before SIGKILL.
+LLAMA_SERVER_STOP_SEC = 5
 # Characters that force an ExecStart word into double quotes.
 _NEEDS_QUOTES = set(" \t\"'\\;")
 
@@ -126,8 +128,17 @@ def render_unit(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> 
         # on-abnormal treat as a clean stop: the model would stay down.
         restart = restart.model_copy(update={"restart": "always"})
         note = "always: vLLM exits 0 after an engine crash, which on-failure would not restart"
+    stop_note = None
+    if isinstance(svc, LlamaServer) and restart.stop_timeout_sec > LLAMA_SERVER_STOP_SEC:
+        # Measured: with a request in flight llama-server never completes a SIGTERM stop
+        # (it hangs until SIGKILL and the request is lost either way), so a long stop
+        # timeout only delays restarts. `labctl model switch` drains it first.
+        restart = restart.model_copy(update={"stop_timeout_sec": LLAMA_SERVER_STOP_SEC})
+        stop_note = (f"{LLAMA_SERVER_STOP_SEC}s: llama-server hangs on SIGTERM while a request is in flight; "
+                     "waiting longer only delays the restart")
     return templates.render(
         "units/service.j2",
+        stop_note=stop_note,
         name=name,
         kind=svc.kind,  # type: ignore[attr-defined]
         bind=inv.bind_of(svc),
