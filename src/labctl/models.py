@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -283,7 +284,6 @@ def switch(inv: Inventory, requested: str, *, manager, say: Say, strict: bool = 
            drain_sec: float = 30.0) -> SwitchResult:
     from labctl.apply import Host
 
-    state_dir = Path(inv.host.expand(inv.host.state_dir))
     link = link_path(inv)
     old = current_target(inv)
     t0 = time.monotonic()
@@ -299,59 +299,71 @@ def switch(inv: Inventory, requested: str, *, manager, say: Say, strict: bool = 
         say(f"{link.name} already points at {path.name}; nothing to do")
         result.outcome = "unchanged"
         return result
-    host = Host.of(inv, manager)
-    services = llama_services(inv)
     for stale in link.parent.glob(f".{link.name}.*.tmp"):
         stale.unlink(missing_ok=True)  # a temporary link left by a switch killed mid-swap
-    restarted: list[str] = []
-    with host.lock(True, say):
-        _swap_and_restart(inv, host, path, old, link, services, result, restarted, drain_sec, say, state_dir)
+    txn = _Switch(inv, Host.of(inv, manager), link, old, path, result, say, drain_sec)
+    with txn.host.lock(True, say):
+        txn.run()
     result.durations["total"] = round(time.monotonic() - t0, 2)
-    _record(state_dir, result)
+    _record(txn.host.state_dir, result)
     return result
 
 
-def _swap_and_restart(inv, host, path, old, link, services, result, restarted, drain_sec, say, state_dir):  # type: ignore[no-untyped-def]
-    from labctl.apply import bring_up
+@dataclass
+class _Switch:
+    """The part of a switch that changes the host: swap, then drain and restart each llama
+    service in turn; on a failure, swap back and restart what was restarted."""
 
-    step = "swap"
-    try:
-        say(f"step swap: {link.name} -> {path.name} (was {old.name if old else 'missing'})")
-        t = time.monotonic()
-        fsio.atomic_symlink(_link_text(inv, path), link)
-        result.durations["swap"] = round(time.monotonic() - t, 4)
-        for name, svc in services.items():
-            step = f"drain {name}"
-            say(f"step drain: {name}")
-            result.durations[f"drain {name}"] = drain(inv, name, svc, drain_sec, say)
-            step = f"restart {name}"
-            say(f"step restart: {name}")
-            restarted.append(name)
-            ready = bring_up(host, name, "restart", say)
-            result.durations[f"restart+ready {name}"] = ready.seconds
-    except OperationFailed as exc:
-        result.outcome, result.failed_step = "rolled back", step
-        say(f"step rollback: {step} failed; pointing {link.name} back at "
-            f"{old.name if old else 'nothing'} and restarting {', '.join(restarted)}")
-        _restore(inv, host, link, old, restarted, say)
-        _record(state_dir, result)
-        detail = [line.removeprefix("labctl: ") for line in exc.lines()]
-        raise MultiLineFailure([f"model switch failed at step '{step}' and was rolled back to "
-                                f"{old.name if old else 'no model'}: {detail[0]}", *detail[1:]]) from None
+    inv: Inventory
+    host: Any  # labctl.apply.Host
+    link: Path
+    old: Path | None
+    new: Path
+    result: SwitchResult
+    say: Say
+    drain_sec: float
+    restarted: list[str] = field(default_factory=list)
 
+    def run(self) -> None:
+        from labctl.apply import bring_up
 
-def _restore(inv: Inventory, host, link: Path, old: Path | None, restarted: list[str], say: Say) -> None:  # type: ignore[no-untyped-def]
-    from labctl.apply import bring_up
-
-    if old is None:
-        link.unlink(missing_ok=True)
-        return
-    fsio.atomic_symlink(_link_text(inv, old), link)
-    for name in restarted:
+        step = "swap"
         try:
-            bring_up(host, name, "restart", say)
+            self.say(f"step swap: {self.link.name} -> {self.new.name} (was {self.old.name if self.old else 'missing'})")
+            t = time.monotonic()
+            fsio.atomic_symlink(_link_text(self.inv, self.new), self.link)
+            self.result.durations["swap"] = round(time.monotonic() - t, 4)
+            for name, svc in llama_services(self.inv).items():
+                step = f"drain {name}"
+                self.say(f"step drain: {name}")
+                self.result.durations[f"drain {name}"] = drain(self.inv, name, svc, self.drain_sec, self.say)
+                step = f"restart {name}"
+                self.say(f"step restart: {name}")
+                self.restarted.append(name)
+                ready = bring_up(self.host, name, "restart", self.say)
+                self.result.durations[f"restart+ready {name}"] = ready.seconds
         except OperationFailed as exc:
-            say(f"rollback: {name} did not come back on the old model either: {exc.lines()[0]}")
+            self.result.outcome, self.result.failed_step = "rolled back", step
+            self.say(f"step rollback: {step} failed; pointing {self.link.name} back at "
+                     f"{self.old.name if self.old else 'nothing'} and restarting {', '.join(self.restarted)}")
+            self.restore()
+            _record(self.host.state_dir, self.result)
+            detail = [line.removeprefix("labctl: ") for line in exc.lines()]
+            raise MultiLineFailure([f"model switch failed at step '{step}' and was rolled back to "
+                                    f"{self.old.name if self.old else 'no model'}: {detail[0]}", *detail[1:]]) from None
+
+    def restore(self) -> None:
+        from labctl.apply import bring_up
+
+        if self.old is None:
+            self.link.unlink(missing_ok=True)
+            return
+        fsio.atomic_symlink(_link_text(self.inv, self.old), self.link)
+        for name in self.restarted:
+            try:
+                bring_up(self.host, name, "restart", self.say)
+            except OperationFailed as exc:
+                self.say(f"rollback: {name} did not come back on the old model either: {exc.lines()[0]}")
 
 
 def rollback_target(state_dir: Path) -> str:
