@@ -111,8 +111,14 @@ def bring_up(host: Host, name: str, verb: str, say: Say) -> Readiness:
     baseline = host.manager.show([unit])[unit].n_restarts
     try:
         (host.manager.start if verb == "start" else host.manager.restart)(unit)
-    except CommandFailed as exc:
-        raise _unit_failure(host, unit, f"systemctl {verb} failed: {exc}") from None
+    except CommandFailed:
+        # A process that exits at once can fail the start job itself (before Type=exec
+        # reports it started); Restart= then keeps trying in the background: stop that too.
+        facts = host.manager.show([unit])[unit]
+        host.manager.stop(unit)
+        raise _unit_failure(host, unit, f"systemctl {verb} failed ({facts.result or 'no result'}, exit status "
+                                        f"{facts.exec_main_status}); stopped it so it does not restart in a loop"
+                            ) from None
     say(f"{verb}ed {unit}; waiting up to {svc.ready_timeout_sec}s for readiness")
     result = wait_ready(host.inv, name, deadline_sec=svc.ready_timeout_sec, alive=_alive(host, unit, baseline))
     if not result.ready:
