@@ -144,9 +144,17 @@ class UserManager:
     def stop(self, unit: str) -> None:
         self.systemctl("stop", unit, check=False)
 
-    def journal(self, unit: str, lines: int = 15) -> list[str]:
-        res = run_cmd(["journalctl", "--user", "--unit", unit, "-n", str(lines), "--no-pager", "-o", "cat"],
-                      check=False, timeout=30, env=self.env)
+    def journal(self, unit: str, lines: int = 10, manager_lines: int = 6) -> list[str]:
+        """The service's own last lines (its SyslogIdentifier, which labctl's units set to the
+        unit's name), then the manager's last lines about it (exit status, restarts). Taken
+        together, systemd's stop and restart messages would push the service's error out."""
+        ident = unit.removesuffix(".service")
+        own = self._journal(unit, ident, lines)
+        return own + self._journal(unit, "systemd", manager_lines)
+
+    def _journal(self, unit: str, identifier: str, lines: int) -> list[str]:
+        res = run_cmd(["journalctl", "--user", "--unit", unit, f"SYSLOG_IDENTIFIER={identifier}", "-n", str(lines),
+                       "--no-pager", "-o", "cat"], check=False, timeout=30, env=self.env)
         out = [line for line in res.stdout.splitlines() if line.strip() and not line.startswith("-- ")]
         return out[-lines:]
 
