@@ -22,7 +22,7 @@ from labctl.inventory import Inventory, unit_name
 from labctl.layout import UNIT_DIR, Layout
 from labctl.load import Loaded, load_inventory
 from labctl.lock import host_lock
-from labctl.plan import Plan, make_plan, read_installed, start_order
+from labctl.plan import Plan, UnitState, make_plan, read_installed, start_order
 from labctl.probes import Readiness, probe_all, wait_ready
 from labctl.proc import CommandFailed
 from labctl.provision import provision
@@ -72,6 +72,12 @@ class Host:
 
     def installed_units(self, installed: dict[str, str]) -> list[str]:
         return [p.rsplit("/", 1)[-1] for p in installed if p.startswith(f"{UNIT_DIR}/")]
+
+    def unit_states(self, installed: dict[str, str]) -> dict[str, UnitState]:
+        """What the manager says about every unit a plan can touch: the inventory's, and
+        the installed ones it may have to remove."""
+        units = sorted({unit_name(n) for n in self.inv.enabled()} | set(self.installed_units(installed)))
+        return {u: f.state for u, f in self.manager.show(units).items()}
 
 
 def ensure_secrets(inv: Inventory, say: Say) -> None:
@@ -200,9 +206,7 @@ def up(loaded: Loaded, *, say: Say, manager: UserManager | None = None, wait_loc
         if not with_monitoring:
             rendered = {p: c for p, c in rendered.items() if not p.startswith(host.layout.monitoring_dir + "/")}
         installed = read_installed(host.config_root)
-        units = sorted({unit_name(n) for n in inv.enabled()} | set(host.installed_units(installed)))
-        facts = host.manager.show(units)
-        plan = make_plan(inv, rendered, installed, {u: f.state for u, f in facts.items()})
+        plan = make_plan(inv, rendered, installed, host.unit_states(installed))
         if plan.empty:
             say("no changes: nothing to install, nothing restarted")
             for name, result in probe_all(inv, list(inv.enabled())).items():
@@ -287,9 +291,7 @@ def rollback(loaded: Loaded, *, say: Say, manager: UserManager | None = None, wa
         host = Host.of(inv, host.manager)
         installed = read_installed(host.config_root)
         desired = target.files()
-        units = sorted({unit_name(n) for n in inv.enabled()} | set(host.installed_units(installed)))
-        facts = host.manager.show(units)
-        plan = make_plan(inv, desired, installed, {u: f.state for u, f in facts.items()})
+        plan = make_plan(inv, desired, installed, host.unit_states(installed))
         applied = host.state_dir / APPLIED_INVENTORY
         gen = generations.snapshot(host.state_dir, installed,
                                    applied.read_text() if applied.exists() else None, "before rollback")

@@ -126,18 +126,13 @@ def plan(
 
 def _unit_states(inv, installed):  # type: ignore[no-untyped-def]
     """Unit states from the user manager, when there is one; None means files only."""
-    from labctl.inventory import unit_name
-    from labctl.layout import UNIT_DIR
-    from labctl.systemd import UserManager
+    from labctl.apply import Host
 
-    manager = UserManager()
-    if not manager.reachable()[0]:
+    host = Host.of(inv)
+    if not host.manager.reachable()[0]:
         out.print("(no user manager here: comparing files only)", style="dim")
         return None
-    units = {unit_name(n) for n in inv.enabled()}
-    units |= {p.rsplit("/", 1)[-1] for p in installed if p.startswith(f"{UNIT_DIR}/")}
-    facts = manager.show(sorted(units))
-    return {u: f.state for u, f in facts.items()}
+    return host.unit_states(installed)
 
 
 def fail(error: LabctlError, as_json: bool) -> NoReturn:
