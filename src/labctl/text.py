@@ -1,0 +1,57 @@
+"""Which characters may travel from an inventory into a rendered file.
+
+systemd ends a unit-file line at ``\\n``, ``\\r`` and NUL; YAML also breaks lines at NEL
+(U+0085), U+2028 and U+2029; terminals act on ESC and the other C0/C1 controls; bidi
+overrides make text read differently from what it is. None of them has a use in an
+inventory, so the loader refuses every string (key or value) that holds one, and each
+renderer refuses them again (a renderer that meets one has a bug, see labctl.render.encode).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+# Unicode categories refused outright: controls (C0, DEL, C1), lone surrogates (which a
+# YAML "\\ud800" escape can produce and no UTF-8 file can hold), line and paragraph
+# separators.
+_REFUSED_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}
+# Format characters that change how text reads: bidi embeddings/overrides/isolates, the
+# byte-order mark, and the non-characters U+FFFE/U+FFFF.
+_REFUSED_CHARS = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff\ufffe\uffff")
+
+
+def is_unsafe(ch: str) -> bool:
+    return ch in _REFUSED_CHARS or unicodedata.category(ch) in _REFUSED_CATEGORIES
+
+
+def first_unsafe(value: str) -> tuple[int, str] | None:
+    """(index, character) of the first character no rendered file may carry, or None."""
+    if value.isprintable() and not (_REFUSED_CHARS & set(value)):
+        return None  # the common case, in C
+    for i, ch in enumerate(value):
+        if is_unsafe(ch):
+            return i, ch
+    return None
+
+
+def describe(ch: str) -> str:
+    """``U+000D (CARRIAGE RETURN)``: names the character without printing it."""
+    name = unicodedata.name(ch, "") or _CONTROL_NAMES.get(ord(ch)) or (
+        "lone surrogate" if unicodedata.category(ch) == "Cs" else "control character")
+    return f"U+{ord(ch):04X} ({name})"
+
+
+_CONTROL_NAMES = {0x00: "NUL", 0x09: "TAB", 0x0A: "LINE FEED", 0x0B: "VERTICAL TAB", 0x0C: "FORM FEED",
+                  0x0D: "CARRIAGE RETURN", 0x1B: "ESCAPE", 0x7F: "DELETE", 0x85: "NEXT LINE (NEL)"}
+
+
+def unsafe_message(value: str, what: str = "") -> str | None:
+    """The one-line refusal for ``value``, or None when it is clean. Never echoes the value
+    (it may be a secret)."""
+    found = first_unsafe(value)
+    if found is None:
+        return None
+    index, ch = found
+    where = f" at character {index + 1}" if len(value) > 1 else ""
+    return (f"{what}contains {describe(ch)}{where}; control characters, line separators and "
+            "bidi controls are not allowed in an inventory")
