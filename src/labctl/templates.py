@@ -6,11 +6,12 @@ checkout (editable install, tests) has them at the repository's top level.
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 
 import jinja2
+
+from labctl.render import encode
 
 _PACKAGED = Path(__file__).resolve().parent / "templates"
 _CHECKOUT = Path(__file__).resolve().parents[2]
@@ -32,11 +33,34 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
         trim_blocks=False,
+        finalize=_only_encoded,
     )
-    # JSON scalars are valid YAML scalars: every interpolated value goes through this,
-    # so a quote or colon in an inventory value can never change a file's structure.
-    env.filters["tojson"] = lambda value: json.dumps(value, sort_keys=True)
+    # One filter per destination (labctl.render.encode); a template prints nothing else.
+    env.filters.update({
+        "yaml": encode.yaml_str,          # a YAML double-quoted scalar
+        "compose": encode.compose_str,    # ... with compose's $-interpolation escaped
+        "yaml_comment": encode.yaml_comment,
+        "sd_text": encode.sd_text,        # Description=
+        "sd_path": encode.sd_path,        # WorkingDirectory=, EnvironmentFile=
+        "sd_comment": encode.sd_comment,
+        "promql_name": encode.promql_name,
+        "promql_str": encode.promql_str,
+        "prom_label": encode.prom_label_name,
+    })
     return env
+
+
+def _only_encoded(value: object) -> object:
+    """Jinja calls this on every ``{{ }}`` value: text must come through an encoder; plain
+    numbers (ports, seconds) are safe as they are. Anything else is a template bug."""
+    if isinstance(value, encode.Encoded):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float):
+        return value
+    raise TypeError(f"template printed a raw {type(value).__name__} ({str(value)[:40]!r}); "
+                    "pass it through an encoder filter")
 
 
 def render(template: str, **context: object) -> str:

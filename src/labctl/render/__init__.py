@@ -1,18 +1,25 @@
 """Renderers: pure, deterministic functions from a validated inventory to files.
 
 ``render_all`` returns ``{path relative to the config root: content}``; see labctl.layout.
+How each value is written into each kind of file is decided in one place,
+labctl.render.encode, which the inventory schema also uses to refuse what cannot be written.
+This package's top level imports nothing else, so the schema can import the encoders.
 """
 
 from __future__ import annotations
 
-from labctl.inventory import Inventory
-from labctl.layout import Layout
-from labctl.render.gateway import render_gateway
-from labctl.render.monitoring import render_monitoring
-from labctl.render.units import render_units
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from labctl.inventory import Inventory
 
 
-def render_all(inv: Inventory) -> dict[str, str]:
+def render_all(inv: "Inventory") -> dict[str, str]:
+    from labctl.layout import Layout
+    from labctl.render.gateway import render_gateway
+    from labctl.render.monitoring import render_monitoring
+    from labctl.render.units import render_units
+
     layout = Layout.of(inv)
     files = render_units(inv, layout)
     gateway = render_gateway(inv)

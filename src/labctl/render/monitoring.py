@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from labctl import templates
 from labctl.inventory import Inventory, LiteLLM, LlamaCppPython, LlamaServer, Ollama, Vllm
 from labctl.layout import Layout
+from labctl.render import encode
 from labctl.render.gateway import reach
 
 # LiteLLM's Prometheus callback metric families (measured on litellm 1.106; see
@@ -162,7 +162,7 @@ def dashboard(inv: Inventory) -> str:
         "refresh": "30s", "time": {"from": "now-6h", "to": "now"}, "panels": panels,
         "templating": {"list": []}, "annotations": {"list": []},
     }
-    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    return encode.json_document(doc)
 
 
 def render_monitoring(inv: Inventory, layout: Layout) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from labctl import templates
+from labctl.render import encode
 from labctl.inventory import (
     Inventory,
     LiteLLM,
@@ -19,23 +20,9 @@ from labctl.layout import Layout
 
 # Seconds a llama-server unit waits for its process to stop before SIGKILL.
 LLAMA_SERVER_STOP_SEC = 5
-# Characters that force an ExecStart word into double quotes.
-_NEEDS_QUOTES = set(" \t\"'\\;")
-
-
-def quote_word(word: str) -> str:
-    """Quote one argv word for ExecStart=. ``%`` is a specifier and ``$`` expands
-    variables in systemd's command lines, so both are doubled to mean themselves."""
-    word = word.replace("%", "%%").replace("$", "$$")
-    if word and not (_NEEDS_QUOTES & set(word)):
-        return word
-    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def quote_assignment(key: str, value: str) -> str:
-    """``Environment="KEY=value"``; specifiers apply here too, ``$`` does not."""
-    text = f"{key}={value}".replace("%", "%%").replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+# How values are written into a unit (quoting, %, $, line ends): labctl.render.encode.
+quote_word = encode.exec_word
+quote_assignment = encode.sd_assign
 
 
 def argv(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> list[str]:
@@ -139,18 +126,15 @@ def render_unit(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> 
     return templates.render(
         "units/service.j2",
         stop_note=stop_note,
-        name=name,
-        kind=svc.kind,  # type: ignore[attr-defined]
-        bind=inv.bind_of(svc),
-        port=svc.port,
+        header=f"{name} ({svc.kind}), listening on {inv.bind_of(svc)}:{svc.port}",  # type: ignore[attr-defined]
         description=svc.description or f"labctl: {name} ({svc.kind}) on {inv.bind_of(svc)}:{svc.port}",  # type: ignore[attr-defined]
         after=dependencies(inv, svc),
         restart=restart,
         restart_note=note,
         working_directory=layout.working_directory(name),
-        environment=[quote_assignment(k, v) for k, v in sorted(environment(inv, name, svc, layout).items())],
+        environment=[encode.sd_assign(k, v) for k, v in sorted(environment(inv, name, svc, layout).items())],
         environment_files=environment_files(inv, svc),
-        exec_start=" ".join(quote_word(w) for w in argv(inv, name, svc, layout)),
+        exec_start=encode.sd_exec(argv(inv, name, svc, layout)),
         # Type=exec: start completes at exec, so this bounds only a hung exec; sized from the
         # readiness deadline so a future notify-style start is not cut short.
         timeout_start_sec=svc.ready_timeout_sec,
