@@ -11,11 +11,10 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from labctl import gguf_header
+from labctl import gguf_header, secretscan
 from labctl.errors import InputError
 from labctl.inventory import (
     BACKEND_KINDS,
-    SECRET_NAME_RE,
     Inventory,
     LiteLLM,
     LlamaCppPython,
@@ -44,7 +43,7 @@ OWNED_FLAGS = {
 
 def cross_check(inv: Inventory, src: Source, *, check_files: bool = False) -> list[InputError]:
     errors: list[InputError] = []
-    for check in (_ports, _binds, _extra_args, _environment, _gpu_layers, _llama_ctx, _vllm,
+    for check in (_ports, _binds, _extra_args, _environment, _pip, _gpu_layers, _llama_ctx, _vllm,
                   _gateways, _images):
         errors.extend(check(inv, src))
     if check_files:
@@ -88,6 +87,10 @@ def _binds(inv: Inventory, src: Source) -> Iterator[InputError]:
             yield src.error(("services", name, "bind"), f"{svc.bind} is not a loopback address; {hint}")
 
 
+SECRET_HINT = ("secrets must not be inline (unit files are world-readable and argv is public): put it in "
+               "a 0600 file listed in environment_files")
+
+
 def _extra_args(inv: Inventory, src: Source) -> Iterator[InputError]:
     for name, svc in inv.services.items():
         owned = OWNED_FLAGS[svc.kind]  # type: ignore[attr-defined]
@@ -96,21 +99,44 @@ def _extra_args(inv: Inventory, src: Source) -> Iterator[InputError]:
             if flag in owned:
                 yield src.error(("services", name, "extra_args", i),
                                 f"{flag} is set by labctl from the typed field; set that field instead")
-            if "\n" in arg:
-                yield src.error(("services", name, "extra_args", i), "must not contain a newline")
+        for i, reason in secretscan.flag_problems(list(svc.extra_args)):
+            yield src.error(("services", name, "extra_args", i), f"{reason}; {SECRET_HINT}")
+
+
+def _secret_env(values: dict[str, str], loc: tuple) -> Iterator[tuple[tuple, str]]:
+    for key, value in values.items():
+        if secretscan.name_is_secret(key):
+            yield loc + (key,), f"{key} names a secret; {SECRET_HINT}"
+        else:
+            reason = secretscan.value_problem(value)
+            if reason:
+                yield loc + (key,), f"the value {reason}; {SECRET_HINT}"
 
 
 def _environment(inv: Inventory, src: Source) -> Iterator[InputError]:
     for name, svc in inv.services.items():
-        for key, value in svc.environment.items():
-            loc = ("services", name, "environment", key)
-            if SECRET_NAME_RE.search(key):
-                yield src.error(loc, "looks like a secret; secrets must not be inline: put it in a 0600 "
-                                     "file listed in environment_files")
-            if "\n" in value:
-                yield src.error(loc, "must not contain a newline")
+        for loc, message in _secret_env(dict(svc.environment), ("services", name, "environment")):
+            yield src.error(loc, message)
+        for key in svc.environment:
             if isinstance(svc, Ollama) and key == "OLLAMA_HOST":
-                yield src.error(loc, "OLLAMA_HOST is set by labctl from bind and port")
+                yield src.error(("services", name, "environment", key), "OLLAMA_HOST is set by labctl from bind and port")
+
+
+def _pip(inv: Inventory, src: Source) -> Iterator[InputError]:
+    """pip_env and pip specs reach pip's environment and argv, and a stamp file: no secrets."""
+    for name, svc in inv.services.items():
+        runtime = getattr(svc, "runtime", None)
+        if runtime is None:
+            continue
+        base = ("services", name, "runtime")
+        for loc, message in _secret_env(dict(runtime.pip_env), base + ("pip_env",)):
+            yield src.error(loc, message.replace("environment_files", "the manager's environment "
+                                                 "(pip reads PIP_* from it)"))
+        for i, spec in enumerate(runtime.pip):
+            reason = secretscan.value_problem(spec)
+            if reason:
+                yield src.error(base + ("pip", i), f"the spec {reason}; put index credentials in pip's own "
+                                                   "config or netrc, not in the inventory")
 
 
 def _gpu_layers(inv: Inventory, src: Source) -> Iterator[InputError]:

@@ -40,6 +40,9 @@ def type_name(ann: Any) -> str:
     if origin is Annotated:
         base = type_name(args[0])
         for meta in args[1:]:
+            doc = getattr(getattr(meta, "func", None), "doc", None)
+            if doc:
+                base += f" ({doc})"
             for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
                 for item in getattr(meta, "metadata", [meta]):
                     if hasattr(item, attr):
@@ -64,6 +67,9 @@ def type_name(ann: Any) -> str:
 def constraints(metadata: list[Any]) -> str:
     out = ""
     for item in metadata:
+        doc = getattr(getattr(item, "func", None), "doc", None)
+        if doc:
+            out += f" ({doc})"
         for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("min_length", "min length ")):
             if getattr(item, attr, None) is not None:
                 out += f", {sym}{getattr(item, attr)}"

@@ -82,6 +82,18 @@ class MultiLineFailure(OperationFailed):
         return ["labctl: " + self._lines[0], *self._lines[1:]]
 
 
+class HostIOError(OperationFailed):
+    """The host refused a file operation: ``PATH: reason`` (ENOSPC, EROFS, EACCES...)."""
+
+    @classmethod
+    def of(cls, exc: OSError) -> "HostIOError":
+        import os
+
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        where = exc.filename if exc.filename is not None else "(file)"
+        return cls(f"{where}: {reason}")
+
+
 class LockBusy(LabctlError):
     """Another labctl run is mutating this host."""
 

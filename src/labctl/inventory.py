@@ -1,8 +1,15 @@
 """The inventory schema: what ``inventory.yaml`` may say.
 
-Every model forbids unknown keys and is frozen once parsed. Paths may be absolute or
-start with ``~/`` (the host user's home, ``host.home``); nothing else, because a unit
-file's meaning must not depend on the directory labctl was run from.
+Every model forbids unknown keys, takes values only of their own type (``port: true`` is
+not port 1) and is frozen once parsed. Paths may be absolute or start with ``~/`` (the
+host user's home, ``host.home``); nothing else, because a unit file's meaning must not
+depend on the directory labctl was run from. Paths are normalised (``//``, ``/./`` and a
+trailing ``/`` go, as systemd would drop them) and must fit the kernel's limits.
+
+Every string type here refuses what its destination cannot carry faithfully (see
+labctl.render.encode): free text and paths that systemd would trim or continue, model
+names outside the characters model servers and LiteLLM agree on, and LiteLLM's
+``os.environ/`` prefix, which would make the gateway substitute a secret into a value.
 
 Cross-checks that need the whole document (ports, routes, fallbacks, ...) live in
 ``labctl.checks``; this module only knows the shape of each piece.
@@ -17,23 +24,60 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, AfterValidator, model_validator
 
+from labctl.render.encode import sd_text_problem
+from labctl.text import unsafe_message
+
 NAME_RE = r"^[a-z0-9][a-z0-9-]{0,39}$"
 ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 DURATION_RE = r"^[1-9][0-9]*(ms|s|m|h)$"
 UNIT_PREFIX = "labctl-"
 
 
+# Linux limits: NAME_MAX per component and PATH_MAX for the whole path, in bytes.
+NAME_MAX, PATH_MAX = 255, 4095
+
+
+def _check_text_safe(value: str) -> None:
+    problem = unsafe_message(value)
+    if problem:
+        raise ValueError(problem)
+
+
+def _normal_path(value: str) -> str:
+    """Check a path's characters and limits and return it normalised (no ``//``, ``/./``
+    or trailing ``/``). ``..`` is refused: it would make a path mean different things
+    before and after a symlink."""
+    _check_text_safe(value)
+    problem = sd_text_problem(value)
+    if problem:
+        raise ValueError(problem)
+    prefix, rest = ("~/", value[2:]) if value.startswith("~/") else ("/", value.lstrip("/"))
+    parts = [part for part in rest.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise ValueError("must not contain '..'")
+    for part in parts:
+        if len(part.encode()) > NAME_MAX:
+            raise ValueError(f"a path component is longer than {NAME_MAX} bytes")
+    normal = prefix + "/".join(parts)
+    if normal == "~/":
+        normal = "~"
+    if len(normal.encode()) > PATH_MAX:
+        raise ValueError(f"is longer than {PATH_MAX} bytes")
+    return normal
+
+
 def _check_path(value: str) -> str:
     if not (value.startswith("/") or value.startswith("~/")):
         raise ValueError("must be an absolute path or start with ~/ (the host user's home)")
-    if "\n" in value or "\x00" in value:
-        raise ValueError("must not contain newlines or NUL bytes")
-    if ".." in PurePosixPath(value).parts:
-        raise ValueError("must not contain '..'")
-    return value
+    normal = _normal_path(value)
+    if normal == "~":
+        raise ValueError("must name a path below the home directory, not ~/ itself")
+    return normal
 
 
 def _check_bind(value: str) -> str:
+    if "%" in value:
+        raise ValueError("must be a plain IP address; an IPv6 scope id (%...) is not allowed")
     try:
         ipaddress.ip_address(value)
     except ValueError:
@@ -41,15 +85,115 @@ def _check_bind(value: str) -> str:
     return value
 
 
+def _check_text(value: str) -> str:
+    """Free text that lands in a unit file (Description=)."""
+    _check_text_safe(value)
+    problem = sd_text_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+# A model name travels into argv, the LiteLLM config, HTTP requests and Prometheus labels:
+# the characters Ollama, llama.cpp, vLLM and LiteLLM names use, nothing else.
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
+# A Hugging Face repository id (vLLM's model when it is not a local path).
+HF_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+LITELLM_ENV_PREFIX = "os.environ/"
+
+
+def _check_model_name(value: str) -> str:
+    _check_text_safe(value)
+    if value.lower().startswith(LITELLM_ENV_PREFIX):
+        raise ValueError("must not start with os.environ/ (LiteLLM would replace it with an environment "
+                         "variable's value, such as a key)")
+    if not MODEL_NAME_RE.match(value):
+        raise ValueError("a model name is 1-128 characters of letters, digits and . _ : / @ + -, "
+                         "starting with a letter or digit")
+    return value
+
+
+def _check_llama_model(value: str) -> str:
+    """``current``, an absolute or ~/ path, or a file name relative to host.models_dir."""
+    if value == "current":
+        return value
+    if value.startswith(("/", "~/")):
+        return _check_path(value)
+    normal = _normal_path(value)
+    if not normal.removeprefix("/"):
+        raise ValueError("must name a model file")
+    return normal.removeprefix("/")
+
+
+def _check_vllm_model(value: str) -> str:
+    if value.startswith(("/", "~/")):
+        return _check_path(value)
+    _check_text_safe(value)
+    if not HF_REPO_RE.match(value):
+        raise ValueError("must be an absolute or ~/ path, or a Hugging Face repository id (org/name)")
+    return value
+
+
+def _check_word(value: str) -> str:
+    """One argv word or environment value: any text without control characters."""
+    _check_text_safe(value)
+    if len(value) > 4096:
+        raise ValueError("is longer than 4096 characters")
+    return value
+
+
+def _check_pip_spec(value: str) -> str:
+    _check_word(value)
+    if value.startswith("-"):
+        raise ValueError("a pip requirement spec must not start with '-' (pip options such as --index-url "
+                         "or -r are not specs)")
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                          r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def _check_host_name(value: str) -> str:
+    if "%" in value:
+        raise ValueError("must be a plain IP address or host name; an IPv6 scope id is not allowed")
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if not _HOSTNAME_RE.match(value):
+        raise ValueError("must be an IP address or a host name")
+    return value
+
+
+# What docs/inventory.md says of each checked string type (labctl.docgen).
+for _check, _doc in ((_check_path, "absolute or `~/` path"), (_check_bind, "IP address, no scope id"),
+                     (_check_text, "one line of text, no edge spaces or trailing `\\`"),
+                     (_check_model_name, "model name (letters, digits, `._:/@+-`)"),
+                     (_check_llama_model, "`current`, a path, or a file in models_dir"),
+                     (_check_vllm_model, "path or Hugging Face repo id"),
+                     (_check_word, "text without control characters"),
+                     (_check_pip_spec, "pip requirement spec"), (_check_host_name, "IP address or host name")):
+    _check.doc = _doc  # type: ignore[attr-defined]
+
 PathStr = Annotated[str, AfterValidator(_check_path)]
 BindAddr = Annotated[str, AfterValidator(_check_bind)]
+Text = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_check_text)]
+ModelName = Annotated[str, AfterValidator(_check_model_name)]
+Word = Annotated[str, AfterValidator(_check_word)]
+PipSpec = Annotated[str, AfterValidator(_check_pip_spec)]
+HostName = Annotated[str, AfterValidator(_check_host_name)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 EnvName = Annotated[str, Field(pattern=ENV_NAME_RE)]
 Duration = Annotated[str, Field(pattern=DURATION_RE)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    # strict: YAML already typed every value; a bool is not a port, a number is not a name.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class SecretRef(Strict):
@@ -125,9 +269,9 @@ class ServiceBase(Strict):
     enabled: bool = True
     port: Port
     bind: BindAddr | None = None
-    description: str | None = None
-    extra_args: list[str] = []
-    environment: dict[EnvName, str] = {}
+    description: Text | None = None
+    extra_args: list[Word] = []
+    environment: dict[EnvName, Word] = {}
     environment_files: list[PathStr] = []
     restart: RestartPolicy | None = None
     # Deadline for readiness after (re)start. Model loads dominate, so it is per service.
@@ -140,8 +284,8 @@ class Runtime(Strict):
     venv: PathStr | None = None
     python: PathStr | None = None
     # Pinned pip requirement specs installed into ``venv`` by ``labctl up``.
-    pip: list[str] = []
-    pip_env: dict[EnvName, str] = {}
+    pip: list[PipSpec] = []
+    pip_env: dict[EnvName, Word] = {}
 
     @model_validator(mode="after")
     def _one(self) -> "Runtime":
@@ -161,11 +305,14 @@ class Ollama(ServiceBase):
     kind: Literal["ollama"]
     binary: PathStr = "/usr/local/bin/ollama"
     port: Port = 11434
-    models: Annotated[list[str], Field(min_length=1)]
+    models: Annotated[list[ModelName], Field(min_length=1)]
     ready_timeout_sec: Annotated[int, Field(ge=1, le=7200)] = 60
 
 
-ModelRef = Annotated[str, Field(min_length=1)]
+# A llama server's model: "current" (host.models_dir/current.gguf, the switchable link),
+# an absolute or ~/ path, or a file name relative to host.models_dir.
+ModelRef = Annotated[str, Field(min_length=1), AfterValidator(_check_llama_model)]
+VllmModelRef = Annotated[str, Field(min_length=1), AfterValidator(_check_vllm_model)]
 
 
 class LlamaCppPython(ServiceBase):
@@ -173,7 +320,7 @@ class LlamaCppPython(ServiceBase):
     runtime: Runtime
     port: Port = 8000
     model: ModelRef = "current"
-    alias: Annotated[str, Field(min_length=1)]
+    alias: ModelName
     n_gpu_layers: Annotated[int, Field(ge=0)]
     n_ctx: Annotated[int, Field(ge=64, le=1_048_576)] = 4096
     n_threads: Annotated[int, Field(ge=1, le=1024)] | None = None
@@ -184,7 +331,7 @@ class LlamaServer(ServiceBase):
     binary: PathStr
     port: Port = 8080
     model: ModelRef = "current"
-    alias: Annotated[str, Field(min_length=1)]
+    alias: ModelName
     n_gpu_layers: Annotated[int, Field(ge=0)]
     ctx_size: Annotated[int, Field(ge=64, le=1_048_576)] = 4096
     threads: Annotated[int, Field(ge=1, le=1024)] | None = None
@@ -198,8 +345,8 @@ class Vllm(ServiceBase):
     kind: Literal["vllm"]
     runtime: Runtime
     port: Port = 8001
-    model: ModelRef
-    served_model_name: Annotated[str, Field(min_length=1)]
+    model: VllmModelRef
+    served_model_name: ModelName
     quantization: Literal["awq", "gptq", "fp8"] | None = None
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
@@ -214,16 +361,16 @@ class Vllm(ServiceBase):
 
 
 class Route(Strict):
-    name: Annotated[str, Field(min_length=1)]
+    name: ModelName
     service: Annotated[str, Field(pattern=NAME_RE)]
     # The model name the backend knows. Defaults to what the backend serves
     # (alias / served_model_name); required for Ollama, which serves several.
-    model: str | None = None
+    model: ModelName | None = None
 
 
 class RedisCache(Strict):
     type: Literal["redis"] = "redis"
-    host: str = "127.0.0.1"
+    host: HostName = "127.0.0.1"
     port: Port = 6379
     password: SecretRef | None = None
     ttl_sec: Annotated[int, Field(ge=1)] = 600
@@ -252,14 +399,33 @@ KINDS = ("ollama", "llama-cpp-python", "llama-server", "vllm", "litellm")
 BACKEND_KINDS = ("ollama", "llama-cpp-python", "llama-server", "vllm")
 
 
+# A Docker image reference with a tag (and optionally a digest), in the reference grammar's
+# characters only: compose would interpolate a '$', and nothing else belongs in one.
+_IMAGE_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?/)?[a-z0-9]+([._-][a-z0-9]+)*"
+                       r"(/[a-z0-9]+([._-][a-z0-9]+)*)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+                       r"(@sha256:[0-9a-f]{64})?$")
+
+
+def _check_image(value: str) -> str:
+    _check_text_safe(value)
+    if not _IMAGE_RE.match(value):
+        raise ValueError("must be an image reference with a version tag, such as prom/prometheus:v2.53.2 "
+                         "(optionally REGISTRY/ before it and @sha256:DIGEST after it)")
+    return value
+
+
+_check_image.doc = "image:tag[@sha256:digest]"  # type: ignore[attr-defined]
+Image = Annotated[str, AfterValidator(_check_image)]
+
+
 class Prometheus(Strict):
-    image: Annotated[str, Field(pattern=r"^[^\s:@]+(:[^\s:@]+)(@sha256:[0-9a-f]{64})?$")] = "prom/prometheus:v2.53.2"
+    image: Image = "prom/prometheus:v2.53.2"
     port: Port = 9090
     retention: Duration = "15d"
 
 
 class Grafana(Strict):
-    image: Annotated[str, Field(pattern=r"^[^\s:@]+(:[^\s:@]+)(@sha256:[0-9a-f]{64})?$")] = "grafana/grafana:11.2.2"
+    image: Image = "grafana/grafana:11.2.2"
     port: Port = 3000
     admin_user: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "labadmin"
     # A file holding only the password (mode 0600), generated by labctl when missing.
@@ -268,7 +434,7 @@ class Grafana(Strict):
 
 class NodeExporter(Strict):
     enabled: bool = True
-    image: Annotated[str, Field(pattern=r"^[^\s:@]+(:[^\s:@]+)(@sha256:[0-9a-f]{64})?$")] = "prom/node-exporter:v1.8.2"
+    image: Image = "prom/node-exporter:v1.8.2"
     port: Port = 9100
 
 
@@ -305,11 +471,11 @@ class Inventory(Strict):
         """The GGUF path a llama service is started with (the symlink, not its target)."""
         if svc.model == "current":
             return self.host.current_path
+        if not svc.model.startswith(("/", "~/")):
+            return str(PurePosixPath(self.host.expand(self.host.models_dir)) / svc.model)
         return self.host.expand(svc.model)
 
 
 def unit_name(service: str) -> str:
     return f"{UNIT_PREFIX}{service}.service"
 
-
-SECRET_NAME_RE = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)

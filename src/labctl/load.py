@@ -14,7 +14,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from labctl import checks, yamlsrc
+from labctl import checks, secretscan, yamlsrc
 from labctl.errors import InputError, InvalidInventory
 from labctl.inventory import KINDS, Inventory
 
@@ -104,7 +104,12 @@ def _message(err: dict, loc: tuple, data: Any) -> str | None:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     if kind == "string_pattern_mismatch":
-        msg = f"{err['input']!r} is not allowed here (must match {err['ctx']['pattern']})"
+        shown = repr(err["input"])
+        # Never echo what may be a secret: anything under a secret reference, or a value
+        # that looks like one.
+        if any(part in SECRET_FIELDS for part in loc) or secretscan.value_problem(str(err["input"])):
+            shown = "the value"
+        msg = f"{shown} is not allowed here (must match {err['ctx']['pattern']})"
     return msg[0].lower() + msg[1:] if msg else msg
 
 

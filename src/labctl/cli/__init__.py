@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from labctl import __version__
-from labctl.errors import LabctlError, UsageError
+from labctl.errors import HostIOError, LabctlError, UsageError
 
 app = typer.Typer(
     name="labctl",
@@ -77,8 +77,13 @@ def render(
     from labctl.render import render_all
 
     files = render_all(load_inventory(inventory).inventory)
-    for rel, content in files.items():
-        fsio.atomic_write(out_dir / rel, content)
+    try:
+        for rel, content in files.items():
+            fsio.atomic_write(out_dir / rel, content)
+    except OSError as exc:
+        # --out is the operator's argument: a file in the way, a read-only or full disk.
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        raise UsageError(f"--out {out_dir}: cannot write {exc.filename or out_dir}: {reason}") from None
     if as_json:
         emit_json({"out": str(out_dir), "files": list(files)})
         return
@@ -136,10 +141,15 @@ def _unit_states(inv, installed):  # type: ignore[no-untyped-def]
 
 
 def fail(error: LabctlError, as_json: bool) -> NoReturn:
+    """Print ``error`` (text on stderr; with --json also the documented document on stdout).
+    Everything passes through the secret redactor: an error never echoes a key."""
+    from labctl.secretscan import redact
+
     if as_json:
-        emit_json({"ok": False, "exit_code": error.exit_code, "errors": error.as_dicts()})
+        dicts = [{k: redact(v) if isinstance(v, str) else v for k, v in d.items()} for d in error.as_dicts()]
+        emit_json({"ok": False, "exit_code": error.exit_code, "errors": dicts})
     for line in error.lines():
-        sys.stderr.write(line + "\n")
+        sys.stderr.write(redact(line) + "\n")
     raise SystemExit(error.exit_code)
 
 
@@ -311,14 +321,20 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write("labctl: interrupted\n")
         raise SystemExit(130) from None
     except click_error as exc:
-        sys.stderr.write(f"labctl: {exc.format_message()}\n")  # type: ignore[attr-defined]
-        raise SystemExit(UsageError.exit_code) from None
+        fail(UsageError(exc.format_message()), "--json" in args)  # type: ignore[attr-defined]
+    except OSError as exc:
+        # The host refused a file operation (disk full, read-only, permissions): the
+        # operator's to fix, so one line naming the file, never a traceback.
+        if os.environ.get("LABCTL_DEBUG"):
+            raise
+        fail(HostIOError.of(exc), "--json" in args)
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
         if os.environ.get("LABCTL_DEBUG"):
             raise
-        sys.stderr.write(f"labctl: internal error: {type(exc).__name__}: {exc} "
-                         "(a labctl bug; rerun with LABCTL_DEBUG=1 for the traceback)\n")
-        raise SystemExit(1) from None
+        internal = LabctlError(f"internal error: {type(exc).__name__}: {exc} "
+                               "(a labctl bug; rerun with LABCTL_DEBUG=1 for the traceback)")
+        internal.exit_code = 1
+        fail(internal, "--json" in args)
     raise SystemExit(code if isinstance(code, int) else 0)
 
 
