@@ -153,7 +153,7 @@ def execute(host: Host, plan: Plan, rendered: dict[str, str], say: Say, report: 
         elif action.verb == "disable" and action.unit:
             host.manager.disable([action.unit])
     for name in host.inv.enabled():
-        Path(host.layout.working_directory(name)).mkdir(parents=True, exist_ok=True)
+        fsio.ensure_dir(Path(host.layout.working_directory(name)))
     for change in plan.files:
         target = host.config_root / change.path
         if change.change == "delete":
@@ -218,7 +218,8 @@ def up(loaded: Loaded, *, say: Say, manager: UserManager | None = None, wait_loc
         report.generation = gen.number
         report.changed = True
         execute(host, plan, rendered, say, report)
-        fsio.atomic_write(applied, loaded.path.read_text())
+        # The applied inventory can hold values an operator considers private: owner only.
+        fsio.atomic_write(applied, loaded.path.read_text(), mode=0o600)
     return report
 
 
@@ -298,5 +299,5 @@ def rollback(loaded: Loaded, *, say: Say, manager: UserManager | None = None, wa
         report.generation = gen.number
         say(f"rolling back to generation {target.number} ({target.reason}); current state saved as {gen.number}")
         execute(host, plan, desired, say, report)
-        fsio.atomic_write(applied, target.inventory_text)
+        fsio.atomic_write(applied, target.inventory_text, mode=0o600)
     return report

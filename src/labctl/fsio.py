@@ -13,10 +13,52 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+# labctl never creates anything group- or world-writable, whatever the umask says; a
+# tighter umask (077) is honoured.
+FILE_MODE, DIR_MODE = 0o644, 0o755
 
-def atomic_write(path: Path, content: str | bytes, *, mode: int = 0o644) -> None:
+
+def umask() -> int:
+    """The process umask, read without changing it (os.umask can only set it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def ensure_dir(path: Path, mode: int = DIR_MODE) -> None:
+    """``mkdir -p`` where every directory created gets at most ``mode`` (masked by the
+    umask): Path.mkdir(parents=True) gives missing parents 0777 & ~umask, which under
+    umask 000 makes the directories above a 0700 secrets dir world-writable."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, mode & ~umask())
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+            continue
+        os.chmod(directory, mode & ~umask())
+
+
+def atomic_write(path: Path, content: str | bytes, *, mode: int | None = None) -> None:
+    """Write ``content`` to ``path`` atomically, as ``mode`` (default 0644, narrowed by the
+    umask; a secret passes 0600)."""
+    path = Path(path)
+    if mode is None:
+        mode = FILE_MODE & ~umask()
+    ensure_dir(path.parent)
     data = content.encode() if isinstance(content, str) else content
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -9,6 +9,7 @@ renamed into place, so it exists whole or not at all.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -56,18 +57,20 @@ def list_generations(state_dir: Path) -> list[Generation]:
 
 def snapshot(state_dir: Path, files: dict[str, str], inventory_text: str | None, reason: str) -> Generation:
     root = _root(state_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    # Generations keep old inventories: the directory is the owner's alone.
+    fsio.ensure_dir(root, 0o700)
+    os.chmod(root, 0o700)
     existing = list_generations(state_dir)
     number = existing[-1].number + 1 if existing else 1
     tmp = root / f".tmp-{number}"
     shutil.rmtree(tmp, ignore_errors=True)
     for rel, content in files.items():
         target = tmp / "files" / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
+        fsio.ensure_dir(target.parent)
         target.write_text(content)
-    tmp.mkdir(parents=True, exist_ok=True)
+    fsio.ensure_dir(tmp, 0o700)
     if inventory_text is not None:
-        (tmp / "inventory.yaml").write_text(inventory_text)
+        fsio.atomic_write(tmp / "inventory.yaml", inventory_text, mode=0o600)
     created = time.time()
     (tmp / "meta.json").write_text(json.dumps({"created": created, "reason": reason}))
     final = root / f"{number:06d}"

@@ -12,13 +12,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from labctl import fsio
 from labctl.errors import LockBusy
 
 
 @contextmanager
 def host_lock(path: Path, *, wait: bool = True, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    fsio.ensure_dir(path.parent)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:

@@ -7,6 +7,7 @@ tries again instead of trusting a half-built venv.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -41,7 +42,10 @@ def runtimes(inv: Inventory) -> dict[str, Runtime]:
 
 
 def _wanted(runtime: Runtime) -> dict[str, object]:
-    return {"pip": list(runtime.pip), "pip_env": dict(sorted(runtime.pip_env.items()))}
+    # pip_env values are kept out of the stamp (a digest decides "changed"), so the stamp
+    # holds nothing an operator would not print.
+    digest = hashlib.sha256(json.dumps(sorted(runtime.pip_env.items())).encode()).hexdigest()
+    return {"pip": list(runtime.pip), "pip_env": {"names": sorted(runtime.pip_env), "sha256": digest}}
 
 
 def is_current(inv: Inventory, runtime: Runtime) -> bool:
@@ -49,7 +53,10 @@ def is_current(inv: Inventory, runtime: Runtime) -> bool:
     stamp = venv / STAMP
     if not stamp.is_file() or not (venv / "bin" / "python").exists():
         return False
-    return json.loads(stamp.read_text()) == _wanted(runtime)
+    try:
+        return json.loads(stamp.read_text()) == _wanted(runtime)
+    except ValueError:  # a torn or foreign stamp: provision again
+        return False
 
 
 def provision(inv: Inventory, *, say: Callable[[str], None]) -> list[Provisioned]:
@@ -68,7 +75,7 @@ def provision(inv: Inventory, *, say: Callable[[str], None]) -> list[Provisioned
         env = {**os.environ, **runtime.pip_env}
         run_cmd([str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q",
                  *runtime.pip], env=env, timeout=3600)
-        fsio.atomic_write(venv / STAMP, json.dumps(_wanted(runtime)))
+        fsio.atomic_write(venv / STAMP, json.dumps(_wanted(runtime)), mode=0o600)
         seconds = round(time.monotonic() - start, 1)
         say(f"{name}: runtime ready in {seconds}s")
         results.append(Provisioned(name, str(venv), True, seconds))

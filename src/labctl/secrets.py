@@ -56,7 +56,7 @@ def ensure_env_secret(path: Path, var: str, *, prefix: str = "sk-") -> bool:
             text += "\n"
     else:
         text = ""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fsio.ensure_dir(path.parent, 0o700)
     fsio.atomic_write(path, text + f"{var}={new_value(prefix)}\n", mode=SECRET_MODE)
     return True
 
@@ -66,7 +66,7 @@ def ensure_file_secret(path: Path) -> bool:
     if path.exists() and path.read_text(encoding="utf-8").strip():
         _check_mode(path)
         return False
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fsio.ensure_dir(path.parent, 0o700)
     fsio.atomic_write(path, new_value() + "\n", mode=SECRET_MODE)
     return True
 
