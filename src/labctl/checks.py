@@ -319,14 +319,21 @@ def _executable(src: Source, loc: tuple, path: Path) -> Iterator[InputError]:
 
 def _model_file(inv: Inventory, src: Source, loc: tuple, svc: LlamaServer | LlamaCppPython,
                 models_dir: Path) -> Iterator[InputError]:
+    from labctl.models import inside_models_dir, real_path  # models imports the renderers, which import us
+
     path = Path(inv.model_path(svc))
     if svc.model == "current":
         if not path.is_symlink():
             what = "is not a symlink" if path.exists() else "does not exist"
             yield src.error(loc, f"{path} {what}; point it at a model with 'labctl model switch FILE'")
             return
-        target = path.resolve()
-        if not target.is_relative_to(models_dir.resolve()):
+        target = real_path(path)
+        if target is None:
+            yield src.error(loc, f"{path} does not resolve (a dangling link or a loop); point it at a model "
+                                 "with 'labctl model switch FILE'")
+            return
+        # The same rule as `labctl model switch` (labctl.models.inside_models_dir).
+        if not inside_models_dir(inv, path):
             yield src.error(loc, f"{path} resolves to {target}, outside the models dir {models_dir}")
             return
     if not path.exists():

@@ -2,9 +2,51 @@
 
 from __future__ import annotations
 
-from rich.table import Table
+import re
+from typing import TYPE_CHECKING
 
-from labctl.status import StatusReport
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from labctl.status import StatusReport
+
+# Characters a terminal acts on instead of showing: C0 and C1 controls and DEL (escape
+# sequences start with ESC or CSI), the line and paragraph separators, and the bidi
+# embeddings, overrides, isolates and marks that reorder what is shown (Trojan Source).
+_BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{_BIDI}\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def shown(text: object) -> str:
+    """``text`` made safe to print on a terminal: every control character (C0, C1, DEL),
+    U+2028/U+2029, bidi control and lone surrogate (an undecodable byte in a file name)
+    becomes a visible escape (``\\x1b``, ``\\u202e``); everything else is unchanged. For
+    anything read from a file or a process: GGUF metadata, file names, journal lines.
+    It does not touch rich markup: print the result with markup off, or as :func:`plain`."""
+    return _UNSAFE.sub(_escape, text if isinstance(text, str) else str(text))
+
+
+def plain(text: object, style: str = "") -> Text:
+    """``text``, escaped by :func:`shown`, as a rich Text: printed literally, never read as
+    ``[markup]`` or ``:emoji:``."""
+    return Text(shown(text), style=style)
+
+
+def unfolded(table: Table, console: Console) -> Table:
+    """``table`` at its natural width when that is wider than the console, so no cell is
+    folded or cut: a name is shown whole, as it is spelled (the console soft-wraps)."""
+    natural = console.measure(table, options=console.options.update_width(1 << 16)).maximum
+    if natural > console.width:
+        table.width = natural
+    return table
 
 
 def _mib(value: int | None) -> str:
@@ -28,6 +70,8 @@ def status_table(report: StatusReport) -> Table:
                    "model", "drift"):
         table.add_column(column, overflow="fold")
     for s in report.services:
+        # Every cell is a Text: names, details and model links come from files and processes,
+        # so nothing in them is markup, and shown() escapes what a terminal would act on.
         state = f"{s.active_state}/{s.sub_state}"
         if s.result and s.result != "success":
             state += f" ({s.result})"
@@ -37,16 +81,17 @@ def status_table(report: StatusReport) -> Table:
         probe_text = f"{'ok' if probe['ok'] else 'FAIL'} {probe['latency_ms']:.0f}ms {probe['detail']}"
         if s.metrics:
             probe_text += " | " + ", ".join(f"{k.split(':', 1)[1]}={v:g}" for k, v in sorted(s.metrics.items()))
-        table.add_row(s.service, s.kind, f"[{colour}]{state}[/{colour}] {s.enabled}", restarts,
-                      str(s.main_pid or "-"), _mib(s.memory_bytes), _uptime(s.uptime_sec), f"{s.bind}:{s.port}",
-                      f"[{'green' if probe['ok'] else 'red'}]{probe_text}[/]", s.model or "-",
-                      "-" if s.drift == "none" else f"[yellow]{s.drift}[/yellow]")
+        table.add_row(plain(s.service), plain(s.kind), Text.assemble(plain(state, colour), " ", plain(s.enabled)),
+                      plain(restarts), plain(s.main_pid or "-"), plain(_mib(s.memory_bytes)),
+                      plain(_uptime(s.uptime_sec)), plain(f"{s.bind}:{s.port}"),
+                      plain(probe_text, "green" if probe["ok"] else "red"), plain(s.model or "-"),
+                      plain("-") if s.drift == "none" else plain(s.drift, "yellow"))
     containers = report.monitoring.get("containers") or []
     for c in containers:  # type: ignore[union-attr]
-        table.add_row(str(c.get("service")), "container", f"{c.get('state')}/{c.get('health') or '-'}", "-", "-",
-                      "-", "-", "-", "-", str(c.get("image")), "-")
+        table.add_row(plain(c.get("service")), plain("container"), plain(f"{c.get('state')}/{c.get('health') or '-'}"),
+                      *(plain("-") for _ in range(6)), plain(c.get("image")), plain("-"))
     captions = [report.note] if report.note else []
     if report.monitoring.get("enabled") and not containers and report.monitoring.get("engine"):
         captions.append(f"monitoring: {report.monitoring['engine']}")
-    table.caption = "; ".join(captions) or None
+    table.caption = plain("; ".join(captions)) if captions else None
     return table

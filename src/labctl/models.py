@@ -14,9 +14,11 @@ which, and flags any service still serving something else.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,6 +28,7 @@ from typing import Any
 import httpx
 
 from labctl import fsio, gguf_header
+from labctl.clitables import shown
 from labctl.errors import MultiLineFailure, OperationFailed, UsageError
 from labctl.inventory import Inventory, LlamaCppPython, LlamaServer, unit_name
 from labctl.render.gateway import base_url
@@ -60,26 +63,77 @@ def link_path(inv: Inventory) -> Path:
 
 def current_target(inv: Inventory) -> Path | None:
     link = link_path(inv)
-    if not link.is_symlink():
+    try:
+        if not os.path.islink(link):
+            return None
+        target = Path(os.readlink(link))
+    except (OSError, ValueError):
         return None
-    target = Path(os.readlink(link))
     return target if target.is_absolute() else link.parent / target
 
 
+# --- paths: resolved without hanging or raising ------------------------------------------
+# Path.resolve() raises RuntimeError on a symlink loop (Python 3.11) and is_dir()/exists()
+# raise on some errors (EACCES, ENAMETOOLONG); these never do, and none opens the file.
+
+
+def real_path(path: Path | str) -> Path | None:
+    """``path`` with every symlink followed (os.path.realpath, strict), or None when that
+    cannot be done: a dangling link, a loop, a component that is not a directory, an
+    unreadable directory, a NUL byte."""
+    try:
+        return Path(os.path.realpath(path, strict=True))
+    except (OSError, ValueError, RuntimeError):
+        return None
+
+
+def _resolved(path: Path | str) -> str:
+    """As far as ``path`` resolves (a dangling link's target, a loop left as it is): for
+    showing and comparing, never for deciding what is inside the models dir."""
+    try:
+        return os.path.realpath(path)
+    except (OSError, ValueError, RuntimeError):
+        return os.path.abspath(path)
+
+
+def inside_models_dir(inv: Inventory, path: Path | str) -> bool:
+    """The one rule for "in the models dir": ``path``'s real location, every symlink
+    followed (the file itself, a link placed in the dir, or current.gguf), is strictly
+    under the real models dir. False when either cannot be resolved (dangling link, loop,
+    missing models dir...), so callers that want a more precise message check existence
+    first; a link in the models dir that points outside it is outside."""
+    root, real = real_path(models_dir(inv)), real_path(path)
+    return root is not None and real is not None and real != root and real.is_relative_to(root)
+
+
 def list_models(inv: Inventory) -> list[ModelEntry]:
+    """Every ``*.gguf`` in the models dir, whatever it is (a FIFO, a device, a dangling or
+    looping link, a directory): each is listed, with its problem if it is not a model."""
     directory, link = models_dir(inv), link_path(inv)
     current = current_target(inv)
-    current_real = current.resolve() if current else None
+    current_real = real_path(current) if current else None
+    try:
+        with os.scandir(directory) as entries:
+            names = sorted(e.name for e in entries if e.name.endswith(".gguf") and not e.name.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        raise OperationFailed(shown(f"cannot list the models dir {directory}: "
+                                    f"{os.strerror(exc.errno) if exc.errno else type(exc).__name__}")) from None
+    link_abs = os.path.abspath(link)
     out = []
-    for path in sorted(directory.glob("*.gguf")) if directory.is_dir() else []:
-        if path == link or path.name.startswith("."):
+    for name in names:
+        path = directory / name
+        if os.path.abspath(path) == link_abs:
             continue
         try:
             info: dict[str, object] | None = gguf_header.read(path).as_dict()
             problem = None
         except gguf_header.GGUFError as exc:
             info, problem = None, str(exc)
-        out.append(ModelEntry(path.name, str(path), current_real is not None and path.resolve() == current_real,
+        if info is not None and not inside_models_dir(inv, path):
+            problem = f"links outside the models dir (to {_resolved(path)}); model switch refuses it"
+        out.append(ModelEntry(name, str(path), current_real is not None and real_path(path) == current_real,
                               info, problem))
     return out
 
@@ -128,7 +182,7 @@ def serving(inv: Inventory, manager, name: str, timeout: float = 3.0) -> dict[st
 
 def current(inv: Inventory, manager) -> dict[str, object]:  # type: ignore[no-untyped-def]
     target = current_target(inv)
-    real = str(target.resolve()) if target else None
+    real = _resolved(target) if target else None
     services = []
     for name in llama_services(inv):
         report = serving(inv, manager, name)
@@ -157,28 +211,74 @@ def resolve_request(inv: Inventory, requested: str) -> Path:
     return Path(os.path.abspath(path))
 
 
+def _refused(message: str) -> SwitchRefused:
+    """One line, printable: the names in it may come from the models dir."""
+    return SwitchRefused(shown(message))
+
+
+def _reaches(path: Path, link: Path) -> bool:
+    """Whether ``path`` is ``link`` or its chain of symlinks passes through it: current.gguf
+    pointed at such a path would point at itself. Compared by name and by inode (the same
+    link reached through another spelling of its directory)."""
+    link_abs = os.path.abspath(link)
+    try:
+        link_st: os.stat_result | None = os.lstat(link)
+    except (OSError, ValueError):
+        link_st = None
+    hop = Path(os.path.abspath(path))
+    for _ in range(40):  # the kernel's own limit on links followed
+        try:
+            hop_st = os.lstat(hop)
+        except (OSError, ValueError):
+            return str(hop) == link_abs
+        if str(hop) == link_abs or (link_st is not None and os.path.samestat(hop_st, link_st)):
+            return True
+        if not stat.S_ISLNK(hop_st.st_mode):
+            return False
+        try:
+            hop = Path(os.path.abspath(hop.parent / os.readlink(hop)))
+        except (OSError, ValueError):
+            return False
+    return False
+
+
 def validate(inv: Inventory, requested: str) -> tuple[Path, gguf_header.GGUFInfo]:
-    directory = models_dir(inv).resolve()
+    """The file ``requested`` names, and its header, if current.gguf may point at it; else
+    SwitchRefused (exit 2) in one line. Nothing here blocks on a FIFO or device, or raises
+    on a symlink loop."""
+    directory = models_dir(inv)
     path = resolve_request(inv, requested)
-    if path == link_path(inv):
-        raise SwitchRefused(f"{requested}: that is the current.gguf link itself; name the model file")
-    if path.is_symlink() and not path.exists():
-        raise SwitchRefused(f"{requested}: dangling symlink to {os.readlink(path)}")
-    if not path.exists():
-        raise SwitchRefused(f"{requested}: no such file")
-    if path.is_dir():
-        raise SwitchRefused(f"{requested}: is a directory, not a GGUF file")
-    inside = path.resolve().is_relative_to(directory)
-    linked_in = path.parent.resolve() == directory and path.is_symlink()
-    if not (inside or linked_in):
-        raise SwitchRefused(f"{requested}: {path.resolve()} is outside the models dir {directory}; "
-                            "copy it there or link it in")
+    if _reaches(path, link_path(inv)):
+        raise _refused(f"{requested}: that is the current.gguf link itself; name the model file")
+    try:
+        st = os.stat(path)
+    except ValueError:
+        raise _refused(f"{requested}: not a valid path") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            try:
+                target = os.readlink(path)
+            except OSError:
+                target = "?"
+            raise _refused(f"{requested}: dangling symlink to {target}") from None
+        if exc.errno == errno.ENOENT:
+            raise _refused(f"{requested}: no such file") from None
+        if exc.errno == errno.ELOOP:
+            raise _refused(f"{requested}: a symlink loop (too many levels of symbolic links)") from None
+        raise _refused(f"{requested}: {os.strerror(exc.errno) if exc.errno else type(exc).__name__}") from None
+    reason = gguf_header.not_regular(st.st_mode)
+    if reason:
+        raise _refused(f"{requested}: {reason}")
+    if not inside_models_dir(inv, path):
+        root = real_path(directory) or directory
+        raise _refused(f"{requested}: {_resolved(path)} is outside the models dir {root}; copy or move it "
+                       "there (a link in the models dir must point inside it too)")
     if not os.access(path, os.R_OK):
-        raise SwitchRefused(f"{requested}: not readable by {inv.host.user}")
+        raise _refused(f"{requested}: not readable by {inv.host.user}")
     try:
         info = gguf_header.read(path)
     except gguf_header.GGUFError as exc:
-        raise SwitchRefused(f"{requested}: {exc}") from None
+        raise _refused(f"{requested}: {exc}") from None
     return path, info
 
 
@@ -255,22 +355,48 @@ class SwitchResult:
 def _record(state_dir: Path, result: SwitchResult) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     line = json.dumps({"time": result.started, **result.as_dict()}, sort_keys=True)
-    with open(state_dir / HISTORY, "a", encoding="utf-8") as fh:
+    # O_NONBLOCK: a FIFO in the history's place fails at once (ENXIO) instead of waiting for
+    # a reader; anything but a regular file is refused.
+    path = state_dir / HISTORY
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise OperationFailed(shown(f"cannot record the switch in {path}: {os.strerror(exc.errno or 0)}")) from None
+    with os.fdopen(fd, "a", encoding="utf-8") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OperationFailed(shown(f"cannot record the switch in {path}: not a regular file"))
         fh.write(line + "\n")
         fh.flush()
         os.fsync(fh.fileno())
 
 
+def _read_history(path: Path) -> str | None:
+    """The history file's text; None if there is none. Never blocks on a FIFO."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise OperationFailed(shown(f"cannot read {path}: {os.strerror(exc.errno or 0)}")) from None
+    with os.fdopen(fd, "rb") as fh:
+        reason = gguf_header.not_regular(os.fstat(fd).st_mode)
+        if reason:
+            raise OperationFailed(shown(f"cannot read {path}: it {reason}"))
+        return fh.read().decode("utf-8", errors="replace")
+
+
 def history(state_dir: Path) -> list[dict[str, object]]:
-    path = Path(state_dir) / HISTORY
-    if not path.exists():
+    text = _read_history(Path(state_dir) / HISTORY)
+    if text is None:
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+            entry = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
             continue  # a line torn by a crash mid-append: skip it, keep the rest
+        if isinstance(entry, dict):
+            out.append(entry)
     return out
 
 
@@ -295,8 +421,8 @@ def switch(inv: Inventory, requested: str, *, manager, say: Say, strict: bool = 
     say(f"step budget: {result.budget}")
     if not fits and strict:
         raise SwitchRefused(f"{requested}: over the GPU memory budget (--strict): {result.budget}")
-    if old is not None and old.resolve() == path.resolve():
-        say(f"{link.name} already points at {path.name}; nothing to do")
+    if old is not None and _resolved(old) == _resolved(path):
+        say(shown(f"{link.name} already points at {path.name}; nothing to do"))
         result.outcome = "unchanged"
         return result
     for stale in link.parent.glob(f".{link.name}.*.tmp"):
@@ -329,7 +455,8 @@ class _Switch:
 
         step = "swap"
         try:
-            self.say(f"step swap: {self.link.name} -> {self.new.name} (was {self.old.name if self.old else 'missing'})")
+            self.say(shown(f"step swap: {self.link.name} -> {self.new.name} "
+                           f"(was {self.old.name if self.old else 'missing'})"))
             t = time.monotonic()
             fsio.atomic_symlink(_link_text(self.inv, self.new), self.link)
             self.result.durations["swap"] = round(time.monotonic() - t, 4)
@@ -344,13 +471,15 @@ class _Switch:
                 self.result.durations[f"restart+ready {name}"] = ready.seconds
         except OperationFailed as exc:
             self.result.outcome, self.result.failed_step = "rolled back", step
-            self.say(f"step rollback: {step} failed; pointing {self.link.name} back at "
-                     f"{self.old.name if self.old else 'nothing'} and restarting {', '.join(self.restarted)}")
+            self.say(shown(f"step rollback: {step} failed; pointing {self.link.name} back at "
+                           f"{self.old.name if self.old else 'nothing'} and restarting {', '.join(self.restarted)}"))
             self.restore()
             _record(self.host.state_dir, self.result)
-            detail = [line.removeprefix("labctl: ") for line in exc.lines()]
-            raise MultiLineFailure([f"model switch failed at step '{step}' and was rolled back to "
-                                    f"{self.old.name if self.old else 'no model'}: {detail[0]}", *detail[1:]]) from None
+            # The evidence includes journal lines: what the service printed is escaped here.
+            detail = [shown(line.removeprefix("labctl: ")) for line in exc.lines()] or [""]
+            raise MultiLineFailure([shown(f"model switch failed at step '{step}' and was rolled back to "
+                                          f"{self.old.name if self.old else 'no model'}: ") + detail[0],
+                                    *detail[1:]]) from None
 
     def restore(self) -> None:
         from labctl.apply import bring_up
@@ -363,7 +492,7 @@ class _Switch:
             try:
                 bring_up(self.host, name, "restart", self.say)
             except OperationFailed as exc:
-                self.say(f"rollback: {name} did not come back on the old model either: {exc.lines()[0]}")
+                self.say(shown(f"rollback: {name} did not come back on the old model either: {exc.lines()[0]}"))
 
 
 def rollback_target(state_dir: Path) -> str:

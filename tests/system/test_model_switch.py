@@ -87,7 +87,7 @@ def test_switch_under_load_fails_no_request(models: Stack, target: str) -> None:
 
 @pytest.mark.parametrize("request_,message", [
     ("truncated.gguf", "truncated.gguf: truncated: tensor data needs"),
-    ("notes.gguf", "notes.gguf: not a GGUF file (starts with b'thes'"),
+    ("notes.gguf", "notes.gguf: not a GGUF file (no GGUF magic)"),
     ("missing.gguf", "missing.gguf: no such file"),
     ("a-directory.gguf", "a-directory.gguf: is a directory, not a GGUF file"),
     ("/tmp/outside.gguf", "/tmp/outside.gguf: /tmp/outside.gguf is outside the models dir"),

@@ -143,13 +143,15 @@ def _unit_states(inv, installed):  # type: ignore[no-untyped-def]
 def fail(error: LabctlError, as_json: bool) -> NoReturn:
     """Print ``error`` (text on stderr; with --json also the documented document on stdout).
     Everything passes through the secret redactor: an error never echoes a key."""
+    from labctl.clitables import shown
     from labctl.secretscan import redact
 
     if as_json:
         dicts = [{k: redact(v) if isinstance(v, str) else v for k, v in d.items()} for d in error.as_dicts()]
         emit_json({"ok": False, "exit_code": error.exit_code, "errors": dicts})
     for line in error.lines():
-        sys.stderr.write(redact(line) + "\n")
+        # A message can quote a file name or journal line: control characters shown, not obeyed.
+        sys.stderr.write(shown(redact(line)) + "\n")
     raise SystemExit(error.exit_code)
 
 

@@ -8,6 +8,11 @@ from typing import Annotated
 import typer
 
 from labctl.cli import InventoryOpt, JsonOpt, _load, _say, app, emit_json, out
+from labctl.clitables import plain, unfolded
+
+# Everything printed here that came from a file (GGUF metadata, file and link names, the
+# history, /proc/PID/maps) goes through plain()/shown(): control characters are escaped
+# and nothing is read as rich markup or emoji. --json prints the raw strings (JSON escapes).
 
 
 model_app = typer.Typer(help="GGUF models and the current.gguf symlink.", no_args_is_help=True)
@@ -23,7 +28,7 @@ def model_make_tiny(
     from labctl.demo_models import write_tiny_gguf
 
     write_tiny_gguf(path, arch=arch)
-    out.print(f"wrote {path}")
+    out.print(plain(f"wrote {path}"))
 
 
 @model_app.command("list")
@@ -38,14 +43,15 @@ def model_list(inventory: InventoryOpt = Path("inventory.yaml"), as_json: JsonOp
         emit_json([e.as_dict() for e in entries])
         return
     table = Table()
-    for column in ("", "file", "size", "architecture", "context", "quantisation", "note"):
+    for column in ("", "file", "size", "name", "architecture", "context", "quantisation", "note"):
         table.add_column(column)
     for e in entries:
         info = e.info or {}
-        table.add_row("*" if e.current else "", e.name, f"{int(info.get('size', 0)) / 2**20:.1f} MiB" if info else "-",
-                      str(info.get("architecture", "-")), str(info.get("context_length", "-")),
-                      str(info.get("quantization", "-")), e.problem or "")
-    out.print(table)
+        size = f"{int(info.get('size') or 0) / 2**20:.1f} MiB" if info else "-"
+        cells = ("*" if e.current else "", e.name, size, info.get("name") or "-", info.get("architecture") or "-",
+                 info.get("context_length") or "-", info.get("quantization") or "-", e.problem or "")
+        table.add_row(*(plain(cell) for cell in cells))
+    out.print(unfolded(table, out))
 
 
 @model_app.command("current")
@@ -58,10 +64,10 @@ def model_current(inventory: InventoryOpt = Path("inventory.yaml"), as_json: Jso
     if as_json:
         emit_json(report)
     else:
-        out.print(f"{report['link']} -> {report['target']}", markup=False)
+        out.print(plain(f"{report['link']} -> {report['target']}"))
         for s in report["services"]:  # type: ignore[union-attr]
-            out.print(f"  {s['service']}: {s['state']} (pid {s['pid'] or '-'}; mapped: "
-                      f"{', '.join(s['mapped']) or '-'})", markup=False)
+            out.print(plain(f"  {s['service']}: {s['state']} (pid {s['pid'] or '-'}; mapped: "
+                            f"{', '.join(s['mapped']) or '-'})"))
     raise typer.Exit(1 if report["mismatch"] else 0)
 
 
@@ -83,7 +89,7 @@ def model_switch(
     if as_json:
         emit_json(result.as_dict())
     else:
-        out.print(f"switched to {result.target} ({result.outcome})", markup=False)
+        out.print(plain(f"switched to {result.target} ({result.outcome})"))
 
 
 @model_app.command("rollback")
@@ -98,14 +104,12 @@ def model_rollback(inventory: InventoryOpt = Path("inventory.yaml"), as_json: Js
     if as_json:
         emit_json(result.as_dict())
     else:
-        out.print(f"rolled back to {result.target}", markup=False)
+        out.print(plain(f"rolled back to {result.target}"))
 
 
 @model_app.command("history")
 def model_history(inventory: InventoryOpt = Path("inventory.yaml"), as_json: JsonOpt = False) -> None:
     """Every switch: time, from, to, outcome, durations."""
-    import datetime
-
     from labctl.models import history
 
     inv = _load(inventory).inventory
@@ -114,8 +118,21 @@ def model_history(inventory: InventoryOpt = Path("inventory.yaml"), as_json: Jso
         emit_json(entries)
         return
     for e in entries:
-        when = datetime.datetime.fromtimestamp(float(e["time"])).isoformat(timespec="seconds")  # type: ignore[arg-type]
-        prev = Path(str(e.get("previous"))).name if e.get("previous") else "-"
-        out.print(f"{when}  {prev} -> {Path(str(e['target'])).name}  {e['outcome']}"
-                  + (f" (failed at {e['failed_step']})" if e.get("failed_step") else "")
-                  + f"  {e.get('durations', {}).get('total', '-')}s", markup=False)
+        durations = e.get("durations")
+        total = durations.get("total", "-") if isinstance(durations, dict) else "-"
+        failed = f" (failed at {e['failed_step']})" if e.get("failed_step") else ""
+        out.print(plain(f"{_when(e.get('time'))}  {_base(e.get('previous'))} -> {_base(e.get('target'))}  "
+                        f"{e.get('outcome', '?')}{failed}  {total}s"))
+
+
+def _when(value: object) -> str:
+    import datetime
+
+    try:
+        return datetime.datetime.fromtimestamp(float(value)).isoformat(timespec="seconds")  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
+
+
+def _base(value: object) -> str:
+    return Path(str(value)).name or str(value) if value else "-"
