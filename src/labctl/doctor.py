@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from labctl import checks
+from labctl.clitables import shown
 from labctl.inventory import Inventory, LlamaCppPython, LlamaServer, Vllm, unit_name
 from labctl.layout import Layout
 from labctl.load import Loaded
@@ -63,9 +64,54 @@ def listeners() -> dict[int, list[tuple[str, int]]]:
 
 def _cgroup_of(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cgroup").read_text()
+        return Path(f"/proc/{pid}/cgroup").read_text(errors="replace")
     except OSError:
         return ""
+
+
+def cgroup_paths(text: str) -> list[str]:
+    """The cgroup paths in /proc/PID/cgroup text (``hierarchy-ID:controllers:path`` per
+    line): the unified hierarchy's (``0::``) when there is one, else the systemd named
+    hierarchy's (``name=systemd``, cgroup v1), else every hierarchy's."""
+    unified, systemd, every = [], [], []
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3 or not parts[2].startswith("/"):
+            continue
+        hierarchy, controllers, path = parts
+        every.append(path)
+        if hierarchy == "0" and controllers == "":
+            unified.append(path)
+        elif "name=systemd" in controllers.split(","):
+            systemd.append(path)
+    return unified or systemd or every
+
+
+def _components(path: str) -> list[str]:
+    return [part for part in path.split("/") if part]
+
+
+def in_unit(cgroup_text: str, unit: str) -> bool:
+    """Whether the process whose /proc/PID/cgroup is ``cgroup_text`` runs in ``unit``: its
+    cgroup path ends in a component that *is* the unit name (``.../labctl-native.service``),
+    never one that merely contains it (``labctl-native.service-evil``)."""
+    return bool(unit) and any(_components(path)[-1:] == [unit] for path in cgroup_paths(cgroup_text))
+
+
+def in_docker(cgroup_text: str) -> bool:
+    """Whether the process runs under Docker: a cgroup path component that is a container's
+    scope (``docker-<id>.scope``, systemd driver), the cgroupfs driver's ``docker``, or the
+    daemon's own ``docker.service`` (its docker-proxy holds published ports)."""
+    for path in cgroup_paths(cgroup_text):
+        for part in _components(path):
+            if part in ("docker", "docker.service"):
+                return True
+            if part.startswith("docker-") and part.endswith(".scope") and len(part) > len("docker-.scope"):
+                return True
+    return False
+
+
+_MONITORING_PROCS = ("prometheus", "grafana", "grafana-server", "node_exporter", "prometheus-node-exporter")
 
 
 def port_checks(inv: Inventory) -> list[Check]:
@@ -81,14 +127,14 @@ def port_checks(inv: Inventory) -> list[Check]:
         holders = taken.get(port, [])
         if not holders:
             out.append(Check(f"port {port}", "ok", f"free for {name}"))
-        elif unit and holders and all(unit in _cgroup_of(pid) for _, pid in holders):
+        elif unit and all(pid and in_unit(_cgroup_of(pid), unit) for _, pid in holders):
             out.append(Check(f"port {port}", "ok", f"held by {unit} (ours)"))
-        elif unit is None and holders and all("docker" in _cgroup_of(pid) or proc in
-                                             ("prometheus", "grafana", "grafana-server", "node_exporter",
-                                              "prometheus-node-exporter") for proc, pid in holders):
-            out.append(Check(f"port {port}", "ok", f"held by the monitoring stack ({holders[0][0]})"))
+        elif unit is None and all(pid and (in_docker(_cgroup_of(pid)) or proc in _MONITORING_PROCS)
+                                  for proc, pid in holders):
+            out.append(Check(f"port {port}", "ok", f"held by the monitoring stack ({shown(holders[0][0])})"))
         else:
-            who = ", ".join(f"{p} (pid {pid})" if pid else "a process of another user" for p, pid in holders)
+            # A process name is whatever the process set (prctl): escaped, like any file text.
+            who = ", ".join(f"{shown(p)} (pid {pid})" if pid else "a process of another user" for p, pid in holders)
             out.append(Check(f"port {port}", "fail", f"{name} needs it, but {who} listens there",
                              f"stop that process or change services.{name}.port"))
     return out
