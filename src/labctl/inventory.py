@@ -29,7 +29,7 @@ from labctl.text import unsafe_message
 
 NAME_RE = r"^[a-z0-9][a-z0-9-]{0,39}$"
 ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
-DURATION_RE = r"^[1-9][0-9]*(ms|s|m|h)$"
+DURATION_RE = r"^[1-9][0-9]{0,8}(ms|s|m|h|d|w|y)$"  # Prometheus durations
 UNIT_PREFIX = "labctl-"
 
 
@@ -72,6 +72,23 @@ def _check_path(value: str) -> str:
     normal = _normal_path(value)
     if normal == "~":
         raise ValueError("must name a path below the home directory, not ~/ itself")
+    if normal == "/":
+        raise ValueError("must name a path below /, not the root directory itself")
+    return normal
+
+
+def _check_abs_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("must be an absolute path")
+    return _check_path(value)
+
+
+def _check_exec_path(value: str) -> str:
+    """A program's path (ExecStart's first word): systemd refuses quotes and backslashes
+    there ("Executable name contains special characters"), even quoted."""
+    normal = _check_path(value)
+    if set(normal) & set("\"'\\"):
+        raise ValueError("a program's path must not contain quotes or backslashes (systemd refuses them)")
     return normal
 
 
@@ -170,7 +187,8 @@ def _check_host_name(value: str) -> str:
 
 
 # What docs/inventory.md says of each checked string type (labctl.docgen).
-for _check, _doc in ((_check_path, "absolute or `~/` path"), (_check_bind, "IP address, no scope id"),
+for _check, _doc in ((_check_path, "absolute or `~/` path"), (_check_abs_path, "absolute path"),
+                     (_check_exec_path, "absolute or `~/` path, no quotes or `\\`"), (_check_bind, "IP address, no scope id"),
                      (_check_text, "one line of text, no edge spaces or trailing `\\`"),
                      (_check_model_name, "model name (letters, digits, `._:/@+-`)"),
                      (_check_llama_model, "`current`, a path, or a file in models_dir"),
@@ -180,6 +198,8 @@ for _check, _doc in ((_check_path, "absolute or `~/` path"), (_check_bind, "IP a
     _check.doc = _doc  # type: ignore[attr-defined]
 
 PathStr = Annotated[str, AfterValidator(_check_path)]
+AbsPath = Annotated[str, AfterValidator(_check_abs_path)]
+ExecPath = Annotated[str, AfterValidator(_check_exec_path)]
 BindAddr = Annotated[str, AfterValidator(_check_bind)]
 Text = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_check_text)]
 ModelName = Annotated[str, AfterValidator(_check_model_name)]
@@ -236,7 +256,7 @@ class RestartPolicy(Strict):
 
 class Host(Strict):
     user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
-    home: PathStr | None = None
+    home: AbsPath | None = None
     models_dir: PathStr = "~/models"
     current_link: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+\.gguf$")] = "current.gguf"
     state_dir: PathStr = "~/.local/state/labctl"
@@ -281,8 +301,8 @@ class ServiceBase(Strict):
 class Runtime(Strict):
     """A Python runtime: an existing interpreter, or a venv labctl provisions with pip."""
 
-    venv: PathStr | None = None
-    python: PathStr | None = None
+    venv: ExecPath | None = None
+    python: ExecPath | None = None
     # Pinned pip requirement specs installed into ``venv`` by ``labctl up``.
     pip: list[PipSpec] = []
     pip_env: dict[EnvName, Word] = {}
@@ -303,7 +323,7 @@ class Runtime(Strict):
 
 class Ollama(ServiceBase):
     kind: Literal["ollama"]
-    binary: PathStr = "/usr/local/bin/ollama"
+    binary: ExecPath = "/usr/local/bin/ollama"
     port: Port = 11434
     models: Annotated[list[ModelName], Field(min_length=1)]
     ready_timeout_sec: Annotated[int, Field(ge=1, le=7200)] = 60
@@ -328,7 +348,7 @@ class LlamaCppPython(ServiceBase):
 
 class LlamaServer(ServiceBase):
     kind: Literal["llama-server"]
-    binary: PathStr
+    binary: ExecPath
     port: Port = 8080
     model: ModelRef = "current"
     alias: ModelName

@@ -65,7 +65,7 @@ CASES: list[tuple[str, str, str]] = [
     ("gpu-mem-0", with_service(VLLM + "    gpu_memory_utilization: 0\n"),
      "43: services.coder.gpu_memory_utilization: input should be greater than 0"),
     ("scrape-interval", edit(("  enabled: true\n", "  enabled: true\n  scrape_interval: fast\n")),
-     "34: monitoring.scrape_interval: 'fast' is not allowed here (must match ^[1-9][0-9]*(ms|s|m|h)$)"),
+     "34: monitoring.scrape_interval: 'fast' is not allowed here (must match ^[1-9][0-9]{0,8}(ms|s|m|h|d|w|y)$)"),
     ("image-without-tag", edit(("  enabled: true\n", "  enabled: true\n  grafana: {image: grafana/grafana}\n")),
      "34: monitoring.grafana.image: must be an image reference with a version tag, such as "
      "prom/prometheus:v2.53.2 (optionally REGISTRY/ before it and @sha256:DIGEST after it)"),

