@@ -8,6 +8,7 @@ itself survives a power cut.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -47,7 +48,7 @@ def ensure_dir(path: Path, mode: int = DIR_MODE) -> None:
             os.mkdir(directory, mode & ~umask())
         except FileExistsError:
             if not directory.is_dir():
-                raise
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(directory)) from None
             continue
         os.chmod(directory, mode & ~umask())
 

@@ -6,7 +6,7 @@ This module looks at three things:
 
 - variable names (``HF_AUTH``, ``REDIS_PASS``, ``DB_PWD``, ``X_AUTHORIZATION`` ...);
 - values: known token prefixes (``sk-``, ``hf_``, ``ghp_``, ``Bearer `` ...), credentials
-  in a URL (``https://user:pass@host``), and key-like runs (a run of 16 or more letters
+  in a URL (``https://user:pass@host``), and key-like runs (a run of 20 or more letters
   and digits mixing both, as random keys are and model names, paths and words are not);
 - command-line flags that carry a secret (``--api-key X``, ``--token=X``; a ``*-file``
   flag naming a file is the right way and is allowed).
@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import re
 
-# Substrings of a variable name that mean it holds a secret, and whole _-separated words.
-_NAME_SUBSTRINGS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "CREDENTIAL")
-_NAME_WORDS = {"PASS", "PWD", "PW", "AUTH", "AUTHORIZATION", "BEARER", "COOKIE", "SESSION", "PRIVATE", "CREDS",
-               "SIGNATURE", "DSN"}
+# Words of a variable name (split at '_') that mean it holds a secret. Whole words, so
+# TOKENIZERS_PARALLELISM or HF_HUB_DISABLE_KEYRING are not secrets; a word ending in KEY
+# or TOKEN (APIKEY, HFTOKEN) is.
+_NAME_WORDS = {"KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "PASS", "PWD", "PW", "AUTH",
+               "AUTHORIZATION", "BEARER", "COOKIE", "CREDENTIAL", "CREDENTIALS", "CREDS", "DSN"}
 
 # Prefixes of well-known API tokens (OpenAI/Anthropic sk-, Hugging Face, GitHub, GitLab,
 # Slack, AWS, Google, npm, PyPI, Stripe, Groq, NVIDIA, Replicate, DigitalOcean, JWTs).
@@ -34,19 +35,30 @@ _SCHEME_RE = re.compile(r"(?i)\b(bearer|basic|token|apikey)\s+[A-Za-z0-9_\-.+/=~
 _URL_CREDS_RE = re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@")
 _URL_QUERY_RE = re.compile(r"(?i)[?&](api[_-]?key|key|token|access_token|secret|password|pass|sig|signature)"
                            r"=[^&\s]+")
-_RUN_RE = re.compile(r"[A-Za-z0-9]{16,}")
+_RUN_RE = re.compile(r"[A-Za-z0-9]{20,}")
 
-# Flags whose value is a secret; a flag naming a file (``--api-key-file``) is fine.
-_FLAG_RE = re.compile(r"(?i)^--?[a-z0-9-_]*(api[-_]?key|token|secret|passw(or)?d?|pwd|auth|credential|bearer"
-                      r"|private[-_]?key)[a-z0-9-_]*$")
-_FILE_FLAG_RE = re.compile(r"(?i)[-_](file|path|dir|env|var)$")
+# A flag whose last word is one of these takes a secret (--api-key, --hf-token,
+# --password); --max-tokens, --tokenizer or --api-key-file (a path: the right way) do not.
+_FLAG_WORDS = {"key", "apikey", "token", "secret", "password", "passwd", "pass", "pwd", "auth", "credential",
+               "credentials", "bearer"}
+
+
+def _words(name: str) -> list[str]:
+    return [w for w in re.split(r"[-_]+", name) if w]
 
 
 def name_is_secret(name: str) -> bool:
-    upper = name.upper()
-    if any(part in upper for part in _NAME_SUBSTRINGS):
-        return True
-    return any(word in _NAME_WORDS or word.startswith("AUTH") for word in upper.split("_"))
+    for word in _words(name.upper()):
+        if word in _NAME_WORDS or (len(word) > 5 and word.endswith(("KEY", "TOKEN"))):
+            return True
+    return False
+
+
+def _secret_flag(flag: str) -> bool:
+    if not flag.startswith("-"):
+        return False
+    words = _words(flag.lower())
+    return bool(words) and words[-1] in _FLAG_WORDS
 
 
 def _key_like(run: str) -> bool:
@@ -74,7 +86,7 @@ def flag_problems(args: list[str]) -> list[tuple[int, str]]:
     out: list[tuple[int, str]] = []
     for i, arg in enumerate(args):
         flag, eq, value = arg.partition("=")
-        if _FLAG_RE.match(flag) and not _FILE_FLAG_RE.search(flag):
+        if _secret_flag(flag):
             if eq and value:
                 out.append((i, f"{flag} passes a secret on the command line"))
             elif not eq and i + 1 < len(args) and not args[i + 1].startswith("-"):
