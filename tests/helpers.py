@@ -11,10 +11,11 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,3 +200,26 @@ __all__ = [
     "wait_exit",
     "wait_http",
 ]
+
+
+def timed(fn: Callable[[], object], bound: float = 1.0) -> object:
+    """fn() in a daemon thread, bounded: a regression that blocks (open() on a FIFO) fails
+    the test instead of hanging the run. Exceptions (SystemExit included) are re-raised."""
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            box["error"] = exc
+
+    start = time.monotonic()
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(bound + 5)
+    elapsed = time.monotonic() - start
+    assert not worker.is_alive(), f"still running after {elapsed:.1f}s (blocked?)"
+    assert elapsed <= bound, f"took {elapsed:.2f}s"
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box.get("value")

@@ -9,13 +9,12 @@ import os
 import random
 import socket
 import struct
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from helpers import timed
 from labctl import gguf_header
 from labctl.demo_models import write_tiny_gguf
 from labctl.gguf_header import GGUFError
@@ -50,29 +49,6 @@ def gguf(kvs: list[bytes], tensors: list[bytes] = (), *, kv_count: int | None = 
 def tensor(name: str, dims: list[int], kind: int = 0, offset: int = 0, n_dims: int | None = None) -> bytes:
     return (s(name) + struct.pack("<I", len(dims) if n_dims is None else n_dims)
             + b"".join(struct.pack("<Q", d) for d in dims) + struct.pack("<IQ", kind, offset))
-
-
-def timed(fn: Callable[[], object], bound: float = BOUND) -> object:
-    """fn() in a daemon thread: a regression that blocks (open() on a FIFO) fails the test
-    instead of hanging the run."""
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            box["error"] = exc
-
-    start = time.monotonic()
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(bound + 5)
-    elapsed = time.monotonic() - start
-    assert not worker.is_alive(), f"still running after {elapsed:.1f}s (blocked?)"
-    assert elapsed <= bound, f"took {elapsed:.2f}s"
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box.get("value")
 
 
 def refused(path: Path) -> str:

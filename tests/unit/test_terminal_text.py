@@ -13,10 +13,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 import time
 import unicodedata
-from collections.abc import Callable
 from io import StringIO
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import pytest
 from rich.console import Console
 
 from invtext import edit
+from helpers import timed
 from labctl import doctor, models
 from labctl.cli import main
 from labctl.clitables import plain, shown
@@ -32,28 +31,6 @@ from labctl.load import load_inventory
 
 ESC_NAME = "\x1b[2J[red]x[/red]"  # clears the screen, then rich markup
 BOUND = 1.0
-
-
-def timed(fn: Callable[[], object], bound: float = BOUND) -> object:
-    """fn() in a daemon thread, so a regression that blocks fails instead of hanging."""
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - SystemExit included: handed back
-            box["error"] = exc
-
-    start = time.monotonic()
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(bound + 5)
-    elapsed = time.monotonic() - start
-    assert not worker.is_alive(), f"still running after {elapsed:.1f}s (blocked?)"
-    assert elapsed <= bound, f"took {elapsed:.2f}s"
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box.get("value")
 
 
 def run_cli(capsys, *args: str, bound: float = BOUND) -> tuple[int, str, str]:
