@@ -315,3 +315,16 @@ def test_render_out_where_the_kernel_refuses_is_one_line(tmp_path, capsys) -> No
 def test_ordinary_settings_are_not_mistaken_for_secrets(tmp_path, capsys, line) -> None:
     code, _, err, _ = validate(tmp_path, capsys, edit(("    ctx_size: 2048\n", "    ctx_size: 2048\n" + line)))
     assert code == 0, err
+
+
+def test_plan_shows_escape_sequences_in_installed_files_instead_of_obeying_them(tmp_path, capsys) -> None:
+    """The installed side of a diff is whatever is on disk, edited by anyone."""
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text(BASE)
+    root = tmp_path / "root"
+    code, _, err = run(capsys, "render", "-i", str(inv), "--out", str(root))
+    assert code == 0, err
+    unit = root / "systemd/user/labctl-native.service"
+    unit.write_text(unit.read_text().replace("Type=exec", "Type=exec\n# \x1b[2J\x1b]0;owned\x07"))
+    code, out, err = run(capsys, "plan", "-i", str(inv), "--root", str(root))
+    assert "\x1b" not in out and "\x07" not in out and "\\x1b[2J" in out, out

@@ -122,7 +122,9 @@ def plan(
     for change in result.files:
         out.print(f"{change.change:>6} {change.path}")
         if diff and change.diff:
-            out.print(change.diff.rstrip("\n"), markup=False)
+            from labctl.clitables import shown  # the installed side is whatever is on disk
+
+            out.print("\n".join(shown(line) for line in change.diff.rstrip("\n").split("\n")), markup=False)
     out.print(f"{len(result.unchanged)} file(s) unchanged")
     out.print("actions:" if result.actions else "actions: none")
     for action in result.actions:
@@ -160,9 +162,11 @@ NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Fail at once if anot
 
 def _say(as_json: bool):  # type: ignore[no-untyped-def]
     """Progress lines: stdout normally, stderr under --json so stdout stays one document."""
+    from labctl.clitables import shown  # progress can quote journal lines and file names
+
     if as_json:
-        return lambda message: sys.stderr.write(message + "\n")
-    return lambda message: out.print(message, markup=False)
+        return lambda message: sys.stderr.write(shown(message) + "\n")
+    return lambda message: out.print(shown(message), markup=False)
 
 
 def _load(inventory: Path):  # type: ignore[no-untyped-def]
@@ -289,6 +293,8 @@ def doctor(
     """Check that this host can run the inventory; each line is ok, warn or fail, with the fix."""
     from labctl.doctor import failures, run_doctor
 
+    from labctl.clitables import shown
+
     checks = run_doctor(_load(inventory))
     if as_json:
         emit_json({"ok": not failures(checks), "checks": [c.as_dict() for c in checks]})
@@ -296,7 +302,7 @@ def doctor(
         for check in checks:
             style = {"ok": "green", "warn": "yellow", "fail": "red"}[check.status]
             out.print(f"[{style}]{check.status:<4}[/{style}] ", end="")
-            out.print(str(check)[5:], markup=False)
+            out.print(shown(str(check)[5:]), markup=False)
     raise typer.Exit(1 if failures(checks) else 0)
 
 

@@ -40,10 +40,14 @@ def gateway_check(
         table = Table(title="labctl gateway check", title_justify="left")
         for column in ("check", "route", "fallback to", "status", "answered by", "backend", "fallbacks", "ms", "error"):
             table.add_column(column, overflow="fold")
+        from labctl.clitables import plain
+
         for r in results:
-            table.add_row(r.check, r.route, r.fallback_to or "-", str(r.status or "-"), r.answered_by or "-",
-                          r.backend or "-", str(r.attempted_fallbacks if r.attempted_fallbacks is not None else "-"),
-                          f"{r.latency_ms:.0f}", r.error or "")
+            # Headers and errors come from the gateway and backends: shown, never obeyed.
+            table.add_row(*(plain(cell) for cell in (
+                r.check, r.route, r.fallback_to or "-", str(r.status or "-"), r.answered_by or "-", r.backend or "-",
+                str(r.attempted_fallbacks if r.attempted_fallbacks is not None else "-"), f"{r.latency_ms:.0f}",
+                r.error or "")))
         out.print(table)
     raise typer.Exit(0 if ok else OperationFailed.exit_code)
 
@@ -98,7 +102,9 @@ def monitoring_status(inventory: InventoryOpt = Path("inventory.yaml"), as_json:
     if as_json:
         emit_json({"engine": engine.as_dict(), "containers": [c.as_dict() for c in containers]})
     else:
-        out.print(engine.detail, markup=False)
+        from labctl.clitables import shown
+
+        out.print(shown(engine.detail), markup=False)
         for c in containers:
-            out.print(f"  {c.service:<14} {c.state:<10} {c.health or '-':<10} {c.image}", markup=False)
+            out.print(shown(f"  {c.service:<14} {c.state:<10} {c.health or '-':<10} {c.image}"), markup=False)
     raise typer.Exit(0 if engine.reachable and containers and all(c.ok for c in containers) else 1)
