@@ -385,6 +385,9 @@ def download_debs(packages: tuple[str, ...] | list[str], dest: Path) -> dict[str
                 out[pkg] = debs[-1]
         return out
 
+    # apt leaves NAME.deb.FAILED behind when a download is interrupted; it is never a package.
+    for partial in dest.glob("*.FAILED"):
+        partial.unlink()
     have = found()
     todo = [p for p in packages if p not in have]
     if todo:
@@ -395,6 +398,9 @@ def download_debs(packages: tuple[str, ...] | list[str], dest: Path) -> dict[str
             tools.missing(f"Debian packages {', '.join(todo)}",
                           f"apt-get download failed ({exc}); run apt-get update")
         have = found()
+        still = [p for p in packages if p not in have]
+        if still:
+            tools.missing(f"Debian packages {', '.join(still)}", "apt-get download left no .deb; run apt-get update")
     return have
 
 
