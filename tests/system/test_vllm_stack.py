@@ -16,14 +16,18 @@ import httpx
 import pytest
 
 from stack import HOME, REPO, Stack, gateway_load, json_out, load_summary
-from tools import require_command, tiny_awq_checkpoint, vllm_python
+from tools import require_command, tiny_vllm_checkpoint, vllm_python
 
 pytestmark = pytest.mark.system
 
 VLLM_INVENTORY = f"{HOME}/inventory-vllm.yaml"
-def vllm_inventory(ports: dict[str, int]) -> str:
-    """examples/cpu-demo/inventory-vllm.yaml on the stack's free ports."""
+def vllm_inventory(ports: dict[str, int], quantised: bool = True) -> str:
+    """examples/cpu-demo/inventory-vllm.yaml on the stack's free ports; without AWQ where this
+    CPU has no AWQ kernel (tools.vllm_cpu_has_awq)."""
     text = (REPO / "examples/cpu-demo/inventory-vllm.yaml").read_text()
+    if not quantised:
+        text = text.replace("    quantization: awq\n", "", 1)
+        text = text.replace("    dtype: float16 ", "    dtype: float32 ", 1)
     for name, default in (("native", 8080), ("bindings", 8000), ("coder", 8001), ("gateway", 4000)):
         text = text.replace(f"    port: {default}\n", f"    port: {ports[name]}\n", 1)
     return text
@@ -34,10 +38,11 @@ def vllm_stack(demo_stack: Stack) -> Stack:
     from labctl.sandbox import free_port
 
     vllm_python()  # the tool venv the example names; bound into the machine with /opt/labctl-tools
-    checkpoint = tiny_awq_checkpoint()
-    demo_stack.machine.copy_in(checkpoint, f"{HOME}/models/tiny-awq", owner="labuser")  # type: ignore[attr-defined]
+    checkpoint = tiny_vllm_checkpoint()
+    demo_stack.machine.copy_in(checkpoint.path, f"{HOME}/models/tiny-awq", owner="labuser")  # type: ignore[attr-defined]
     demo_stack.ports["coder"] = free_port()
-    text = vllm_inventory(demo_stack.ports)
+    text = vllm_inventory(demo_stack.ports, quantised=checkpoint.quantization is not None)
+    demo_stack.vllm_checkpoint = checkpoint  # type: ignore[attr-defined]
     demo_stack.write_inventory(text, VLLM_INVENTORY)
     started = time.monotonic()
     res = demo_stack.labctl("up", "-i", VLLM_INVENTORY, timeout=1200)
@@ -53,7 +58,12 @@ def test_unit_is_right_for_vllm(vllm_stack: Stack) -> None:
     unit = vllm_stack.run("cat", f"{HOME}/.config/systemd/user/labctl-coder.service").stdout
     assert "Restart=always" in unit
     assert " -m vllm.entrypoints.cli.main serve /home/labuser/models/tiny-awq " in unit
-    assert "--quantization awq" in unit and "--dtype float16" in unit and "--host 127.0.0.1" in unit
+    checkpoint = vllm_stack.vllm_checkpoint  # type: ignore[attr-defined]
+    if checkpoint.quantization:
+        assert "--quantization awq" in unit and "--dtype float16" in unit
+    else:
+        assert "--quantization" not in unit and "--dtype float32" in unit
+    assert "--host 127.0.0.1" in unit
     assert 'Environment="VLLM_CPU_KVCACHE_SPACE=1"' in unit and 'Environment="HF_HUB_OFFLINE=1"' in unit
     assert 'Environment="VLLM_CACHE_ROOT=/home/labuser/.local/state/labctl/coder/vllm-cache"' in unit
 
