@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 from rich.table import Table
 from rich.text import Text
 
+from labctl.text import shown  # noqa: F401 - also used by the CLI's commands
+
 if TYPE_CHECKING:
     from rich.console import Console
 
     from labctl.status import StatusReport
-
-# Characters a terminal acts on instead of showing: C0 and C1 controls and DEL (escape
-# sequences start with ESC or CSI), the line and paragraph separators, and the bidi
-# embeddings, overrides, isolates and marks that reorder what is shown (Trojan Source).
-_BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
-_UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{_BIDI}\ud800-\udfff]")
-
-
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def shown(text: object) -> str:
-    """``text`` made safe to print on a terminal: every control character (C0, C1, DEL),
-    U+2028/U+2029, bidi control and lone surrogate (an undecodable byte in a file name)
-    becomes a visible escape (``\\x1b``, ``\\u202e``); everything else is unchanged. For
-    anything read from a file or a process: GGUF metadata, file names, journal lines.
-    It does not touch rich markup: print the result with markup off, or as :func:`plain`."""
-    return _UNSAFE.sub(_escape, text if isinstance(text, str) else str(text))
 
 
 def plain(text: object, style: str = "") -> Text:

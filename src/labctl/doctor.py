@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from labctl import checks
-from labctl.clitables import shown
+from labctl.text import shown
 from labctl.inventory import Inventory, LlamaCppPython, LlamaServer, Vllm, unit_name
 from labctl.layout import Layout
 from labctl.load import Loaded

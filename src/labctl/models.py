@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from labctl import fsio, gguf_header
-from labctl.clitables import shown
+from labctl.text import shown
 from labctl.errors import MultiLineFailure, OperationFailed, UsageError
 from labctl.inventory import Inventory, LlamaCppPython, LlamaServer, unit_name
 from labctl.render.gateway import base_url

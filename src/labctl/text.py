@@ -9,6 +9,7 @@ renderer refuses them again (a renderer that meets one has a bug, see labctl.ren
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 # Unicode categories refused outright: controls (C0, DEL, C1), lone surrogates (which a
@@ -55,3 +56,26 @@ def unsafe_message(value: str, what: str = "") -> str | None:
     where = f" at character {index + 1}" if len(value) > 1 else ""
     return (f"{what}contains {describe(ch)}{where}; control characters, line separators and "
             "bidi controls are not allowed in an inventory")
+
+
+# --- showing text read from files on a terminal -------------------------------------
+
+# Characters a terminal acts on instead of showing: C0 and C1 controls and DEL (escape
+# sequences start with ESC or CSI), the line and paragraph separators, and the bidi
+# embeddings, overrides, isolates and marks that reorder what is shown (Trojan Source).
+_BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{_BIDI}\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def shown(text: object) -> str:
+    """``text`` made safe to print on a terminal: every control character (C0, C1, DEL),
+    U+2028/U+2029, bidi control and lone surrogate (an undecodable byte in a file name)
+    becomes a visible escape (``\\x1b``, ``\\u202e``); everything else is unchanged. For
+    anything read from a file or a process: GGUF metadata, file names, journal lines.
+    It does not touch rich markup: print the result with markup off, or as labctl.clitables.plain."""
+    return _UNSAFE.sub(_escape, text if isinstance(text, str) else str(text))

@@ -122,7 +122,7 @@ def plan(
     for change in result.files:
         out.print(f"{change.change:>6} {change.path}")
         if diff and change.diff:
-            from labctl.clitables import shown  # the installed side is whatever is on disk
+            from labctl.text import shown  # the installed side is whatever is on disk
 
             out.print("\n".join(shown(line) for line in change.diff.rstrip("\n").split("\n")), markup=False)
     out.print(f"{len(result.unchanged)} file(s) unchanged")
@@ -145,7 +145,7 @@ def _unit_states(inv, installed):  # type: ignore[no-untyped-def]
 def fail(error: LabctlError, as_json: bool) -> NoReturn:
     """Print ``error`` (text on stderr; with --json also the documented document on stdout).
     Everything passes through the secret redactor: an error never echoes a key."""
-    from labctl.clitables import shown
+    from labctl.text import shown
     from labctl.secretscan import redact
 
     if as_json:
@@ -162,7 +162,7 @@ NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Fail at once if anot
 
 def _say(as_json: bool):  # type: ignore[no-untyped-def]
     """Progress lines: stdout normally, stderr under --json so stdout stays one document."""
-    from labctl.clitables import shown  # progress can quote journal lines and file names
+    from labctl.text import shown  # progress can quote journal lines and file names
 
     if as_json:
         return lambda message: sys.stderr.write(shown(message) + "\n")
@@ -293,7 +293,7 @@ def doctor(
     """Check that this host can run the inventory; each line is ok, warn or fail, with the fix."""
     from labctl.doctor import failures, run_doctor
 
-    from labctl.clitables import shown
+    from labctl.text import shown
 
     checks = run_doctor(_load(inventory))
     if as_json:

@@ -102,7 +102,7 @@ def monitoring_status(inventory: InventoryOpt = Path("inventory.yaml"), as_json:
     if as_json:
         emit_json({"engine": engine.as_dict(), "containers": [c.as_dict() for c in containers]})
     else:
-        from labctl.clitables import shown
+        from labctl.text import shown
 
         out.print(shown(engine.detail), markup=False)
         for c in containers:
