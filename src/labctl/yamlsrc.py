@@ -296,6 +296,7 @@ def _expanded_size(root: yaml.Node, path: Path) -> None:
     memoised walk of the graph, iteratively (no Python recursion).
     """
     sizes: dict[int, int] = {}
+    depths: dict[int, int] = {}  # aliases can also nest collections deeper than the text does
     on_stack: set[int] = set()
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
@@ -303,12 +304,17 @@ def _expanded_size(root: yaml.Node, path: Path) -> None:
         key = id(node)
         if done:
             on_stack.discard(key)
-            total = 1 + sum(sizes[id(child)] for child in _children(node))
+            children = _children(node)
+            total = 1 + sum(sizes[id(child)] for child in children)
             if total > MAX_NODES:
                 raise InputError(str(path), node.start_mark.line + 1, "(document)",
                                  f"expands to more than {MAX_NODES} values through YAML aliases "
                                  "(an alias bomb?)")
-            sizes[key] = total
+            depth = 1 + max((depths[id(child)] for child in children), default=0)
+            if depth > MAX_DEPTH:
+                raise InputError(str(path), node.start_mark.line + 1, "(document)",
+                                 f"nested deeper than {MAX_DEPTH} levels once YAML aliases are expanded")
+            sizes[key], depths[key] = total, depth
             continue
         if key in sizes:
             continue

@@ -328,3 +328,12 @@ def test_plan_shows_escape_sequences_in_installed_files_instead_of_obeying_them(
     unit.write_text(unit.read_text().replace("Type=exec", "Type=exec\n# \x1b[2J\x1b]0;owned\x07"))
     code, out, err = run(capsys, "plan", "-i", str(inv), "--root", str(root))
     assert "\x1b" not in out and "\x07" not in out and "\\x1b[2J" in out, out
+
+
+def test_an_alias_chain_cannot_nest_deeper_than_the_text_does(tmp_path, capsys) -> None:
+    """Each anchor wraps the previous one in 40 levels: shallow text, deep expansion."""
+    lines = ["a0: &a0 x"]
+    for i in range(1, 60):
+        lines.append(f"a{i}: &a{i} " + "[" * 40 + f"*a{i - 1}" + "]" * 40)
+    code, out, err, path = validate(tmp_path, capsys, "\n".join(lines) + "\n", "--json")
+    assert code == 2 and "nested deeper than 64 levels once YAML aliases are expanded" in one_error(err, path)
