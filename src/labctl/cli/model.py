@@ -8,7 +8,19 @@ from typing import Annotated
 import typer
 
 from labctl.cli import InventoryOpt, JsonOpt, _load, _say, app, emit_json, out
-from labctl.clitables import plain, unfolded
+
+
+# rich's tables cost ~15 ms to import: only the commands that print them pay it.
+def plain(text: object, style: str = ""):  # type: ignore[no-untyped-def]
+    from labctl.clitables import plain as _plain
+
+    return _plain(text, style)
+
+
+def unfolded(table, console):  # type: ignore[no-untyped-def]
+    from labctl.clitables import unfolded as _unfolded
+
+    return _unfolded(table, console)
 
 # Everything printed here that came from a file (GGUF metadata, file and link names, the
 # history, /proc/PID/maps) goes through plain()/shown(): control characters are escaped
