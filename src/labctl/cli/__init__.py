@@ -145,8 +145,8 @@ def _unit_states(inv, installed):  # type: ignore[no-untyped-def]
 def fail(error: LabctlError, as_json: bool) -> NoReturn:
     """Print ``error`` (text on stderr; with --json also the documented document on stdout).
     Everything passes through the secret redactor: an error never echoes a key."""
-    from labctl.text import shown
     from labctl.secretscan import redact
+    from labctl.text import shown
 
     if as_json:
         dicts = [{k: redact(v) if isinstance(v, str) else v for k, v in d.items()} for d in error.as_dicts()]
@@ -292,7 +292,6 @@ def doctor(
 ) -> None:
     """Check that this host can run the inventory; each line is ok, warn or fail, with the fix."""
     from labctl.doctor import failures, run_doctor
-
     from labctl.text import shown
 
     checks = run_doctor(_load(inventory))
