@@ -103,23 +103,27 @@ def _extra_args(inv: Inventory, src: Source) -> Iterator[InputError]:
             yield src.error(("services", name, "extra_args", i), f"{reason}; {SECRET_HINT}")
 
 
-def _secret_env(values: dict[str, str], loc: tuple) -> Iterator[tuple[tuple, str]]:
+def _secret_env(values: dict[str, str], loc: tuple, hint: str = SECRET_HINT) -> Iterator[tuple[tuple, str]]:
     for key, value in values.items():
         if secretscan.name_is_secret(key):
-            yield loc + (key,), f"{key} names a secret; {SECRET_HINT}"
+            yield loc + (key,), f"{key} names a secret; {hint}"
         else:
             reason = secretscan.value_problem(value)
             if reason:
-                yield loc + (key,), f"the value {reason}; {SECRET_HINT}"
+                yield loc + (key,), f"the value {reason}; {hint}"
 
 
 def _environment(inv: Inventory, src: Source) -> Iterator[InputError]:
     for name, svc in inv.services.items():
-        for loc, message in _secret_env(dict(svc.environment), ("services", name, "environment")):
+        base = ("services", name, "environment")
+        for loc, message in _secret_env(svc.environment, base):
             yield src.error(loc, message)
-        for key in svc.environment:
-            if isinstance(svc, Ollama) and key == "OLLAMA_HOST":
-                yield src.error(("services", name, "environment", key), "OLLAMA_HOST is set by labctl from bind and port")
+        if isinstance(svc, Ollama) and "OLLAMA_HOST" in svc.environment:
+            yield src.error(base + ("OLLAMA_HOST",), "OLLAMA_HOST is set by labctl from bind and port")
+
+
+PIP_SECRET_HINT = ("secrets must not be inline (unit files are world-readable and argv is public): put it in "
+                   "the manager's environment (pip reads PIP_* from it)")
 
 
 def _pip(inv: Inventory, src: Source) -> Iterator[InputError]:
@@ -129,9 +133,8 @@ def _pip(inv: Inventory, src: Source) -> Iterator[InputError]:
         if runtime is None:
             continue
         base = ("services", name, "runtime")
-        for loc, message in _secret_env(dict(runtime.pip_env), base + ("pip_env",)):
-            yield src.error(loc, message.replace("environment_files", "the manager's environment "
-                                                 "(pip reads PIP_* from it)"))
+        for loc, message in _secret_env(runtime.pip_env, base + ("pip_env",), PIP_SECRET_HINT):
+            yield src.error(loc, message)
         for i, spec in enumerate(runtime.pip):
             reason = secretscan.value_problem(spec)
             if reason:
