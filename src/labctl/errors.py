@@ -87,9 +87,7 @@ class HostIOError(OperationFailed):
 
     @classmethod
     def of(cls, exc: OSError) -> "HostIOError":
-        import os
-
-        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        reason = os_reason(exc)
         where = exc.filename if exc.filename is not None else "(file)"
         return cls(f"{where}: {reason}")
 
@@ -98,3 +96,11 @@ class LockBusy(LabctlError):
     """Another labctl run is mutating this host."""
 
     exit_code = 5
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError's reason as one lower-case phrase ("no space left on device"): the
+    errno's text, never the exception's repr (which repeats the path and its bytes)."""
+    import os
+
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc)

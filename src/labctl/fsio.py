@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -17,6 +18,18 @@ from typing import Callable
 # labctl never creates anything group- or world-writable, whatever the umask says; a
 # tighter umask (077) is honoured.
 FILE_MODE, DIR_MODE = 0o644, 0o755
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def file_kind(mode: int) -> str | None:
+    """None for a regular file; else what it is ("a FIFO", "a character device"...), for
+    the one-line refusals of readers that take only regular files (inventory, GGUF)."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "an unusual file")
 
 
 def umask() -> int:

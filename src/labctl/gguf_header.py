@@ -12,7 +12,7 @@ model in it): only a regular file is opened, without blocking (a FIFO or a devic
 against the bytes left in the file *before* anything loops over it or multiplies by it;
 and every failure, whatever raised it, comes out of :func:`read` as one-line
 :class:`GGUFError`. Strings are kept as the file spells them: they are data, and the CLI
-escapes them when it prints them (:func:`labctl.clitables.shown`).
+escapes them when it prints them (:func:`labctl.text.shown`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ import errno
 import functools
 import mmap
 import os
-import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from labctl import fsio
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -93,17 +94,13 @@ def _device_of(root: str) -> int | None:
         return None
 
 
-_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-          (stat.S_ISSOCK, "a socket"))
-
-
 def not_regular(mode: int) -> str | None:
     """None for a regular file, else why it is refused: "is a FIFO, not a regular file"."""
-    if stat.S_ISREG(mode):
+    kind = fsio.file_kind(mode)
+    if kind is None:
         return None
-    if stat.S_ISDIR(mode):
+    if kind == "a directory":
         return "is a directory, not a GGUF file"
-    kind = next((what for test, what in _KINDS if test(mode)), "something else")
     return f"is {kind}, not a regular file"
 
 

@@ -22,15 +22,15 @@ import errno
 import json
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from labctl import fsio
 from labctl import text as textrules
-from labctl.errors import InputError
+from labctl.errors import InputError, os_reason
 
 Loc = tuple[str | int, ...]
 
@@ -160,8 +160,9 @@ def _read(path: Path) -> str:
         raise InputError(where, 0, "(file)", _os_problem(exc)) from None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise InputError(where, 0, "(file)", f"is {_file_kind(info.st_mode)}, expected a YAML file")
+        kind = fsio.file_kind(info.st_mode)
+        if kind:
+            raise InputError(where, 0, "(file)", f"is {kind}, expected a YAML file")
         if info.st_size > MAX_BYTES:
             raise InputError(where, 0, "(file)", f"is {info.st_size} bytes; an inventory may be at most "
                                                  f"{MAX_BYTES} bytes")
@@ -184,14 +185,6 @@ def _read(path: Path) -> str:
         raise InputError(where, 0, "(file)", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
 def _os_problem(exc: OSError) -> str:
     if exc.errno == errno.ENOENT:
         return "no such file"
@@ -205,7 +198,7 @@ def _os_problem(exc: OSError) -> str:
         return "a component of the path is not a directory"
     if exc.errno == errno.ENAMETOOLONG:
         return "file name too long"
-    return (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
+    return os_reason(exc)
 
 
 def _flow_depth(text: str) -> tuple[int, int]:

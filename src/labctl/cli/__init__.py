@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from labctl import __version__
-from labctl.errors import HostIOError, LabctlError, UsageError
+from labctl.errors import HostIOError, LabctlError, UsageError, os_reason
 
 app = typer.Typer(
     name="labctl",
@@ -82,8 +82,7 @@ def render(
             fsio.atomic_write(out_dir / rel, content)
     except OSError as exc:
         # --out is the operator's argument: a file in the way, a read-only or full disk.
-        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-        raise UsageError(f"--out {out_dir}: cannot write {exc.filename or out_dir}: {reason}") from None
+        raise UsageError(f"--out {out_dir}: cannot write {exc.filename or out_dir}: {os_reason(exc)}") from None
     if as_json:
         emit_json({"out": str(out_dir), "files": list(files)})
         return
