@@ -21,8 +21,6 @@ from labctl.layout import Layout
 # Seconds a llama-server unit waits for its process to stop before SIGKILL.
 LLAMA_SERVER_STOP_SEC = 5
 # How values are written into a unit (quoting, %, $, line ends): labctl.render.encode.
-quote_word = encode.exec_word
-quote_assignment = encode.sd_assign
 
 
 def argv(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> list[str]:
