@@ -9,7 +9,7 @@
 # Source: the llama.cpp tree vendored in the llama-cpp-python sdist the project already
 # pins (so the registries are the only source), built portable (GGML_NATIVE=OFF, static
 # ggml) into $LABCTL_TOOLS/llama-server-src/bin/llama-server. Idempotent: a stamp records
-# the source and flags; a finished build is reused. About 9 minutes on 2 cores.
+# the source and flags; a finished build is reused. About 12 minutes on 2 cores (713 s measured).
 set -euo pipefail
 
 TOOLS=${LABCTL_TOOLS:-/opt/labctl-tools}
@@ -37,9 +37,9 @@ log "configuring ($FLAGS)"
 cmake -S "$tree" -B "$work/build" -DCMAKE_BUILD_TYPE=Release $FLAGS >"$work/cmake.log" 2>&1 \
   || { tail -30 "$work/cmake.log" >&2; exit 1; }
 t0=$SECONDS
-log "compiling llama-server (about 9 minutes on 2 cores; progress every 100 steps)"
+log "compiling llama-server (about 12 minutes on 2 cores; progress with elapsed time every 20 steps)"
 cmake --build "$work/build" --target llama-server -j "$(nproc)" 2>&1 \
-  | awk '/^\[ *[0-9]+%\]/ { n++; if (n % 100 == 0) { print "[build-llama-server] " $1 " " $2; fflush() } } /error/ { print; fflush() }'
+  | awk -v t0="$(date +%s)" '/^\[ *[0-9]+%\]/ { n++; if (n % 20 == 0) { printf "[build-llama-server] %s %s, %d s\n", $1, $2, systime() - t0; fflush() } } /error/ { print; fflush() }'
 [[ -x "$work/build/bin/llama-server" ]] || { echo "build produced no llama-server" >&2; exit 1; }
 rm -rf "$DEST"
 mkdir -p "$DEST/bin"
