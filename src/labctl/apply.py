@@ -82,8 +82,7 @@ class Host:
 
 def ensure_secrets(inv: Inventory, say: Say) -> None:
     for name, gw in inv.gateways().items():
-        refs = [gw.master_key] + ([gw.cache.password] if gw.cache and gw.cache.password else [])
-        for ref in refs:
+        for ref in gw.secret_refs():
             if ref.env_file and ref.generate:
                 path = Path(inv.host.expand(ref.env_file))
                 if secrets.ensure_env_secret(path, ref.variable):

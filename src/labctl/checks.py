@@ -6,6 +6,7 @@ is exhaustive on purpose: an operator fixing a file wants every problem at once.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 from pathlib import Path
@@ -23,6 +24,7 @@ from labctl.inventory import (
     ServiceBase,
     Vllm,
 )
+from labctl.render.litellm_keys import LITELLM_VERSION, PROVIDERS as LITELLM_PROVIDERS
 from labctl.yamlsrc import Source
 
 # Flags labctl sets itself from typed fields; setting them again through extra_args
@@ -192,6 +194,78 @@ def _gateways(inv: Inventory, src: Source) -> Iterator[InputError]:
     for name, gw in gateways:
         yield from _routes(inv, src, name, gw)
         yield from _fallbacks(src, name, gw)
+        yield from _chains(src, ("services", name, "context_window_fallbacks"), gw.context_window_fallbacks,
+                           {r.name for r in gw.routes}, catch_all=False)
+        yield from _aliases(src, name, gw)
+        yield from _endpoints(src, name, gw)
+        yield from _max_fallbacks(src, name, gw)
+
+
+def _aliases(src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:
+    routes = {r.name for r in gw.routes}
+    for alias, target in gw.aliases.items():
+        loc = ("services", name, "aliases", alias)
+        if alias in routes:
+            yield src.error(loc, f"alias {alias!r} is also a route name; a name must mean one thing")
+        elif alias == CATCH_ALL:
+            yield src.error(loc, f"{CATCH_ALL!r} is not a model name")
+        if target not in routes:
+            yield src.error(loc, f"alias {alias!r} names undefined model {target!r} "
+                                 f"(routes: {', '.join(sorted(routes))})")
+
+
+def _endpoints(src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:
+    used = {r.endpoint for r in gw.routes}
+    for key, endpoint in gw.endpoints.items():
+        loc = ("services", name, "endpoints", key)
+        if key not in used:
+            yield src.error(loc, f"endpoint {key!r} is not used by any route")
+        if endpoint.provider not in LITELLM_PROVIDERS:
+            close = difflib.get_close_matches(endpoint.provider, sorted(LITELLM_PROVIDERS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            yield src.error(loc + ("provider",), f"{endpoint.provider!r} is not a provider LiteLLM "
+                                                 f"{LITELLM_VERSION} knows{hint}")
+
+
+def _max_fallbacks(src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:
+    if gw.max_fallbacks is None:
+        return
+    longest = longest_fallback_walk(gw.fallbacks)
+    if longest and len(longest) - 1 > gw.max_fallbacks:
+        yield src.error(("services", name, "max_fallbacks"),
+                        f"chain {longest[0]!r} can take {len(longest) - 1} fallback hops "
+                        f"({' -> '.join(longest)}) but LiteLLM stops after max_fallbacks {gw.max_fallbacks}; "
+                        "raise it or leave it unset")
+
+
+# LiteLLM's catch-all key in fallbacks: the chain for every model group without its own.
+CATCH_ALL = "*"
+
+
+def fallback_order(fallbacks: dict[str, list[str]], primary: str) -> list[str]:
+    """The models LiteLLM may try for a request to ``primary``, in order, primary first.
+
+    A failed fallback target is retried through its own chain (or the catch-all) before
+    the next one in the caller's chain; no model is attempted twice in one request.
+    Each attempt after the primary is one hop counted against max_fallbacks.
+    """
+    tried: list[str] = []
+
+    def walk(model: str) -> None:
+        tried.append(model)
+        for nxt in fallbacks.get(model, fallbacks.get(CATCH_ALL, [])):
+            if nxt not in tried:
+                walk(nxt)
+
+    walk(primary)
+    return tried
+
+
+def longest_fallback_walk(fallbacks: dict[str, list[str]]) -> list[str]:
+    """The longest walk any chain can take (see fallback_order), or [] with no chains."""
+    models = {m for chain in fallbacks.values() for m in chain} | (set(fallbacks) - {CATCH_ALL})
+    walks = [fallback_order(fallbacks, m) for m in sorted(models)]
+    return max(walks, key=len, default=[]) if any(len(w) > 1 for w in walks) else []
 
 
 def _routes(inv: Inventory, src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:
@@ -201,6 +275,13 @@ def _routes(inv: Inventory, src: Source, name: str, gw: LiteLLM) -> Iterator[Inp
         if route.name in seen:
             yield src.error(loc + ("name",), f"route {route.name!r} is already defined at routes[{seen[route.name]}]")
         seen.setdefault(route.name, i)
+        if route.endpoint is not None:
+            if route.endpoint not in gw.endpoints:
+                known = ", ".join(sorted(gw.endpoints)) or "none defined"
+                yield src.error(loc + ("endpoint",), f"no endpoint named {route.endpoint!r} in "
+                                                     f"services.{name}.endpoints ({known})")
+            continue
+        assert route.service is not None  # Route guarantees one of service/endpoint
         backend = inv.services.get(route.service)
         if backend is None:
             yield src.error(loc + ("service",), f"no service named {route.service!r}")
@@ -222,21 +303,28 @@ def _routes(inv: Inventory, src: Source, name: str, gw: LiteLLM) -> Iterator[Inp
 
 
 def _fallbacks(src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:
-    routes = {r.name for r in gw.routes}
-    base = ("services", name, "fallbacks")
-    for primary, chain in gw.fallbacks.items():
-        if primary not in routes:
-            yield src.error(base + (primary,), f"fallback chain for undefined model {primary!r} "
-                                               f"(routes: {', '.join(sorted(routes))})")
+    yield from _chains(src, ("services", name, "fallbacks"), gw.fallbacks, {r.name for r in gw.routes},
+                       catch_all=True)
+
+
+def _chains(src: Source, base: tuple, chains: dict[str, list[str]], routes: set[str], *,
+            catch_all: bool) -> Iterator[InputError]:
+    known = f"(routes: {', '.join(sorted(routes))})"
+    for primary, chain in chains.items():
+        if primary not in routes and not (catch_all and primary == CATCH_ALL):
+            hint = f"; {CATCH_ALL!r} is the catch-all" if catch_all else ""
+            yield src.error(base + (primary,), f"fallback chain for undefined model {primary!r} {known}{hint}")
+        if not chain:
+            yield src.error(base + (primary,), f"chain {primary!r} is empty")
         for i, target in enumerate(chain):
             if target not in routes:
                 yield src.error(base + (primary, i), f"chain {primary!r} falls back to undefined model "
-                                                     f"{target!r} (routes: {', '.join(sorted(routes))})")
+                                                     f"{target!r} {known}")
             elif target == primary:
                 yield src.error(base + (primary, i), f"chain {primary!r} falls back to itself")
             if chain.index(target) != i:
                 yield src.error(base + (primary, i), f"{target!r} appears twice in the chain")
-    cycle = find_cycle(gw.fallbacks)
+    cycle = find_cycle({k: v for k, v in chains.items() if k != CATCH_ALL})
     if cycle:
         yield src.error(base + (cycle[0],), "fallback cycle: " + " -> ".join(cycle))
 

@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from labctl import checks
+from labctl import checks, secrets
+from labctl.checks import CATCH_ALL
 from labctl.text import shown
-from labctl.inventory import Inventory, LlamaCppPython, LlamaServer, Vllm, unit_name
+from labctl.inventory import Inventory, LiteLLM, LlamaCppPython, LlamaServer, Vllm, unit_name
 from labctl.layout import Layout
 from labctl.load import Loaded
 from labctl.proc import CommandFailed, run_cmd
@@ -201,6 +202,12 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
         if ref.env_file:
             path = Path(inv.host.expand(ref.env_file))
             out.append(_secret_file_check(f"{name} master key", path, ref.generate))
+        for key, endpoint in svc.endpoints.items():
+            ref = endpoint.api_key
+            if ref is not None and ref.env_file:
+                path = Path(inv.host.expand(ref.env_file))
+                out.append(_env_var_check(f"{name} endpoint {key} key", path, ref.variable))
+        out.extend(_remote_only_chains(name, svc))
 
     gpu_users = _needs_gpu(inv)
     if gpu_users:
@@ -233,6 +240,34 @@ def root_is_shared(mountinfo: str | None = None) -> bool:
             optional = fields[6:fields.index("-")] if "-" in fields else []
             return any(f.startswith("shared:") for f in optional)
     return False
+
+
+def _env_var_check(name: str, path: Path, var: str) -> Check:
+    """The file exists, is private, and defines ``var``: LiteLLM would otherwise fail only
+    on the first request that needs the key."""
+    check = _secret_file_check(name, path, False)
+    if check.status != "ok":
+        return check
+    try:
+        defined = var in secrets.read_env_file(path)
+    except (OSError, UnicodeError) as exc:
+        return Check(name, "fail", f"{path} cannot be read: {type(exc).__name__}")
+    if not defined:
+        return Check(name, "fail", f"{path} does not define {var}", f"add a line {var}=<key> to it")
+    return Check(name, "ok", f"{path} is mode 0600 and defines {var}")
+
+
+def _remote_only_chains(name: str, gw: LiteLLM) -> list[Check]:
+    """A chain whose every hop leaves the box has no local safety net."""
+    remote = {r.name for r in gw.routes if r.endpoint is not None}
+    out = []
+    for primary, chain in gw.fallbacks.items():
+        hops = [primary, *chain] if primary != CATCH_ALL else list(chain)
+        if hops and all(h in remote for h in hops):
+            out.append(Check(f"{name} chain {primary}", "warn", "every hop is a remote endpoint; nothing on this "
+                             "host answers when the network or the provider is down",
+                             "add a local route to the chain"))
+    return out
 
 
 def _secret_file_check(name: str, path: Path, generate: bool) -> Check:

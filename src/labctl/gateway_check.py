@@ -53,10 +53,11 @@ from typing import Any, Literal
 
 import httpx
 
+from labctl.checks import CATCH_ALL
 from labctl.errors import OperationFailed
 from labctl.inventory import Inventory, LiteLLM
 from labctl.proc import CommandFailed, CommandTimeout, run_cmd
-from labctl.render.gateway import base_url
+from labctl.render.gateway import base_url, config
 
 __all__ = [
     "FORCED_FAILURE_MESSAGES",
@@ -72,10 +73,11 @@ __all__ = [
 FORCED_FAILURE_MESSAGES = [{"role": "user", "content": [{"type": "labctl-forced-failure", "text": "x"}]}]
 GROUP_HEADER = "x-litellm-model-group"
 FALLBACKS_HEADER = "x-litellm-attempted-fallbacks"
+API_BASE_HEADER = "x-litellm-model-api-base"
 PROMPT = [{"role": "user", "content": "labctl gateway check: answer with one token."}]
 ERROR_LIMIT = 240
 
-CheckKind = Literal["route", "fallback"]
+CheckKind = Literal["route", "alias", "fallback"]
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ class RouteResult:
 
     @property
     def expected(self) -> str:
-        return self.fallback_to if self.check == "fallback" and self.fallback_to else self.route
+        return self.fallback_to if self.check in ("fallback", "alias") and self.fallback_to else self.route
 
     @property
     def ok(self) -> bool:
@@ -132,17 +134,29 @@ def check_gateway(inv: Inventory, key: str, *, timeout: float = 60) -> list[Rout
     The gateway address is the litellm service's bind and port, as a local client reaches it.
     """
     _, gw = gateway_of(inv)
-    services = {route.name: route.service for route in gw.routes}
+    services = {route.name: route.service or f"{route.endpoint} (endpoint)" for route in gw.routes}
     url = base_url(inv, gw)
     results: list[RouteResult] = []
     # trust_env=False: a proxy from the environment must never see the key or loopback traffic.
     with httpx.Client(base_url=url, timeout=timeout, trust_env=False,
                       headers={"Authorization": f"Bearer {key}"}) as client:
-        probe = _Probe(client, url, key, services)
+        bases = {m["model_name"]: m["litellm_params"].get("api_base") for m in config(inv, gw)["model_list"]}
+        probe = _Probe(client, url, key, services, bases)
         for route in gw.routes:
             results.append(probe.ask("route", route.name, None, {}))
+        for alias, target in gw.aliases.items():
+            results.append(probe.ask("alias", alias, target, {}))
+        own = {p for p in gw.fallbacks if p != CATCH_ALL}
         for primary, chain in gw.fallbacks.items():
+            if primary == CATCH_ALL:
+                # The catch-all serves every route without a chain of its own: exercise it
+                # from the first such route (the forced body chain is the same for all).
+                primary = next((r.name for r in gw.routes if r.name not in own), "")
+                if not primary:
+                    continue
             for target in chain:
+                if target == primary:
+                    continue
                 forced = {
                     "messages": FORCED_FAILURE_MESSAGES,
                     "num_retries": 0,
@@ -158,6 +172,7 @@ class _Probe:
     url: str
     key: str
     services: dict[str, str]
+    api_bases: dict[str, str | None]
     # Once the gateway cannot be reached at all, the remaining checks report that at once
     # instead of each waiting for its own connection failure.
     unreachable: str | None = None
@@ -191,6 +206,13 @@ class _Probe:
             return result(response.status_code, attempted=attempted,
                           error=_error_line(response, target))
         expected = target or route
+        if check == "alias" and answered_by == route:
+            # LiteLLM names the group as asked (the alias); the deployment says whose it is.
+            served = response.headers.get(API_BASE_HEADER)
+            if served != self.api_bases.get(expected):
+                return result(200, None, attempted, f"alias {route!r} was served from {served}, not by "
+                                                    f"route {expected!r} ({self.api_bases.get(expected)})")
+            answered_by = expected
         if answered_by is None:
             error = f"the gateway answered without an {GROUP_HEADER} header; cannot tell who answered"
         elif check == "route" and answered_by != route:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import PurePosixPath
+from urllib.parse import urlsplit
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, AfterValidator, model_validator
@@ -380,12 +381,56 @@ class Vllm(ServiceBase):
     ready_timeout_sec: Annotated[int, Field(ge=1, le=7200)] = 600
 
 
+def _check_api_base(value: str) -> str:
+    """An HTTP(S) base URL with a host, nothing secret in it (no user:password@, no query)."""
+    _check_text_safe(value)
+    parts = urlsplit(value)
+    try:
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ValueError("must be an http:// or https:// URL with a host, such as https://api.example.com/v1")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry credentials (user:password@); give the key as api_key, by reference")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or fragment (keys in URLs end up in logs); use api_key")
+    if len(value) > 2048 or set(value) & set(" \"'<>`{}|\\^"):
+        raise ValueError("is not a plain URL")
+    return value.rstrip("/")
+
+
+_check_api_base.doc = "http(s) URL, no credentials or query"  # type: ignore[attr-defined]
+ApiBase = Annotated[str, AfterValidator(_check_api_base)]
+
+
+class Endpoint(Strict):
+    """A model server labctl does not run, reached by the gateway: a cloud provider, another
+    box's gateway or server. Its key is a reference only (0600 env file or the manager's
+    environment); the gateway's unit loads the file and LiteLLM reads ``os.environ/VAR``."""
+
+    # LiteLLM's provider, the prefix of its model string: openai, ollama_chat, anthropic, ...
+    provider: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+    api_base: ApiBase
+    api_key: SecretRef | None = None
+
+
 class Route(Strict):
     name: ModelName
-    service: Annotated[str, Field(pattern=NAME_RE)]
+    # Exactly one of service (a backend of this inventory) or endpoint (gateway.endpoints).
+    service: Annotated[str, Field(pattern=NAME_RE)] | None = None
+    endpoint: Annotated[str, Field(pattern=NAME_RE)] | None = None
     # The model name the backend knows. Defaults to what the backend serves
-    # (alias / served_model_name); required for Ollama, which serves several.
+    # (alias / served_model_name); required for Ollama, which serves several, and for endpoints.
     model: ModelName | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "Route":
+        if (self.service is None) == (self.endpoint is None):
+            raise ValueError("a route names exactly one of service (run here) or endpoint (gateway.endpoints)")
+        if self.endpoint is not None and self.model is None:
+            raise ValueError("a route to an endpoint needs 'model' (the model name the provider knows)")
+        return self
 
 
 class RedisCache(Strict):
@@ -403,8 +448,20 @@ class LiteLLM(ServiceBase):
     master_key: SecretRef = SecretRef(
         env_file="~/.config/labctl/secrets/litellm.env", var="LITELLM_MASTER_KEY", generate=True
     )
+    # Model servers labctl does not run (cloud providers, other boxes), by name, for routes.
+    endpoints: dict[Annotated[str, Field(pattern=NAME_RE)], Endpoint] = {}
     routes: Annotated[list[Route], Field(min_length=1)]
+    # Other names for routes (LiteLLM's model_group_alias): a request for an alias is
+    # served by its route, e.g. {code: qwen2.5-coder:7b}.
+    aliases: dict[ModelName, ModelName] = {}
+    # Route -> the routes tried in turn when it fails; the key "*" is the catch-all chain
+    # for every route without a chain of its own.
     fallbacks: dict[str, list[str]] = {}
+    # Route -> the routes tried when a request is too long for its context window.
+    context_window_fallbacks: dict[str, list[str]] = {}
+    # How many fallback hops LiteLLM takes before giving up (its default is 5). Unset,
+    # labctl sets it to the longest walk a chain can take when that exceeds 5.
+    max_fallbacks: Annotated[int, Field(ge=1, le=100)] | None = None
     num_retries: Annotated[int, Field(ge=0, le=20)] = 1
     timeout_sec: Annotated[float, Field(gt=0, le=3600)] = 600
     cooldown_sec: Annotated[int, Field(ge=0, le=3600)] = 30
@@ -412,6 +469,12 @@ class LiteLLM(ServiceBase):
     cache: RedisCache | None = None
     # LiteLLM's Prometheus callback (needs prometheus_client in the gateway's venv).
     prometheus_metrics: bool = True
+
+    def secret_refs(self) -> list[SecretRef]:
+        """Every secret the gateway's process needs: its master key, the cache password,
+        the endpoints' keys."""
+        refs = [self.master_key] + ([self.cache.password] if self.cache and self.cache.password else [])
+        return refs + [e.api_key for e in self.endpoints.values() if e.api_key is not None]
 
 
 Service = Annotated[Union[Ollama, LlamaCppPython, LlamaServer, Vllm, LiteLLM], Field(discriminator="kind")]

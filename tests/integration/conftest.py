@@ -14,11 +14,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,8 @@ def parse_unit(text: str) -> UnitCommand:
 
 def stack_inventory(*, home: Path, models: Path, ports: dict[str, int], llama_server: Path,
                     llama_cpp_python: Path, litellm_python: Path) -> str:
-    """Three routes on two backends; ``native`` falls back to ``bindings`` then ``small``.
+    """Three routes on two backends; ``native`` falls back to ``bindings`` then ``small``,
+    every other route to ``native`` (the catch-all); ``fast`` is an alias of ``native``.
 
     ``small`` is a second route onto the bindings service, so a route name differs from
     its service name somewhere. Monitoring scrapes every second.
@@ -195,8 +197,11 @@ services:
         service: bindings
       - name: small
         service: bindings
+    aliases:
+      fast: native
     fallbacks:
       native: [bindings, small]
+      "*": [native]
 monitoring:
   enabled: true
   scrape_interval: 1s
@@ -323,10 +328,14 @@ class Stack:
 READY_PATHS = {"llama-server": "/health", "llama-cpp-python": "/v1/models", "litellm": "/health/liveliness"}
 
 
-def build_stack(root: Path, models: Path, ports: dict[str, int], tool_paths: dict[str, Path]) -> Stack:
-    """Render the stack's inventory into ``root/home/.config`` and create its master key."""
+def build_stack(root: Path, models: Path, ports: dict[str, int], tool_paths: dict[str, Path],
+                edit: Callable[[str], str] | None = None) -> Stack:
+    """Render the stack's inventory (changed by ``edit``, if given) into ``root/home/.config``
+    and create its master key."""
     home = root / "home"
     text = stack_inventory(home=home, models=models, ports=ports, **tool_paths)
+    if edit is not None:
+        text = edit(text)
     inventory_path = root / "inventory.yaml"
     inventory_path.write_text(text)
     inv = load_inventory(inventory_path, check_files=True).inventory
@@ -362,12 +371,20 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Pat
     """The whole stack, running; one per test module."""
     tool_paths = {"llama_server": llama_server_binary, "llama_cpp_python": llama_cpp_python,
                   "litellm_python": litellm_python}
+    with stack_running(tmp_path_factory, tiny_models_dir, tool_paths) as stack:
+        yield stack
+
+
+@contextlib.contextmanager
+def stack_running(tmp_path_factory: pytest.TempPathFactory, models: Path, tool_paths: dict[str, Path],
+                  edit: Callable[[str], str] | None = None) -> Iterator[Stack]:
+    """Build (see build_stack) and start every server of the stack; stop them all after."""
     attempts = 3
     for attempt in range(1, attempts + 1):
         # free_port() cannot reserve a port: a parallel run may take one first. A server
         # that dies at start-up because of that is retried on new ports.
         ports = distinct_ports("native", "bindings", "gateway", "prometheus", "grafana")
-        stack = build_stack(tmp_path_factory.mktemp("stack"), tiny_models_dir, ports, tool_paths)
+        stack = build_stack(tmp_path_factory.mktemp("stack"), models, ports, tool_paths, edit)
         try:
             started = time.monotonic()
             for name in stack.servers:

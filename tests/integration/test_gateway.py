@@ -39,6 +39,10 @@ def header(result: helpers.HttpResult, name: str) -> str | None:
     return {k.lower(): v for k, v in result.headers.items()}.get(name)
 
 
+def stack_api_base(stack, service: str) -> str:
+    return f"http://127.0.0.1:{stack.inventory.services[service].port}/v1"
+
+
 def routes(stack) -> list[str]:
     return [r.name for r in stack.gateway.routes]
 
@@ -71,12 +75,13 @@ def test_every_route_answers_a_chat_completion(running_stack) -> None:
         assert isinstance(message["content"], str) and message["content"].strip(), result.text
 
 
-def test_models_lists_exactly_the_routes(running_stack) -> None:
+def test_models_lists_exactly_the_routes_and_aliases(running_stack) -> None:
     url = running_stack.gateway_url + "/v1/models"
     result = helpers.http_request(url, headers=running_stack.headers(), timeout=60)
     assert result.status == 200, result.text
     ids = [m["id"] for m in result.json()["data"]]
-    assert sorted(ids) == sorted(routes(running_stack))
+    # LiteLLM lists the aliases beside the routes: both are names a client may ask for.
+    assert sorted(ids) == sorted(routes(running_stack) + list(running_stack.gateway.aliases))
     # The key is required. (LiteLLM without a database answers a wrong key with 400.)
     for headers in ({}, {"Authorization": "Bearer sk-not-the-key"}):
         refused = helpers.http_request(url, headers=headers, timeout=60)
@@ -100,8 +105,12 @@ def test_check_gateway_all_ok(running_stack) -> None:
     by_check = {(r.check, r.route, r.fallback_to): r for r in results}
     assert set(by_check) == {
         ("route", "native", None), ("route", "bindings", None), ("route", "small", None),
+        ("alias", "fast", "native"),
         ("fallback", "native", "bindings"), ("fallback", "native", "small"),
+        # The catch-all, exercised from the first route without a chain of its own.
+        ("fallback", "bindings", "native"),
     }
+    assert by_check["alias", "fast", "native"].answered_by == "native"
     # The answering route and the inventory service behind it.
     assert by_check["route", "small", None].backend == "bindings"
     assert by_check["route", "native", None].backend == "native"
@@ -127,7 +136,7 @@ def test_check_gateway_reports_an_unreachable_gateway(running_stack) -> None:
     data["services"]["gateway"]["port"] = helpers.free_port()
     inv = load_inventory("inventory.yaml", text=yaml.safe_dump(data)).inventory
     results = check_gateway(inv, running_stack.key, timeout=10)
-    assert len(results) == 5 and not any(r.ok or r.status is not None for r in results)
+    assert len(results) == 7 and not any(r.ok or r.status is not None for r in results)
     assert all((r.error or "").startswith("cannot reach the gateway at http://127.0.0.1:") for r in results)
 
 
@@ -269,6 +278,30 @@ def test_validate_refuses_a_fallback_to_an_undefined_model(tmp_path: Path) -> No
 # --- the primary down (keep last: it stops and restarts llama-server) -----------------------
 
 
+def test_an_alias_is_served_by_its_route(running_stack) -> None:
+    result = running_stack.chat("fast")
+    assert result.status == 200, f"HTTP {result.status}: {result.text}{running_stack.context()}"
+    # LiteLLM reports the group by the name asked for; the deployment is the route's.
+    assert header(result, GROUP) == "fast" and header(result, ATTEMPTED) == "0", result.headers
+    native = stack_api_base(running_stack, "native")
+    assert header(result, "x-litellm-model-api-base") == native, result.headers
+
+
+def test_catch_all_serves_a_route_without_its_own_chain(running_stack) -> None:
+    """``small`` has no chain: with its backend stopped, the configured catch-all
+    (``"*": [native]``) answers, not a chain sent in the request."""
+    stack = running_stack
+    stack.stop("bindings")
+    try:
+        result = stack.chat("small")
+        assert result.status == 200, f"HTTP {result.status}: {result.text}{stack.context()}"
+        assert header(result, GROUP) == "native", result.headers
+        assert int(header(result, ATTEMPTED) or 0) >= 1
+    finally:
+        seconds = stack.start("bindings")
+        print(f"\nTIMING llama-cpp-python restarted in {seconds:.2f}s")
+
+
 def test_stopped_primary_is_answered_by_its_chain(running_stack) -> None:
     stack = running_stack
     stack.stop("native")
@@ -284,9 +317,12 @@ def test_stopped_primary_is_answered_by_its_chain(running_stack) -> None:
         assert not native.ok and native.status == 200
         assert native.answered_by == "bindings" and native.backend == "bindings"
         assert "route 'native' itself is failing" in (native.error or "")
+        # The alias and the catch-all lead to native: they report it.
+        for key in (("alias", "fast", "native"), ("fallback", "bindings", "native")):
+            assert not results[key].ok, results[key].as_dict()
         # The chain checks never send anything to the primary: they still pass.
-        others = [r for key, r in results.items() if key != ("route", "native", None)]
-        assert all(r.ok for r in others), [r.as_dict() for r in others]
+        others = [r for key, r in results.items() if "native" not in (key[1], key[2])]
+        assert others and all(r.ok for r in others), [r.as_dict() for r in others]
     finally:
         seconds = stack.start("native")
         print(f"\nTIMING llama-server restarted in {seconds:.2f}s")

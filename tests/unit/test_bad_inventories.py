@@ -120,11 +120,29 @@ CASES: list[tuple[str, str, str]] = [
      "31: services.gateway.fallbacks.bindings[0]: chain 'bindings' falls back to undefined model 'ghost' "
      "(routes: bindings, native)"),
     ("fallback-undefined-primary", edit(("bindings: [native]", "ghost: [native]")),
-     "31: services.gateway.fallbacks.ghost: fallback chain for undefined model 'ghost' (routes: bindings, native)"),
+     "31: services.gateway.fallbacks.ghost: fallback chain for undefined model 'ghost' (routes: bindings, native); "
+     "'*' is the catch-all"),
     ("fallback-cycle", edit(("bindings: [native]", "bindings: [native]\n      native: [bindings]")),
      "31: services.gateway.fallbacks.bindings: fallback cycle: bindings -> native -> bindings"),
     ("fallback-self", edit(("bindings: [native]", "bindings: [bindings]")),
      "31: services.gateway.fallbacks.bindings[0]: chain 'bindings' falls back to itself"),
+    ("fallback-empty-chain", edit(("bindings: [native]", "bindings: []")),
+     "31: services.gateway.fallbacks.bindings: chain 'bindings' is empty"),
+    ("catch-all-as-target", edit(("bindings: [native]", 'bindings: [native]\n      "*": ["*"]')),
+     "32: services.gateway.fallbacks[\"*\"][0]: chain '*' falls back to undefined model '*' "
+     "(routes: bindings, native)"),
+    ("alias-undefined", edit(("    fallbacks:\n", "    aliases:\n      fast: ghost\n    fallbacks:\n")),
+     "31: services.gateway.aliases.fast: alias 'fast' names undefined model 'ghost' (routes: bindings, native)"),
+    ("alias-is-a-route", edit(("    fallbacks:\n", "    aliases:\n      native: bindings\n    fallbacks:\n")),
+     "31: services.gateway.aliases.native: alias 'native' is also a route name; a name must mean one thing"),
+    ("context-window-undefined", edit(("    fallbacks:\n", "    context_window_fallbacks:\n      native: [ghost]\n"
+                                                       "    fallbacks:\n")),
+     "31: services.gateway.context_window_fallbacks.native[0]: chain 'native' falls back to undefined model "
+     "'ghost' (routes: bindings, native)"),
+    ("context-window-catch-all", edit(("    fallbacks:\n", '    context_window_fallbacks:\n      "*": [native]\n'
+                                                       "    fallbacks:\n")),
+     "31: services.gateway.context_window_fallbacks[\"*\"]: fallback chain for undefined model '*' "
+     "(routes: bindings, native)"),
     ("ollama-route-without-model", with_service("  local:\n    kind: ollama\n    models: [llama3.1]\n",
                                                 edit(("        service: bindings", "        service: local"))),
      "28: services.gateway.routes[1]: an ollama route needs 'model' (one of the service's models)"),

@@ -77,8 +77,14 @@ FULL = {
                     "routes": [{"name": "native", "service": "native"},
                                {"name": "bindings", "service": "bindings", "model": "bindings"},
                                {"name": "coder", "service": "coder"},
-                               {"name": "llama3.1:8b", "service": "ollama", "model": "llama3.1:8b"}],
-                    "fallbacks": {"bindings": ["native"]},
+                               {"name": "llama3.1:8b", "service": "ollama", "model": "llama3.1:8b"},
+                               {"name": "cloud-model", "endpoint": "cloud", "model": "gpt-x"}],
+                    "endpoints": {"cloud": {"provider": "openai", "api_base": "https://api.example.com/v1",
+                                            "api_key": {"env_file": "~/.config/labctl/secrets/cloud.env",
+                                                        "var": "CLOUD_API_KEY"}}},
+                    "aliases": {"fast": "native"},
+                    "fallbacks": {"bindings": ["native"], "*": ["native"]},
+                    "context_window_fallbacks": {"native": ["bindings"]},
                     "cache": {"host": "127.0.0.1", "port": 6379, "password": {"env": "REDIS_PW"}}},
     },
     "monitoring": {"enabled": True, "project": "labctl-monitoring", "scrape_interval": "15s",
@@ -92,7 +98,7 @@ FULL = {
 # Strings that are not rendered into any file (pip's argv and environment at provision
 # time; kinds are discriminators; a name labctl only compares). They are still mutated:
 # the refuse-or-accept half of the property holds for them too.
-NOT_RENDERED = {"pip", "pip_env", "kind", "service", "dtype", "quantization", "device", "user", "restart"}
+NOT_RENDERED = {"pip", "pip_env", "kind", "service", "endpoint", "dtype", "quantization", "device", "user", "restart"}
 
 
 def string_leaves(node: Any, loc: tuple = ()) -> list[tuple]:

@@ -90,8 +90,8 @@ def environment(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> 
 def environment_files(inv: Inventory, svc: ServiceBase) -> list[str]:
     files = [inv.host.expand(p) for p in svc.environment_files]
     if isinstance(svc, LiteLLM):
-        for ref in (svc.master_key, svc.cache.password if svc.cache else None):
-            if ref is not None and ref.env_file:
+        for ref in svc.secret_refs():
+            if ref.env_file:
                 files.append(inv.host.expand(ref.env_file))
     return list(dict.fromkeys(files))
 
@@ -100,7 +100,7 @@ def dependencies(inv: Inventory, svc: ServiceBase) -> list[str]:
     """Units this one starts after: a gateway after the backends its routes use."""
     if not isinstance(svc, LiteLLM):
         return []
-    deps = dict.fromkeys(r.service for r in svc.routes if r.service in inv.services
+    deps = dict.fromkeys(r.service for r in svc.routes if r.service is not None and r.service in inv.services
                          and inv.services[r.service].enabled)
     return [unit_name(d) for d in deps]
 
