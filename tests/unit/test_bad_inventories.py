@@ -143,6 +143,35 @@ CASES: list[tuple[str, str, str]] = [
                                                        "    fallbacks:\n")),
      "31: services.gateway.context_window_fallbacks[\"*\"]: fallback chain for undefined model '*' "
      "(routes: bindings, native)"),
+    # --- remote endpoints -----------------------------------------------
+    ("endpoint-unknown-provider", edit(("    routes:\n", "    endpoints:\n      cloud:\n        provider: opnai\n        api_base: https://api.example.com/v1\n    routes:\n"),
+                                       ("        service: bindings", "        endpoint: cloud\n        model: m")),
+     "27: services.gateway.endpoints.cloud.provider: 'opnai' is not a provider LiteLLM 1.106.2 knows "
+     "(did you mean 'openai'?)"),
+    ("endpoint-url-credentials", edit(("    routes:\n", "    endpoints:\n      cloud:\n        provider: openai\n        api_base: https://u:p@api.example.com/v1\n    routes:\n"),
+                                      ("        service: bindings", "        endpoint: cloud\n        model: m")),
+     "28: services.gateway.endpoints.cloud.api_base: must not carry credentials (user:password@); give the "
+     "key as api_key, by reference"),
+    ("endpoint-url-query", edit(("    routes:\n", "    endpoints:\n      cloud:\n        provider: openai\n        api_base: https://api.example.com/v1?key=abc\n    routes:\n"),
+                                ("        service: bindings", "        endpoint: cloud\n        model: m")),
+     "28: services.gateway.endpoints.cloud.api_base: must not have a query or fragment (keys in URLs end up "
+     "in logs); use api_key"),
+    ("endpoint-not-http", edit(("    routes:\n", "    endpoints:\n      cloud:\n        provider: openai\n        api_base: ftp://api.example.com/v1\n    routes:\n"),
+                               ("        service: bindings", "        endpoint: cloud\n        model: m")),
+     "28: services.gateway.endpoints.cloud.api_base: must be an http:// or https:// URL with a host, such as "
+     "https://api.example.com/v1"),
+    ("endpoint-unused", edit(("    routes:\n", "    endpoints:\n      cloud:\n        provider: openai\n        api_base: https://api.example.com/v1\n    routes:\n")),
+     "26: services.gateway.endpoints.cloud: endpoint 'cloud' is not used by any route"),
+    ("route-to-undefined-endpoint", edit(("        service: bindings", "        endpoint: cloud\n        model: m")),
+     "29: services.gateway.routes[1].endpoint: no endpoint named 'cloud' in services.gateway.endpoints "
+     "(none defined)"),
+    ("route-service-and-endpoint", edit(("    routes:\n", "    endpoints:\n      cloud:\n        provider: openai\n        api_base: https://api.example.com/v1\n    routes:\n"),
+                                        ("        service: bindings", "        service: bindings\n        endpoint: cloud")),
+     "32: services.gateway.routes[1]: a route names exactly one of service (run here) or endpoint "
+     "(gateway.endpoints)"),
+    ("endpoint-route-without-model", edit(("    routes:\n", "    endpoints:\n      cloud:\n        provider: openai\n        api_base: https://api.example.com/v1\n    routes:\n"),
+                                          ("        service: bindings", "        endpoint: cloud")),
+     "32: services.gateway.routes[1]: a route to an endpoint needs 'model' (the model name the provider knows)"),
     ("ollama-route-without-model", with_service("  local:\n    kind: ollama\n    models: [llama3.1]\n",
                                                 edit(("        service: bindings", "        service: local"))),
      "28: services.gateway.routes[1]: an ollama route needs 'model' (one of the service's models)"),

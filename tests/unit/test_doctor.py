@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from labctl.doctor import _secret_file_check, root_is_shared
+from invtext import edit
+from labctl.doctor import _env_var_check, _remote_only_chains, _secret_file_check, root_is_shared
+from labctl.load import load_inventory
 
 
 def test_root_is_shared_reads_mountinfo() -> None:
@@ -25,3 +27,28 @@ def test_secret_file_checks(tmp_path: Path) -> None:
     assert check.status == "fail" and check.fix == f"chmod 600 {path}"
     path.chmod(0o600)
     assert _secret_file_check("key", path, generate=True).status == "ok"
+
+
+def test_an_endpoint_key_file_must_define_its_variable(tmp_path: Path) -> None:
+    path = tmp_path / "cloud.env"
+    assert _env_var_check("cloud key", path, "CLOUD_KEY").status == "fail"  # missing
+    path.write_text("OTHER=x\n")
+    path.chmod(0o600)
+    check = _env_var_check("cloud key", path, "CLOUD_KEY")
+    assert check.status == "fail" and check.message == f"{path} does not define CLOUD_KEY"
+    assert "x" not in check.message.replace(str(path), "")  # never a value
+    path.write_text("CLOUD_KEY=sk-123\n")
+    check = _env_var_check("cloud key", path, "CLOUD_KEY")
+    assert check.status == "ok" and "sk-123" not in str(check)
+
+
+def test_a_chain_with_no_local_hop_is_warned_of() -> None:
+    text = edit(("    routes:\n", "    endpoints:\n      cloud:\n        provider: openai\n"
+                                  "        api_base: https://api.example.com/v1\n    routes:\n"
+                                  "      - {name: c1, endpoint: cloud, model: a}\n"
+                                  "      - {name: c2, endpoint: cloud, model: b}\n"),
+                ("      bindings: [native]\n", "      bindings: [native]\n      c1: [c2]\n      \"*\": [c1]\n"))
+    gw = load_inventory("inventory.yaml", text=text).inventory.services["gateway"]
+    warned = _remote_only_chains("gateway", gw)
+    assert [(c.name, c.status) for c in warned] == [("gateway chain c1", "warn"), ("gateway chain *", "warn")]
+    assert "nothing on this host answers" in warned[0].message
