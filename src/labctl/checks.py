@@ -220,6 +220,9 @@ def _endpoints(src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:
         loc = ("services", name, "endpoints", key)
         if key not in used:
             yield src.error(loc, f"endpoint {key!r} is not used by any route")
+        reason = secretscan.value_problem(endpoint.api_base)
+        if reason:
+            yield src.error(loc + ("api_base",), f"the URL {reason}; give the key as api_key, by reference")
         if endpoint.provider not in LITELLM_PROVIDERS:
             close = difflib.get_close_matches(endpoint.provider, sorted(LITELLM_PROVIDERS), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -135,9 +135,10 @@ def _probe(inv: Inventory, name: str, svc: ServiceBase, p: _Probe, deep: bool) -
         if resp.status_code != 200:
             return p.result(False, f"/v1/models answered HTTP {resp.status_code}")
         routes = sorted(m.get("id") for m in resp.json().get("data", []))
-        want = sorted(r.name for r in svc.routes)
+        # LiteLLM lists the aliases beside the routes.
+        want = sorted([r.name for r in svc.routes] + list(svc.aliases))
         if routes != want:
-            return p.result(False, f"gateway lists {routes}, inventory routes are {want}")
+            return p.result(False, f"gateway lists {routes}, inventory routes and aliases are {want}")
         return p.result(True, "ready")
     return p.result(False, f"no probe for kind {svc.kind}")  # type: ignore[attr-defined]
 

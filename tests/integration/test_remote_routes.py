@@ -21,6 +21,7 @@ import yaml
 import helpers
 from conftest import stack_running
 from labctl.gateway_check import all_ok, check_gateway
+from labctl.probes import probe
 from labctl.secrets import ensure_env_secret, read_secret
 
 pytestmark = pytest.mark.integration
@@ -126,6 +127,9 @@ def test_models_lists_every_route_and_alias(remote_stack) -> None:
     names = [r.name for r in remote_stack.gateway.routes]
     assert len(names) >= 12 and len([n for n in names if n in REMOTE]) == 6
     assert sorted(m["id"] for m in result.json()["data"]) == sorted(names + list(remote_stack.gateway.aliases))
+    # labctl's own readiness probe (what `up` and `status` wait on) agrees.
+    ready = probe(remote_stack.inventory, "gateway")
+    assert ready.ok, ready
 
 
 def test_every_route_answers_remote_ones_from_the_provider(remote_stack, provider: Provider) -> None:

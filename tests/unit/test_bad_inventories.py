@@ -156,6 +156,10 @@ CASES: list[tuple[str, str, str]] = [
                                 ("        service: bindings", "        endpoint: cloud\n        model: m")),
      "28: services.gateway.endpoints.cloud.api_base: must not have a query or fragment (keys in URLs end up "
      "in logs); use api_key"),
+    ("endpoint-url-token", edit(("    routes:\n", "    endpoints:\n      cloud:\n        provider: openai\n        api_base: https://api.example.com/sk-proj-abcdefghijklmnopqrstuvwxyz0123456789/v1\n    routes:\n"),
+                                ("        service: bindings", "        endpoint: cloud\n        model: m")),
+     "28: services.gateway.endpoints.cloud.api_base: the URL looks like an API token; give the key as "
+     "api_key, by reference"),
     ("endpoint-not-http", edit(("    routes:\n", "    endpoints:\n      cloud:\n        provider: openai\n        api_base: ftp://api.example.com/v1\n    routes:\n"),
                                ("        service: bindings", "        endpoint: cloud\n        model: m")),
      "28: services.gateway.endpoints.cloud.api_base: must be an http:// or https:// URL with a host, such as "
