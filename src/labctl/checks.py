@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -24,6 +25,7 @@ from labctl.inventory import (
     ServiceBase,
     Vllm,
 )
+from labctl.render import litellm_keys
 from labctl.render.litellm_keys import LITELLM_VERSION, PROVIDERS as LITELLM_PROVIDERS
 from labctl.yamlsrc import Source
 
@@ -198,6 +200,7 @@ def _gateways(inv: Inventory, src: Source) -> Iterator[InputError]:
                            {r.name for r in gw.routes}, catch_all=False)
         yield from _aliases(src, name, gw)
         yield from _endpoints(src, name, gw)
+        yield from _passthrough(src, name, gw)
         yield from _max_fallbacks(src, name, gw)
 
 
@@ -228,6 +231,79 @@ def _endpoints(src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             yield src.error(loc + ("provider",), f"{endpoint.provider!r} is not a provider LiteLLM "
                                                  f"{LITELLM_VERSION} knows{hint}")
+
+
+# What LiteLLM reads in each pass-through place, and the keys there labctl writes itself
+# from a typed field (setting them again would silently override a checked value).
+PASSTHROUGH = {
+    "litellm_settings": (litellm_keys.LITELLM_SETTINGS, {
+        "drop_params": "(always true: labctl's backends take only the OpenAI parameters they know)",
+        "callbacks": "prometheus_metrics", "require_auth_for_metrics_endpoint": "prometheus_metrics",
+        "cache": "cache", "cache_params": "cache"}),
+    "router_settings": (litellm_keys.ROUTER_SETTINGS, {
+        "num_retries": "num_retries", "timeout": "timeout_sec", "cooldown_time": "cooldown_sec",
+        "allowed_fails": "allowed_fails", "fallbacks": "fallbacks", "max_fallbacks": "max_fallbacks",
+        "context_window_fallbacks": "context_window_fallbacks", "model_group_alias": "aliases",
+        "model_list": "routes"}),
+    "general_settings": (litellm_keys.GENERAL_SETTINGS, {"master_key": "master_key"}),
+    "litellm_params": (litellm_keys.LITELLM_PARAMS, {"model": "service/endpoint and model", "api_base": "endpoints",
+                                                     "api_key": "endpoints.NAME.api_key"}),
+    "model_info": (litellm_keys.MODEL_INFO, {}),
+}
+ENV_REF = "os.environ/"
+
+
+def _passthrough(src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:
+    base = ("services", name)
+    places = [((section,), section, getattr(gw, section)) for section in
+              ("litellm_settings", "router_settings", "general_settings")]
+    for i, route in enumerate(gw.routes):
+        places += [(("routes", i, "litellm_params"), "litellm_params", route.litellm_params),
+                   (("routes", i, "model_info"), "model_info", route.model_info)]
+    # The variables the gateway's process will have: its secrets' and its environment's.
+    # With environment_files, more may come from them, which only the host can tell.
+    known_vars = {ref.variable for ref in gw.secret_refs()} | set(gw.environment)
+    for loc, section, values in places:
+        valid, owned = PASSTHROUGH[section]
+        for key, value in values.items():
+            here = base + loc + (key,)
+            if key in owned:
+                yield src.error(here, f"{key} is set by labctl from services.{name}.{owned[key]}; set that instead"
+                                if not owned[key].startswith("(") else f"{key} is set by labctl {owned[key]}")
+                continue
+            if key not in valid:
+                close = difflib.get_close_matches(key, sorted(valid), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                yield src.error(here, f"{key!r} is not a {section} key LiteLLM {LITELLM_VERSION} reads; it would be "
+                                      f"silently ignored{hint}")
+                continue
+            for leaf_loc, leaf_key, text in _strings(value, here, key):
+                if text.startswith(ENV_REF):
+                    var = text[len(ENV_REF):]
+                    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
+                        yield src.error(leaf_loc, f"{ENV_REF}{var[:40]!r} does not name an environment variable")
+                    elif var not in known_vars and not gw.environment_files:
+                        yield src.error(leaf_loc, f"{ENV_REF}{var}: the gateway's environment will not have {var}; "
+                                                  f"put it in a 0600 file listed in services.{name}.environment_files")
+                    continue
+                problem = secretscan.value_problem(text)
+                reason = ("its name says it holds a secret" if secretscan.name_is_secret(leaf_key)
+                          else f"the value {problem}" if problem else None)
+                if reason:
+                    yield src.error(leaf_loc, f"{reason}; secrets go in LiteLLM's settings only as "
+                                              f"{ENV_REF}VAR, the value in a 0600 environment file")
+
+
+def _strings(value: object, loc: tuple, key: str) -> Iterator[tuple[tuple, str, str]]:
+    """Every string leaf of a pass-through value, with its location and nearest key."""
+    if isinstance(value, str):
+        yield loc, key, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(v, loc + (k,), str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, loc + (i,), key)
 
 
 def _max_fallbacks(src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:

@@ -23,7 +23,7 @@ from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, AfterValidator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, AfterValidator, JsonValue, model_validator
 
 from labctl.render.encode import sd_text_problem
 from labctl.text import unsafe_message
@@ -404,6 +404,12 @@ _check_api_base.doc = "http(s) URL, no credentials or query"  # type: ignore[att
 ApiBase = Annotated[str, AfterValidator(_check_api_base)]
 
 
+# A LiteLLM setting passed through as written: its key is checked against what the pinned
+# LiteLLM reads (labctl.checks, labctl.render.litellm_keys), its value is plain YAML data.
+SettingKey = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+Settings = dict[SettingKey, JsonValue]
+
+
 class Endpoint(Strict):
     """A model server labctl does not run, reached by the gateway: a cloud provider, another
     box's gateway or server. Its key is a reference only (0600 env file or the manager's
@@ -423,6 +429,10 @@ class Route(Strict):
     # The model name the backend knows. Defaults to what the backend serves
     # (alias / served_model_name); required for Ollama, which serves several, and for endpoints.
     model: ModelName | None = None
+    # LiteLLM's per-deployment parameters (rpm, tpm, stream_timeout, extra_body, tags, ...)
+    # and model_info (max_input_tokens, ...), beside what labctl sets.
+    litellm_params: Settings = {}
+    model_info: Settings = {}
 
     @model_validator(mode="after")
     def _one_target(self) -> "Route":
@@ -469,6 +479,11 @@ class LiteLLM(ServiceBase):
     cache: RedisCache | None = None
     # LiteLLM's Prometheus callback (needs prometheus_client in the gateway's venv).
     prometheus_metrics: bool = True
+    # LiteLLM's own sections, beside what labctl writes from the typed fields above. Every
+    # key must be one the pinned LiteLLM reads; secrets only as os.environ/VAR.
+    litellm_settings: Settings = {}
+    router_settings: Settings = {}
+    general_settings: Settings = {}
 
     def secret_refs(self) -> list[SecretRef]:
         """Every secret the gateway's process needs: its master key, the cache password,

@@ -25,20 +25,55 @@ SNAPSHOT = Path(litellm_keys.__file__)
 ROOT = Path(__file__).resolve().parents[2]
 
 ASK = r"""
-import json
+import ast, inspect, json, re
 from importlib.metadata import version
+from pathlib import Path
 import litellm
 from litellm.constants import ROUTER_SETTINGS_MANAGED_OUTSIDE_CONFIG
+from litellm.proxy._types import ConfigGeneralSettings
+from litellm.types.router import LiteLLM_Params, ModelInfo
+from litellm.types import utils as tutils
+
+root = Path(litellm.__file__).parent
 args = set(litellm.Router.get_valid_args()) - set(ROUTER_SETTINGS_MANAGED_OUTSIDE_CONFIG) - {"self"}
 providers = sorted({str(getattr(p, "value", p)) for p in litellm.provider_list})
-print(json.dumps({"version": version("litellm"), "router_settings": sorted(args), "providers": providers}))
+# litellm_settings: the proxy sets each key as an attribute of the litellm module, after
+# handling some itself (the keys compared in its litellm_settings loop).
+settings = {k for k, v in vars(litellm).items() if not k.startswith("_")
+            and not (inspect.ismodule(v) or inspect.isroutine(v) or inspect.isclass(v))}
+tree = ast.parse((root / "proxy" / "proxy_server.py").read_text())
+for node in ast.walk(tree):
+    if isinstance(node, ast.For) and ast.unparse(node.iter) == "litellm_settings.items()":
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Compare) and isinstance(sub.left, ast.Name) and sub.left.id == "key":
+                for comp in sub.comparators:
+                    for c in ast.walk(comp):
+                        if isinstance(c, ast.Constant) and isinstance(c.value, str):
+                            settings.add(c.value)
+general = set(ConfigGeneralSettings.model_fields)
+pat = re.compile(r"general_settings(?:\.get\(\s*|\[\s*)[\"']([A-Za-z0-9_]+)[\"']")
+for path in (root / "proxy").rglob("*.py"):
+    general |= set(pat.findall(path.read_text(errors="replace")))
+# A deployment's litellm_params: its own fields, completion()'s parameters, and the
+# OpenAI client's request options, which LiteLLM forwards.
+params = (set(LiteLLM_Params.model_fields) | {"extra_body", "extra_headers", "extra_query"}
+          | {p for p in inspect.signature(litellm.completion).parameters if p not in ("kwargs", "args")})
+info = (set(ModelInfo.model_fields) | set(getattr(tutils.ModelInfoBase, "__annotations__", {}))
+        | set(getattr(tutils.ModelInfo, "__annotations__", {})))
+print(json.dumps({"version": version("litellm"), "router_settings": sorted(args), "providers": providers,
+                  "litellm_settings": sorted(settings), "general_settings": sorted(general),
+                  "litellm_params": sorted(params), "model_info": sorted(info)}))
 """
 
 HEADER = '''"""What the pinned LiteLLM reads, taken from it (not guessed): the keys of
 ``router_settings`` are ``Router.__init__``'s parameters (``Router.get_valid_args()``) less
 those the proxy manages outside its config file; the proxy logs any other key as "not a
 valid argument" and ignores it. ``PROVIDERS`` are the model-string prefixes LiteLLM routes
-(``litellm.provider_list``); an unknown one fails on the first request.
+(``litellm.provider_list``); an unknown one fails on the first request. ``LITELLM_SETTINGS``:
+the proxy sets each key as an attribute of the litellm module (any name at all), so the
+valid ones are the module's settings plus the keys its loader handles itself.
+``GENERAL_SETTINGS``: the proxy's ConfigGeneralSettings fields and every key its code reads
+from general_settings. ``LITELLM_PARAMS`` and ``MODEL_INFO``: a deployment's fields.
 
 tests/integration/test_litellm_keys.py compares this with the installed LiteLLM; after a
 LiteLLM upgrade, regenerate it with `LABCTL_UPDATE_LITELLM_KEYS=1` on that test.
@@ -59,7 +94,9 @@ def snapshot_text(found: dict) -> str:
         return f"\n{name} = frozenset({{\n{body}}})\n"
 
     return (f'{HEADER}\nLITELLM_VERSION = "{found["version"]}"\n' + block("ROUTER_SETTINGS", found["router_settings"])
-            + block("PROVIDERS", found["providers"]))
+            + block("PROVIDERS", found["providers"]) + block("LITELLM_SETTINGS", found["litellm_settings"])
+            + block("GENERAL_SETTINGS", found["general_settings"]) + block("LITELLM_PARAMS", found["litellm_params"])
+            + block("MODEL_INFO", found["model_info"]))
 
 
 def test_snapshot_is_what_the_installed_litellm_reads(litellm_python) -> None:
@@ -71,14 +108,21 @@ def test_snapshot_is_what_the_installed_litellm_reads(litellm_python) -> None:
         "the installed LiteLLM reads other router_settings than labctl's snapshot; regenerate it"
 
 
-def test_every_router_key_labctl_writes_is_read(litellm_python) -> None:
-    """Over the root inventory and every example, each router_settings key rendered is one
-    the installed LiteLLM passes to its Router."""
-    found = set(installed(litellm_python)["router_settings"])
+def test_every_key_labctl_writes_is_read(litellm_python) -> None:
+    """Over the root inventory and every example, each key rendered in LiteLLM's sections
+    and deployments is one the installed LiteLLM reads."""
+    found = installed(litellm_python)
     paths = [ROOT / "inventory.yaml", *sorted((ROOT / "examples").glob("*/inventory.yaml"))]
-    written: set[str] = set()
+    written: dict[str, set[str]] = {}
     for path in paths:
         inv = load_inventory(str(path), text=path.read_text()).inventory
         for gw in inv.gateways().values():
-            written |= set(gateway.config(inv, gw)["router_settings"])
-    assert written and written <= found, sorted(written - found)
+            cfg = gateway.config(inv, gw)
+            for section in ("router_settings", "litellm_settings", "general_settings"):
+                written.setdefault(section, set()).update(cfg.get(section, {}))
+            for model in cfg["model_list"]:
+                written.setdefault("litellm_params", set()).update(model["litellm_params"])
+                written.setdefault("model_info", set()).update(model.get("model_info", {}))
+    for section, keys in written.items():
+        assert keys <= set(found[section]), (section, sorted(keys - set(found[section])))
+    assert written["router_settings"] and written["litellm_params"] and written["general_settings"]

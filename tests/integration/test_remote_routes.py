@@ -4,7 +4,7 @@
 labctl unit) and requiring an API key (``--api-key-file``). The gateway gets the key only
 as ``os.environ/PROVIDER_API_KEY`` from a 0600 environment file its unit loads. The
 inventory is the integration stack plus that endpoint and six remote routes (twelve routes
-in all), an alias onto a remote route, a chain from a remote route to a local one, and the
+in all), LiteLLM settings passed through, an alias onto a remote route, a chain from a remote route to a local one, and the
 catch-all for the rest. With the provider stopped, every remote route is answered by the
 local fallback: no request fails.
 """
@@ -73,6 +73,13 @@ def with_remote_routes(provider: Provider):
                     f"        api_key: {{env_file: {provider.key_env}, var: {VAR}}}\n")
         routes = "".join(f"      - name: {name}\n        endpoint: provider\n        model: provider-model\n"
                          for name in REMOTE)
+        # Pass-through settings LiteLLM must accept as written (the proxy refuses some
+        # misplaced ones at start-up; the rest it would ignore, which labctl refuses).
+        routes = routes.replace("        model: provider-model\n", "        model: provider-model\n"
+                                "        litellm_params: {rpm: 1000, stream_timeout: 60}\n"
+                                "        model_info: {max_input_tokens: 256}\n", 1)
+        endpoint = ("    router_settings: {routing_strategy: simple-shuffle}\n"
+                    "    litellm_settings: {request_timeout: 120}\n" + endpoint)
         routes += "".join(f"      - name: {name}\n        service: native\n" for name in LOCAL_EXTRA)
         text = text.replace("    routes:\n", endpoint + "    routes:\n" + routes, 1)
         text = text.replace("      fast: native\n", "      fast: native\n      big: cloud-a\n", 1)

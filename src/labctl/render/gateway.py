@@ -12,7 +12,7 @@ from typing import Any
 from labctl.checks import CATCH_ALL, find_cycle, longest_fallback_walk
 from labctl.errors import OperationFailed
 from labctl.render import encode
-from labctl.render.litellm_keys import ROUTER_SETTINGS
+from labctl.render.litellm_keys import GENERAL_SETTINGS, LITELLM_SETTINGS, ROUTER_SETTINGS
 from labctl.inventory import (BACKEND_KINDS, Endpoint, Inventory, LiteLLM, LlamaCppPython, LlamaServer, Ollama,
                               Route, ServiceBase, Vllm)
 
@@ -25,9 +25,8 @@ LITELLM_MAX_FALLBACKS = 5
 KNOWN_KEYS = {
     "": {"model_list", "router_settings", "litellm_settings", "general_settings"},
     "router_settings": ROUTER_SETTINGS,
-    "litellm_settings": {"drop_params", "callbacks", "require_auth_for_metrics_endpoint", "cache",
-                         "cache_params"},
-    "general_settings": {"master_key"},
+    "litellm_settings": LITELLM_SETTINGS,
+    "general_settings": GENERAL_SETTINGS,
 }
 
 
@@ -80,9 +79,17 @@ def route_params(inv: Inventory, gw: LiteLLM, route: Route) -> dict[str, Any]:
     return litellm_params(inv, inv.services[route.service], route.model)
 
 
+def model_entry(inv: Inventory, gw: LiteLLM, route: Route) -> dict[str, Any]:
+    # The operator's parameters first, labctl's on top (labctl.checks refuses overlaps).
+    entry: dict[str, Any] = {"model_name": route.name,
+                             "litellm_params": {**route.litellm_params, **route_params(inv, gw, route)}}
+    if route.model_info:
+        entry["model_info"] = dict(route.model_info)
+    return entry
+
+
 def config(inv: Inventory, gw: LiteLLM) -> dict[str, Any]:
-    model_list = [{"model_name": route.name, "litellm_params": route_params(inv, gw, route)}
-                  for route in gw.routes]
+    model_list = [model_entry(inv, gw, route) for route in gw.routes]
     router: dict[str, Any] = {
         "num_retries": gw.num_retries,
         "timeout": gw.timeout_sec,
@@ -115,6 +122,10 @@ def config(inv: Inventory, gw: LiteLLM) -> dict[str, Any]:
         settings["cache"] = True
         settings["cache_params"] = params
     general: dict[str, Any] = {"master_key": f"os.environ/{gw.master_key.variable}"}
+    # The operator's LiteLLM settings; labctl.checks refuses keys labctl writes itself.
+    router.update(gw.router_settings)
+    settings.update(gw.litellm_settings)
+    general.update(gw.general_settings)
     return {"model_list": model_list, "router_settings": router, "litellm_settings": settings,
             "general_settings": general}
 
