@@ -262,7 +262,8 @@ def _passthrough(src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:
                    (("routes", i, "model_info"), "model_info", route.model_info)]
     # The variables the gateway's process will have: its secrets' and its environment's.
     # With environment_files, more may come from them, which only the host can tell.
-    known_vars = {ref.variable for ref in gw.secret_refs()} | set(gw.environment)
+    # Never the master key: LiteLLM would send it wherever the value goes (a backend, a log).
+    known_vars = ({ref.variable for ref in gw.secret_refs()} | set(gw.environment)) - {gw.master_key.variable}
     for loc, section, values in places:
         valid, owned = PASSTHROUGH[section]
         for key, value in values.items():
@@ -282,6 +283,9 @@ def _passthrough(src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:
                     var = text[len(ENV_REF):]
                     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
                         yield src.error(leaf_loc, f"{ENV_REF}{var[:40]!r} does not name an environment variable")
+                    elif var == gw.master_key.variable:
+                        yield src.error(leaf_loc, f"{ENV_REF}{var} is the gateway's master key; LiteLLM would hand "
+                                                  "it to whatever reads this setting")
                     elif var not in known_vars and not gw.environment_files:
                         yield src.error(leaf_loc, f"{ENV_REF}{var}: the gateway's environment will not have {var}; "
                                                   f"put it in a 0600 file listed in services.{name}.environment_files")

@@ -126,3 +126,32 @@ def test_every_key_labctl_writes_is_read(litellm_python) -> None:
     for section, keys in written.items():
         assert keys <= set(found[section]), (section, sorted(keys - set(found[section])))
     assert written["router_settings"] and written["litellm_params"] and written["general_settings"]
+
+
+def validate_config(litellm_python: Path, config: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([str(litellm_python), "-m", "litellm.proxy.proxy_cli", "--config", str(config),
+                           "--validate_config"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", **env})
+
+
+def test_litellm_validates_what_labctl_renders(litellm_python, tmp_path) -> None:
+    """LiteLLM's own loader (``--validate_config``, which builds the Router from the file)
+    accepts the rendered configs, and refuses a value labctl cannot judge (a misspelled
+    routing strategy), which is why it runs beside labctl's key checks."""
+    paths = [ROOT / "inventory.yaml", *sorted((ROOT / "examples").glob("*/inventory.yaml"))]
+    for path in paths:
+        inv = load_inventory(str(path), text=path.read_text()).inventory
+        text = gateway.render_gateway(inv)
+        if text is None:
+            continue
+        env = {ref.variable: "sk-labctl-test" for gw in inv.gateways().values() for ref in gw.secret_refs()}
+        config = tmp_path / f"{path.parent.name}.yaml"
+        config.write_text(text)
+        proc = validate_config(litellm_python, config, env)
+        assert proc.returncode == 0 and "config OK" in proc.stdout, (path, proc.stdout[-1500:], proc.stderr[-1500:])
+    root = (tmp_path / f"{ROOT.name}.yaml").read_text()  # the root inventory's render
+    assert "routing_strategy: simple-shuffle" in root
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(root.replace("routing_strategy: simple-shuffle", "routing_strategy: simple-shufle"))
+    proc = validate_config(litellm_python, bad, {"LITELLM_MASTER_KEY": "sk-labctl-test"})
+    assert proc.returncode != 0 and "Invalid routing_strategy" in proc.stdout + proc.stderr

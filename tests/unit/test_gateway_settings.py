@@ -61,6 +61,9 @@ CASES = [
     ("    general_settings:\n      database_url: os.environ/DATABASE_URL\n", 1,
      "services.gateway.general_settings.database_url: os.environ/DATABASE_URL: the gateway's environment "
      "will not have DATABASE_URL; put it in a 0600 file listed in services.gateway.environment_files"),
+    ("    router_settings:\n      redis_password: os.environ/LITELLM_MASTER_KEY\n", 1,
+     "services.gateway.router_settings.redis_password: os.environ/LITELLM_MASTER_KEY is the gateway's master "
+     "key; LiteLLM would hand it to whatever reads this setting"),
     ("    general_settings:\n      alerting: [slack]\n      alerting_args: {webhook_token: abc}\n", 2,
      "services.gateway.general_settings.alerting_args.webhook_token: its name says it holds a secret; "
      "secrets go in LiteLLM's settings only as os.environ/VAR, the value in a 0600 environment file"),
