@@ -119,10 +119,13 @@ def test_the_provider_requires_its_key(provider: Provider) -> None:
 def test_the_key_is_a_reference_only(remote_stack, provider: Provider) -> None:
     config = remote_stack.files["labctl/litellm/config.yaml"]
     assert provider.key not in config and provider.key not in json.dumps(remote_stack.files)
-    models = {m["model_name"]: m["litellm_params"] for m in yaml.safe_load(config)["model_list"]}
+    entries = {m["model_name"]: m for m in yaml.safe_load(config)["model_list"]}
     for name in REMOTE:
-        assert models[name] == {"model": "openai/provider-model", "api_base": f"{provider.url}/v1",
-                                "api_key": f"os.environ/{VAR}"}
+        # cloud-a also carries the pass-through parameters, beside labctl's own.
+        extra = {"rpm": 1000, "stream_timeout": 60} if name == "cloud-a" else {}
+        assert entries[name]["litellm_params"] == {"model": "openai/provider-model", "api_base": f"{provider.url}/v1",
+                                                   "api_key": f"os.environ/{VAR}", **extra}
+    assert entries["cloud-a"]["model_info"] == {"max_input_tokens": 256}
     unit = remote_stack.servers["gateway"].unit
     assert provider.key_env in unit.environment_files
 
