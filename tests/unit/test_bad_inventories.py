@@ -11,6 +11,18 @@ import pytest
 from invtext import BASE, VLLM, edit, with_service
 from labctl.cli import main
 
+# routes[1] (bindings) sent to the endpoint 'cloud' instead.
+TO_CLOUD = ("        service: bindings", "        endpoint: cloud\n        model: m")
+
+
+def with_endpoint(api_base: str = "https://api.example.com/v1", *, provider: str = "openai",
+                  route: tuple[str, str] | None = TO_CLOUD) -> str:
+    """BASE with an endpoint 'cloud' on the gateway (lines 25-28) and, unless route is None,
+    that edit of the routes."""
+    endpoint = f"    endpoints:\n      cloud:\n        provider: {provider}\n        api_base: {api_base}\n"
+    return edit(("    routes:\n", endpoint + "    routes:\n"), *([route] if route else []))
+
+
 CASES: list[tuple[str, str, str]] = [
     # --- the file itself ---------------------------------------------------------
     ("yaml-syntax", "version: 1\nhost: [\n",
@@ -143,38 +155,32 @@ CASES: list[tuple[str, str, str]] = [
                                                        "    fallbacks:\n")),
      "31: services.gateway.context_window_fallbacks[\"*\"]: fallback chain for undefined model '*' "
      "(routes: bindings, native)"),
-    # --- remote endpoints -----------------------------------------------
-    ("endpoint-unknown-provider", edit(("    routes:\n", "    endpoints:\n      cloud:\n        provider: opnai\n        api_base: https://api.example.com/v1\n    routes:\n"),
-                                       ("        service: bindings", "        endpoint: cloud\n        model: m")),
+    # --- remote endpoints (with_endpoint: lines 25-28) -----------------------
+    ("endpoint-unknown-provider", with_endpoint(provider="opnai"),
      "27: services.gateway.endpoints.cloud.provider: 'opnai' is not a provider LiteLLM 1.106.2 knows "
      "(did you mean 'openai'?)"),
-    ("endpoint-url-credentials", edit(("    routes:\n", "    endpoints:\n      cloud:\n        provider: openai\n        api_base: https://u:p@api.example.com/v1\n    routes:\n"),
-                                      ("        service: bindings", "        endpoint: cloud\n        model: m")),
+    ("endpoint-url-credentials", with_endpoint("https://u:p@api.example.com/v1"),
      "28: services.gateway.endpoints.cloud.api_base: must not carry credentials (user:password@); give the "
      "key as api_key, by reference"),
-    ("endpoint-url-query", edit(("    routes:\n", "    endpoints:\n      cloud:\n        provider: openai\n        api_base: https://api.example.com/v1?key=abc\n    routes:\n"),
-                                ("        service: bindings", "        endpoint: cloud\n        model: m")),
+    ("endpoint-url-query", with_endpoint("https://api.example.com/v1?key=abc"),
      "28: services.gateway.endpoints.cloud.api_base: must not have a query or fragment (keys in URLs end up "
      "in logs); use api_key"),
-    ("endpoint-url-token", edit(("    routes:\n", "    endpoints:\n      cloud:\n        provider: openai\n        api_base: https://api.example.com/sk-proj-abcdefghijklmnopqrstuvwxyz0123456789/v1\n    routes:\n"),
-                                ("        service: bindings", "        endpoint: cloud\n        model: m")),
+    ("endpoint-url-token", with_endpoint("https://api.example.com/sk-proj-abcdefghijklmnopqrstuvwxyz0123456789/v1"),
      "28: services.gateway.endpoints.cloud.api_base: the URL looks like an API token; give the key as "
      "api_key, by reference"),
-    ("endpoint-not-http", edit(("    routes:\n", "    endpoints:\n      cloud:\n        provider: openai\n        api_base: ftp://api.example.com/v1\n    routes:\n"),
-                               ("        service: bindings", "        endpoint: cloud\n        model: m")),
+    ("endpoint-not-http", with_endpoint("ftp://api.example.com/v1"),
      "28: services.gateway.endpoints.cloud.api_base: must be an http:// or https:// URL with a host, such as "
      "https://api.example.com/v1"),
-    ("endpoint-unused", edit(("    routes:\n", "    endpoints:\n      cloud:\n        provider: openai\n        api_base: https://api.example.com/v1\n    routes:\n")),
+    ("endpoint-unused", with_endpoint(route=None),
      "26: services.gateway.endpoints.cloud: endpoint 'cloud' is not used by any route"),
-    ("route-to-undefined-endpoint", edit(("        service: bindings", "        endpoint: cloud\n        model: m")),
+    ("route-to-undefined-endpoint", edit(TO_CLOUD),
      "29: services.gateway.routes[1].endpoint: no endpoint named 'cloud' in services.gateway.endpoints "
      "(none defined)"),
-    ("route-service-and-endpoint", edit(("    routes:\n", "    endpoints:\n      cloud:\n        provider: openai\n        api_base: https://api.example.com/v1\n    routes:\n"),
-                                        ("        service: bindings", "        service: bindings\n        endpoint: cloud")),
+    ("route-service-and-endpoint",
+     with_endpoint(route=("        service: bindings", "        service: bindings\n        endpoint: cloud")),
      "32: services.gateway.routes[1]: a route names exactly one of service (run here) or endpoint "
      "(gateway.endpoints)"),
-    ("endpoint-route-without-model", edit(("    routes:\n", "    endpoints:\n      cloud:\n        provider: openai\n        api_base: https://api.example.com/v1\n    routes:\n"),
-                                          ("        service: bindings", "        endpoint: cloud")),
+    ("endpoint-route-without-model", with_endpoint(route=("        service: bindings", "        endpoint: cloud")),
      "32: services.gateway.routes[1]: a route to an endpoint needs 'model' (the model name the provider knows)"),
     ("ollama-route-without-model", with_service("  local:\n    kind: ollama\n    models: [llama3.1]\n",
                                                 edit(("        service: bindings", "        service: local"))),
