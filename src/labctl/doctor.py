@@ -208,6 +208,9 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
                 path = Path(inv.host.expand(ref.env_file))
                 out.append(_env_var_check(f"{name} endpoint {key} key", path, ref.variable))
         out.extend(_remote_only_chains(name, svc))
+        env_refs = [ref.variable for ref in svc.secret_refs() if ref.env is not None]
+        if env_refs and reachable:
+            out.extend(manager_env_checks(name, env_refs, manager.environment_names()))
 
     gpu_users = _needs_gpu(inv)
     if gpu_users:
@@ -255,6 +258,18 @@ def _env_var_check(name: str, path: Path, var: str) -> Check:
     if not defined:
         return Check(name, "fail", f"{path} does not define {var}", f"add a line {var}=<key> to it")
     return Check(name, "ok", f"{path} is mode 0600 and defines {var}")
+
+
+def manager_env_checks(name: str, variables: list[str], present: set[str] | None) -> list[Check]:
+    """Secrets given as {env: VAR} come from the user manager's environment; LiteLLM would
+    fail only on the first request that needs a missing one."""
+    if present is None:
+        return [Check(f"{name} environment", "warn", "the user manager did not list its environment; "
+                      f"cannot tell whether {', '.join(variables)} will be set")]
+    return [Check(f"{name} {var}", "ok", f"{var} is in the user manager's environment") if var in present else
+            Check(f"{name} {var}", "fail", f"{var} is not in the user manager's environment; the gateway would "
+                  "start without it", f"systemctl --user set-environment {var}=… (or use an env_file reference)")
+            for var in dict.fromkeys(variables)]
 
 
 def _remote_only_chains(name: str, gw: LiteLLM) -> list[Check]:

@@ -115,6 +115,17 @@ class UserManager:
         why = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else state or "no answer"
         return False, f"user manager not reachable: {why}"
 
+    def environment_names(self) -> set[str] | None:
+        """The names in the user manager's environment (what a unit inherits), or None when
+        the manager cannot say. Values are never kept: some are secrets."""
+        try:
+            res = self.systemctl("show-environment", check=False, timeout=15)
+        except CommandFailed:
+            return None
+        if res.rc != 0:
+            return None
+        return {line.split("=", 1)[0] for line in res.stdout.splitlines() if "=" in line}
+
     def show(self, units: Sequence[str]) -> dict[str, UnitFacts]:
         if not units:
             return {}

@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from invtext import edit
-from labctl.doctor import _env_var_check, _remote_only_chains, _secret_file_check, root_is_shared
+from labctl.doctor import _env_var_check, _remote_only_chains, _secret_file_check, manager_env_checks, root_is_shared
+from labctl.proc import CommandResult
+from labctl.systemd import UserManager
 from labctl.load import load_inventory
 
 
@@ -52,3 +54,20 @@ def test_a_chain_with_no_local_hop_is_warned_of() -> None:
     warned = _remote_only_chains("gateway", gw)
     assert [(c.name, c.status) for c in warned] == [("gateway chain c1", "warn"), ("gateway chain *", "warn")]
     assert "nothing on this host answers" in warned[0].message
+
+
+def test_env_references_are_checked_against_the_manager_environment() -> None:
+    checks = manager_env_checks("gateway", ["CLOUD_KEY", "REDIS_PW", "CLOUD_KEY"], {"REDIS_PW", "PATH"})
+    assert [(c.name, c.status) for c in checks] == [("gateway CLOUD_KEY", "fail"), ("gateway REDIS_PW", "ok")]
+    assert "set-environment CLOUD_KEY=" in checks[0].fix
+    (unknown,) = manager_env_checks("gateway", ["CLOUD_KEY"], None)
+    assert unknown.status == "warn"
+
+
+def test_manager_environment_names_never_keeps_values() -> None:
+    class Fake(UserManager):
+        def systemctl(self, *args: str, check: bool = True, timeout: float = 90) -> CommandResult:
+            assert args == ("show-environment",)
+            return CommandResult(0, "PATH=/usr/bin\nCLOUD_KEY=sk-secret\n", "")
+
+    assert Fake(env={}).environment_names() == {"PATH", "CLOUD_KEY"}
