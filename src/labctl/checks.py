@@ -234,10 +234,11 @@ def _endpoints(src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:
 
 
 # What LiteLLM reads in each pass-through place, and the keys there labctl writes itself
-# from a typed field (setting them again would silently override a checked value).
+# from a typed field (setting them again would silently override a checked value), with that
+# field, or None where labctl always sets the key itself.
 PASSTHROUGH = {
     "litellm_settings": (litellm_keys.LITELLM_SETTINGS, {
-        "drop_params": "(always true: labctl's backends take only the OpenAI parameters they know)",
+        "drop_params": None,  # always true: labctl's backends take only the OpenAI parameters they know
         "callbacks": "prometheus_metrics", "require_auth_for_metrics_endpoint": "prometheus_metrics",
         "cache": "cache", "cache_params": "cache"}),
     "router_settings": (litellm_keys.ROUTER_SETTINGS, {
@@ -269,8 +270,10 @@ def _passthrough(src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:
         for key, value in values.items():
             here = base + loc + (key,)
             if key in owned:
-                yield src.error(here, f"{key} is set by labctl from services.{name}.{owned[key]}; set that instead"
-                                if not owned[key].startswith("(") else f"{key} is set by labctl {owned[key]}")
+                field = owned[key]
+                yield src.error(here, f"{key} is set by labctl from services.{name}.{field}; set that instead"
+                                if field else f"{key} is set by labctl (always true: labctl's backends take only "
+                                              "the OpenAI parameters they know)")
                 continue
             if key not in valid:
                 close = difflib.get_close_matches(key, sorted(valid), n=1)

@@ -57,7 +57,7 @@ from labctl.checks import CATCH_ALL
 from labctl.errors import OperationFailed
 from labctl.inventory import Inventory, LiteLLM
 from labctl.proc import CommandFailed, CommandTimeout, run_cmd
-from labctl.render.gateway import base_url, config
+from labctl.render.gateway import base_url, route_params
 
 __all__ = [
     "FORCED_FAILURE_MESSAGES",
@@ -140,7 +140,7 @@ def check_gateway(inv: Inventory, key: str, *, timeout: float = 60) -> list[Rout
     # trust_env=False: a proxy from the environment must never see the key or loopback traffic.
     with httpx.Client(base_url=url, timeout=timeout, trust_env=False,
                       headers={"Authorization": f"Bearer {key}"}) as client:
-        bases = {m["model_name"]: m["litellm_params"].get("api_base") for m in config(inv, gw)["model_list"]}
+        bases = {route.name: route_params(inv, gw, route).get("api_base") for route in gw.routes}
         probe = _Probe(client, url, key, services, bases)
         for route in gw.routes:
             results.append(probe.ask("route", route.name, None, {}))
