@@ -17,13 +17,13 @@ from pathlib import Path
 
 from labctl import fsio, generations, secrets
 from labctl.doctor import failures, run_doctor
-from labctl.errors import HostNotReady, MultiLineFailure, OperationFailed
+from labctl.errors import HostNotReady, MultiLineFailure, OperationFailed, UsageError
 from labctl.inventory import Inventory, unit_name
 from labctl.layout import UNIT_DIR, Layout
 from labctl.load import Loaded, load_inventory
 from labctl.lock import host_lock
 from labctl.plan import Plan, UnitState, make_plan, read_installed, start_order
-from labctl.probes import Readiness, probe_all, wait_ready
+from labctl.probes import Readiness, probe, probe_all, wait_ready
 from labctl.proc import CommandFailed
 from labctl.provision import provision
 from labctl.render import render_all
@@ -76,7 +76,7 @@ class Host:
     def unit_states(self, installed: dict[str, str]) -> dict[str, UnitState]:
         """What the manager says about every unit a plan can touch: the inventory's, and
         the installed ones it may have to remove."""
-        units = sorted({unit_name(n) for n in self.inv.enabled()} | set(self.installed_units(installed)))
+        units = sorted({unit_name(n) for n in self.inv.managed()} | set(self.installed_units(installed)))
         return {u: f.state for u, f in self.manager.show(units).items()}
 
 
@@ -151,7 +151,7 @@ def execute(host: Host, plan: Plan, rendered: dict[str, str], say: Say, report: 
             host.manager.stop(action.unit)
         elif action.verb == "disable" and action.unit:
             host.manager.disable([action.unit])
-    for name in host.inv.enabled():
+    for name in host.inv.managed():
         fsio.ensure_dir(Path(host.layout.working_directory(name)))
     for change in plan.files:
         target = host.config_root / change.path
@@ -175,6 +175,22 @@ def execute(host: Host, plan: Plan, rendered: dict[str, str], say: Say, report: 
             report.ready[by_unit[action.unit]] = {"ready": True, "seconds": result.seconds}
     if any(a.verb == "monitoring-up" for a in plan.actions):
         report.monitoring = monitoring_up(host, say)
+
+
+def check_externals(inv: Inventory, say: Say, report: Report) -> None:
+    """Probe each external service once (deep, within its ready_timeout_sec): labctl never
+    starts them, so one that does not answer is reported, not waited for or failed on; its
+    routes fall back meanwhile."""
+    for name, ext in inv.externals().items():
+        result = probe(inv, name, timeout=float(ext.ready_timeout_sec), deep=True)
+        report.ready[name] = {"ready": result.ok, "external": True, "detail": result.detail}
+        if result.ok:
+            say(f"{name}: external, answering ({result.check}: {result.detail})")
+        else:
+            owner = (f"systemctl{' --user' if ext.unit_scope == 'user' else ''} start {ext.unit}"
+                     if ext.unit else "whoever runs it")
+            say(f"warning: {name} (external, not run by labctl) does not answer: {result.detail}; "
+                f"start it with {owner}; its routes fall back meanwhile")
 
 
 def monitoring_up(host: Host, say: Say) -> str:
@@ -208,8 +224,9 @@ def up(loaded: Loaded, *, say: Say, manager: UserManager | None = None, wait_loc
         plan = make_plan(inv, rendered, installed, host.unit_states(installed))
         if plan.empty:
             say("no changes: nothing to install, nothing restarted")
-            for name, result in probe_all(inv, list(inv.enabled())).items():
+            for name, result in probe_all(inv, list(inv.managed())).items():
                 report.ready[name] = {"ready": result.ok, "detail": result.detail}
+            check_externals(inv, say, report)
             return report
         applied = host.state_dir / APPLIED_INVENTORY
         gen = generations.snapshot(host.state_dir, installed,
@@ -217,6 +234,7 @@ def up(loaded: Loaded, *, say: Say, manager: UserManager | None = None, wait_loc
         report.generation = gen.number
         report.changed = True
         execute(host, plan, rendered, say, report)
+        check_externals(inv, say, report)
         # The applied inventory can hold values an operator considers private: owner only.
         fsio.atomic_write(applied, loaded.path.read_text(), mode=0o600)
     return report
@@ -228,7 +246,11 @@ def restart(loaded: Loaded, services: list[str], *, say: Say, manager: UserManag
     host = Host.of(inv, manager)
     unknown = [s for s in services if s not in inv.enabled()]
     if unknown:
-        raise OperationFailed(f"no enabled service named {', '.join(unknown)} in {loaded.path}")
+        raise UsageError(f"no enabled service named {', '.join(unknown)} in {loaded.path}")
+    external = [s for s in services if s in inv.externals()]
+    if external:
+        raise UsageError(f"{', '.join(external)}: external (kind: external); labctl never restarts a service "
+                         "it does not run")
     report = Report(changed=True)
     with host.lock(wait_lock, say):
         for name in [n for n in start_order(inv) if not services or n in services]:

@@ -17,12 +17,14 @@ from labctl import gguf_header, secretscan
 from labctl.errors import InputError
 from labctl.inventory import (
     BACKEND_KINDS,
+    External,
     Inventory,
     LiteLLM,
     LlamaCppPython,
     LlamaServer,
     Ollama,
     ServiceBase,
+    UNIT_PREFIX,
     Vllm,
 )
 from labctl.render import litellm_keys
@@ -42,13 +44,14 @@ OWNED_FLAGS = {
              "--max-model-len", "--device", "--enforce-eager"},
     "litellm": {"--host", "--port", "--config", "-c"},
     "ollama": set(),
+    "external": set(),
 }
 
 
 def cross_check(inv: Inventory, src: Source, *, check_files: bool = False) -> list[InputError]:
     errors: list[InputError] = []
     for check in (_ports, _binds, _extra_args, _environment, _pip, _gpu_layers, _llama_ctx, _vllm,
-                  _gateways, _images):
+                  _externals, _gateways, _images):
         errors.extend(check(inv, src))
     if check_files:
         errors.extend(file_problems(inv, src))
@@ -86,7 +89,7 @@ def _binds(inv: Inventory, src: Source) -> Iterator[InputError]:
     hint = "binding beyond loopback needs host.allow_public_bind: true"
     if not _is_loopback(inv.host.bind):
         yield src.error(("host", "bind"), f"{inv.host.bind} is not a loopback address; {hint}")
-    for name, svc in inv.services.items():
+    for name, svc in inv.managed(disabled=True).items():
         if svc.bind is not None and not _is_loopback(svc.bind):
             yield src.error(("services", name, "bind"), f"{svc.bind} is not a loopback address; {hint}")
 
@@ -96,7 +99,7 @@ SECRET_HINT = ("secrets must not be inline (unit files are world-readable and ar
 
 
 def _extra_args(inv: Inventory, src: Source) -> Iterator[InputError]:
-    for name, svc in inv.services.items():
+    for name, svc in inv.managed(disabled=True).items():
         owned = OWNED_FLAGS[svc.kind]  # type: ignore[attr-defined]
         for i, arg in enumerate(svc.extra_args):
             flag = arg.split("=", 1)[0]
@@ -118,7 +121,7 @@ def _secret_env(values: dict[str, str], loc: tuple, hint: str = SECRET_HINT) -> 
 
 
 def _environment(inv: Inventory, src: Source) -> Iterator[InputError]:
-    for name, svc in inv.services.items():
+    for name, svc in inv.managed(disabled=True).items():
         base = ("services", name, "environment")
         for loc, message in _secret_env(svc.environment, base):
             yield src.error(loc, message)
@@ -177,6 +180,18 @@ def _vllm(inv: Inventory, src: Source) -> Iterator[InputError]:
             yield src.error(("services", name, "device"),
                             "device: cpu needs cpu_kv_cache_gib (GiB of RAM for the KV cache); without it "
                             "vLLM reserves gpu_memory_utilization of all RAM and refuses to start")
+
+
+def _externals(inv: Inventory, src: Source) -> Iterator[InputError]:
+    for name, svc in inv.services.items():
+        if not isinstance(svc, External):
+            continue
+        if svc.unit and svc.unit_scope == "user" and svc.unit.startswith(UNIT_PREFIX):
+            yield src.error(("services", name, "unit"), f"{svc.unit} is a unit labctl itself runs; an external "
+                                                        "service is one labctl does not run")
+        for i, model in enumerate(svc.models):
+            if svc.models.index(model) != i:
+                yield src.error(("services", name, "models", i), f"{model!r} is listed twice")
 
 
 def _backend_model(svc: ServiceBase) -> str | None:
@@ -377,9 +392,12 @@ def _routes(inv: Inventory, src: Source, name: str, gw: LiteLLM) -> Iterator[Inp
             continue
         if not backend.enabled:
             yield src.error(loc + ("service",), f"service {route.service!r} is disabled")
-        if isinstance(backend, Ollama):
+        if isinstance(backend, External) and route.model is None and len(backend.models) == 1:
+            continue  # the one model it serves
+        if isinstance(backend, (Ollama, External)):
             if route.model is None:
-                yield src.error(loc, "an ollama route needs 'model' (one of the service's models)")
+                yield src.error(loc, f"a route to {backend.kind} service {route.service!r} needs 'model' "
+                                     "(one of the service's models)")
             elif route.model not in backend.models:
                 yield src.error(loc + ("model",), f"{route.model!r} is not in services.{route.service}.models "
                                                   f"({', '.join(backend.models)})")
@@ -468,9 +486,7 @@ def file_problems(inv: Inventory, src: Source) -> list[InputError]:
 def _files(inv: Inventory, src: Source) -> Iterator[InputError]:
     host = inv.host
     models_dir = Path(host.expand(host.models_dir))
-    for name, svc in inv.services.items():
-        if not svc.enabled:
-            continue
+    for name, svc in inv.managed().items():
         base = ("services", name)
         binary = getattr(svc, "binary", None)
         if binary is not None:

@@ -67,6 +67,16 @@ def status_table(report: StatusReport) -> Table:
                       plain(_uptime(s.uptime_sec)), plain(f"{s.bind}:{s.port}"),
                       plain(probe_text, "green" if probe["ok"] else "red"), plain(s.model or "-"),
                       plain("-") if s.drift == "none" else plain(s.drift, "yellow"))
+    from labctl.status import endpoint_host
+
+    for e in report.endpoints:
+        if e.probe is None:
+            reach = plain("not asked (--endpoints)", "dim")
+        else:
+            reach = plain(f"{'ok' if e.probe['ok'] else 'FAIL'} {e.probe['latency_ms']:.0f}ms {e.probe['detail']}",
+                          "green" if e.probe["ok"] else "red")
+        table.add_row(plain(e.name), plain("endpoint"), plain(e.provider), *(plain("-") for _ in range(4)),
+                      plain(endpoint_host(e)), reach, plain(", ".join(e.routes) or "-"), plain("-"))
     containers = report.monitoring.get("containers") or []
     for c in containers:  # type: ignore[union-attr]
         table.add_row(plain(c.get("service")), plain("container"), plain(f"{c.get('state')}/{c.get('health') or '-'}"),

@@ -24,6 +24,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("services.NAME, kind: llama-server", inv.LlamaServer),
     ("services.NAME, kind: vllm", inv.Vllm),
     ("services.NAME, kind: litellm", inv.LiteLLM),
+    ("services.NAME, kind: external", inv.External),
     ("runtime", inv.Runtime),
     ("endpoints.NAME", inv.Endpoint),
     ("routes[]", inv.Route),

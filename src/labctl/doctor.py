@@ -117,7 +117,7 @@ _MONITORING_PROCS = ("prometheus", "grafana", "grafana-server", "node_exporter",
 
 def port_checks(inv: Inventory) -> list[Check]:
     taken = listeners()
-    wanted: list[tuple[str, int, str | None]] = [(n, s.port, unit_name(n)) for n, s in inv.enabled().items()]
+    wanted: list[tuple[str, int, str | None]] = [(n, s.port, unit_name(n)) for n, s in inv.managed().items()]
     mon = inv.monitoring
     if mon.enabled:
         wanted += [("prometheus", mon.prometheus.port, None), ("grafana", mon.grafana.port, None)]
@@ -138,6 +138,17 @@ def port_checks(inv: Inventory) -> list[Check]:
             who = ", ".join(f"{shown(p)} (pid {pid})" if pid else "a process of another user" for p, pid in holders)
             out.append(Check(f"port {port}", "fail", f"{name} needs it, but {who} listens there",
                              f"stop that process or change services.{name}.port"))
+    for name, ext in inv.externals().items():
+        # An external service's port is expected to be taken: by it.
+        holders = taken.get(ext.port, [])
+        if holders:
+            who = ", ".join(shown(p) if pid else "a process of another user" for p, pid in holders)
+            out.append(Check(f"port {ext.port}", "ok", f"held by {who}: {name} (external), as expected"))
+        else:
+            start = (f"systemctl{' --user' if ext.unit_scope == 'user' else ''} start {ext.unit}" if ext.unit
+                     else f"start {name} the way its owner does")
+            out.append(Check(f"port {ext.port}", "warn", f"nothing listens for {name} (external; labctl does not "
+                             "start it): its routes fail over until it runs", start))
     return out
 
 
@@ -179,7 +190,7 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
     for name in provisioned:
         out.append(Check(f"services.{name}.runtime", "ok", "provisioned by labctl up (pinned pip specs)"))
 
-    for name in inv.enabled():
+    for name in inv.managed():
         wd = Path(layout.working_directory(name))
         out.append(Check(f"{name} working directory", "ok", f"{wd} exists") if wd.is_dir() else
                    Check(f"{name} working directory", "warn", f"{wd} does not exist yet",

@@ -103,6 +103,14 @@ def _check_bind(value: str) -> str:
     return value
 
 
+def _check_reach_addr(value: str) -> str:
+    """An address to connect to: a bind address, but not the unspecified one."""
+    _check_bind(value)
+    if ipaddress.ip_address(value).is_unspecified:
+        raise ValueError(f"{value} is where a server listens, not an address to reach; use 127.0.0.1 (or ::1)")
+    return value
+
+
 def _check_text(value: str) -> str:
     """Free text that lands in a unit file (Description=)."""
     _check_text_safe(value)
@@ -190,6 +198,7 @@ def _check_host_name(value: str) -> str:
 # What docs/inventory.md says of each checked string type (labctl.docgen).
 for _check, _doc in ((_check_path, "absolute or `~/` path"), (_check_abs_path, "absolute path"),
                      (_check_exec_path, "absolute or `~/` path, no quotes or `\\`"), (_check_bind, "IP address, no scope id"),
+                     (_check_reach_addr, "IP address, not 0.0.0.0 or ::"),
                      (_check_text, "one line of text, no edge spaces or trailing `\\`"),
                      (_check_model_name, "model name (letters, digits, `._:/@+-`)"),
                      (_check_llama_model, "`current`, a path, or a file in models_dir"),
@@ -202,6 +211,7 @@ PathStr = Annotated[str, AfterValidator(_check_path)]
 AbsPath = Annotated[str, AfterValidator(_check_abs_path)]
 ExecPath = Annotated[str, AfterValidator(_check_exec_path)]
 BindAddr = Annotated[str, AfterValidator(_check_bind)]
+ReachAddr = Annotated[str, AfterValidator(_check_reach_addr)]
 Text = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_check_text)]
 ModelName = Annotated[str, AfterValidator(_check_model_name)]
 Word = Annotated[str, AfterValidator(_check_word)]
@@ -286,17 +296,24 @@ class Host(Strict):
         return str(PurePosixPath(self.expand(self.models_dir)) / self.current_link)
 
 
-class ServiceBase(Strict):
+class Listener(Strict):
+    """What every service has, run by labctl or not: a port it answers on."""
+
     enabled: bool = True
     port: Port
-    bind: BindAddr | None = None
     description: Text | None = None
+    # Deadline for readiness after (re)start. Model loads dominate, so it is per service.
+    ready_timeout_sec: Annotated[int, Field(ge=1, le=7200)] = 120
+
+
+class ServiceBase(Listener):
+    """A service labctl runs as a systemd user unit."""
+
+    bind: BindAddr | None = None
     extra_args: list[Word] = []
     environment: dict[EnvName, Word] = {}
     environment_files: list[PathStr] = []
     restart: RestartPolicy | None = None
-    # Deadline for readiness after (re)start. Model loads dominate, so it is per service.
-    ready_timeout_sec: Annotated[int, Field(ge=1, le=7200)] = 120
 
 
 class Runtime(Strict):
@@ -379,6 +396,32 @@ class Vllm(ServiceBase):
     # The model is a local directory or already cached: run with the hub switched off.
     offline: bool = False
     ready_timeout_sec: Annotated[int, Field(ge=1, le=7200)] = 600
+
+
+class External(Listener):
+    """A model server on this host that labctl routes to, probes and shows in ``status``,
+    but never installs, starts, stops or restarts: the distribution's ``ollama.service``, a
+    llama-server someone else runs. Its port is expected to be taken."""
+
+    kind: Literal["external"]
+    # What it speaks: Ollama's API (routes use ollama_chat/), or the OpenAI API (llama.cpp's
+    # servers, vLLM, ...; routes use openai/ and api_base .../v1).
+    api: Literal["ollama", "openai"]
+    # Where labctl reaches it on this host (host.bind when unset). labctl binds nothing
+    # here, so the loopback rule does not apply; what it listens on is its owner's business.
+    address: ReachAddr | None = None
+    # The model names it serves: routes name one of them, the probe checks it lists them.
+    models: Annotated[list[ModelName], Field(min_length=1)]
+    # The systemd unit that runs it, if any, for `labctl status` to show (read, never changed).
+    unit: Annotated[str, Field(pattern=r"^[A-Za-z0-9:_.@-]{1,240}\.service$")] | None = None
+    # Which manager runs that unit: the system's (an Ollama package's ollama.service) or
+    # this user's.
+    unit_scope: Literal["system", "user"] = "system"
+    # Its Prometheus endpoint, if it has one (llama-server --metrics: /metrics); unset, it is
+    # not scraped.
+    metrics_path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_.-]{0,200}$")] | None = None
+    # How long `labctl up`'s one probe of it may take (it is probed, never waited for).
+    ready_timeout_sec: Annotated[int, Field(ge=1, le=7200)] = 30
 
 
 def _check_api_base(value: str) -> str:
@@ -492,9 +535,9 @@ class LiteLLM(ServiceBase):
         return refs + [e.api_key for e in self.endpoints.values() if e.api_key is not None]
 
 
-Service = Annotated[Union[Ollama, LlamaCppPython, LlamaServer, Vllm, LiteLLM], Field(discriminator="kind")]
-KINDS = ("ollama", "llama-cpp-python", "llama-server", "vllm", "litellm")
-BACKEND_KINDS = ("ollama", "llama-cpp-python", "llama-server", "vllm")
+Service = Annotated[Union[Ollama, LlamaCppPython, LlamaServer, Vllm, LiteLLM, External], Field(discriminator="kind")]
+KINDS = ("ollama", "llama-cpp-python", "llama-server", "vllm", "litellm", "external")
+BACKEND_KINDS = ("ollama", "llama-cpp-python", "llama-server", "vllm", "external")
 
 
 # A Docker image reference with a tag (and optionally a digest), in the reference grammar's
@@ -553,10 +596,24 @@ class Inventory(Strict):
     services: dict[Annotated[str, Field(pattern=NAME_RE)], Service]
     monitoring: Monitoring = Monitoring()
 
-    def enabled(self) -> dict[str, ServiceBase]:
+    def enabled(self) -> dict[str, Listener]:
+        """Every enabled service, run here or external: what is routed to, probed, shown."""
         return {name: svc for name, svc in self.services.items() if svc.enabled}
 
-    def bind_of(self, svc: ServiceBase) -> str:
+    def managed(self, *, disabled: bool = False) -> dict[str, ServiceBase]:
+        """The enabled services labctl runs, one systemd user unit each (with ``disabled``,
+        the disabled ones too)."""
+        return {name: svc for name, svc in self.services.items()
+                if (svc.enabled or disabled) and isinstance(svc, ServiceBase)}
+
+    def externals(self) -> dict[str, External]:
+        return {name: svc for name, svc in self.services.items() if svc.enabled and isinstance(svc, External)}
+
+    def bind_of(self, svc: Listener) -> str:
+        """The address a service listens on (an external one: where labctl reaches it)."""
+        if isinstance(svc, External):
+            return svc.address or self.host.bind
+        assert isinstance(svc, ServiceBase)
         return svc.bind or self.host.bind
 
     def restart_of(self, svc: ServiceBase) -> RestartPolicy:

@@ -87,8 +87,9 @@ def _diff(path: str, old: str | None, new: str | None) -> str:
 
 
 def start_order(inv: Inventory) -> list[str]:
-    """Enabled services in start order: backends first, then what depends on them."""
-    names = list(inv.enabled())
+    """The services labctl runs, in start order: backends first, then what depends on
+    them. External services are never started, so never in it."""
+    names = list(inv.managed())
     return sorted(names, key=lambda n: (isinstance(inv.services[n], LiteLLM), n))
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from labctl import secrets
-from labctl.inventory import Inventory, LiteLLM, LlamaCppPython, LlamaServer, Ollama, ServiceBase, Vllm
+from labctl.inventory import External, Inventory, Listener, LiteLLM, LlamaCppPython, LlamaServer, Ollama, Vllm
 from labctl.render.gateway import base_url
 
 
@@ -85,7 +85,33 @@ def _one_token(p: _Probe, url: str, model: str) -> ProbeResult | None:
     return None
 
 
-def _probe(inv: Inventory, name: str, svc: ServiceBase, p: _Probe, deep: bool) -> ProbeResult:
+def _ollama_tags(p: _Probe, url: str, models: list[str]) -> ProbeResult:
+    resp = p.get(f"{url}/api/version")
+    if resp.status_code != 200:
+        return p.result(False, f"/api/version answered HTTP {resp.status_code}")
+    resp = p.get(f"{url}/api/tags")
+    if resp.status_code != 200:
+        return p.result(False, f"/api/tags answered HTTP {resp.status_code}")
+    have = {m.get("name") for m in resp.json().get("models", [])}
+    missing = [m for m in models if m not in have]
+    if missing:
+        return p.result(True, f"ready; models not pulled: {', '.join(missing)}")
+    return p.result(True, "ready")
+
+
+def _openai_models(p: _Probe, url: str, models: list[str]) -> ProbeResult | None:
+    """None when /v1/models lists every one of ``models``."""
+    resp = p.get(f"{url}/v1/models")
+    if resp.status_code != 200:
+        return p.result(False, f"/v1/models answered HTTP {resp.status_code}")
+    ids = [m.get("id") for m in resp.json().get("data", [])]
+    missing = [m for m in models if m not in ids]
+    if missing:
+        return p.result(False, f"serves {ids}, not {', '.join(map(repr, missing))}")
+    return None
+
+
+def _probe(inv: Inventory, name: str, svc: Listener, p: _Probe, deep: bool) -> ProbeResult:
     url = base_url(inv, svc)
     if isinstance(svc, LlamaServer):
         resp = p.get(f"{url}/health")
@@ -102,27 +128,19 @@ def _probe(inv: Inventory, name: str, svc: ServiceBase, p: _Probe, deep: bool) -
             if resp.status_code != 200:
                 return p.result(False, f"/health answered HTTP {resp.status_code}")
         served = svc.alias if isinstance(svc, LlamaCppPython) else svc.served_model_name
-        resp = p.get(f"{url}/v1/models")
-        if resp.status_code != 200:
-            return p.result(False, f"/v1/models answered HTTP {resp.status_code}")
-        ids = [m.get("id") for m in resp.json().get("data", [])]
-        if served not in ids:
-            return p.result(False, f"serves {ids}, not {served!r}")
+        if bad := _openai_models(p, url, [served]):
+            return bad
         # vLLM: only a token proves the engine behind the API server can serve.
         if (deep or isinstance(svc, Vllm)) and (bad := _one_token(p, url, served)):
             return bad
         return p.result(True, "ready")
-    if isinstance(svc, Ollama):
-        resp = p.get(f"{url}/api/version")
-        if resp.status_code != 200:
-            return p.result(False, f"/api/version answered HTTP {resp.status_code}")
-        resp = p.get(f"{url}/api/tags")
-        if resp.status_code != 200:
-            return p.result(False, f"/api/tags answered HTTP {resp.status_code}")
-        have = {m.get("name") for m in resp.json().get("models", [])}
-        missing = [m for m in svc.models if m not in have]
-        if missing:
-            return p.result(True, f"ready; models not pulled: {', '.join(missing)}")
+    if isinstance(svc, Ollama) or (isinstance(svc, External) and svc.api == "ollama"):
+        return _ollama_tags(p, url, list(svc.models))
+    if isinstance(svc, External):
+        if bad := _openai_models(p, url, list(svc.models)):
+            return bad
+        if deep and (bad := _one_token(p, url, svc.models[0])):
+            return bad
         return p.result(True, "ready")
     if isinstance(svc, LiteLLM):
         resp = p.get(f"{url}/health/liveliness")

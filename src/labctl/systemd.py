@@ -92,6 +92,17 @@ def parse_show(output: str, units: Sequence[str]) -> dict[str, UnitFacts]:
     return facts
 
 
+def show_units(units: Sequence[str], *, user: bool, env: dict[str, str] | None = None) -> dict[str, UnitFacts]:
+    """Facts about units of either manager, read only (``systemctl show`` needs no
+    privilege): how labctl looks at a unit it does not run."""
+    if not units:
+        return {}
+    scope = ["--user"] if user else []
+    res = run_cmd(["systemctl", *scope, "show", "--property=" + ",".join(SHOW_PROPERTIES), *units],
+                  timeout=30, env=env)
+    return parse_show(res.stdout, units)
+
+
 class UserManager:
     """``systemctl --user`` / ``journalctl --user`` for the current user."""
 
@@ -127,10 +138,7 @@ class UserManager:
         return {line.split("=", 1)[0] for line in res.stdout.splitlines() if "=" in line}
 
     def show(self, units: Sequence[str]) -> dict[str, UnitFacts]:
-        if not units:
-            return {}
-        res = self.systemctl("show", "--property=" + ",".join(SHOW_PROPERTIES), *units, timeout=30)
-        return parse_show(res.stdout, units)
+        return show_units(units, user=True, env=self.env)
 
     def daemon_reload(self) -> None:
         self.systemctl("daemon-reload")

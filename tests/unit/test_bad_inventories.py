@@ -54,10 +54,10 @@ CASES: list[tuple[str, str, str]] = [
      "9: services.native.port: input should be less than or equal to 65535"),
     ("unknown-kind", edit(("kind: llama-server", "kind: llama-srv")),
      "6: services.native: unknown service kind 'llama-srv'; expected one of: ollama, llama-cpp-python, "
-     "llama-server, vllm, litellm"),
+     "llama-server, vllm, litellm, external"),
     ("missing-kind", edit(("    kind: llama-server\n", "")),
      "6: services.native: service needs a 'kind' (one of: ollama, llama-cpp-python, llama-server, vllm, "
-     "litellm)"),
+     "litellm, external)"),
     ("missing-alias", edit(("    alias: native\n", "")), "6: services.native.alias: required key is missing"),
     ("bad-service-name", edit(("  native:\n", "  Native_1:\n")),
      "6: services.Native_1: 'Native_1' is not allowed here (must match ^[a-z0-9][a-z0-9-]{0,39}$)"),
@@ -184,7 +184,7 @@ CASES: list[tuple[str, str, str]] = [
      "32: services.gateway.routes[1]: a route to an endpoint needs 'model' (the model name the provider knows)"),
     ("ollama-route-without-model", with_service("  local:\n    kind: ollama\n    models: [llama3.1]\n",
                                                 edit(("        service: bindings", "        service: local"))),
-     "28: services.gateway.routes[1]: an ollama route needs 'model' (one of the service's models)"),
+     "28: services.gateway.routes[1]: a route to ollama service 'local' needs 'model' (one of the service's models)"),
     ("ollama-host-env", with_service("  local:\n    kind: ollama\n    models: [x]\n"
                                      "    environment: {OLLAMA_HOST: 0.0.0.0}\n"),
      "35: services.local.environment.OLLAMA_HOST: OLLAMA_HOST is set by labctl from bind and port"),

@@ -6,9 +6,11 @@ import os
 import re
 from pathlib import Path
 
+import yaml
+
 from labctl.docgen import reference
 from labctl.load import load_inventory
-from labctl.render import gateway
+from labctl.render import gateway, render_all
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "inventory.md"
@@ -36,3 +38,22 @@ def test_the_mixed_gateway_example_validates() -> None:
     gw = inv.services["gateway"]
     assert [r.endpoint for r in gw.routes].count("ollama-cloud") == 2 and "*" in gw.fallbacks
     assert gateway.render_gateway(inv)
+
+
+def test_the_external_backend_example_validates() -> None:
+    """docs/inventory.md's external Ollama, in place of the root inventory's own: no unit
+    for it, the gateway still routes to it, and the unit is not ordered after it."""
+    doc = DOC.read_text()
+    section = doc[doc.index("## Backends labctl does not run"):doc.index("## A mixed local and cloud gateway")]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    root = (ROOT / "inventory.yaml").read_text()
+    start, end = root.index("  ollama:\n"), root.index("  llama-cpp:\n")
+    inv = load_inventory("inventory.yaml", text=root[:start] + example + "\n" + root[end:]).inventory
+    assert inv.services["ollama"].kind == "external" and "ollama" not in inv.managed()
+    files = render_all(inv)
+    assert "systemd/user/labctl-ollama.service" not in files
+    assert "labctl-ollama" not in files["systemd/user/labctl-gateway.service"]
+    cfg = yaml.safe_load(files["labctl/litellm/config.yaml"])
+    ollama_routes = [m["litellm_params"] for m in cfg["model_list"]
+                     if m["litellm_params"]["api_base"] == "http://127.0.0.1:11434"]
+    assert ollama_routes and all(p["model"].startswith("ollama_chat/") for p in ollama_routes)

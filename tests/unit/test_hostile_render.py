@@ -69,12 +69,16 @@ FULL = {
         "ollama": {"kind": "ollama", "bind": "127.0.0.1", "binary": "/usr/local/bin/ollama", "port": 11434, "models": ["llama3.1:8b"],
                    "description": "ollama", "environment": {"OLLAMA_KEEP_ALIVE": "5m"},
                    "extra_args": ["--verbose"], "environment_files": ["~/.config/ollama.env"]},
+        "theirs": {"kind": "external", "api": "openai", "address": "127.0.0.1", "port": 8090, "models": ["theirs"],
+                   "description": "someone else's llama-server", "unit": "theirs-llama.service",
+                   "metrics_path": "/metrics"},
         "gateway": {"kind": "litellm", "bind": "127.0.0.1", "runtime": {"python": "/opt/litellm/bin/python"}, "port": 4000,
                     "description": "gateway", "extra_args": ["--num_workers", "1"],
                     "environment": {"LITELLM_LOG": "ERROR"}, "environment_files": ["~/.config/gw.env"],
                     "master_key": {"env_file": "~/.config/labctl/secrets/litellm.env", "var": "LITELLM_MASTER_KEY",
                                    "generate": True},
                     "routes": [{"name": "native", "service": "native"},
+                               {"name": "theirs", "service": "theirs"},
                                {"name": "bindings", "service": "bindings", "model": "bindings"},
                                {"name": "coder", "service": "coder"},
                                {"name": "llama3.1:8b", "service": "ollama", "model": "llama3.1:8b"},
@@ -99,7 +103,11 @@ FULL = {
 # Strings that are not rendered into any file (pip's argv and environment at provision
 # time; kinds are discriminators; a name labctl only compares). They are still mutated:
 # the refuse-or-accept half of the property holds for them too.
-NOT_RENDERED = {"pip", "pip_env", "kind", "service", "endpoint", "dtype", "quantization", "device", "user", "restart"}
+NOT_RENDERED = {"pip", "pip_env", "kind", "service", "endpoint", "dtype", "quantization", "device", "user", "restart",
+                "api"}
+# An external service has no unit: its description and the unit that runs it are shown by
+# `labctl status` only.
+NOT_RENDERED_AT = {("services", "theirs", "description"), ("services", "theirs", "unit")}
 
 
 def string_leaves(node: Any, loc: tuple = ()) -> list[tuple]:
@@ -186,7 +194,7 @@ def test_every_string_field_of_the_schema_is_exercised() -> None:
     field the schema has, or a new field would go untested."""
     covered = {model_field_of(loc) for loc in LEAVES}
     literal_only = {"Ollama.kind", "LlamaCppPython.kind", "LlamaServer.kind", "Vllm.kind", "LiteLLM.kind",
-                    "RedisCache.type"}
+                    "External.kind", "External.api", "External.unit_scope", "RedisCache.type"}
     missing = schema_string_fields(schema.Inventory) - covered - literal_only
     assert not missing, f"string fields not in FULL: {sorted(missing)}"
 
@@ -326,6 +334,13 @@ def expected_forms(inv: schema.Inventory, loc: tuple, value: str) -> list[str]:
         forms.append(inv.model_path(inv.services[loc[1]]))  # type: ignore[arg-type]
     if loc[-1] in ("env", "var"):
         forms.append(f"os.environ/{value}")
+    if loc[:3] == ("services", "gateway", "routes") and loc[-1] == "model":
+        # LiteLLM's model string: the provider's prefix, then the model.
+        forms += [f"{prefix}/{value}" for prefix in ("openai", "ollama_chat")]
+    if loc[:3] == ("services", "theirs", "models"):
+        forms.append(f"openai/{value}")
+    if loc == ("services", "theirs", "address"):
+        forms.append(f"http://{value}:8090/v1" if ":" not in value else f"http://[{value}]:8090/v1")
     if loc[-1] == "bind":
         forms.append(f"http://{value}:8080" if ":" not in value else f"http://[{value}]:8080")
     return forms
@@ -371,7 +386,8 @@ def check_one(tmp: Path, loc: tuple, value: str) -> None:
     assert structure == base_structure(), f"{loc}={value!r} changed the structure of a rendered file"
     said = get_at(loaded.inventory, loc)
     assert isinstance(said, str)
-    if loc[-2:-1] == ("pip_env",) or loc[-1] in NOT_RENDERED or (len(loc) > 1 and loc[-2] in NOT_RENDERED):
+    if (loc[-2:-1] == ("pip_env",) or loc[-1] in NOT_RENDERED or (len(loc) > 1 and loc[-2] in NOT_RENDERED)
+            or loc in NOT_RENDERED_AT):
         if loc[-2:-1] == ("pip_env",) and len(said) >= 4:
             base_text = "\n".join(base_files().values())
             assert said in base_text or not any(said in text for text in files.values()), \

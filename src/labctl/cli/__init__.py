@@ -249,12 +249,15 @@ def rollback(
 def status(
     inventory: InventoryOpt = Path("inventory.yaml"),
     probe_timeout: Annotated[float, typer.Option(help="Seconds each probe may take.")] = 3.0,
+    endpoints: Annotated[bool, typer.Option(
+        "--endpoints", help="Also ask whether the gateway's remote endpoints are reachable (never sends a key).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """One table: unit state, restarts, PID, memory, uptime, port, probe, model, drift."""
     from labctl.status import gather
 
-    report = gather(_load(inventory).inventory, probe_timeout=probe_timeout)
+    report = gather(_load(inventory).inventory, probe_timeout=probe_timeout, endpoints=endpoints)
     if as_json:
         emit_json(report.as_dict())
     else:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labctl import templates
-from labctl.inventory import Inventory, LiteLLM, LlamaCppPython, LlamaServer, Ollama, Vllm
+from labctl.inventory import External, Inventory, LiteLLM, LlamaCppPython, LlamaServer, Ollama, Vllm
 from labctl.layout import Layout
 from labctl.render import encode
 from labctl.render.gateway import reach
@@ -64,6 +64,12 @@ def scrape_jobs(inv: Inventory) -> tuple[list[Job], list[str]]:
             notes.append(f"{name}: llama-cpp-python has no /metrics; `labctl status` probes it")
         elif isinstance(svc, Ollama):
             notes.append(f"{name}: Ollama has no native /metrics; `labctl status` probes /api/version")
+        elif isinstance(svc, External):
+            if svc.metrics_path:
+                # One job each: a job has one metrics path.
+                add(f"external-{name}", svc.metrics_path, address, service=name, kind=svc.kind)
+            else:
+                notes.append(f"{name}: external, without metrics_path, not scraped; `labctl status` probes it")
     return list(jobs.values()), notes
 
 
@@ -126,6 +132,8 @@ def backend_panels(inv: Inventory) -> list[tuple[str, str, list[tuple[str, str, 
                                       f"(rate(vllm:e2e_request_latency_seconds_bucket{{{sel}}}[5m])))", "s"),
                       ("Tokens/s generated", f"rate(vllm:generation_tokens_total{{{sel}}}[5m])", "none"),
                       restarts]
+        elif isinstance(svc, External) and svc.metrics_path:
+            panels = [up, restarts]
         elif isinstance(svc, LiteLLM) and svc.prometheus_metrics:
             panels = [up,
                       ("Request rate by route", f"sum by (requested_model) (rate({LITELLM_REQUESTS}{{{sel}}}[5m]))",

@@ -100,8 +100,9 @@ def dependencies(inv: Inventory, svc: ServiceBase) -> list[str]:
     """Units this one starts after: a gateway after the backends its routes use."""
     if not isinstance(svc, LiteLLM):
         return []
-    deps = dict.fromkeys(r.service for r in svc.routes if r.service is not None and r.service in inv.services
-                         and inv.services[r.service].enabled)
+    # An external backend is no unit of this manager: nothing to order against.
+    managed = inv.managed()
+    deps = dict.fromkeys(r.service for r in svc.routes if r.service is not None and r.service in managed)
     return [unit_name(d) for d in deps]
 
 
@@ -141,4 +142,4 @@ def render_unit(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> 
 
 
 def render_units(inv: Inventory, layout: Layout) -> dict[str, str]:
-    return {layout.unit(name): render_unit(inv, name, svc, layout) for name, svc in inv.enabled().items()}
+    return {layout.unit(name): render_unit(inv, name, svc, layout) for name, svc in inv.managed().items()}
