@@ -177,6 +177,26 @@ def execute(host: Host, plan: Plan, rendered: dict[str, str], say: Say, report: 
         report.monitoring = monitoring_up(host, say)
 
 
+def validate_gateway_config(loaded: Loaded, layout: Layout, plan: Plan, rendered: dict[str, str], say: Say) -> None:
+    """A changed gateway config is shown to the gateway's own LiteLLM before it is installed
+    (``--validate_config``); a refusal stops ``up`` with nothing changed."""
+    from labctl import litellm_validate
+
+    path = layout.litellm_config
+    if not any(f.path == path and f.change != "delete" for f in plan.files):
+        return
+    for name, gw in loaded.inventory.gateways().items():
+        verdict = litellm_validate.validate(loaded.inventory, name, gw, rendered[path])
+        if verdict.refused:
+            loc = ("services", name) + litellm_validate.field_of(gw, verdict.detail)
+            raise loaded.source.error(loc, f"the gateway's LiteLLM refuses the rendered config: {verdict.detail}; "
+                                           "nothing was changed")
+        if verdict.status == "ok":
+            say(f"{name}: LiteLLM accepts the new config ({verdict.detail.removeprefix('LiteLLM: ')})")
+        else:
+            say(f"{name}: LiteLLM's own config check was not run: {verdict.detail}")
+
+
 def check_externals(inv: Inventory, say: Say, report: Report) -> None:
     """Probe each external service once (deep, within its ready_timeout_sec): labctl never
     starts them, so one that does not answer is reported, not waited for or failed on; its
@@ -222,6 +242,7 @@ def up(loaded: Loaded, *, say: Say, manager: UserManager | None = None, wait_loc
             rendered = {p: c for p, c in rendered.items() if not p.startswith(host.layout.monitoring_dir + "/")}
         installed = read_installed(host.config_root)
         plan = make_plan(inv, rendered, installed, host.unit_states(installed))
+        validate_gateway_config(loaded, host.layout, plan, rendered, say)
         if plan.empty:
             say("no changes: nothing to install, nothing restarted")
             for name, result in probe_all(inv, list(inv.managed())).items():

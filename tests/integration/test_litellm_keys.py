@@ -155,3 +155,29 @@ def test_litellm_validates_what_labctl_renders(litellm_python, tmp_path) -> None
     bad.write_text(root.replace("routing_strategy: simple-shuffle", "routing_strategy: simple-shufle"))
     proc = validate_config(litellm_python, bad, {"LITELLM_MASTER_KEY": "sk-labctl-test"})
     assert proc.returncode != 0 and "Invalid routing_strategy" in proc.stdout + proc.stderr
+
+
+def test_up_asks_the_gateways_own_litellm(litellm_python, tmp_path) -> None:
+    """labctl.litellm_validate, which `labctl up` runs before installing a changed config:
+    LiteLLM accepts the render, refuses a value only it can judge, and the refusal names
+    the inventory field. The keys' variables get placeholders; no key file is read."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from invtext import BASE
+
+    from labctl import litellm_validate
+
+    text = BASE.replace("/opt/litellm/bin/python", str(litellm_python)).replace(
+        "    fallbacks:\n      bindings: [native]\n",
+        "    fallbacks:\n      bindings: [native]\n    router_settings:\n      routing_strategy: simple-shuffle\n")
+    inv = load_inventory("inventory.yaml", text=text).inventory
+    gw = inv.services["gateway"]
+    config = gateway.render_gateway(inv)
+    assert config and "os.environ/LITELLM_MASTER_KEY" in config
+    verdict = litellm_validate.validate(inv, "gateway", gw, config)
+    assert verdict.status == "ok" and verdict.detail == "LiteLLM: config OK (2 models)", verdict
+    bad = config.replace("routing_strategy: simple-shuffle", "routing_strategy: simple-shufle")
+    verdict = litellm_validate.validate(inv, "gateway", gw, bad)
+    assert verdict.refused and "Invalid routing_strategy" in verdict.detail, verdict
+    assert litellm_validate.field_of(gw, verdict.detail) == ("router_settings", "routing_strategy")
