@@ -55,6 +55,8 @@ def test_an_external_backend_is_routed_to_and_never_touched(demo_stack: Stack, e
     res = demo_stack.labctl("up", "-i", EXT_INVENTORY)
     assert res.rc == 0, res.stdout + res.stderr
     assert "theirs: external, answering" in res.stdout + res.stderr
+    # The changed gateway config was shown to the gateway's own LiteLLM first.
+    assert "gateway: LiteLLM accepts the new config (config OK (3 models))" in res.stdout
     state, pid = external_pid(demo_stack)
     assert state == "active" and pid > 0
     assert demo_stack.run("test", "!", "-e", f"{HOME}/.config/systemd/user/labctl-theirs.service",
@@ -96,3 +98,23 @@ def test_an_external_backend_is_routed_to_and_never_touched(demo_stack: Stack, e
     assert status.rc == 1
     row = next(s for s in json_out(status)["services"] if s["service"] == "theirs")
     assert row["healthy"] is False and row["active_state"] == "inactive"
+
+
+def test_up_refuses_a_config_the_gateways_litellm_refuses(demo_stack: Stack) -> None:
+    """A value only LiteLLM can judge: every key check passes, --validate_config refuses,
+    and nothing is installed or restarted."""
+    path = f"{HOME}/bad-strategy.yaml"
+    text = demo_stack.inventory_text.replace(
+        "    num_retries: 0\n", "    num_retries: 0\n    router_settings:\n      routing_strategy: simple-shufle\n", 1)
+    demo_stack.write_inventory(text, path)
+    config = f"{HOME}/.config/labctl/litellm/config.yaml"
+    before = demo_stack.run("sha256sum", config).stdout
+    invocation = demo_stack.show("labctl-gateway.service", "InvocationID")
+    res = demo_stack.labctl("up", "-i", path)
+    assert res.rc == 2, res.stdout + res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith(f"labctl: {path}:") or line.startswith(f"{path}:"), line
+    assert "services.gateway.router_settings.routing_strategy" in line and "Invalid routing_strategy" in line
+    assert "nothing was changed" in line
+    assert demo_stack.run("sha256sum", config).stdout == before
+    assert demo_stack.show("labctl-gateway.service", "InvocationID") == invocation
