@@ -177,6 +177,8 @@ class UserManager:
         out = [line for line in res.stdout.splitlines() if line.strip() and not line.startswith("-- ")]
         return out[-lines:]
 
-    def journal_argv(self, unit: str, lines: int, follow: bool) -> list[str]:
-        argv = ["journalctl", "--user", "--unit", unit, "-n", str(lines), "--no-pager"]
+    def journal_argv(self, unit: str, lines: int, follow: bool, *, user: bool = True) -> list[str]:
+        """``user=False``: a system unit's journal (an external service's; reading it may
+        need the adm or systemd-journal group, which journalctl itself says)."""
+        argv = ["journalctl", *(["--user"] if user else []), "--unit", unit, "-n", str(lines), "--no-pager"]
         return argv + ["--follow"] if follow else argv

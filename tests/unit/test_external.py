@@ -181,3 +181,14 @@ def test_status_shows_externals_and_asks_endpoints_only_when_told() -> None:
     (endpoint,) = asked.endpoints
     assert endpoint.probe is not None and not endpoint.probe["ok"] and "unreachable" in str(endpoint.probe["detail"])
     assert not endpoint.healthy and "endpoints" in asked.as_dict()
+
+
+def test_logs_of_an_external_need_its_unit(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "inventory.yaml"
+    path.write_text(with_externals())
+    code, _, err = run(capsys, "logs", "theirs", "-i", str(path))
+    assert code == 2 and "names no unit for it (services.theirs.unit)" in err
+    from labctl.systemd import UserManager
+
+    argv = UserManager().journal_argv("ollama.service", 5, False, user=False)
+    assert argv[:3] == ["journalctl", "--unit", "ollama.service"]

@@ -274,15 +274,22 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
     lines: Annotated[int, typer.Option("--lines", "-n")] = 50,
 ) -> None:
-    """The service's journal (journalctl --user)."""
-    from labctl.inventory import unit_name
+    """The service's journal (journalctl --user; an external service's own unit's journal)."""
+    from labctl.inventory import External, unit_name
     from labctl.systemd import UserManager
 
     inv = _load(inventory).inventory
     if service not in inv.services:
         raise UsageError(f"no service named {service!r} in {inventory} (have: {', '.join(inv.services)})")
     manager = UserManager()
-    argv = manager.journal_argv(unit_name(service), lines, follow)
+    svc = inv.services[service]
+    if isinstance(svc, External):
+        if not svc.unit:
+            raise UsageError(f"{service} is external and the inventory names no unit for it "
+                             f"(services.{service}.unit): its logs are wherever its owner keeps them")
+        argv = manager.journal_argv(svc.unit, lines, follow, user=svc.unit_scope == "user")
+    else:
+        argv = manager.journal_argv(unit_name(service), lines, follow)
     sys.stdout.flush()
     os.execvpe(argv[0], argv, manager.env)
 
