@@ -22,11 +22,12 @@ from labctl.inventory import Inventory, unit_name
 from labctl.layout import UNIT_DIR, Layout
 from labctl.load import Loaded, load_inventory
 from labctl.lock import host_lock
-from labctl.plan import Plan, UnitState, make_plan, read_installed, start_order
+from labctl.plan import Plan, UnitState, make_plan, operator_drop_ins, read_installed, start_order
 from labctl.probes import Readiness, probe, probe_all, wait_ready
 from labctl.proc import CommandFailed
 from labctl.provision import provision
 from labctl.render import render_all
+from labctl.render.units import writable_paths
 from labctl.systemd import UserManager
 
 Say = Callable[[str], None]
@@ -151,8 +152,10 @@ def execute(host: Host, plan: Plan, rendered: dict[str, str], say: Say, report: 
             host.manager.stop(action.unit)
         elif action.verb == "disable" and action.unit:
             host.manager.disable([action.unit])
-    for name in host.inv.managed():
-        fsio.ensure_dir(Path(host.layout.working_directory(name)))
+    for name, svc in host.inv.managed().items():
+        # A hardened unit can write only these, and systemd refuses to start it when one is missing.
+        for path in writable_paths(host.inv, name, svc, host.layout):
+            fsio.ensure_dir(Path(path))
     for change in plan.files:
         target = host.config_root / change.path
         if change.change == "delete":
@@ -243,6 +246,9 @@ def up(loaded: Loaded, *, say: Say, manager: UserManager | None = None, wait_loc
         installed = read_installed(host.config_root)
         plan = make_plan(inv, rendered, installed, host.unit_states(installed))
         validate_gateway_config(loaded, host.layout, plan, rendered, say)
+        for unit, files in operator_drop_ins(inv, host.config_root).items():
+            say(f"{unit}: keeping operator drop-ins {', '.join(f.rsplit('/', 1)[-1] for f in files)} "
+                "(they override labctl's unit)")
         if plan.empty:
             say("no changes: nothing to install, nothing restarted")
             for name, result in probe_all(inv, list(inv.managed())).items():

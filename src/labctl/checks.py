@@ -26,6 +26,7 @@ from labctl.inventory import (
     ServiceBase,
     UNIT_PREFIX,
     Vllm,
+    mem_bytes,
 )
 from labctl.render import litellm_keys
 from labctl.render.litellm_keys import LITELLM_VERSION, PROVIDERS as LITELLM_PROVIDERS
@@ -51,7 +52,7 @@ OWNED_FLAGS = {
 def cross_check(inv: Inventory, src: Source, *, check_files: bool = False) -> list[InputError]:
     errors: list[InputError] = []
     for check in (_ports, _binds, _extra_args, _environment, _pip, _gpu_layers, _llama_ctx, _vllm,
-                  _externals, _gateways, _images):
+                  _externals, _hardening, _gateways, _images):
         errors.extend(check(inv, src))
     if check_files:
         errors.extend(file_problems(inv, src))
@@ -192,6 +193,29 @@ def _externals(inv: Inventory, src: Source) -> Iterator[InputError]:
         for i, model in enumerate(svc.models):
             if svc.models.index(model) != i:
                 yield src.error(("services", name, "models", i), f"{model!r} is listed twice")
+
+
+def _hardening(inv: Inventory, src: Source) -> Iterator[InputError]:
+    from labctl.layout import Layout
+    from labctl.render.encode import PATH_WORD_UNSAFE
+    from labctl.render.units import writable_paths
+
+    layout = Layout.of(inv)
+    for name, svc in inv.managed(disabled=True).items():
+        lim = inv.limits_of(svc)
+        if lim.memory_high and lim.memory_max and mem_bytes(lim.memory_high) > mem_bytes(lim.memory_max):
+            loc = ("services", name, "limits", "memory_high") if svc.limits and svc.limits.memory_high else \
+                ("defaults", "limits", "memory_high")
+            yield src.error(loc, f"memory_high {lim.memory_high} is above memory_max {lim.memory_max}; "
+                                 "throttling would never start before the OOM kill")
+        if not inv.hardened(svc):
+            continue
+        for path in writable_paths(inv, name, svc, layout):
+            if PATH_WORD_UNSAFE & set(path):
+                where = [("services", name, "read_write_paths", i) for i, p in enumerate(svc.read_write_paths)
+                         if inv.host.expand(p) == path] or [("host", "state_dir")]
+                yield src.error(where[0], f"{path} holds whitespace, a quote or a backslash, which a hardened unit's "
+                                          "ReadWritePaths= cannot list; rename it, or set hardening: false")
 
 
 def _backend_model(svc: ServiceBase) -> str | None:

@@ -45,6 +45,13 @@ def _uptime(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def _drift_cell(drift: str, drop_ins: int) -> Text:
+    text = plain("-") if drift == "none" else plain(drift, "yellow")
+    if drop_ins:
+        text = Text.assemble(text, " ", plain(f"+{drop_ins} drop-in{'s' if drop_ins > 1 else ''}", "cyan"))
+    return text
+
+
 def status_table(report: StatusReport) -> Table:
     table = Table(title=f"labctl status ({report.seconds:.2f}s)", title_justify="left")
     for column in ("service", "kind", "unit state", "restarts", "pid", "memory", "uptime", "listen", "probe",
@@ -66,7 +73,7 @@ def status_table(report: StatusReport) -> Table:
                       plain(restarts), plain(s.main_pid or "-"), plain(_mib(s.memory_bytes)),
                       plain(_uptime(s.uptime_sec)), plain(f"{s.bind}:{s.port}"),
                       plain(probe_text, "green" if probe["ok"] else "red"), plain(s.model or "-"),
-                      plain("-") if s.drift == "none" else plain(s.drift, "yellow"))
+                      _drift_cell(s.drift, len(s.drop_ins)))
     from labctl.status import endpoint_host
 
     for e in report.endpoints:

@@ -18,7 +18,9 @@ from labctl import inventory as inv
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("top level", inv.Inventory),
     ("host", inv.Host),
-    ("defaults (and each service's restart)", inv.RestartPolicy),
+    ("defaults (restart policy, hardening, limits)", inv.Defaults),
+    ("each service's restart", inv.RestartPolicy),
+    ("limits (defaults.limits and each service's)", inv.Limits),
     ("services.NAME, kind: ollama", inv.Ollama),
     ("services.NAME, kind: llama-cpp-python", inv.LlamaCppPython),
     ("services.NAME, kind: llama-server", inv.LlamaServer),

@@ -152,6 +152,40 @@ def port_checks(inv: Inventory) -> list[Check]:
     return out
 
 
+# Which cgroup v2 controller enforces which limit.
+LIMIT_CONTROLLERS = {"memory_max": "memory", "memory_high": "memory", "cpu_quota_percent": "cpu",
+                     "io_weight": "io", "tasks_max": "pids"}
+
+
+def delegated_controllers(uid: int, root: Path = Path("/sys/fs/cgroup")) -> set[str] | None:
+    """The cgroup v2 controllers the user's manager may use, or None on a cgroup v1 (or
+    hybrid without them) host, where a user manager enforces no limit."""
+    path = root / "user.slice" / f"user-{uid}.slice" / f"user@{uid}.service" / "cgroup.controllers"
+    try:
+        return set(path.read_text().split())
+    except OSError:
+        return None
+
+
+def limit_checks(inv: Inventory, controllers: set[str] | None) -> list[Check]:
+    """Limits a user manager cannot enforce are silently ignored by systemd: say so."""
+    out = []
+    for name, svc in inv.managed().items():
+        lim = inv.limits_of(svc)
+        wanted = sorted({c for f, c in LIMIT_CONTROLLERS.items() if getattr(lim, f) is not None})
+        if not wanted:
+            continue
+        missing = wanted if controllers is None else [c for c in wanted if c not in controllers]
+        if missing:
+            why = ("the user manager has no cgroup v2 hierarchy" if controllers is None else
+                   f"the user manager has no {', '.join(missing)} controller")
+            out.append(Check(f"{name} limits", "warn", f"not enforced here: {why}; the unit starts unlimited", "boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1) and "
+                             "delegate controllers to user@.service (Delegate=)"))
+        else:
+            out.append(Check(f"{name} limits", "ok", f"enforced by the {', '.join(wanted)} controller(s)"))
+    return out
+
+
 def _needs_gpu(inv: Inventory) -> list[str]:
     out = []
     for name, svc in inv.enabled().items():
@@ -183,6 +217,7 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
                      f"log in as {user} or enable linger; XDG_RUNTIME_DIR={runtime_dir or '(unset)'}"))
 
     out.extend(port_checks(inv))
+    out.extend(limit_checks(inv, delegated_controllers(os.getuid())))
 
     provisioned = runtimes(inv)
     for problem in checks.file_problems(inv, loaded.source):

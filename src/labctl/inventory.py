@@ -265,6 +265,43 @@ class RestartPolicy(Strict):
     stop_timeout_sec: Annotated[int, Field(ge=1, le=3600)] = 10
 
 
+# systemd's byte sizes: a number, optionally K, M, G or T (powers of 1024).
+MemSize = Annotated[str, Field(pattern=r"^[1-9][0-9]{0,12}[KMGT]?$")]
+_MEM_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def mem_bytes(size: str) -> int:
+    unit = size[-1] if size[-1] in "KMGT" else ""
+    return int(size.removesuffix(unit)) * _MEM_UNITS[unit]
+
+
+class Limits(Strict):
+    """Resource limits for a unit (systemd.resource-control). Enforced only where the user
+    manager has the cgroup v2 controllers delegated; `labctl doctor` says when not."""
+
+    # MemoryMax=: above it the kernel OOM-kills the service.
+    memory_max: MemSize | None = None
+    # MemoryHigh=: above it the service is throttled and its memory reclaimed.
+    memory_high: MemSize | None = None
+    # CPUQuota=: percent of one CPU (200 = two cores).
+    cpu_quota_percent: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    # Nice=: a user manager can only lower its services' priority (0-19).
+    nice: Annotated[int, Field(ge=0, le=19)] | None = None
+    # IOWeight=: 1-10000, 100 is the kernel's default.
+    io_weight: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    # TasksMax=: processes and threads.
+    tasks_max: Annotated[int, Field(ge=1, le=4_194_304)] | None = None
+
+
+class Defaults(RestartPolicy):
+    """The top-level ``defaults``: every service's restart policy, hardening and limits,
+    unless the service sets its own."""
+
+    # labctl's sandboxing set for every unit (docs/safety.md, "Unit hardening").
+    hardening: bool = True
+    limits: Limits = Limits()
+
+
 class Host(Strict):
     user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
     home: AbsPath | None = None
@@ -314,6 +351,13 @@ class ServiceBase(Listener):
     environment: dict[EnvName, Word] = {}
     environment_files: list[PathStr] = []
     restart: RestartPolicy | None = None
+    # The sandboxing set (defaults.hardening unless set here) and resource limits, each
+    # field overriding defaults.limits.
+    hardening: bool | None = None
+    limits: Limits | None = None
+    # More paths the service may write under the hardening's read-only file system (its
+    # working directory always is).
+    read_write_paths: list[PathStr] = []
 
 
 class Runtime(Strict):
@@ -592,7 +636,7 @@ class Monitoring(Strict):
 class Inventory(Strict):
     version: Literal[1]
     host: Host
-    defaults: RestartPolicy = RestartPolicy()
+    defaults: Defaults = Defaults()
     services: dict[Annotated[str, Field(pattern=NAME_RE)], Service]
     monitoring: Monitoring = Monitoring()
 
@@ -615,6 +659,16 @@ class Inventory(Strict):
             return svc.address or self.host.bind
         assert isinstance(svc, ServiceBase)
         return svc.bind or self.host.bind
+
+    def hardened(self, svc: ServiceBase) -> bool:
+        return self.defaults.hardening if svc.hardening is None else svc.hardening
+
+    def limits_of(self, svc: ServiceBase) -> Limits:
+        """defaults.limits, each field the service sets overriding it."""
+        if svc.limits is None:
+            return self.defaults.limits
+        own = {k: getattr(svc.limits, k) for k in svc.limits.model_fields_set}
+        return self.defaults.limits.model_copy(update=own)
 
     def restart_of(self, svc: ServiceBase) -> RestartPolicy:
         return svc.restart or self.defaults

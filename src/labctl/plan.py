@@ -77,6 +77,23 @@ def read_installed(root: Path) -> dict[str, str]:
     return fsio.read_tree(root, Layout.managed_dirs, Layout.is_managed)
 
 
+def operator_drop_ins(inv: Inventory, root: Path) -> dict[str, list[str]]:
+    """Drop-ins beside labctl's units (``<unit>.d/*.conf``, e.g. from ``systemctl --user
+    edit``): the operator's. labctl never writes, changes or deletes them; they override
+    what it renders, so plan, up and status say they are there."""
+    out: dict[str, list[str]] = {}
+    for name in inv.managed():
+        unit = unit_name(name)
+        folder = root / UNIT_DIR / f"{unit}.d"
+        try:
+            confs = sorted(p.name for p in folder.iterdir() if p.name.endswith(".conf"))
+        except OSError:
+            continue
+        if confs:
+            out[unit] = [f"{UNIT_DIR}/{unit}.d/{c}" for c in confs]
+    return out
+
+
 def _diff(path: str, old: str | None, new: str | None) -> str:
     lines = difflib.unified_diff(
         (old or "").splitlines(keepends=True), (new or "").splitlines(keepends=True),

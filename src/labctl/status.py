@@ -49,6 +49,7 @@ class ServiceStatus:
     drift: str               # "none", "changed", "not installed"
     metrics: dict[str, float] = field(default_factory=dict)
     external: bool = False   # run by someone else: no labctl unit, never started or stopped by labctl
+    drop_ins: list[str] = field(default_factory=list)  # the operator's overrides of the unit (DropInPaths)
 
     @property
     def healthy(self) -> bool:
@@ -229,7 +230,7 @@ def gather(inv: Inventory, *, manager: UserManager | None = None, probe_timeout:
             start_limit_hit=f.result == "start-limit-hit", main_pid=f.main_pid, memory_bytes=f.memory_bytes,
             uptime_sec=round(uptime, 1) if uptime is not None else None, bind=inv.bind_of(svc), port=svc.port,
             probe=probes[name].as_dict(), model=_served_model(inv, svc), drift=_drift(inv, layout, name),
-            metrics=metrics.get(name, {}),
+            metrics=metrics.get(name, {}), drop_ins=list(f.drop_in_paths),
         ))
     return StatusReport(services, monitoring, round(time.monotonic() - start, 3), note,
                         _endpoint_rows(inv, reach))

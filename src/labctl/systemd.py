@@ -16,7 +16,7 @@ from labctl.proc import CommandFailed, CommandResult, run_cmd
 SHOW_PROPERTIES = (
     "Id", "LoadState", "ActiveState", "SubState", "UnitFileState", "NRestarts", "MainPID",
     "MemoryCurrent", "ActiveEnterTimestamp", "ActiveEnterTimestampMonotonic", "InvocationID", "Result",
-    "ExecMainStatus", "NeedDaemonReload",
+    "ExecMainStatus", "NeedDaemonReload", "DropInPaths",
 )
 # systemd prints this for "no value" in numeric properties such as MemoryCurrent.
 _UINT64_MAX = str(2**64 - 1)
@@ -38,6 +38,7 @@ class UnitFacts:
     result: str
     exec_main_status: int
     need_daemon_reload: bool
+    drop_in_paths: tuple[str, ...] = ()
 
     @property
     def state(self) -> UnitState:
@@ -68,6 +69,7 @@ class UnitFacts:
             result=props.get("Result", ""),
             exec_main_status=num("ExecMainStatus"),
             need_daemon_reload=props.get("NeedDaemonReload", "no") == "yes",
+            drop_in_paths=tuple(props.get("DropInPaths", "").split()),
         )
 
 

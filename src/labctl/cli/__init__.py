@@ -102,8 +102,9 @@ def plan(
     """Show what `labctl up` would change and do, changing nothing."""
     from labctl.layout import Layout
     from labctl.load import load_inventory
-    from labctl.plan import make_plan, read_installed
+    from labctl.plan import make_plan, operator_drop_ins, read_installed
     from labctl.render import render_all
+    from labctl.text import shown
 
     inv = load_inventory(inventory).inventory
     target = root if root is not None else Path(Layout.of(inv).config_root)
@@ -112,17 +113,19 @@ def plan(
     if root is None:
         states = _unit_states(inv, installed)
     result = make_plan(inv, render_all(inv), installed, states=states)
+    drop_ins = operator_drop_ins(inv, target)
     if as_json:
-        emit_json({"root": str(target), **result.as_dict()})
+        emit_json({"root": str(target), **result.as_dict(), "drop_ins": drop_ins})
         return
+    for unit, files in drop_ins.items():
+        out.print(f"{unit}: operator drop-ins, kept as they are and overriding labctl's unit: "
+                  f"{', '.join(shown(f.rsplit('/', 1)[-1]) for f in files)}", markup=False)
     if result.empty:
         out.print(f"no changes: {len(result.unchanged)} file(s) up to date in {target}; no actions")
         return
     for change in result.files:
         out.print(f"{change.change:>6} {change.path}")
-        if diff and change.diff:
-            from labctl.text import shown  # the installed side is whatever is on disk
-
+        if diff and change.diff:  # the installed side is whatever is on disk: shown()
             out.print("\n".join(shown(line) for line in change.diff.rstrip("\n").split("\n")), markup=False)
     out.print(f"{len(result.unchanged)} file(s) unchanged")
     out.print("actions:" if result.actions else "actions: none")

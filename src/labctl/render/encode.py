@@ -118,6 +118,20 @@ def sd_path(value: str) -> Encoded:
     return Encoded(value.replace("%", "%%"))
 
 
+# What a path in a path list may not hold: systemd splits the list at whitespace and reads
+# quotes and backslashes as quoting, so such a path cannot be written faithfully.
+PATH_WORD_UNSAFE = set(" \t\"'\\")
+
+
+def sd_path_word(value: str) -> Encoded:
+    """One path of a space-separated path list (ReadWritePaths=): specifiers escaped. The
+    inventory checks refuse a path with whitespace, quotes or backslashes there."""
+    problem = sd_text_problem(value)
+    if problem or not value.startswith("/") or PATH_WORD_UNSAFE & set(value):
+        raise EncodeError(f"unit path list: {problem or 'a path must be absolute, without whitespace, quotes or backslashes'}")
+    return Encoded(value.replace("%", "%%"))
+
+
 def sd_comment(value: str) -> Encoded:
     """A ``#`` comment line's text (systemd expands nothing in comments)."""
     _refuse_unsafe(value, "unit comment")

@@ -106,6 +106,82 @@ def dependencies(inv: Inventory, svc: ServiceBase) -> list[str]:
     return [unit_name(d) for d in deps]
 
 
+def uses_gpu(inv: Inventory, svc: ServiceBase) -> bool:
+    """Whether the service needs the GPU's device nodes (so no PrivateDevices=)."""
+    if isinstance(svc, (LlamaServer, LlamaCppPython)):
+        return svc.n_gpu_layers > 0
+    if isinstance(svc, Vllm):
+        return svc.device == "cuda"
+    if isinstance(svc, Ollama):
+        return inv.host.gpu
+    return False
+
+
+def writable_paths(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> list[str]:
+    """What a hardened service may write: its working directory (vLLM's caches live there),
+    Ollama's model store, and the operator's read_write_paths. labctl creates them."""
+    paths = [layout.working_directory(name)]
+    if isinstance(svc, Ollama):
+        # Its key pair lives in ~/.ollama whatever OLLAMA_MODELS says.
+        paths += [inv.host.expand("~/.ollama"), ollama_models_dir(inv, svc)]
+    paths += [inv.host.expand(p) for p in svc.read_write_paths]
+    return list(dict.fromkeys(paths))
+
+
+def ollama_models_dir(inv: Inventory, svc: Ollama) -> str:
+    return inv.host.expand(svc.environment.get("OLLAMA_MODELS", "~/.ollama"))
+
+
+# The sandboxing set every hardened unit gets. PrivateUsers= is what makes the rest take
+# effect in a user unit (systemd before 253 ignores mount-namespace options there without
+# it). Left out on purpose, because a booted machine showed them failing: ProtectKernelLogs=
+# (it masks /proc/kmsg, which containers lack, and an unprivileged user cannot read it
+# anyway) and ProcSubset=pid (it clashes with that mask). DevicePolicy=, IPAddressDeny= and
+# the other cgroup-BPF options need privileges a user manager does not have.
+HARDENING = (
+    "NoNewPrivileges=yes", "PrivateUsers=yes", "PrivateTmp=yes", "PrivateIPC=yes", "ProtectSystem=strict",
+    "ProtectHome=read-only", "ProtectKernelTunables=yes", "ProtectKernelModules=yes", "ProtectControlGroups=yes",
+    "ProtectClock=yes", "ProtectHostname=yes", "ProtectProc=invisible", "RestrictNamespaces=yes",
+    "RestrictRealtime=yes", "RestrictSUIDSGID=yes", "LockPersonality=yes", "SystemCallArchitectures=native",
+    "SystemCallFilter=@system-service", "SystemCallFilter=~@privileged", "CapabilityBoundingSet=",
+    "AmbientCapabilities=", "UMask=0077", "KeyringMode=private", "RemoveIPC=yes",
+)
+
+
+def hardening(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> list[encode.Encoded]:
+    if not inv.hardened(svc):
+        return []
+    lines = [encode.Encoded(line) for line in HARDENING]
+    if not uses_gpu(inv, svc):
+        lines.append(encode.Encoded("PrivateDevices=yes"))
+    # JIT code needs writable+executable memory: oneDNN in PyTorch (vLLM), GPU drivers.
+    if not isinstance(svc, Vllm) and not uses_gpu(inv, svc):
+        lines.append(encode.Encoded("MemoryDenyWriteExecute=yes"))
+    # Go's runtime and PyTorch read interfaces over netlink.
+    families = "AF_UNIX AF_INET AF_INET6" + (" AF_NETLINK" if isinstance(svc, (Ollama, Vllm)) else "")
+    lines.append(encode.Encoded(f"RestrictAddressFamilies={families}"))
+    lines += [encode.Encoded(f"ReadWritePaths={encode.sd_path_word(p)}") for p in writable_paths(inv, name, svc, layout)]
+    return lines
+
+
+def limits(inv: Inventory, svc: ServiceBase) -> list[encode.Encoded]:
+    lim = inv.limits_of(svc)
+    out = []
+    if lim.memory_high:
+        out.append(f"MemoryHigh={lim.memory_high}")
+    if lim.memory_max:
+        out.append(f"MemoryMax={lim.memory_max}")
+    if lim.cpu_quota_percent:
+        out.append(f"CPUQuota={lim.cpu_quota_percent}%")  # no specifiers in CPUQuota=
+    if lim.io_weight:
+        out.append(f"IOWeight={lim.io_weight}")
+    if lim.tasks_max:
+        out.append(f"TasksMax={lim.tasks_max}")
+    if lim.nice is not None:
+        out.append(f"Nice={lim.nice}")
+    return [encode.Encoded(line) for line in out]
+
+
 def render_unit(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> str:
     restart = inv.restart_of(svc)
     note = None
@@ -138,6 +214,8 @@ def render_unit(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> 
         # readiness deadline so a future notify-style start is not cut short.
         timeout_start_sec=svc.ready_timeout_sec,
         unit_stem=unit_name(name).removesuffix(".service"),
+        hardening=hardening(inv, name, svc, layout),
+        limits=limits(inv, svc),
     )
 
 
