@@ -146,3 +146,11 @@ def test_doctor_says_when_limits_are_not_enforced(tmp_path: Path) -> None:
 
 def test_base_has_no_limits_and_no_limit_checks() -> None:
     assert limit_checks(load_inventory("inventory.yaml", text=BASE).inventory, None) == []
+
+
+def test_edit_refuses_what_has_no_unit(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "inventory.yaml"
+    path.write_text(BASE)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["edit", "nope", "-i", str(path)])
+    assert exit_info.value.code == 2 and "'nope' is no service" in capsys.readouterr().err

@@ -297,6 +297,25 @@ def logs(
     os.execvpe(argv[0], argv, manager.env)
 
 
+@app.command("edit")
+def edit_unit(
+    service: Annotated[str, typer.Argument(help="Service name from the inventory.")],
+    inventory: InventoryOpt = Path("inventory.yaml"),
+) -> None:
+    """Override a setting of a service's unit with a drop-in (systemctl --user edit); labctl keeps it."""
+    from labctl.inventory import unit_name
+    from labctl.systemd import UserManager
+
+    inv = _load(inventory).inventory
+    if service not in inv.managed(disabled=True):
+        what = "is external: labctl runs no unit for it" if service in inv.services else "is no service"
+        raise UsageError(f"{service!r} {what} in {inventory}")
+    manager = UserManager()
+    argv = ["systemctl", "--user", "edit", unit_name(service)]
+    sys.stdout.flush()
+    os.execvpe(argv[0], argv, manager.env)
+
+
 @app.command()
 def doctor(
     inventory: InventoryOpt = Path("inventory.yaml"),
