@@ -18,7 +18,7 @@ from pathlib import Path
 from labctl import fsio, generations, secrets
 from labctl.doctor import failures, run_doctor
 from labctl.errors import HostNotReady, MultiLineFailure, OperationFailed, UsageError
-from labctl.inventory import Inventory, unit_name
+from labctl.inventory import Inventory, Redis, unit_name
 from labctl.layout import UNIT_DIR, Layout
 from labctl.load import Loaded, load_inventory
 from labctl.lock import host_lock
@@ -27,6 +27,7 @@ from labctl.probes import Readiness, probe, probe_all, wait_ready
 from labctl.proc import CommandFailed
 from labctl.provision import provision
 from labctl.render import render_all
+from labctl.render.redis import auth_file as redis_auth_file, auth_text as redis_auth_text
 from labctl.render.units import writable_paths
 from labctl.systemd import UserManager
 
@@ -88,6 +89,17 @@ def ensure_secrets(inv: Inventory, say: Say) -> None:
                 path = Path(inv.host.expand(ref.env_file))
                 if secrets.ensure_env_secret(path, ref.variable):
                     say(f"{name}: generated {ref.variable} in {path} (mode 0600; the value is never printed)")
+    for name, svc in inv.managed().items():
+        if isinstance(svc, Redis) and svc.password.env_file:
+            env_file = Path(inv.host.expand(svc.password.env_file))
+            if svc.password.generate and secrets.ensure_env_secret(env_file, svc.password.variable, prefix=""):
+                say(f"{name}: generated {svc.password.variable} in {env_file} (mode 0600; the value is never printed)")
+            # redis-server's own copy, derived again whenever the env file's value changes.
+            auth = Path(redis_auth_file(inv, name, svc))
+            text = redis_auth_text(secrets.read_secret(env_file, svc.password.variable))
+            if not auth.exists() or auth.read_text() != text:
+                fsio.ensure_dir(auth.parent, 0o700)
+                fsio.atomic_write(auth, text, mode=0o600)
     if inv.monitoring.enabled:
         path = Path(inv.host.expand(inv.monitoring.grafana.admin_password_file))
         if secrets.ensure_file_secret(path):

@@ -23,6 +23,7 @@ from labctl.inventory import (
     LlamaCppPython,
     LlamaServer,
     Ollama,
+    Redis,
     ServiceBase,
     UNIT_PREFIX,
     Vllm,
@@ -46,13 +47,16 @@ OWNED_FLAGS = {
     "litellm": {"--host", "--port", "--config", "-c"},
     "ollama": set(),
     "external": set(),
+    # redis-server takes config directives as --flags: labctl's config sets these.
+    "redis": {"--bind", "--port", "--requirepass", "--dir", "--dbfilename", "--save", "--appendonly",
+              "--maxmemory", "--maxmemory-policy", "--include", "--daemonize", "--logfile", "--protected-mode"},
 }
 
 
 def cross_check(inv: Inventory, src: Source, *, check_files: bool = False) -> list[InputError]:
     errors: list[InputError] = []
     for check in (_ports, _binds, _extra_args, _environment, _pip, _gpu_layers, _llama_ctx, _vllm,
-                  _externals, _hardening, _gateways, _images):
+                  _externals, _redis, _hardening, _gateways, _images):
         errors.extend(check(inv, src))
     if check_files:
         errors.extend(file_problems(inv, src))
@@ -183,6 +187,24 @@ def _vllm(inv: Inventory, src: Source) -> Iterator[InputError]:
                             "vLLM reserves gpu_memory_utilization of all RAM and refuses to start")
 
 
+def _redis(inv: Inventory, src: Source) -> Iterator[InputError]:
+    for name, svc in inv.services.items():
+        if isinstance(svc, Redis) and svc.password.env_file is None:
+            yield src.error(("services", name, "password"), "redis-server reads its password from a file: use "
+                                                            "{env_file: PATH, var: NAME} (labctl generates it)")
+    for name, gw in inv.gateways().items():
+        if gw.cache is None or gw.cache.service is None:
+            continue
+        target = inv.services.get(gw.cache.service)
+        loc = ("services", name, "cache", "service")
+        if target is None:
+            yield src.error(loc, f"no service named {gw.cache.service!r}")
+        elif not isinstance(target, Redis):
+            yield src.error(loc, f"{gw.cache.service!r} is a {target.kind} service, not redis")  # type: ignore[attr-defined]
+        elif not target.enabled:
+            yield src.error(loc, f"service {gw.cache.service!r} is disabled")
+
+
 def _externals(inv: Inventory, src: Source) -> Iterator[InputError]:
     for name, svc in inv.services.items():
         if not isinstance(svc, External):
@@ -239,7 +261,7 @@ def _gateways(inv: Inventory, src: Source) -> Iterator[InputError]:
                            {r.name for r in gw.routes}, catch_all=False)
         yield from _aliases(src, name, gw)
         yield from _endpoints(src, name, gw)
-        yield from _passthrough(src, name, gw)
+        yield from _passthrough(inv, src, name, gw)
         yield from _max_fallbacks(src, name, gw)
 
 
@@ -293,7 +315,7 @@ PASSTHROUGH = {
 ENV_REF = "os.environ/"
 
 
-def _passthrough(src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:
+def _passthrough(inv: Inventory, src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:
     base = ("services", name)
     places = [((section,), section, getattr(gw, section)) for section in
               ("litellm_settings", "router_settings", "general_settings")]
@@ -303,7 +325,7 @@ def _passthrough(src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:
     # The variables the gateway's process will have: its secrets' and its environment's.
     # With environment_files, more may come from them, which only the host can tell.
     # Never the master key: LiteLLM would send it wherever the value goes (a backend, a log).
-    known_vars = ({ref.variable for ref in gw.secret_refs()} | set(gw.environment)) - {gw.master_key.variable}
+    known_vars = ({ref.variable for ref in inv.gateway_secret_refs(gw)} | set(gw.environment)) - {gw.master_key.variable}
     for loc, section, values in places:
         valid, owned = PASSTHROUGH[section]
         for key, value in values.items():

@@ -27,6 +27,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("services.NAME, kind: vllm", inv.Vllm),
     ("services.NAME, kind: litellm", inv.LiteLLM),
     ("services.NAME, kind: external", inv.External),
+    ("services.NAME, kind: redis", inv.Redis),
     ("runtime", inv.Runtime),
     ("endpoints.NAME", inv.Endpoint),
     ("routes[]", inv.Route),

@@ -18,7 +18,7 @@ from typing import Literal
 from labctl import checks, secrets
 from labctl.checks import CATCH_ALL
 from labctl.text import shown
-from labctl.inventory import Inventory, LiteLLM, LlamaCppPython, LlamaServer, Vllm, unit_name
+from labctl.inventory import Inventory, LiteLLM, LlamaCppPython, LlamaServer, Redis, Vllm, unit_name
 from labctl.layout import Layout
 from labctl.load import Loaded
 from labctl.proc import CommandFailed, run_cmd
@@ -257,6 +257,11 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
         env_refs = [ref.variable for ref in svc.secret_refs() if ref.env is not None]
         if env_refs and reachable:
             out.extend(manager_env_checks(name, env_refs, manager.environment_names()))
+
+    for name, svc in inv.managed().items():
+        if isinstance(svc, Redis) and svc.password.env_file:
+            path = Path(inv.host.expand(svc.password.env_file))
+            out.append(_secret_file_check(f"{name} password", path, svc.password.generate))
 
     gpu_users = _needs_gpu(inv)
     if gpu_users:

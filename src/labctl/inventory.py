@@ -532,10 +532,39 @@ class Route(Strict):
 
 class RedisCache(Strict):
     type: Literal["redis"] = "redis"
+    # A kind: redis service of this inventory: host, port and password come from it.
+    service: Annotated[str, Field(pattern=NAME_RE)] | None = None
+    # Or a Redis labctl does not run.
     host: HostName = "127.0.0.1"
     port: Port = 6379
     password: SecretRef | None = None
     ttl_sec: Annotated[int, Field(ge=1)] = 600
+
+    @model_validator(mode="after")
+    def _service_or_address(self) -> "RedisCache":
+        if self.service is not None and self.model_fields_set & {"host", "port", "password"}:
+            raise ValueError("a cache on a redis service takes its host, port and password from it; "
+                             "set service or host/port/password, not both")
+        return self
+
+
+class Redis(ServiceBase):
+    """Debian's redis-server as a user unit, for the gateway's cache. Its password is
+    generated into a 0600 env file and reaches redis-server as an included config file
+    that labctl derives from it (0600): never in argv or the unit text."""
+
+    kind: Literal["redis"]
+    binary: ExecPath = "/usr/bin/redis-server"
+    port: Port = 6379
+    password: SecretRef = SecretRef(env_file="~/.config/labctl/secrets/redis.env", var="REDIS_PASSWORD",
+                                    generate=True)
+    # none: memory only; rdb: snapshots (save 900 1, 300 10, 60 10000) and at shutdown;
+    # aof: an append-only file, fsync every second.
+    persistence: Literal["none", "rdb", "aof"] = "rdb"
+    maxmemory: MemSize | None = None
+    maxmemory_policy: Literal["noeviction", "allkeys-lru", "allkeys-lfu", "volatile-lru", "volatile-lfu",
+                              "allkeys-random", "volatile-random", "volatile-ttl"] = "allkeys-lru"
+    ready_timeout_sec: Annotated[int, Field(ge=1, le=7200)] = 30
 
 
 class LiteLLM(ServiceBase):
@@ -579,8 +608,9 @@ class LiteLLM(ServiceBase):
         return refs + [e.api_key for e in self.endpoints.values() if e.api_key is not None]
 
 
-Service = Annotated[Union[Ollama, LlamaCppPython, LlamaServer, Vllm, LiteLLM, External], Field(discriminator="kind")]
-KINDS = ("ollama", "llama-cpp-python", "llama-server", "vllm", "litellm", "external")
+Service = Annotated[Union[Ollama, LlamaCppPython, LlamaServer, Vllm, LiteLLM, External, Redis],
+                    Field(discriminator="kind")]
+KINDS = ("ollama", "llama-cpp-python", "llama-server", "vllm", "litellm", "external", "redis")
 BACKEND_KINDS = ("ollama", "llama-cpp-python", "llama-server", "vllm", "external")
 
 
@@ -672,6 +702,18 @@ class Inventory(Strict):
 
     def restart_of(self, svc: ServiceBase) -> RestartPolicy:
         return svc.restart or self.defaults
+
+    def cache_redis(self, gw: LiteLLM) -> "Redis | None":
+        """The redis service the gateway's cache names, if it names one."""
+        if gw.cache is None or gw.cache.service is None:
+            return None
+        svc = self.services.get(gw.cache.service)
+        return svc if isinstance(svc, Redis) else None
+
+    def gateway_secret_refs(self, gw: LiteLLM) -> list[SecretRef]:
+        """The gateway's own secret references and its cache service's password."""
+        redis = self.cache_redis(gw)
+        return gw.secret_refs() + ([redis.password] if redis is not None else [])
 
     def gateways(self) -> dict[str, LiteLLM]:
         return {n: s for n, s in self.enabled().items() if isinstance(s, LiteLLM)}

@@ -42,6 +42,10 @@ class Layout:
         return f"{UNIT_DIR}/{unit_name(service)}"
 
     litellm_config = f"{LABCTL_DIR}/litellm/config.yaml"
+
+    @staticmethod
+    def redis_config(service: str) -> str:
+        return f"{LABCTL_DIR}/redis/{service}.conf"
     monitoring_dir = f"{LABCTL_DIR}/monitoring"
     compose_file = f"{LABCTL_DIR}/monitoring/compose.yaml"
 
@@ -53,7 +57,7 @@ class Layout:
         return str(PurePosixPath(self.state_dir) / service)
 
     # The only directories under the config root that labctl reads or writes.
-    managed_dirs = [UNIT_DIR, f"{LABCTL_DIR}/litellm", f"{LABCTL_DIR}/monitoring"]
+    managed_dirs = [UNIT_DIR, f"{LABCTL_DIR}/litellm", f"{LABCTL_DIR}/monitoring", f"{LABCTL_DIR}/redis"]
 
     @staticmethod
     def is_managed(relpath: str) -> bool:
@@ -64,4 +68,4 @@ class Layout:
             # Only unit files directly in the unit dir: `systemctl enable` puts symlinks
             # to them in default.target.wants/, which belong to the manager, not to us.
             return "/" not in name and name.startswith("labctl-") and name.endswith(".service")
-        return relpath.startswith((f"{LABCTL_DIR}/litellm/", f"{LABCTL_DIR}/monitoring/"))
+        return relpath.startswith((f"{LABCTL_DIR}/litellm/", f"{LABCTL_DIR}/monitoring/", f"{LABCTL_DIR}/redis/"))

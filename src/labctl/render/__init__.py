@@ -18,6 +18,7 @@ def render_all(inv: "Inventory") -> dict[str, str]:
     from labctl.layout import Layout
     from labctl.render.gateway import render_gateway
     from labctl.render.monitoring import render_monitoring
+    from labctl.render.redis import render_redis
     from labctl.render.units import render_units
 
     layout = Layout.of(inv)
@@ -25,5 +26,6 @@ def render_all(inv: "Inventory") -> dict[str, str]:
     gateway = render_gateway(inv)
     if gateway is not None:
         files[layout.litellm_config] = gateway
+    files.update(render_redis(inv, layout))
     files.update(render_monitoring(inv, layout))
     return dict(sorted(files.items()))

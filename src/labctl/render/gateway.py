@@ -121,10 +121,12 @@ def config(inv: Inventory, gw: LiteLLM) -> dict[str, Any]:
         # Prometheus scrapes over loopback without the master key; the key stays in one file.
         settings["require_auth_for_metrics_endpoint"] = False
     if gw.cache is not None:
-        params: dict[str, Any] = {"type": "redis", "host": gw.cache.host, "port": gw.cache.port,
-                                  "ttl": gw.cache.ttl_sec}
-        if gw.cache.password is not None:
-            params["password"] = f"os.environ/{gw.cache.password.variable}"
+        redis = inv.cache_redis(gw)
+        host, port, password = ((reach(inv.bind_of(redis)), redis.port, redis.password) if redis is not None else
+                                (gw.cache.host, gw.cache.port, gw.cache.password))
+        params: dict[str, Any] = {"type": "redis", "host": host, "port": port, "ttl": gw.cache.ttl_sec}
+        if password is not None:
+            params["password"] = f"os.environ/{password.variable}"
         settings["cache"] = True
         settings["cache_params"] = params
     general: dict[str, Any] = {"master_key": f"os.environ/{gw.master_key.variable}"}

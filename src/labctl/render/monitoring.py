@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labctl import templates
-from labctl.inventory import External, Inventory, LiteLLM, LlamaCppPython, LlamaServer, Ollama, Vllm
+from labctl.inventory import External, Inventory, LiteLLM, LlamaCppPython, LlamaServer, Ollama, Redis, Vllm
 from labctl.layout import Layout
 from labctl.render import encode
 from labctl.render.gateway import reach
@@ -64,6 +64,9 @@ def scrape_jobs(inv: Inventory) -> tuple[list[Job], list[str]]:
             notes.append(f"{name}: llama-cpp-python has no /metrics; `labctl status` probes it")
         elif isinstance(svc, Ollama):
             notes.append(f"{name}: Ollama has no native /metrics; `labctl status` probes /api/version")
+        elif isinstance(svc, Redis):
+            notes.append(f"{name}: redis-server has no /metrics of its own (no exporter is run); "
+                         "`labctl status` pings it")
         elif isinstance(svc, External):
             if svc.metrics_path:
                 # One job each: a job has one metrics path.

@@ -12,6 +12,7 @@ from labctl.inventory import (
     LlamaCppPython,
     LlamaServer,
     Ollama,
+    Redis,
     ServiceBase,
     Vllm,
     unit_name,
@@ -52,6 +53,8 @@ def argv(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> list[st
             args += ["--quantization", svc.quantization]
         if svc.enforce_eager:
             args.append("--enforce-eager")
+    elif isinstance(svc, Redis):
+        args = [host.expand(svc.binary), str(layout.installed(layout.redis_config(name)))]
     elif isinstance(svc, LiteLLM):
         args = [svc.runtime.interpreter(host), "-m", "litellm.proxy.proxy_cli",
                 "--config", str(layout.installed(layout.litellm_config)), "--host", bind, "--port", port]
@@ -90,7 +93,7 @@ def environment(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> 
 def environment_files(inv: Inventory, svc: ServiceBase) -> list[str]:
     files = [inv.host.expand(p) for p in svc.environment_files]
     if isinstance(svc, LiteLLM):
-        for ref in svc.secret_refs():
+        for ref in inv.gateway_secret_refs(svc):
             if ref.env_file:
                 files.append(inv.host.expand(ref.env_file))
     return list(dict.fromkeys(files))
@@ -103,6 +106,9 @@ def dependencies(inv: Inventory, svc: ServiceBase) -> list[str]:
     # An external backend is no unit of this manager: nothing to order against.
     managed = inv.managed()
     deps = dict.fromkeys(r.service for r in svc.routes if r.service is not None and r.service in managed)
+    redis = inv.cache_redis(svc)
+    if redis is not None and redis.enabled and svc.cache is not None:
+        deps[svc.cache.service] = None
     return [unit_name(d) for d in deps]
 
 

@@ -34,6 +34,8 @@ PACKAGES: tuple[str, ...] = (
     # vLLM's CPU kernels (vllm._C) link against libnuma.so.1; without it the engine core
     # fails to initialise inside the machine.
     "libnuma1",
+    # kind: redis runs Debian's redis-server (the gateway's cache, in the system tier).
+    "redis-server",
 )
 #: Bump when build_rootfs changes what it puts into the tree: forces a rebuild of caches.
 #: 2: labuser in systemd-journal.

@@ -1,0 +1,124 @@
+"""``kind: redis`` against Debian's real redis-server on loopback, started from the rendered
+unit's ExecStart with the rendered config.
+
+Redis itself reads the config back (``CONFIG GET``): every value is what the inventory
+said, a directory with a space and a quote included; the password reaches it only through
+the derived 0600 file; labctl's probe authenticates; RDB persistence survives a restart.
+The gateway's cache through it is proven on the booted machine (tests/system/test_redis.py).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import helpers
+from labctl.apply import ensure_secrets
+from labctl.layout import Layout
+from labctl.load import load_inventory
+from labctl.probes import probe
+from labctl.render import render_all
+from labctl.render.redis import auth_file
+from labctl.render.units import argv
+from labctl.secrets import read_secret
+from tools import require_command
+
+pytestmark = pytest.mark.integration
+
+INVENTORY = """\
+version: 1
+host: {{user: labuser, home: "{home}", gpu: false, state_dir: "{state}"}}
+defaults: {{hardening: false}}
+services:
+  cache:
+    kind: redis
+    binary: {binary}
+    port: {port}
+    persistence: rdb
+    maxmemory: 64M
+    maxmemory_policy: allkeys-lfu
+monitoring: {{enabled: false}}
+"""
+
+
+def redis_cli(port: int, password: str, *args: str) -> str:
+    cli = require_command("redis-cli", "apt-get install redis-server")
+    res = subprocess.run([cli, "-h", "127.0.0.1", "-p", str(port), "--no-auth-warning", *args], capture_output=True,
+                         text=True, timeout=30, env={**os.environ, "REDISCLI_AUTH": password})
+    return res.stdout.strip()
+
+
+def start(inv, layout: Layout, log: Path) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+    command = argv(inv, "cache", inv.services["cache"], layout)
+    wd = Path(layout.working_directory("cache"))
+    wd.mkdir(parents=True, exist_ok=True)
+    return helpers.start_process(command, log_path=log, cwd=wd)
+
+
+def wait_ready(inv, deadline: float = 20.0):  # type: ignore[no-untyped-def]
+    end = time.monotonic() + deadline
+    while True:
+        result = probe(inv, "cache", timeout=2.0)
+        if result.ok or time.monotonic() > end:
+            return result
+        time.sleep(0.2)
+
+
+def test_redis_runs_the_rendered_config(tmp_path: Path) -> None:
+    binary = require_command("redis-server", "apt-get install redis-server")
+    home = tmp_path / "home"
+    port = helpers.free_port()
+    text = INVENTORY.format(home=home, state=f"{home}/state dir \\\"q\\\"", binary=binary, port=port)
+    inv = load_inventory("inventory.yaml", text=text).inventory
+    layout = Layout.of(inv)
+    files = render_all(inv)
+    conf = Path(layout.config_root) / layout.redis_config("cache")
+    conf.parent.mkdir(parents=True)
+    conf.write_text(files[layout.redis_config("cache")])
+    said: list[str] = []
+    ensure_secrets(inv, said.append)
+    svc = inv.services["cache"]
+    env_file = Path(inv.host.expand(svc.password.env_file))
+    password = read_secret(env_file, "REDIS_PASSWORD")
+    auth = Path(auth_file(inv, "cache", svc))
+    assert stat.S_IMODE(auth.stat().st_mode) == 0o600 and stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert password not in files[layout.redis_config("cache")] and password not in " ".join(
+        argv(inv, "cache", svc, layout))
+    assert any("generated REDIS_PASSWORD" in line and password not in line for line in said)
+
+    proc = start(inv, layout, tmp_path / "redis.log")
+    try:
+        result = wait_ready(inv)
+        assert result.ok and result.check == "AUTH + PING", (result, helpers.tail(tmp_path / "redis.log"))
+        got = {key: redis_cli(port, password, "CONFIG", "GET", key).splitlines()[-1]
+               for key in ("bind", "port", "dir", "appendonly", "maxmemory", "maxmemory-policy", "save")}
+        assert got == {"bind": "127.0.0.1", "port": str(port), "dir": layout.working_directory("cache"),
+                       "appendonly": "no", "maxmemory": str(64 * 2**20), "maxmemory-policy": "allkeys-lfu",
+                       "save": "900 1 300 10 60 10000"}, got
+        assert redis_cli(port, "wrong", "PING").startswith(("WRONGPASS", "NOAUTH", "AUTH failed"))
+        assert redis_cli(port, password, "SET", "labctl:kept", "yes") == "OK"
+    finally:
+        helpers.stop_process(proc, timeout=20)  # SIGTERM, as systemd stops it: redis saves the RDB
+
+    assert (Path(layout.working_directory("cache")) / "dump.rdb").is_file()
+
+    proc = start(inv, layout, tmp_path / "redis2.log")
+    try:
+        assert wait_ready(inv).ok
+        assert redis_cli(port, password, "GET", "labctl:kept") == "yes"
+    finally:
+        helpers.stop_process(proc)
+    # Wrong password file: the probe says so, it does not pass.
+    env_file.write_text("REDIS_PASSWORD=not-the-password\n")
+    proc = start(inv, layout, tmp_path / "redis3.log")
+    try:
+        time.sleep(1)
+        result = probe(inv, "cache", timeout=2.0)
+        assert not result.ok and "WRONGPASS" in result.detail, result
+    finally:
+        helpers.stop_process(proc)
