@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labctl import fsio, generations, secrets
+from labctl import fsio, generations, gpu_budget, secrets
 from labctl.doctor import failures, run_doctor
 from labctl.errors import HostNotReady, MultiLineFailure, OperationFailed, UsageError
 from labctl.inventory import Inventory, Redis, unit_name
@@ -242,7 +242,7 @@ def monitoring_up(host: Host, say: Say) -> str:
 
 
 def up(loaded: Loaded, *, say: Say, manager: UserManager | None = None, wait_lock: bool = True,
-       with_monitoring: bool = True) -> Report:
+       with_monitoring: bool = True, force: bool = False) -> Report:
     inv = loaded.inventory
     host = Host.of(inv, manager)
     report = Report()
@@ -250,6 +250,10 @@ def up(loaded: Loaded, *, say: Say, manager: UserManager | None = None, wait_loc
         problems = failures(run_doctor(loaded, manager=host.manager, docker=with_monitoring))
         if problems:
             raise HostNotReady("pre-flight failed; nothing was changed:\n" + "\n".join(f"  {c}" for c in problems))
+        if gpu_budget.applies(inv):
+            budget = gpu_budget.compute(inv)
+            gpu_budget.enforce(loaded, budget, force=force)
+            say(budget.summary() + (" (--force)" if not budget.fits else ""))
         provision(inv, say=say)
         ensure_secrets(inv, say)
         rendered = render_all(inv)

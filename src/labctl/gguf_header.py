@@ -47,12 +47,20 @@ class GGUFInfo:
     quantization: str | None
     tensor_count: int
     block_count: int | None = None
+    # Bytes of KV cache one token of context takes over all layers, at f16 (llama.cpp's
+    # default cache type): 2 bytes x (K + V widths) x layers. None when the header lacks
+    # the attention shape.
+    kv_bytes_per_token: int | None = None
+    # The tensor data's bytes: what llama.cpp maps as the model buffer (the file less its
+    # header and metadata).
+    tensor_bytes: int | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {"path": str(self.path), "size": self.size, "version": self.version,
                 "architecture": self.architecture, "name": self.name,
                 "context_length": self.context_length, "quantization": self.quantization,
-                "tensor_count": self.tensor_count, "block_count": self.block_count}
+                "tensor_count": self.tensor_count, "block_count": self.block_count,
+                "kv_bytes_per_token": self.kv_bytes_per_token, "tensor_bytes": self.tensor_bytes}
 
 
 # What else a parser over hostile bytes can raise; read() turns each into a GGUFError.
@@ -368,13 +376,33 @@ def _parse(path: Path, buf: mmap.mmap, size: int) -> GGUFInfo:
     ctx = _int_value(meta.get(f"{arch}.context_length"))
     blocks = _int_value(meta.get(f"{arch}.block_count"))
     name = meta.get("general.name")
+    kv = _kv_bytes_per_token(meta, arch, blocks)
     return GGUFInfo(
         path=path, size=size, version=version, architecture=arch, name=name if isinstance(name, str) else None,
         context_length=ctx if ctx is not None and ctx > 0 else None,
         quantization=_quantization(meta.get("general.file_type")),
         tensor_count=tensor_count,
         block_count=blocks if blocks is not None and blocks > 0 else None,
+        kv_bytes_per_token=kv,
+        tensor_bytes=data_end - data_start,
     )
+
+
+def _kv_bytes_per_token(meta: dict[str, Any], arch: str, blocks: int | None) -> int | None:
+    def num(key: str) -> int | None:
+        value = meta.get(f"{arch}.{key}")
+        if isinstance(value, list):  # per-layer head counts: the widest layer bounds it
+            value = max((v for v in value if isinstance(v, int) and not isinstance(v, bool)), default=None)
+        value = _int_value(value)
+        return value if value is not None and 0 < value < 1 << 24 else None
+
+    heads, embd = num("attention.head_count"), num("embedding_length")
+    kv_heads = num("attention.head_count_kv") or heads
+    k_width = num("attention.key_length") or (embd // heads if embd and heads else None)
+    v_width = num("attention.value_length") or k_width
+    if not (blocks and 0 < blocks < 1 << 16 and kv_heads and k_width and v_width):
+        return None
+    return 2 * blocks * kv_heads * (k_width + v_width)
 
 
 def _alignment(meta: dict[str, Any]) -> int:

@@ -339,3 +339,53 @@ def test_gemma_on_llama_server(
     _completion_text(
         server, {"model": "gemma", "prompt": "The capital of France is", "max_tokens": MAX_TOKENS}
     )
+
+
+def test_the_gpu_budget_matches_what_llama_server_allocates(
+    request: pytest.FixtureRequest, model_dir: Path, llama_server_binary: Path, gemma_python: Path
+) -> None:
+    """labctl.gpu_budget's figure for the Gemma model beside what a real llama-server (CPU
+    build) reports it allocated for the same context: the weights and the KV cache to
+    within 1 MiB, and the total an upper bound at most 1.5 times the real one (the compute
+    buffer is a flat estimate)."""
+    import re
+
+    from labctl.gpu_budget import COMPUTE_BUFFER_MIB, compute
+    from labctl.load import load_inventory
+
+    model = model_dir / "gemma.gguf"
+    if not model.exists():
+        _assemble_gemma(gemma_python, model)
+    ctx = 2048
+    log = model_dir / "llama-server-budget.log"
+
+    def argv(port: int) -> list[str | os.PathLike[str]]:
+        return [llama_server_binary, "--model", model, "--alias", "gemma", "--host", helpers.LOOPBACK,
+                "--port", str(port), "--ctx-size", str(ctx), "--n-gpu-layers", "0", "--threads", "1", "-lv", "4"]
+
+    _serve(request, argv, ready_path="/health", log=log)
+    text = log.read_text(errors="replace")
+
+    def mib(pattern: str) -> float:
+        found = [float(x) for x in re.findall(pattern, text)]
+        assert found, (pattern, text[-2000:])
+        return sum(found)
+
+    model_mib = mib(r"CPU_Mapped model buffer size =\s+([0-9.]+) MiB")
+    kv_mib = mib(r"CPU KV buffer size =\s+([0-9.]+) MiB")
+    compute_mib = mib(r"CPU compute buffer size =\s+([0-9.]+) MiB")
+    inv = load_inventory("inventory.yaml", text=(
+        f"version: 1\nhost: {{user: llm, gpu: true, gpu_memory_gib: 8}}\nservices:\n"
+        f"  native: {{kind: llama-server, binary: /bin/true, alias: g, model: {model}, n_gpu_layers: 99, "
+        f"ctx_size: {ctx}}}\nmonitoring: {{enabled: false}}\n")).inventory
+    (share,) = compute(inv, measure=False).shares
+    assert share.bytes is not None
+    estimate_mib = share.bytes / 2**20
+    weights_mib = float(re.search(r"= ([0-9.]+) (MiB|GiB), KV", share.how).group(1))  # type: ignore[union-attr]
+    kv_est = float(re.search(r"KV \d+ tokens x \d+ B = ([0-9.]+) MiB", share.how).group(1))  # type: ignore[union-attr]
+    real = model_mib + kv_mib + compute_mib
+    print(f"\nBUDGET gemma ctx {ctx}: estimate {estimate_mib:.1f} MiB (weights {weights_mib:.1f}, KV {kv_est:.1f}, "
+          f"compute {COMPUTE_BUFFER_MIB}); llama-server: model {model_mib:.1f} + KV {kv_mib:.1f} + compute "
+          f"{compute_mib:.1f} = {real:.1f} MiB; ratio {estimate_mib / real:.2f}")
+    assert abs(weights_mib - model_mib) <= 1.0 and abs(kv_est - kv_mib) <= 1.0
+    assert real <= estimate_mib <= 1.5 * real

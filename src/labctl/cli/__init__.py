@@ -50,19 +50,27 @@ def version() -> None:
 def validate(
     inventory: InventoryOpt = Path("inventory.yaml"),
     check_files: CheckFilesOpt = False,
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check the inventory: schema, cross-references, safety rules; exit 2 on any problem."""
+    """Check the inventory: schema, cross-references, safety rules, GPU budget; exit 2 on any problem."""
+    from labctl import gpu_budget
     from labctl.load import load_inventory
 
     loaded = load_inventory(inventory, check_files=check_files)
     enabled = loaded.inventory.enabled()
+    budget = gpu_budget.compute(loaded.inventory) if gpu_budget.applies(loaded.inventory) else None
+    if budget is not None:
+        gpu_budget.enforce(loaded, budget, force=force)
     if as_json:
         emit_json({"ok": True, "inventory": str(inventory),
-                   "services": {n: s.kind for n, s in enabled.items()}})  # type: ignore[attr-defined]
+                   "services": {n: s.kind for n, s in enabled.items()},  # type: ignore[attr-defined]
+                   "gpu_budget": budget.as_dict() if budget else None})
         return
     out.print(f"{inventory}: ok ({len(enabled)} enabled service(s)"
               f"{', files checked' if check_files else ''})")
+    if budget is not None:
+        out.print(budget.summary(), markup=False)
 
 
 @app.command()
@@ -114,9 +122,15 @@ def plan(
         states = _unit_states(inv, installed)
     result = make_plan(inv, render_all(inv), installed, states=states)
     drop_ins = operator_drop_ins(inv, target)
+    from labctl import gpu_budget
+
+    budget = gpu_budget.compute(inv) if gpu_budget.applies(inv) else None
     if as_json:
-        emit_json({"root": str(target), **result.as_dict(), "drop_ins": drop_ins})
+        emit_json({"root": str(target), **result.as_dict(), "drop_ins": drop_ins,
+                   "gpu_budget": budget.as_dict() if budget else None})
         return
+    for line in gpu_budget.table(budget) if budget else []:
+        out.print(shown(line), markup=False)
     for unit, files in drop_ins.items():
         out.print(f"{unit}: operator drop-ins, kept as they are and overriding labctl's unit: "
                   f"{', '.join(shown(f.rsplit('/', 1)[-1]) for f in files)}", markup=False)
@@ -159,6 +173,7 @@ def fail(error: LabctlError, as_json: bool) -> NoReturn:
     raise SystemExit(error.exit_code)
 
 
+ForceOpt = Annotated[bool, typer.Option("--force", help="Go on although the GPU memory budget does not fit.")]
 NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Fail at once if another labctl run holds the lock.")]
 
 
@@ -182,12 +197,14 @@ def up(
     inventory: InventoryOpt = Path("inventory.yaml"),
     no_wait: NoWaitOpt = False,
     no_monitoring: Annotated[bool, typer.Option("--no-monitoring", help="Leave the monitoring stack alone.")] = False,
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Converge this host to the inventory: install, daemon-reload, start in order, probe."""
     from labctl import apply
 
-    report = apply.up(_load(inventory), say=_say(as_json), wait_lock=not no_wait, with_monitoring=not no_monitoring)
+    report = apply.up(_load(inventory), say=_say(as_json), wait_lock=not no_wait, with_monitoring=not no_monitoring,
+                      force=force)
     if as_json:
         emit_json(report.as_dict())
         return

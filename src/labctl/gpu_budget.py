@@ -1,0 +1,179 @@
+"""The GPU memory the whole stack will take, added up before anything starts.
+
+Per backend:
+
+- llama-server and llama-cpp-python: the GGUF's weights times the share of its layers
+  offloaded (``n_gpu_layers`` / ``block_count``), plus the KV cache for the context
+  (``ctx_size`` / ``n_ctx``: llama.cpp sizes one cache for all parallel slots together) at
+  f16, on the offloaded share, plus a compute buffer (COMPUTE_BUFFER_MIB per server, the
+  order of what llama.cpp reserves for a small batch);
+- vLLM: ``gpu_memory_utilization`` times the GPU's memory: vLLM takes that fraction
+  whatever the model needs;
+- Ollama: not counted (it loads models on demand and evicts them itself); said so.
+
+The capacity is ``host.gpu_memory_gib``, or what ``nvidia-smi`` reports (total, minus
+what processes outside the stack hold) when the inventory gives none. ``validate``, ``plan``
+and ``up`` print the table; ``up`` and ``validate`` refuse an inventory that does not fit
+(exit 2, nothing changed) unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from labctl import gguf_header
+from labctl.inventory import Inventory, LlamaCppPython, LlamaServer, Ollama, Vllm
+from labctl.proc import CommandFailed, run_cmd
+
+GIB = 2**30
+MIB = 2**20
+# llama.cpp's compute buffer for the default batch: 22 MiB measured on the CPU build for
+# Gemma 3 270M; GPU backends reserve more (larger graphs, per-device copies). A flat 128 MiB
+# per server is an upper bound for small models and a floor for large ones.
+COMPUTE_BUFFER_MIB = 128
+
+
+@dataclass(frozen=True)
+class Share:
+    service: str
+    kind: str
+    bytes: int | None        # None: not known (no model file), or not counted (Ollama)
+    how: str                 # one line: how the figure was reached
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Budget:
+    shares: list[Share]
+    capacity: int | None     # bytes
+    source: str              # "host.gpu_memory_gib", "nvidia-smi", or why there is none
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(s.bytes or 0 for s in self.shares)
+
+    @property
+    def fits(self) -> bool:
+        return self.capacity is None or self.total <= self.capacity
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{s.service} {s.bytes / GIB:.2f}" for s in self.shares if s.bytes)
+        least = "at least " if any(s.bytes is None for s in self.shares) else ""
+        need = f"the stack needs {least}{self.total / GIB:.2f} GiB of GPU memory ({parts or 'nothing counted'})"
+        if self.capacity is None:
+            return f"{need}; not checked ({self.source})"
+        verb = "fits in" if self.fits else "does not fit in"
+        return f"{need}, which {verb} {self.capacity / GIB:.2f} GiB ({self.source})"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"shares": [s.as_dict() for s in self.shares], "total": self.total, "capacity": self.capacity,
+                "source": self.source, "fits": self.fits, "notes": list(self.notes)}
+
+
+def _llama_share(inv: Inventory, name: str, svc: LlamaServer | LlamaCppPython) -> Share:
+    layers = svc.n_gpu_layers
+    ctx = svc.ctx_size if isinstance(svc, LlamaServer) else svc.n_ctx
+    if layers == 0:
+        return Share(name, svc.kind, 0, "n_gpu_layers: 0 (CPU only)")
+    path = Path(inv.model_path(svc))
+    try:
+        info = gguf_header.read(path)
+    except gguf_header.GGUFError as exc:
+        return Share(name, svc.kind, None, f"{path}: {exc}; not counted")
+    blocks = info.block_count
+    share = 1.0 if not blocks else min(1.0, layers / blocks)
+    weights = int((info.tensor_bytes or info.size) * share)
+    kv = int((info.kv_bytes_per_token or 0) * ctx * share)
+    compute = COMPUTE_BUFFER_MIB * MIB
+    kv_how = (f"KV {ctx} tokens x {info.kv_bytes_per_token} B = {_size(kv)}" if info.kv_bytes_per_token
+              else "KV unknown (header lacks the attention shape)")
+    return Share(name, svc.kind, weights + kv + compute,
+                 f"{min(layers, blocks or layers)}/{blocks or '?'} layers of {_size(info.tensor_bytes or info.size)} = "
+                 f"{_size(weights)}, {kv_how}, compute {COMPUTE_BUFFER_MIB} MiB")
+
+
+def _size(n: int) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / MIB:.1f} MiB"
+
+
+def nvidia_smi_memory() -> tuple[int, int] | None:
+    """(total, in use) bytes of nvidia-smi's first GPU, or None where there is none."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        res = run_cmd([smi, "--query-gpu=memory.total,memory.used", "--format=csv,noheader,nounits"], timeout=20)
+    except CommandFailed:
+        return None
+    first = res.stdout.strip().splitlines()[:1]
+    try:
+        total, used = (int(x.strip()) * MIB for x in first[0].split(","))
+    except (IndexError, ValueError):
+        return None
+    return total, used
+
+
+def compute(inv: Inventory, *, measure: bool = True) -> Budget:
+    notes: list[str] = []
+    total: int | None = None
+    if inv.host.gpu_memory_gib is not None:
+        total = capacity = int(inv.host.gpu_memory_gib * GIB)
+        source = "host.gpu_memory_gib"
+    elif (measured := nvidia_smi_memory() if measure else None) is not None:
+        # What processes outside the stack hold is not the stack's to use.
+        total, used = measured
+        capacity, source = total - used, f"nvidia-smi: {total / GIB:.2f} GiB, {used / GIB:.2f} GiB in use"
+    else:
+        capacity, source = None, "no host.gpu_memory_gib and no nvidia-smi"
+    shares: list[Share] = []
+    for name, svc in inv.managed().items():
+        if isinstance(svc, (LlamaServer, LlamaCppPython)):
+            shares.append(_llama_share(inv, name, svc))
+        elif isinstance(svc, Vllm) and svc.device == "cuda":
+            if total is None:
+                shares.append(Share(name, svc.kind, None, f"{svc.gpu_memory_utilization:g} of an unknown GPU size"))
+            else:
+                shares.append(Share(name, svc.kind, int(total * svc.gpu_memory_utilization),
+                                    f"gpu_memory_utilization {svc.gpu_memory_utilization:g} x {total / GIB:.2f} GiB"))
+        elif isinstance(svc, Ollama) and inv.host.gpu:
+            shares.append(Share(name, svc.kind, None, "loads models on demand and evicts them itself: not counted"))
+            notes.append(f"{name}: Ollama's models are not counted; leave it room (OLLAMA_MAX_LOADED_MODELS)")
+    return Budget(shares, capacity, source, notes)
+
+
+def applies(inv: Inventory) -> bool:
+    return inv.host.gpu
+
+
+def enforce(loaded, budget: Budget, *, force: bool) -> None:  # type: ignore[no-untyped-def]
+    """Refuse (exit 2, one line naming the budget's field) a stack that does not fit,
+    unless forced."""
+    if budget.fits or force:
+        return
+    inv = loaded.inventory
+    loc = ("host", "gpu_memory_gib") if inv.host.gpu_memory_gib is not None else ("host",)
+    raise loaded.source.error(loc, f"{budget.summary()}; lower gpu_memory_utilization or n_gpu_layers, or pass "
+                                   "--force; nothing was changed")
+
+
+def table(budget: Budget, width: int = 80) -> list[str]:
+    """The budget as plain lines of at most ``width`` columns, folded between words."""
+    import textwrap
+
+    def fold(text: str, indent: str, more: str) -> list[str]:
+        return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=more,
+                             break_long_words=False, break_on_hyphens=False)
+
+    lines = fold(f"GPU memory: {budget.summary()}", "", "  ")
+    for s in budget.shares:
+        figure = f"{s.bytes / GIB:6.2f} GiB" if s.bytes is not None else "     - GiB"
+        lines += fold(f"{s.service} ({s.kind}): {figure.strip()}", "  ", "    ")
+        lines += fold(s.how, "      ", "      ")
+    for note in budget.notes:
+        lines += fold(f"note: {note}", "  ", "    ")
+    return lines
