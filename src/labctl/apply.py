@@ -22,7 +22,7 @@ from labctl.inventory import Inventory, Redis, unit_name
 from labctl.layout import UNIT_DIR, Layout
 from labctl.load import Loaded, load_inventory
 from labctl.lock import host_lock
-from labctl.plan import Plan, UnitState, make_plan, operator_drop_ins, read_installed, start_order
+from labctl.plan import Plan, UnitState, make_plan, operator_drop_ins, read_installed, start_order, with_drop_in_reload
 from labctl.probes import Readiness, probe, probe_all, wait_ready
 from labctl.proc import CommandFailed
 from labctl.provision import provision
@@ -79,7 +79,8 @@ class Host:
         """What the manager says about every unit a plan can touch: the inventory's, and
         the installed ones it may have to remove."""
         units = sorted({unit_name(n) for n in self.inv.managed()} | set(self.installed_units(installed)))
-        return {u: f.state for u, f in self.manager.show(units).items()}
+        facts = self.manager.show(units)
+        return {u: f.state for u, f in with_drop_in_reload(self.inv, self.config_root, facts).items()}
 
 
 def ensure_secrets(inv: Inventory, say: Say) -> None:
@@ -133,7 +134,7 @@ def bring_up(host: Host, name: str, verb: str, say: Say) -> Readiness:
         # A process that exits at once can fail the start job itself (before Type=exec
         # reports it started); Restart= then keeps trying in the background: stop that too.
         facts = host.manager.show([unit])[unit]
-        host.manager.stop(unit)
+        _stop_between_restarts(host, unit)
         raise _unit_failure(host, unit, f"systemctl {verb} failed ({facts.result or 'no result'}, exit status "
                                         f"{facts.exec_main_status}); stopped it so it does not restart in a loop"
                             ) from None
@@ -142,11 +143,26 @@ def bring_up(host: Host, name: str, verb: str, say: Say) -> Readiness:
     if not result.ready:
         facts = host.manager.show([unit])[unit]
         if facts.active_state == "failed" or facts.n_restarts > baseline:
-            host.manager.stop(unit)
+            _stop_between_restarts(host, unit)
             raise _unit_failure(host, unit, f"{result.reason}; stopped it so it does not restart in a loop")
         raise _unit_failure(host, unit, result.reason)
     say(f"{name}: ready in {result.seconds}s ({result.last.check}: {result.last.detail})")
     return result
+
+
+def _stop_between_restarts(host: Host, unit: str, within: float = 10.0) -> None:
+    """Stop a looping unit while it waits to restart, not while a try is running: stopping
+    a running process is a clean stop (Result=success), and status would then say the
+    loop succeeded. A unit that never pauses is stopped when ``within`` runs out."""
+    import time
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        facts = host.manager.show([unit])[unit]
+        if facts.sub_state == "auto-restart" or facts.active_state in ("failed", "inactive"):
+            break
+        time.sleep(0.1)
+    host.manager.stop(unit)
 
 
 def _unit_failure(host: Host, unit: str, reason: str) -> OperationFailed:
