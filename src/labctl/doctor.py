@@ -18,7 +18,7 @@ from typing import Literal
 from labctl import checks, secrets
 from labctl.checks import CATCH_ALL
 from labctl.text import shown
-from labctl.inventory import Inventory, LiteLLM, LlamaCppPython, LlamaServer, Redis, Vllm, unit_name
+from labctl.inventory import Inventory, LiteLLM, LlamaCppPython, LlamaServer, Redis, Vllm, offloads, unit_name
 from labctl.layout import Layout
 from labctl.load import Loaded
 from labctl.proc import CommandFailed, run_cmd
@@ -189,7 +189,7 @@ def limit_checks(inv: Inventory, controllers: set[str] | None) -> list[Check]:
 def _needs_gpu(inv: Inventory) -> list[str]:
     out = []
     for name, svc in inv.enabled().items():
-        if isinstance(svc, (LlamaServer, LlamaCppPython)) and svc.n_gpu_layers > 0:
+        if isinstance(svc, (LlamaServer, LlamaCppPython)) and offloads(svc):
             out.append(name)
         if isinstance(svc, Vllm) and svc.device == "cuda":
             out.append(name)

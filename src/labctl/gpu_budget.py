@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from labctl import gguf_header
-from labctl.inventory import Inventory, LlamaCppPython, LlamaServer, Ollama, Vllm
+from labctl.inventory import Inventory, LlamaCppPython, LlamaServer, Ollama, Vllm, layer_share
 from labctl.proc import CommandFailed, run_cmd
 
 GIB = 2**30
@@ -86,14 +86,14 @@ def _llama_share(inv: Inventory, name: str, svc: LlamaServer | LlamaCppPython) -
     except gguf_header.GGUFError as exc:
         return Share(name, svc.kind, None, f"{path}: {exc}; not counted")
     blocks = info.block_count
-    share = 1.0 if not blocks else min(1.0, layers / blocks)
+    share = layer_share(svc, blocks)
     weights = int((info.tensor_bytes or info.size) * share)
     kv = int((info.kv_bytes_per_token or 0) * ctx * share)
     compute = COMPUTE_BUFFER_MIB * MIB
     kv_how = (f"KV {ctx} tokens x {info.kv_bytes_per_token} B = {_size(kv)}" if info.kv_bytes_per_token
               else "KV unknown (header lacks the attention shape)")
     return Share(name, svc.kind, weights + kv + compute,
-                 f"{min(layers, blocks or layers)}/{blocks or '?'} layers of {_size(info.tensor_bytes or info.size)} = "
+                 f"{round(share * blocks) if blocks else layers}/{blocks or '?'} layers of {_size(info.tensor_bytes or info.size)} = "
                  f"{_size(weights)}, {kv_how}, compute {COMPUTE_BUFFER_MIB} MiB")
 
 

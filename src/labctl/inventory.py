@@ -397,13 +397,37 @@ ModelRef = Annotated[str, Field(min_length=1), AfterValidator(_check_llama_model
 VllmModelRef = Annotated[str, Field(min_length=1), AfterValidator(_check_vllm_model)]
 
 
+def _check_server_layers(value: int | str) -> int | str:
+    if value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise ValueError("must be a number of layers (0 or more) or 'all' (llama-server's every layer; "
+                     "-1 is llama-cpp-python's word for it)")
+
+
+_check_server_layers.doc = "0 or more, or `all`"  # type: ignore[attr-defined]
+
+
+def offloads(svc: "LlamaCppPython | LlamaServer") -> bool:
+    """Whether a llama server puts any layer on the GPU."""
+    return svc.n_gpu_layers != 0
+
+
+def layer_share(svc: "LlamaCppPython | LlamaServer", blocks: int | None) -> float:
+    """The share of a model's layers a llama server offloads (1.0 for all of them)."""
+    if svc.n_gpu_layers in ("all", -1):
+        return 1.0
+    assert isinstance(svc.n_gpu_layers, int)
+    return 1.0 if not blocks else min(1.0, svc.n_gpu_layers / blocks)
+
+
 class LlamaCppPython(ServiceBase):
     kind: Literal["llama-cpp-python"]
     runtime: Runtime
     port: Port = 8000
     model: ModelRef = "current"
     alias: ModelName
-    n_gpu_layers: Annotated[int, Field(ge=0)]
+    # Layers to offload; -1 is all of them, as llama-cpp-python means it.
+    n_gpu_layers: Annotated[int, Field(ge=-1)]
     n_ctx: Annotated[int, Field(ge=64, le=1_048_576)] = 4096
     n_threads: Annotated[int, Field(ge=1, le=1024)] | None = None
 
@@ -414,7 +438,8 @@ class LlamaServer(ServiceBase):
     port: Port = 8080
     model: ModelRef = "current"
     alias: ModelName
-    n_gpu_layers: Annotated[int, Field(ge=0)]
+    # Layers to offload; "all" is all of them, as llama-server means it (-ngl all).
+    n_gpu_layers: Annotated[int | str, AfterValidator(_check_server_layers)]
     ctx_size: Annotated[int, Field(ge=64, le=1_048_576)] = 4096
     threads: Annotated[int, Field(ge=1, le=1024)] | None = None
     parallel: Annotated[int, Field(ge=1, le=256)] = 1

@@ -30,7 +30,7 @@ import httpx
 from labctl import fsio, gguf_header
 from labctl.text import shown
 from labctl.errors import MultiLineFailure, OperationFailed, UsageError
-from labctl.inventory import Inventory, LlamaCppPython, LlamaServer, unit_name
+from labctl.inventory import Inventory, LlamaCppPython, LlamaServer, layer_share, unit_name
 from labctl.render.gateway import base_url
 
 Say = Callable[[str], None]
@@ -292,7 +292,7 @@ def budget(inv: Inventory, info: gguf_header.GGUFInfo) -> tuple[bool, str]:
     blocks = info.block_count
     parts, total = [], 0.0
     for name, svc in llama_services(inv).items():
-        share = 1.0 if not blocks else min(1.0, svc.n_gpu_layers / blocks)
+        share = layer_share(svc, blocks)
         need = info.size * share
         total += need
         parts.append(f"{name}: {svc.n_gpu_layers}/{blocks or '?'} layers x {info.size / 2**30:.2f} GiB "

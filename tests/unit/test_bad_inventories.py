@@ -69,7 +69,8 @@ CASES: list[tuple[str, str, str]] = [
                                       "      python: /opt/litellm/bin/python\n      venv: /opt/litellm")),
      "22: services.gateway.runtime: set exactly one of venv or python"),
     ("n-gpu-layers-negative", edit(("    n_gpu_layers: 0\n    ctx_size", "    n_gpu_layers: -1\n    ctx_size")),
-     "11: services.native.n_gpu_layers: input should be greater than or equal to 0"),
+     "11: services.native.n_gpu_layers: must be a number of layers (0 or more) or 'all' (llama-server's every "
+     "layer; -1 is llama-cpp-python's word for it)"),
     ("ctx-too-small", edit(("ctx_size: 2048", "ctx_size: 10")),
      "12: services.native.ctx_size: input should be greater than or equal to 64"),
     ("gpu-mem-1.5", with_service(VLLM + "    gpu_memory_utilization: 1.5\n"),

@@ -104,3 +104,28 @@ def test_kv_width_from_the_gemma_header() -> None:
                         "assemble(sys.argv[1])", str(path)], check=True, timeout=300)
         info = gguf_header.read(path)
     assert (info.block_count, info.kv_bytes_per_token) == (18, 2 * 18 * 1 * (256 + 256))
+
+
+def test_all_layers_as_each_server_means_it(tmp_path: Path) -> None:
+    """llama-server says all (-ngl all), llama-cpp-python says -1; both offload everything,
+    render as the server expects, and count as the whole model."""
+    text = stack(tmp_path, gib=16.0).replace("n_gpu_layers: 2,", "n_gpu_layers: all,").replace(
+        "n_gpu_layers: 1,", "n_gpu_layers: -1,")
+    inv = load_inventory("inventory.yaml", text=text).inventory
+    from labctl.render import render_all
+
+    files = render_all(inv)
+    assert "--n-gpu-layers all" in files["systemd/user/labctl-native.service"]
+    assert "--n_gpu_layers -1" in files["systemd/user/labctl-bindings.service"]
+    shares = {s.service: s for s in compute(inv, measure=False).shares}
+    info = gguf_header.read(tmp_path / "models/tiny.gguf")
+    assert shares["bindings"].bytes == info.tensor_bytes + info.kv_bytes_per_token * 512 + COMPUTE_BUFFER_MIB * MIB
+    assert shares["native"].how.startswith("2/2 layers")
+    # Each in its own server's words only.
+    for wrong in (text.replace("n_gpu_layers: all,", "n_gpu_layers: -1,"),
+                  text.replace("n_gpu_layers: -1,", "n_gpu_layers: all,")):
+        path = tmp_path / "bad.yaml"
+        path.write_text(wrong)
+        with pytest.raises(SystemExit) as exit_info:
+            main(["validate", "-i", str(path)])
+        assert exit_info.value.code == 2

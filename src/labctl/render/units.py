@@ -13,6 +13,7 @@ from labctl.inventory import (
     LlamaServer,
     Ollama,
     Redis,
+    offloads,
     ServiceBase,
     Vllm,
     unit_name,
@@ -115,7 +116,7 @@ def dependencies(inv: Inventory, svc: ServiceBase) -> list[str]:
 def uses_gpu(inv: Inventory, svc: ServiceBase) -> bool:
     """Whether the service needs the GPU's device nodes (so no PrivateDevices=)."""
     if isinstance(svc, (LlamaServer, LlamaCppPython)):
-        return svc.n_gpu_layers > 0
+        return offloads(svc)
     if isinstance(svc, Vllm):
         return svc.device == "cuda"
     if isinstance(svc, Ollama):
