@@ -56,7 +56,7 @@ OWNED_FLAGS = {
 def cross_check(inv: Inventory, src: Source, *, check_files: bool = False) -> list[InputError]:
     errors: list[InputError] = []
     for check in (_ports, _binds, _extra_args, _environment, _pip, _gpu_layers, _llama_ctx, _vllm,
-                  _externals, _redis, _hardening, _gateways, _images):
+                  _externals, _redis, _hardening, _gateways, _images, _monitoring):
         errors.extend(check(inv, src))
     if check_files:
         errors.extend(file_problems(inv, src))
@@ -510,6 +510,56 @@ def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
             if found:
                 return found
     return None
+
+
+LABCTL_JOBS = ("prometheus", "node", "llama-server", "vllm", "litellm")
+
+
+def _monitoring(inv: Inventory, src: Source) -> Iterator[InputError]:
+    """The operator's scrape jobs, rule files and dashboards: names that cannot shadow
+    labctl's, files that are there and (dashboards) JSON objects not claiming labctl's uid."""
+    import json
+
+    mon = inv.monitoring
+    seen: dict[str, int] = {}
+    for i, job in enumerate(mon.scrape_jobs):
+        loc = ("monitoring", "scrape_jobs", i, "name")
+        if job.name in LABCTL_JOBS or job.name.startswith("external-"):
+            yield src.error(loc, f"job {job.name!r} is one of labctl's own (pick another name)")
+        elif job.name in seen:
+            yield src.error(loc, f"job {job.name!r} is already defined at scrape_jobs[{seen[job.name]}]")
+        seen.setdefault(job.name, i)
+        for k, rule in enumerate(job.relabel_configs + job.metric_relabel_configs):
+            if rule.action in ("replace", "hashmod") and rule.target_label is None:
+                section = "relabel_configs" if k < len(job.relabel_configs) else "metric_relabel_configs"
+                index = k if k < len(job.relabel_configs) else k - len(job.relabel_configs)
+                yield src.error(("monitoring", "scrape_jobs", i, section, index),
+                                f"action {rule.action} needs target_label")
+    if not mon.enabled:
+        return
+    for field_name in ("rule_files", "rule_tests", "dashboards"):
+        for i, path in enumerate(getattr(mon, field_name)):
+            real = Path(inv.host.expand(path))
+            loc = ("monitoring", field_name, i)
+            try:
+                info = real.stat()
+            except OSError:
+                yield src.error(loc, f"{real} does not exist")
+                continue
+            if not real.is_file() or info.st_size > 4 * 2**20:
+                yield src.error(loc, f"{real} is not a regular file of at most 4 MiB")
+                continue
+            if field_name != "dashboards":
+                continue
+            try:
+                doc = json.loads(real.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                yield src.error(loc, f"{real} is not JSON ({type(exc).__name__})")
+                continue
+            if not isinstance(doc, dict) or "panels" not in doc:
+                yield src.error(loc, f"{real} is not a Grafana dashboard (a JSON object with panels)")
+            elif doc.get("uid") == "labctl-overview":
+                yield src.error(loc, f"{real} takes labctl's own dashboard uid 'labctl-overview'")
 
 
 def _images(inv: Inventory, src: Source) -> Iterator[InputError]:

@@ -186,6 +186,64 @@ def limit_checks(inv: Inventory, controllers: set[str] | None) -> list[Check]:
     return out
 
 
+def _promtool_argv(inv: Inventory, mounts: list[Path]) -> list[str] | None:
+    """promtool from this host, or from the pinned Prometheus image (the one that will load
+    the rules) through the docker CLI; None when neither is here."""
+    local = shutil.which("promtool")
+    if local:
+        return [local]
+    docker = shutil.which("docker")
+    if docker is None:
+        return None
+    volumes = [arg for m in dict.fromkeys(mounts) for arg in ("-v", f"{m}:{m}:ro")]
+    return [docker, "run", "--rm", "--network=none", "--entrypoint", "promtool", *volumes,
+            inv.monitoring.prometheus.image]
+
+
+def _promtool_problem(lines: list[str]) -> str | None:
+    """promtool's reason: the text after its FAILED marker (on that line or the next)."""
+    for i, line in enumerate(lines):
+        if "FAILED" in line:
+            rest = line.split("FAILED", 1)[1].strip(" :")
+            if rest:
+                return rest
+            following = [x.strip() for x in lines[i + 1:] if x.strip()]
+            if following:
+                return following[0]
+    errors = [x.strip() for x in lines if "error" in x.lower()]
+    return errors[0] if errors else (lines[-1].strip() if lines else None)
+
+
+def rule_checks(inv: Inventory) -> list[Check]:
+    """The operator's rule files through promtool (check rules), and their unit tests (test
+    rules): a broken expression is refused before Prometheus would skip the file."""
+    mon = inv.monitoring
+    if not mon.enabled or not (mon.rule_files or mon.rule_tests):
+        return []
+    rules = [Path(inv.host.expand(p)) for p in mon.rule_files]
+    tests = [Path(inv.host.expand(p)) for p in mon.rule_tests]
+    argv = _promtool_argv(inv, [p.parent for p in rules + tests])
+    if argv is None:
+        return [Check("monitoring rule files", "warn", "not checked: no promtool here and no docker CLI",
+                      "apt-get install prometheus (for promtool)")]
+    out = []
+    for what, args, cwd in ([("rules", ["check", "rules", *map(str, rules)], None)] if rules else []) + \
+            [(f"test {t.name}", ["test", "rules", str(t)], t.parent) for t in tests]:
+        try:
+            res = run_cmd([*argv, *args], check=False, timeout=120, cwd=cwd)
+        except CommandFailed as exc:
+            out.append(Check(f"monitoring {what}", "warn", f"promtool did not run: {exc}"))
+            continue
+        text = (res.stdout + res.stderr).strip().splitlines()
+        if res.rc == 0:
+            out.append(Check(f"monitoring {what}", "ok", "promtool: " + (text[-1] if text else "SUCCESS")))
+        else:
+            problem = _promtool_problem(text) or f"exit status {res.rc}"
+            out.append(Check(f"monitoring {what}", "fail", f"promtool refuses it: {shown(problem)[:300]}",
+                             "fix the file named in monitoring.rule_files / rule_tests"))
+    return out
+
+
 def _needs_gpu(inv: Inventory) -> list[str]:
     out = []
     for name, svc in inv.enabled().items():
@@ -218,6 +276,7 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
 
     out.extend(port_checks(inv))
     out.extend(limit_checks(inv, delegated_controllers(os.getuid())))
+    out.extend(rule_checks(inv))
 
     provisioned = runtimes(inv)
     for problem in checks.file_problems(inv, loaded.source):

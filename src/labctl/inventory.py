@@ -678,6 +678,56 @@ class NodeExporter(Strict):
     port: Port = 9100
 
 
+LabelName = Annotated[str, Field(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]{0,127}$")]
+# host:port (an IP, [IPv6] or a host name) for a scrape target.
+HostPort = Annotated[str, Field(pattern=r"^([A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}$")]
+
+
+# Constructs Python's re accepts and Prometheus's RE2 does not.
+_NOT_RE2 = re.compile(r"\(\?(=|!|<=|<!|>|P=)|\\[1-9]|\(\?[a-zA-Z]*[xXuaL]")
+
+
+def _check_regex(value: str) -> str:
+    _check_word(value)
+    if _NOT_RE2.search(value):
+        raise ValueError("uses lookaround, backreferences or an inline flag Prometheus (RE2) does not have")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"is not a regular expression ({exc})") from None
+    return value
+
+
+_check_regex.doc = "RE2 regular expression"  # type: ignore[attr-defined]
+
+
+class Relabel(Strict):
+    """One Prometheus relabel rule (relabel_configs); promtool checks the whole config."""
+
+    action: Literal["replace", "keep", "drop", "keepequal", "dropequal", "labelmap", "labeldrop", "labelkeep",
+                    "hashmod", "lowercase", "uppercase"] = "replace"
+    source_labels: list[LabelName] = []
+    separator: Word | None = None
+    regex: Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_check_regex)] | None = None
+    target_label: LabelName | None = None
+    replacement: Word | None = None
+    modulus: Annotated[int, Field(ge=1)] | None = None
+
+
+class ScrapeJob(Strict):
+    """A scrape job of the operator's, beside labctl's own (a Redis exporter, a GPU exporter...)."""
+
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z_][a-zA-Z0-9_-]{0,63}$")]
+    targets: Annotated[list[HostPort], Field(min_length=1)]
+    metrics_path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_.-]{0,200}$")] = "/metrics"
+    scheme: Literal["http", "https"] = "http"
+    scrape_interval: Duration | None = None
+    scrape_timeout: Duration | None = None
+    labels: dict[LabelName, Text] = {}
+    relabel_configs: list[Relabel] = []
+    metric_relabel_configs: list[Relabel] = []
+
+
 class Monitoring(Strict):
     enabled: bool = True
     project: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")] = "labctl-monitoring"
@@ -686,6 +736,15 @@ class Monitoring(Strict):
     prometheus: Prometheus = Prometheus()
     grafana: Grafana = Grafana()
     node_exporter: NodeExporter = NodeExporter()
+    # Labels Prometheus adds to every series it sends out (global.external_labels).
+    external_labels: dict[LabelName, Text] = {}
+    scrape_jobs: list[ScrapeJob] = []
+    # The operator's own alert/recording rule files, installed beside labctl's and checked
+    # with promtool; and promtool unit-test files for them (`promtool test rules`).
+    rule_files: list[PathStr] = []
+    rule_tests: list[PathStr] = []
+    # The operator's own Grafana dashboards (JSON), provisioned beside labctl's.
+    dashboards: list[PathStr] = []
 
 
 class Inventory(Strict):

@@ -53,7 +53,7 @@ FULL = {
              "state_dir": "~/.local/state/labctl", "bind": "127.0.0.1", "gpu": False},
     "services": {
         "native": {"kind": "llama-server", "bind": "127.0.0.1", "binary": "/opt/llama/bin/llama-server", "port": 8080,
-                   "alias": "native", "n_gpu_layers": 0, "model": "current", "description": "llama.cpp native",
+                   "alias": "native", "n_gpu_layers": "all", "model": "current", "description": "llama.cpp native",
                    "extra_args": ["--flash-attn", "on"], "environment": {"GGML_VK_VISIBLE_DEVICES": "0"},
                    "environment_files": ["~/.config/native.env"], "library_path": "/opt/llama/lib",
                    "read_write_paths": ["~/scratch"], "limits": {"memory_max": "8G", "memory_high": "6G"}},
@@ -105,7 +105,13 @@ FULL = {
                    "prometheus": {"image": "prom/prometheus:v2.53.2", "retention": "15d"},
                    "grafana": {"image": "grafana/grafana:11.2.2", "admin_user": "labadmin",
                                "admin_password_file": "~/.config/labctl/secrets/grafana-admin-password"},
-                   "node_exporter": {"image": "prom/node-exporter:v1.8.2"}},
+                   "node_exporter": {"image": "prom/node-exporter:v1.8.2"},
+                   "external_labels": {"site": "home"},
+                   "scrape_jobs": [{"name": "redis", "targets": ["127.0.0.1:9121"], "metrics_path": "/metrics",
+                                    "scrape_interval": "30s", "scrape_timeout": "10s", "labels": {"service": "cache"},
+                                    "relabel_configs": [{"source_labels": ["__address__"], "separator": ";",
+                                                         "regex": "(.*):.*", "target_label": "instance",
+                                                         "replacement": "$1"}]}]},
 }
 
 # Strings that are not rendered into any file (pip's argv and environment at provision
@@ -209,7 +215,11 @@ def test_every_string_field_of_the_schema_is_exercised() -> None:
                     "Redis.persistence", "Redis.maxmemory_policy",
                     # One cache: FULL's names a Redis by host and password; a service name
                     # is the same NAME pattern as routes[].service, which is exercised.
-                    "RedisCache.service"}
+                    "RedisCache.service",
+                    # Paths of the operator's own files: their contents are tested in
+                    # test_open_monitoring (a FULL without files on disk cannot name one).
+                    "Monitoring.rule_files", "Monitoring.rule_tests", "Monitoring.dashboards",
+                    "Relabel.action", "ScrapeJob.scheme"}
     missing = schema_string_fields(schema.Inventory) - covered - literal_only
     assert not missing, f"string fields not in FULL: {sorted(missing)}"
 

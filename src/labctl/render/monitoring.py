@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,7 +80,8 @@ def scrape_jobs(inv: Inventory) -> tuple[list[Job], list[str]]:
 
 def prometheus_yml(inv: Inventory) -> str:
     jobs, notes = scrape_jobs(inv)
-    return templates.render("compose/prometheus.yml.j2", scrape_interval=inv.monitoring.scrape_interval,
+    return templates.render("compose/prometheus.yml.j2", external_labels=inv.monitoring.external_labels,
+                            extra_jobs=inv.monitoring.scrape_jobs, scrape_interval=inv.monitoring.scrape_interval,
                             evaluation_interval=inv.monitoring.evaluation_interval, jobs=jobs, notes=notes)
 
 
@@ -176,12 +179,41 @@ def dashboard(inv: Inventory) -> str:
     return encode.json_document(doc)
 
 
+def operator_files(inv: Inventory, base: str) -> dict[str, str]:
+    """The operator's rule files and dashboards, installed beside labctl's under names that
+    cannot collide with them (``operator-N-STEM``). Rule files are copied as written
+    (promtool checks them at pre-flight); a dashboard is parsed and written again as JSON
+    (labctl.checks has refused one that is not a JSON object, or takes labctl's uid)."""
+    from pathlib import PurePosixPath
+
+    from labctl.errors import HostIOError
+
+    mon = inv.monitoring
+    out: dict[str, str] = {}
+    for kind, paths, suffix, folder in (("rule file", mon.rule_files, ".yml", "prometheus/rules"),
+                                        ("dashboard", mon.dashboards, ".json", "grafana/dashboards")):
+        for i, path in enumerate(paths):
+            real = inv.host.expand(path)
+            try:
+                with open(real, encoding="utf-8") as fh:
+                    text = fh.read(MAX_OPERATOR_FILE + 1)
+            except (OSError, UnicodeDecodeError) as exc:
+                raise HostIOError(f"{real}: the {kind} cannot be read ({type(exc).__name__})") from None
+            stem = re.sub(r"[^A-Za-z0-9_-]", "_", PurePosixPath(real).stem)[:64]
+            name = f"{base}/{folder}/operator-{i}-{stem}{suffix}"
+            out[name] = encode.json_document(json.loads(text)) if suffix == ".json" else text
+    return out
+
+
+MAX_OPERATOR_FILE = 4 * 2**20
+
+
 def render_monitoring(inv: Inventory, layout: Layout) -> dict[str, str]:
     if not inv.monitoring.enabled:
         return {}
     base = layout.monitoring_dir
     prometheus_url = f"http://127.0.0.1:{inv.monitoring.prometheus.port}"
-    return {
+    return {**operator_files(inv, base),
         f"{base}/compose.yaml": compose_yaml(inv),
         f"{base}/prometheus/prometheus.yml": prometheus_yml(inv),
         f"{base}/prometheus/rules/labctl.yml": rules_yml(inv),
