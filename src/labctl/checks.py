@@ -608,7 +608,7 @@ def _executable(src: Source, loc: tuple, path: Path) -> Iterator[InputError]:
 
 def _model_file(inv: Inventory, src: Source, loc: tuple, svc: LlamaServer | LlamaCppPython,
                 models_dir: Path) -> Iterator[InputError]:
-    from labctl.models import inside_models_dir, real_path  # models imports the renderers, which import us
+    from labctl.models import inside_models_dir, real_path, roots_text  # models imports the renderers
 
     path = Path(inv.model_path(svc))
     if svc.model == "current":
@@ -623,7 +623,7 @@ def _model_file(inv: Inventory, src: Source, loc: tuple, svc: LlamaServer | Llam
             return
         # The same rule as `labctl model switch` (labctl.models.inside_models_dir).
         if not inside_models_dir(inv, path):
-            yield src.error(loc, f"{path} resolves to {target}, outside the models dir {models_dir}")
+            yield src.error(loc, f"{path} resolves to {target}, outside {roots_text(inv)}")
             return
     if not path.exists():
         yield src.error(loc, f"model file {path} does not exist")

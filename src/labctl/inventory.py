@@ -307,6 +307,9 @@ class Host(Strict):
     home: AbsPath | None = None
     models_dir: PathStr = "~/models"
     current_link: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+\.gguf$")] = "current.gguf"
+    # A models library beside models_dir (library/<dir>/<file>.gguf): current.gguf may point
+    # into it, `model switch` and `model list` look in it; nothing outside the two is allowed.
+    library_dir: PathStr | None = None
     state_dir: PathStr = "~/.local/state/labctl"
     bind: BindAddr = "127.0.0.1"
     allow_public_bind: bool = False

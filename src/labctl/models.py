@@ -96,14 +96,35 @@ def _resolved(path: Path | str) -> str:
         return os.path.abspath(path)
 
 
+def library_dir(inv: Inventory) -> Path | None:
+    return Path(inv.host.expand(inv.host.library_dir)) if inv.host.library_dir else None
+
+
+def model_roots(inv: Inventory) -> list[Path]:
+    """Where a model may live: the models dir, and the library when there is one."""
+    lib = library_dir(inv)
+    return [models_dir(inv)] + ([lib] if lib is not None else [])
+
+
+def roots_text(inv: Inventory) -> str:
+    lib = library_dir(inv)
+    return f"the models dir {models_dir(inv)}" + (f" and the library {lib}" if lib else "")
+
+
 def inside_models_dir(inv: Inventory, path: Path | str) -> bool:
-    """The one rule for "in the models dir": ``path``'s real location, every symlink
-    followed (the file itself, a link placed in the dir, or current.gguf), is strictly
-    under the real models dir. False when either cannot be resolved (dangling link, loop,
-    missing models dir...), so callers that want a more precise message check existence
-    first; a link in the models dir that points outside it is outside."""
-    root, real = real_path(models_dir(inv)), real_path(path)
-    return root is not None and real is not None and real != root and real.is_relative_to(root)
+    """The one rule for "in the models dir" (switch, doctor, up and list all use it):
+    ``path``'s real location, every symlink followed (the file itself, a link placed in
+    the dir, or current.gguf), is strictly under the real models dir or the real library.
+    False when either cannot be resolved (dangling link, loop, missing dir...), so callers
+    that want a more precise message check existence first; a link in the models dir that
+    points outside both is outside."""
+    real = real_path(path)
+    if real is None:
+        return False
+    for root in (real_path(r) for r in model_roots(inv)):
+        if root is not None and real != root and real.is_relative_to(root):
+            return True
+    return False
 
 
 def list_models(inv: Inventory) -> list[ModelEntry]:
@@ -132,9 +153,35 @@ def list_models(inv: Inventory) -> list[ModelEntry]:
         except gguf_header.GGUFError as exc:
             info, problem = None, str(exc)
         if info is not None and not inside_models_dir(inv, path):
-            problem = f"links outside the models dir (to {_resolved(path)}); model switch refuses it"
+            problem = f"links outside {roots_text(inv)} (to {_resolved(path)}); model switch refuses it"
         out.append(ModelEntry(name, str(path), current_real is not None and real_path(path) == current_real,
                               info, problem))
+    return out + _library_models(inv, current_real)
+
+
+def _library_models(inv: Inventory, current_real: Path | None, depth: int = 3) -> list[ModelEntry]:
+    """The library's ``*.gguf`` files, named relative to it (``qwen/qwen-7b.gguf``, what
+    `model switch` takes), at most ``depth`` directories down; links are not followed."""
+    lib = library_dir(inv)
+    if lib is None or not lib.is_dir():
+        return []
+    out = []
+    for dirpath, dirnames, filenames in os.walk(lib):
+        rel_dir = Path(dirpath).relative_to(lib)
+        if len(rel_dir.parts) >= depth:
+            dirnames.clear()
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fname in sorted(f for f in filenames if f.endswith(".gguf") and not f.startswith(".")):
+            path = Path(dirpath) / fname
+            try:
+                info: dict[str, object] | None = gguf_header.read(path).as_dict()
+                problem = None
+            except gguf_header.GGUFError as exc:
+                info, problem = None, str(exc)
+            if info is not None and not inside_models_dir(inv, path):
+                problem = f"links outside {roots_text(inv)} (to {_resolved(path)}); model switch refuses it"
+            out.append(ModelEntry(str(rel_dir / fname), str(path),
+                                  current_real is not None and real_path(path) == current_real, info, problem))
     return out
 
 
@@ -204,10 +251,16 @@ def current(inv: Inventory, manager) -> dict[str, object]:  # type: ignore[no-un
 
 
 def resolve_request(inv: Inventory, requested: str) -> Path:
-    """The file a ``switch`` argument names: a bare name is looked up in the models dir."""
+    """The file a ``switch`` argument names: a bare name is looked up in the models dir,
+    then in the library; a relative path of several parts (``qwen/qwen-7b.gguf``) in the
+    library when there is one."""
     path = Path(requested)
+    lib = library_dir(inv)
     if not path.is_absolute() and len(path.parts) == 1:
-        path = models_dir(inv) / path
+        first = models_dir(inv) / path
+        path = lib / path if lib is not None and not os.path.lexists(first) and os.path.lexists(lib / path) else first
+    elif not path.is_absolute() and lib is not None:
+        path = lib / path
     return Path(os.path.abspath(path))
 
 
@@ -246,7 +299,6 @@ def validate(inv: Inventory, requested: str) -> tuple[Path, gguf_header.GGUFInfo
     """The file ``requested`` names, and its header, if current.gguf may point at it; else
     SwitchRefused (exit 2) in one line. Nothing here blocks on a FIFO or device, or raises
     on a symlink loop."""
-    directory = models_dir(inv)
     path = resolve_request(inv, requested)
     if _reaches(path, link_path(inv)):
         raise _refused(f"{requested}: that is the current.gguf link itself; name the model file")
@@ -270,9 +322,8 @@ def validate(inv: Inventory, requested: str) -> tuple[Path, gguf_header.GGUFInfo
     if reason:
         raise _refused(f"{requested}: {reason}")
     if not inside_models_dir(inv, path):
-        root = real_path(directory) or directory
-        raise _refused(f"{requested}: {_resolved(path)} is outside the models dir {root}; copy or move it "
-                       "there (a link in the models dir must point inside it too)")
+        raise _refused(f"{requested}: {_resolved(path)} is outside {roots_text(inv)}; copy or move it "
+                       "there (a link in the models dir must point inside them too)")
     if not os.access(path, os.R_OK):
         raise _refused(f"{requested}: not readable by {inv.host.user}")
     try:

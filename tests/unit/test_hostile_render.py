@@ -50,7 +50,7 @@ ERROR_LINE = re.compile(r"^(?P<file>[^\n]+):(?P<line>\d+): (?P<path>\S[^\n]*?): 
 FULL = {
     "version": 1,
     "host": {"user": "labuser", "home": "/home/labuser", "models_dir": "~/models", "current_link": "current.gguf",
-             "state_dir": "~/.local/state/labctl", "bind": "127.0.0.1", "gpu": False},
+             "state_dir": "~/.local/state/labctl", "bind": "127.0.0.1", "gpu": False, "library_dir": "~/library"},
     "services": {
         "native": {"kind": "llama-server", "bind": "127.0.0.1", "binary": "/opt/llama/bin/llama-server", "port": 8080,
                    "alias": "native", "n_gpu_layers": "all", "model": "current", "description": "llama.cpp native",
@@ -124,7 +124,9 @@ NOT_RENDERED = {"pip", "pip_env", "kind", "service", "endpoint", "dtype", "quant
 NOT_RENDERED_AT = {("services", "theirs", "description"), ("services", "theirs", "unit"),
                    # A redis service's password file is read at `up` (its value derived into a
                    # 0600 include); no rendered file names it unless a gateway's cache uses it.
-                   ("services", "cache", "password", "var"), ("services", "cache", "password", "env_file")}
+                   ("services", "cache", "password", "var"), ("services", "cache", "password", "env_file"),
+                   # Where `model switch` and `model list` look; no rendered file names it.
+                   ("host", "library_dir")}
 
 
 def string_leaves(node: Any, loc: tuple = ()) -> list[tuple]:
