@@ -25,7 +25,7 @@ APT_PACKAGES=(
   debootstrap systemd-container   # the booted systemd sandbox (system tests, demo)
   docker.io               # a real Docker engine for the monitoring compose tests
   iproute2 procps curl ca-certificates
-  redis-server            # kind: redis, tested against the real server (integration tier)
+  redis-server prometheus-redis-exporter   # kind: redis and redis-exporter, tested for real
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

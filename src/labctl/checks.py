@@ -24,6 +24,7 @@ from labctl.inventory import (
     LlamaServer,
     Ollama,
     Redis,
+    RedisExporter,
     ServiceBase,
     UNIT_PREFIX,
     Vllm,
@@ -48,6 +49,8 @@ OWNED_FLAGS = {
     "ollama": set(),
     "external": set(),
     # redis-server takes config directives as --flags: labctl's config sets these.
+    "redis-exporter": {"-redis.addr", "--redis.addr", "-web.listen-address", "--web.listen-address",
+                       "-redis.password", "--redis.password"},
     "redis": {"--bind", "--port", "--requirepass", "--dir", "--dbfilename", "--save", "--appendonly",
               "--maxmemory", "--maxmemory-policy", "--include", "--daemonize", "--logfile", "--protected-mode"},
 }
@@ -192,6 +195,19 @@ def _redis(inv: Inventory, src: Source) -> Iterator[InputError]:
         if isinstance(svc, Redis) and svc.password.env_file is None:
             yield src.error(("services", name, "password"), "redis-server reads its password from a file: use "
                                                             "{env_file: PATH, var: NAME} (labctl generates it)")
+    for name, svc in inv.services.items():
+        if not isinstance(svc, RedisExporter):
+            continue
+        target = inv.services.get(svc.redis)
+        loc = ("services", name, "redis")
+        if not isinstance(target, Redis):
+            what = f"a {target.kind} service" if target is not None else "no service"  # type: ignore[attr-defined]
+            yield src.error(loc, f"{svc.redis!r} is {what}, not redis")
+        elif target.password.variable != "REDIS_PASSWORD":
+            yield src.error(loc, f"the exporter reads REDIS_PASSWORD, but services.{svc.redis}.password.var is "
+                                 f"{target.password.variable}; name it REDIS_PASSWORD")
+        elif svc.enabled and not target.enabled:
+            yield src.error(loc, f"service {svc.redis!r} is disabled")
     for name, gw in inv.gateways().items():
         if gw.cache is None or gw.cache.service is None:
             continue
@@ -512,19 +528,19 @@ def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
     return None
 
 
-LABCTL_JOBS = ("prometheus", "node", "llama-server", "vllm", "litellm")
-
-
 def _monitoring(inv: Inventory, src: Source) -> Iterator[InputError]:
     """The operator's scrape jobs, rule files and dashboards: names that cannot shadow
     labctl's, files that are there and (dashboards) JSON objects not claiming labctl's uid."""
     import json
 
+    from labctl.render.monitoring import scrape_jobs
+
     mon = inv.monitoring
     seen: dict[str, int] = {}
+    ours = {job.name for job in scrape_jobs(inv)[0]}
     for i, job in enumerate(mon.scrape_jobs):
         loc = ("monitoring", "scrape_jobs", i, "name")
-        if job.name in LABCTL_JOBS or job.name.startswith("external-"):
+        if job.name in ours:
             yield src.error(loc, f"job {job.name!r} is one of labctl's own (pick another name)")
         elif job.name in seen:
             yield src.error(loc, f"job {job.name!r} is already defined at scrape_jobs[{seen[job.name]}]")

@@ -28,6 +28,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("services.NAME, kind: litellm", inv.LiteLLM),
     ("services.NAME, kind: external", inv.External),
     ("services.NAME, kind: redis", inv.Redis),
+    ("services.NAME, kind: redis-exporter", inv.RedisExporter),
     ("runtime", inv.Runtime),
     ("endpoints.NAME", inv.Endpoint),
     ("routes[]", inv.Route),

@@ -595,6 +595,17 @@ class Redis(ServiceBase):
     ready_timeout_sec: Annotated[int, Field(ge=1, le=7200)] = 30
 
 
+class RedisExporter(ServiceBase):
+    """Debian's prometheus-redis-exporter for a kind: redis service: Prometheus scrapes it
+    (job "redis"). It reads the password from REDIS_PASSWORD in the Redis service's env file."""
+
+    kind: Literal["redis-exporter"]
+    redis: Annotated[str, Field(pattern=NAME_RE)]
+    binary: ExecPath = "/usr/bin/prometheus-redis-exporter"
+    port: Port = 9121
+    ready_timeout_sec: Annotated[int, Field(ge=1, le=7200)] = 30
+
+
 class LiteLLM(ServiceBase):
     kind: Literal["litellm"]
     runtime: Runtime
@@ -636,9 +647,9 @@ class LiteLLM(ServiceBase):
         return refs + [e.api_key for e in self.endpoints.values() if e.api_key is not None]
 
 
-Service = Annotated[Union[Ollama, LlamaCppPython, LlamaServer, Vllm, LiteLLM, External, Redis],
+Service = Annotated[Union[Ollama, LlamaCppPython, LlamaServer, Vllm, LiteLLM, External, Redis, RedisExporter],
                     Field(discriminator="kind")]
-KINDS = ("ollama", "llama-cpp-python", "llama-server", "vllm", "litellm", "external", "redis")
+KINDS = ("ollama", "llama-cpp-python", "llama-server", "vllm", "litellm", "external", "redis", "redis-exporter")
 BACKEND_KINDS = ("ollama", "llama-cpp-python", "llama-server", "vllm", "external")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from labctl import fsio
-from labctl.inventory import Inventory, LiteLLM, unit_name
+from labctl.inventory import Inventory, LiteLLM, RedisExporter, unit_name
 from labctl.layout import UNIT_DIR, Layout
 from labctl.render.units import dependencies
 
@@ -123,7 +123,9 @@ def start_order(inv: Inventory) -> list[str]:
     """The services labctl runs, in start order: backends first, then what depends on
     them. External services are never started, so never in it."""
     names = list(inv.managed())
-    return sorted(names, key=lambda n: (isinstance(inv.services[n], LiteLLM), n))
+    # An exporter after the Redis it reads (labctl waits for each to answer in turn).
+    rank = {n: 2 if isinstance(s, LiteLLM) else 1 if isinstance(s, RedisExporter) else 0 for n, s in inv.managed().items()}
+    return sorted(names, key=lambda n: (rank[n], n))
 
 
 def make_plan(inv: Inventory, rendered: dict[str, str], installed: dict[str, str],

@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 
 from labctl import secrets
-from labctl.inventory import External, Inventory, Listener, LiteLLM, LlamaCppPython, LlamaServer, Ollama, Redis, Vllm
+from labctl.inventory import (External, Inventory, Listener, LiteLLM, LlamaCppPython, LlamaServer, Ollama, Redis,
+                              RedisExporter, Vllm)
 from labctl.render.gateway import base_url
 
 
@@ -156,6 +157,14 @@ def _probe(inv: Inventory, name: str, svc: Listener, p: _Probe, deep: bool) -> P
     if isinstance(svc, Redis):
         return _redis_ping(inv, svc, p)
     url = base_url(inv, svc)
+    if isinstance(svc, RedisExporter):
+        resp = p.get(f"{url}/metrics")
+        if resp.status_code != 200:
+            return p.result(False, f"/metrics answered HTTP {resp.status_code}")
+        up = [line for line in resp.text.splitlines() if line.startswith("redis_up ")]
+        if not up:
+            return p.result(False, "no redis_up in /metrics")
+        return p.result(True, "ready") if up[0].split()[-1] == "1" else p.result(False, "redis_up 0: it cannot reach or log in to its Redis")
     if isinstance(svc, LlamaServer):
         resp = p.get(f"{url}/health")
         if resp.status_code == 503:

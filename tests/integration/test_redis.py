@@ -122,3 +122,54 @@ def test_redis_runs_the_rendered_config(tmp_path: Path) -> None:
         assert not result.ok and "WRONGPASS" in result.detail, result
     finally:
         helpers.stop_process(proc)
+
+
+def test_the_exporter_reads_redis_with_the_password_from_the_env_file(tmp_path: Path) -> None:
+    """kind: redis-exporter: Debian's prometheus-redis-exporter, started from the rendered
+    argv with the environment its EnvironmentFile= gives (never the password in argv):
+    labctl's probe reads redis_up 1; with a wrong password, redis_up 0 and not ready."""
+    binary = require_command("redis-server", "apt-get install redis-server")
+    exporter_bin = require_command("prometheus-redis-exporter", "apt-get install prometheus-redis-exporter")
+    home = tmp_path / "home"
+    port, exporter_port = helpers.free_port(), helpers.free_port()
+    text = INVENTORY.format(home=home, state=f"{home}/state", binary=binary, port=port).replace(
+        "monitoring:", f"  metrics:\n    kind: redis-exporter\n    redis: cache\n    binary: {exporter_bin}\n"
+                       f"    port: {exporter_port}\nmonitoring:")
+    inv = load_inventory("inventory.yaml", text=text).inventory
+    layout = Layout.of(inv)
+    files = render_all(inv)
+    conf = Path(layout.config_root) / layout.redis_config("cache")
+    conf.parent.mkdir(parents=True)
+    conf.write_text(files[layout.redis_config("cache")])
+    ensure_secrets(inv, lambda _: None)
+    env_file = Path(inv.host.expand(inv.services["cache"].password.env_file))
+    password = read_secret(env_file, "REDIS_PASSWORD")
+    unit = files["systemd/user/labctl-metrics.service"]
+    assert f"EnvironmentFile={env_file}" in unit and password not in unit
+    redis = start(inv, layout, tmp_path / "redis.log")
+    exporter_argv = argv(inv, "metrics", inv.services["metrics"], layout)
+    assert password not in " ".join(exporter_argv)
+
+    def run_exporter(secret: str):  # type: ignore[no-untyped-def]
+        return helpers.start_process(exporter_argv, log_path=tmp_path / "exporter.log",
+                                     env={"PATH": os.environ["PATH"], "REDIS_PASSWORD": secret})
+
+    try:
+        assert wait_ready(inv).ok
+        exporter = run_exporter(password)
+        try:
+            end = time.monotonic() + 20
+            while not (result := probe(inv, "metrics", timeout=2.0)).ok and time.monotonic() < end:
+                time.sleep(0.2)
+            assert result.ok and result.check == "GET /metrics", (result, helpers.tail(tmp_path / "exporter.log"))
+        finally:
+            helpers.stop_process(exporter)
+        exporter = run_exporter("wrong")
+        try:
+            time.sleep(1.5)
+            result = probe(inv, "metrics", timeout=2.0)
+            assert not result.ok and "redis_up 0" in result.detail, result
+        finally:
+            helpers.stop_process(exporter)
+    finally:
+        helpers.stop_process(redis)

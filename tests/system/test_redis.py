@@ -15,7 +15,9 @@ REDIS_INVENTORY = f"{HOME}/redis.yaml"
 
 
 def with_redis(stack: Stack, port: int) -> str:
-    text = stack.inventory_text.replace("  gateway:\n", f"  cache:\n    kind: redis\n    port: {port}\n\n  gateway:\n", 1)
+    text = stack.inventory_text.replace("  gateway:\n", f"  cache:\n    kind: redis\n    port: {port}\n\n"
+                                        f"  cache-metrics:\n    kind: redis-exporter\n    redis: cache\n"
+                                        f"    port: {stack.ports['redis-exporter']}\n\n  gateway:\n", 1)
     return text.replace("    num_retries: 0\n", "    num_retries: 0\n    cache: {service: cache, ttl_sec: 600}\n", 1)
 
 
@@ -30,7 +32,7 @@ def dbsize(stack: Stack) -> int:
 def test_the_gateway_caches_in_redis(demo_stack: Stack) -> None:
     from labctl.sandbox import free_port
 
-    demo_stack.ports["redis"] = free_port()
+    demo_stack.ports["redis"], demo_stack.ports["redis-exporter"] = free_port(), free_port()
     demo_stack.write_inventory(with_redis(demo_stack, demo_stack.ports["redis"]), REDIS_INVENTORY)
     try:
         res = demo_stack.labctl("up", "-i", REDIS_INVENTORY)
@@ -45,6 +47,9 @@ def test_the_gateway_caches_in_redis(demo_stack: Stack) -> None:
         status = json_out(demo_stack.labctl("status", "-i", REDIS_INVENTORY, "--json"))
         cache = next(s for s in status["services"] if s["service"] == "cache")
         assert cache["healthy"] is True and cache["probe"]["check"] == "AUTH + PING", cache
+        # The exporter logs in with the same generated password (its unit's EnvironmentFile).
+        exporter = next(s for s in status["services"] if s["service"] == "cache-metrics")
+        assert exporter["healthy"] is True and exporter["probe"]["detail"] == "ready", exporter
 
         first = demo_stack.chat("native")
         second = demo_stack.chat("native")

@@ -79,6 +79,10 @@ FULL = {
                   "description": "the gateway's cache", "read_write_paths": ["/srv/redis"], "bind": "127.0.0.1",
                   "extra_args": ["--loglevel", "warning"], "environment": {"REDIS_MODE": "x"},
                   "environment_files": ["~/.config/redis-extra.env"]},
+        "cache-metrics": {"kind": "redis-exporter", "redis": "cache", "binary": "/usr/bin/prometheus-redis-exporter",
+                          "port": 9122, "bind": "127.0.0.1", "description": "exporter",
+                          "extra_args": ["-log-format", "json"], "environment": {"EXPORTER_MODE": "x"},
+                          "environment_files": ["~/.config/exporter.env"], "read_write_paths": ["/srv/exporter"]},
         "gateway": {"kind": "litellm", "bind": "127.0.0.1", "runtime": {"python": "/opt/litellm/bin/python"}, "port": 4000,
                     "description": "gateway", "extra_args": ["--num_workers", "1"],
                     "environment": {"LITELLM_LOG": "ERROR"}, "environment_files": ["~/.config/gw.env"],
@@ -107,7 +111,7 @@ FULL = {
                                "admin_password_file": "~/.config/labctl/secrets/grafana-admin-password"},
                    "node_exporter": {"image": "prom/node-exporter:v1.8.2"},
                    "external_labels": {"site": "home"},
-                   "scrape_jobs": [{"name": "redis", "targets": ["127.0.0.1:9121"], "metrics_path": "/metrics",
+                   "scrape_jobs": [{"name": "gpu", "targets": ["127.0.0.1:9835"], "metrics_path": "/metrics",
                                     "scrape_interval": "30s", "scrape_timeout": "10s", "labels": {"service": "cache"},
                                     "relabel_configs": [{"source_labels": ["__address__"], "separator": ";",
                                                          "regex": "(.*):.*", "target_label": "instance",
@@ -213,7 +217,7 @@ def test_every_string_field_of_the_schema_is_exercised() -> None:
     field the schema has, or a new field would go untested."""
     covered = {model_field_of(loc) for loc in LEAVES}
     literal_only = {"Ollama.kind", "LlamaCppPython.kind", "LlamaServer.kind", "Vllm.kind", "LiteLLM.kind",
-                    "External.kind", "External.api", "External.unit_scope", "RedisCache.type", "Redis.kind",
+                    "External.kind", "External.api", "External.unit_scope", "RedisCache.type", "Redis.kind", "RedisExporter.kind",
                     "Redis.persistence", "Redis.maxmemory_policy",
                     # One cache: FULL's names a Redis by host and password; a service name
                     # is the same NAME pattern as routes[].service, which is exercised.

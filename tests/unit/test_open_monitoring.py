@@ -110,7 +110,7 @@ def test_promtool_checks_and_tests_the_operators_rules(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("old, new, message", [
-    ("    - name: redis\n", "    - name: litellm\n", "one of labctl's own"),
+    ("    - name: redis\n", "    - name: prometheus\n", "one of labctl's own"),
     ("target_label: instance, ", "", "needs target_label"),
     ('["127.0.0.1:9121", "[::1]:9121"]', '["127.0.0.1"]', "scrape_jobs[0].targets[0]"),
     ("scrape_interval: 30s", "scrape_interval: 30", "scrape_interval"),

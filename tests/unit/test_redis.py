@@ -71,3 +71,35 @@ def test_bad_redis_declarations(tmp_path: Path, capsys, pairs, line: int, messag
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err, err
     assert err.startswith(f"{path}:{line}:"), err
+
+
+def test_the_exporter_reads_its_redis_and_is_scraped() -> None:
+    files = render(("  gateway:\n", "  cache-metrics:\n    kind: redis-exporter\n    redis: cache\n  gateway:\n"))
+    unit = files["systemd/user/labctl-cache-metrics.service"]
+    assert ("ExecStart=/usr/bin/prometheus-redis-exporter -redis.addr=redis://127.0.0.1:6390 "
+            "-web.listen-address=127.0.0.1:9121") in unit
+    assert "After=labctl-cache.service" in unit
+    assert "EnvironmentFile=/home/labuser/.config/labctl/secrets/redis.env" in unit
+    prom = yaml.safe_load(files["labctl/monitoring/prometheus/prometheus.yml"])
+    (job,) = [j for j in prom["scrape_configs"] if j["job_name"] == "redis"]
+    assert job["static_configs"][0]["targets"] == ["127.0.0.1:9121"]
+    inv = load_inventory("inventory.yaml", text=edit(*WIRED, ("  gateway:\n", "  cache-metrics:\n    kind: "
+                                                               "redis-exporter\n    redis: cache\n  gateway:\n"))).inventory
+    from labctl.plan import start_order
+
+    order = start_order(inv)
+    assert order.index("cache") < order.index("cache-metrics") < order.index("gateway")
+
+
+@pytest.mark.parametrize("redis, extra, message", [
+    ("native", "", "'native' is a llama-server service, not redis"),
+    ("cache", "    password: {env_file: ~/.config/labctl/secrets/r.env, var: RPW}\n", "name it REDIS_PASSWORD"),
+])
+def test_bad_exporters(tmp_path: Path, capsys, redis: str, extra: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "inventory.yaml"
+    path.write_text(edit(*WIRED, ("    port: 6390\n", "    port: 6390\n" + extra),
+                         ("  gateway:\n", f"  m:\n    kind: redis-exporter\n    redis: {redis}\n  gateway:\n")))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "-i", str(path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err, err

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labctl import templates
-from labctl.inventory import External, Inventory, LiteLLM, LlamaCppPython, LlamaServer, Ollama, Redis, Vllm
+from labctl.inventory import (External, Inventory, LiteLLM, LlamaCppPython, LlamaServer, Ollama, Redis,
+                              RedisExporter, Vllm)
 from labctl.layout import Layout
 from labctl.render import encode
 from labctl.render.gateway import reach
@@ -67,8 +68,11 @@ def scrape_jobs(inv: Inventory) -> tuple[list[Job], list[str]]:
         elif isinstance(svc, Ollama):
             notes.append(f"{name}: Ollama has no native /metrics; `labctl status` probes /api/version")
         elif isinstance(svc, Redis):
-            notes.append(f"{name}: redis-server has no /metrics of its own (no exporter is run); "
-                         "`labctl status` pings it")
+            if not any(isinstance(e, RedisExporter) and e.redis == name for e in inv.enabled().values()):
+                notes.append(f"{name}: redis-server has no /metrics of its own; add a kind: redis-exporter "
+                             "service to scrape it")
+        elif isinstance(svc, RedisExporter):
+            add("redis", "/metrics", address, service=name, kind=svc.kind, redis=svc.redis)
         elif isinstance(svc, External):
             if svc.metrics_path:
                 # One job each: a job has one metrics path.

@@ -13,6 +13,7 @@ from labctl.inventory import (
     LlamaServer,
     Ollama,
     Redis,
+    RedisExporter,
     offloads,
     ServiceBase,
     Vllm,
@@ -56,6 +57,14 @@ def argv(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> list[st
             args.append("--enforce-eager")
     elif isinstance(svc, Redis):
         args = [host.expand(svc.binary), str(layout.installed(layout.redis_config(name)))]
+    elif isinstance(svc, RedisExporter):
+        from labctl.render.gateway import reach
+
+        redis = inv.services[svc.redis]
+        target = reach(inv.bind_of(redis))
+        target = f"[{target}]" if ":" in target else target
+        args = [host.expand(svc.binary), f"-redis.addr=redis://{target}:{redis.port}",
+                f"-web.listen-address={bind}:{port}" if ":" not in bind else f"-web.listen-address=[{bind}]:{port}"]
     elif isinstance(svc, LiteLLM):
         args = [svc.runtime.interpreter(host), "-m", "litellm.proxy.proxy_cli",
                 "--config", str(layout.installed(layout.litellm_config)), "--host", bind, "--port", port]
@@ -93,6 +102,10 @@ def environment(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> 
 
 def environment_files(inv: Inventory, svc: ServiceBase) -> list[str]:
     files = [inv.host.expand(p) for p in svc.environment_files]
+    if isinstance(svc, RedisExporter):
+        redis = inv.services.get(svc.redis)
+        if isinstance(redis, Redis) and redis.password.env_file:
+            files.append(inv.host.expand(redis.password.env_file))
     if isinstance(svc, LiteLLM):
         for ref in inv.gateway_secret_refs(svc):
             if ref.env_file:
@@ -101,7 +114,10 @@ def environment_files(inv: Inventory, svc: ServiceBase) -> list[str]:
 
 
 def dependencies(inv: Inventory, svc: ServiceBase) -> list[str]:
-    """Units this one starts after: a gateway after the backends its routes use."""
+    """Units this one starts after: a gateway after the backends its routes use, an
+    exporter after its Redis."""
+    if isinstance(svc, RedisExporter):
+        return [unit_name(svc.redis)] if svc.redis in inv.managed() else []
     if not isinstance(svc, LiteLLM):
         return []
     # An external backend is no unit of this manager: nothing to order against.
@@ -165,7 +181,7 @@ def hardening(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> li
     if not isinstance(svc, Vllm) and not uses_gpu(inv, svc):
         lines.append(encode.Encoded("MemoryDenyWriteExecute=yes"))
     # Go's runtime and PyTorch read interfaces over netlink.
-    families = "AF_UNIX AF_INET AF_INET6" + (" AF_NETLINK" if isinstance(svc, (Ollama, Vllm)) else "")
+    families = "AF_UNIX AF_INET AF_INET6" + (" AF_NETLINK" if isinstance(svc, (Ollama, Vllm, RedisExporter)) else "")
     lines.append(encode.Encoded(f"RestrictAddressFamilies={families}"))
     lines += [encode.Encoded(f"ReadWritePaths={encode.sd_path_word(p)}") for p in writable_paths(inv, name, svc, layout)]
     return lines

@@ -36,6 +36,7 @@ PACKAGES: tuple[str, ...] = (
     "libnuma1",
     # kind: redis runs Debian's redis-server (the gateway's cache, in the system tier).
     "redis-server",
+    "prometheus-redis-exporter",
 )
 #: Bump when build_rootfs changes what it puts into the tree: forces a rebuild of caches.
 #: 2: labuser in systemd-journal.
