@@ -147,16 +147,20 @@ def list_models(inv: Inventory) -> list[ModelEntry]:
         path = directory / name
         if os.path.abspath(path) == link_abs:
             continue
-        try:
-            info: dict[str, object] | None = gguf_header.read(path).as_dict()
-            problem = None
-        except gguf_header.GGUFError as exc:
-            info, problem = None, str(exc)
-        if info is not None and not inside_models_dir(inv, path):
-            problem = f"links outside {roots_text(inv)} (to {_resolved(path)}); model switch refuses it"
-        out.append(ModelEntry(name, str(path), current_real is not None and real_path(path) == current_real,
-                              info, problem))
+        out.append(_entry(inv, name, path, current_real))
     return out + _library_models(inv, current_real)
+
+
+def _entry(inv: Inventory, name: str, path: Path, current_real: Path | None) -> ModelEntry:
+    """One listed file: its header, or why it is not a model `switch` would take."""
+    try:
+        info: dict[str, object] | None = gguf_header.read(path).as_dict()
+        problem = None
+    except gguf_header.GGUFError as exc:
+        info, problem = None, str(exc)
+    if info is not None and not inside_models_dir(inv, path):
+        problem = f"links outside {roots_text(inv)} (to {_resolved(path)}); model switch refuses it"
+    return ModelEntry(name, str(path), current_real is not None and real_path(path) == current_real, info, problem)
 
 
 def _library_models(inv: Inventory, current_real: Path | None, depth: int = 3) -> list[ModelEntry]:
@@ -172,16 +176,7 @@ def _library_models(inv: Inventory, current_real: Path | None, depth: int = 3) -
             dirnames.clear()
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for fname in sorted(f for f in filenames if f.endswith(".gguf") and not f.startswith(".")):
-            path = Path(dirpath) / fname
-            try:
-                info: dict[str, object] | None = gguf_header.read(path).as_dict()
-                problem = None
-            except gguf_header.GGUFError as exc:
-                info, problem = None, str(exc)
-            if info is not None and not inside_models_dir(inv, path):
-                problem = f"links outside {roots_text(inv)} (to {_resolved(path)}); model switch refuses it"
-            out.append(ModelEntry(str(rel_dir / fname), str(path),
-                                  current_real is not None and real_path(path) == current_real, info, problem))
+            out.append(_entry(inv, str(rel_dir / fname), Path(dirpath) / fname, current_real))
     return out
 
 

@@ -1,7 +1,7 @@
 """``kind: external``: a backend on this host that labctl routes to, probes and shows, and
 never installs, starts, stops or restarts (the distribution's ollama.service, a
 llama-server someone else runs). The lifecycle half (PID unchanged through up, down and
-restart) is proven on a booted machine: tests/system/test_external.py."""
+restart) is proven on a booted machine: tests/system/test_external_lifecycle.py."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ unit's ExecStart with the rendered config.
 Redis itself reads the config back (``CONFIG GET``): every value is what the inventory
 said, a directory with a space and a quote included; the password reaches it only through
 the derived 0600 file; labctl's probe authenticates; RDB persistence survives a restart.
-The gateway's cache through it is proven on the booted machine (tests/system/test_redis.py).
+The gateway's cache through it is proven on the booted machine (tests/system/test_redis_cache.py).
 """
 
 from __future__ import annotations
@@ -60,6 +60,29 @@ def start(inv, layout: Layout, log: Path) -> subprocess.Popen:  # type: ignore[n
     return helpers.start_process(command, log_path=log, cwd=wd)
 
 
+def render_and_install(text: str):  # type: ignore[no-untyped-def]
+    """The inventory, its layout and render, with the Redis config where the unit reads it
+    and the secrets `up` would create (env file, derived requirepass include)."""
+    inv = load_inventory("inventory.yaml", text=text).inventory
+    layout = Layout.of(inv)
+    files = render_all(inv)
+    conf = Path(layout.config_root) / layout.redis_config("cache")
+    conf.parent.mkdir(parents=True)
+    conf.write_text(files[layout.redis_config("cache")])
+    said: list[str] = []
+    ensure_secrets(inv, said.append)
+    return inv, layout, files, said
+
+
+def probe_then_stop(proc, inv, name: str, *, after: float):  # type: ignore[no-untyped-def]
+    """One probe of ``name`` ``after`` seconds into ``proc``'s life, then stop it."""
+    try:
+        time.sleep(after)
+        return probe(inv, name, timeout=2.0)
+    finally:
+        helpers.stop_process(proc)
+
+
 def wait_ready(inv, deadline: float = 20.0):  # type: ignore[no-untyped-def]
     end = time.monotonic() + deadline
     while True:
@@ -74,14 +97,7 @@ def test_redis_runs_the_rendered_config(tmp_path: Path) -> None:
     home = tmp_path / "home"
     port = helpers.free_port()
     text = INVENTORY.format(home=home, state=f"{home}/state dir \\\"q\\\"", binary=binary, port=port)
-    inv = load_inventory("inventory.yaml", text=text).inventory
-    layout = Layout.of(inv)
-    files = render_all(inv)
-    conf = Path(layout.config_root) / layout.redis_config("cache")
-    conf.parent.mkdir(parents=True)
-    conf.write_text(files[layout.redis_config("cache")])
-    said: list[str] = []
-    ensure_secrets(inv, said.append)
+    inv, layout, files, said = render_and_install(text)
     svc = inv.services["cache"]
     env_file = Path(inv.host.expand(svc.password.env_file))
     password = read_secret(env_file, "REDIS_PASSWORD")
@@ -115,13 +131,8 @@ def test_redis_runs_the_rendered_config(tmp_path: Path) -> None:
         helpers.stop_process(proc)
     # Wrong password file: the probe says so, it does not pass.
     env_file.write_text("REDIS_PASSWORD=not-the-password\n")
-    proc = start(inv, layout, tmp_path / "redis3.log")
-    try:
-        time.sleep(1)
-        result = probe(inv, "cache", timeout=2.0)
-        assert not result.ok and "WRONGPASS" in result.detail, result
-    finally:
-        helpers.stop_process(proc)
+    result = probe_then_stop(start(inv, layout, tmp_path / "redis3.log"), inv, "cache", after=1.0)
+    assert not result.ok and "WRONGPASS" in result.detail, result
 
 
 def test_the_exporter_reads_redis_with_the_password_from_the_env_file(tmp_path: Path) -> None:
@@ -135,13 +146,7 @@ def test_the_exporter_reads_redis_with_the_password_from_the_env_file(tmp_path: 
     text = INVENTORY.format(home=home, state=f"{home}/state", binary=binary, port=port).replace(
         "monitoring:", f"  metrics:\n    kind: redis-exporter\n    redis: cache\n    binary: {exporter_bin}\n"
                        f"    port: {exporter_port}\nmonitoring:")
-    inv = load_inventory("inventory.yaml", text=text).inventory
-    layout = Layout.of(inv)
-    files = render_all(inv)
-    conf = Path(layout.config_root) / layout.redis_config("cache")
-    conf.parent.mkdir(parents=True)
-    conf.write_text(files[layout.redis_config("cache")])
-    ensure_secrets(inv, lambda _: None)
+    inv, layout, files, _ = render_and_install(text)
     env_file = Path(inv.host.expand(inv.services["cache"].password.env_file))
     password = read_secret(env_file, "REDIS_PASSWORD")
     unit = files["systemd/user/labctl-metrics.service"]
@@ -164,12 +169,7 @@ def test_the_exporter_reads_redis_with_the_password_from_the_env_file(tmp_path: 
             assert result.ok and result.check == "GET /metrics", (result, helpers.tail(tmp_path / "exporter.log"))
         finally:
             helpers.stop_process(exporter)
-        exporter = run_exporter("wrong")
-        try:
-            time.sleep(1.5)
-            result = probe(inv, "metrics", timeout=2.0)
-            assert not result.ok and "redis_up 0" in result.detail, result
-        finally:
-            helpers.stop_process(exporter)
+        result = probe_then_stop(run_exporter("wrong"), inv, "metrics", after=1.5)
+        assert not result.ok and "redis_up 0" in result.detail, result
     finally:
         helpers.stop_process(redis)

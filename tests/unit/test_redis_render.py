@@ -1,5 +1,5 @@
 """``kind: redis``: the rendered unit and config, the gateway's cache wired to it by name,
-and the refusals. Redis itself reads the config back in tests/integration/test_redis.py."""
+and the refusals. Redis itself reads the config back in tests/integration/test_redis_server.py."""
 
 from __future__ import annotations
 
