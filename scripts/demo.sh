@@ -37,7 +37,7 @@ run ln -sfn gemma3-270m-q4_k_m.gguf "$HOME_DIR/models/current.gguf"
 echo "== labctl up"
 run labctl up -i "$HOME_DIR/examples/cpu-demo/inventory.yaml"
 echo "== labctl status"
-run env COLUMNS=160 labctl status -i "$HOME_DIR/examples/cpu-demo/inventory.yaml"
+run labctl status -i "$HOME_DIR/examples/cpu-demo/inventory.yaml"
 echo "== one completion through the gateway (route: native, falls back to bindings)"
 run sh -c ". $HOME_DIR/.config/labctl/secrets/litellm.env && curl -sS --noproxy '*' \
   http://127.0.0.1:4000/v1/completions -H \"Authorization: Bearer \$LITELLM_MASTER_KEY\" \

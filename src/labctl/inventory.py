@@ -698,13 +698,14 @@ HostPort = Annotated[str, Field(pattern=r"^([A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0
 
 
 # Constructs Python's re accepts and Prometheus's RE2 does not.
-_NOT_RE2 = re.compile(r"\(\?(=|!|<=|<!|>|P=)|\\[1-9]|\(\?[a-zA-Z]*[xXuaL]")
+_NOT_RE2 = re.compile(r"\(\?(=|!|<=|<!|>|P=|#)|\\[1-9Z]|\(\?[a-zA-Z]*[xXuaL]|(?<!\\)[*+?}]\+")
 
 
 def _check_regex(value: str) -> str:
     _check_word(value)
     if _NOT_RE2.search(value):
-        raise ValueError("uses lookaround, backreferences or an inline flag Prometheus (RE2) does not have")
+        raise ValueError("uses a construct Prometheus's RE2 does not have (lookaround, a backreference, \\Z, "
+                         "a possessive quantifier, a comment or an inline flag it lacks)")
     try:
         re.compile(value)
     except re.error as exc:

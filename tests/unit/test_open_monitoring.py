@@ -139,3 +139,29 @@ def test_retention_takes_days_weeks_years() -> None:
     for retention in ("15d", "30d", "2w", "1y"):
         text = edit(("monitoring:\n  enabled: true\n", f"monitoring:\n  enabled: true\n  prometheus: {{retention: {retention}}}\n"))
         assert load_inventory("inventory.yaml", text=text).inventory.monitoring.prometheus.retention == retention
+
+
+REGEXES = ["(.*):.*", "go_.*", "a{", "a{,3}", "[[:alpha:]]+", "(?i)x", "(?s:.)", "a\\++", "a*+", "a++", "x\\Z",
+           "(?#c)", "(?=a)", "(a)\\1", "a{2}+", "[", "(?P<n>a)", "\\pL", "^a$", "a|b|"]
+
+
+def test_every_regex_labctl_accepts_promtool_accepts(tmp_path: Path) -> None:
+    """Python's re and Prometheus's RE2 differ; labctl refuses what RE2 would (measured
+    against promtool itself, one config per expression)."""
+    from labctl.inventory import Relabel
+
+    promtool = require_command("promtool", "apt-get install prometheus")
+    accepted = 0
+    for i, regex in enumerate(REGEXES):
+        try:
+            Relabel(regex=regex, source_labels=["a"], target_label="b")
+        except ValueError:
+            continue
+        accepted += 1
+        config = tmp_path / f"re{i}.yml"
+        config.write_text(yaml.safe_dump({"scrape_configs": [{
+            "job_name": "j", "static_configs": [{"targets": ["127.0.0.1:1"]}],
+            "relabel_configs": [{"action": "replace", "source_labels": ["a"], "regex": regex, "target_label": "b"}]}]}))
+        res = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, (regex, res.stdout + res.stderr)
+    assert accepted >= 10

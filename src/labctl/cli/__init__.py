@@ -272,18 +272,24 @@ def status(
     endpoints: Annotated[bool, typer.Option(
         "--endpoints", help="Also ask whether the gateway's remote endpoints are reachable (never sends a key).")
     ] = False,
+    wide: Annotated[bool, typer.Option("--wide", help="One table row per service, at its natural width.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """One table: unit state, restarts, PID, memory, uptime, port, probe, model, drift."""
+    """Each service: unit state, restarts, PID, memory, uptime, port, probe, model, drift."""
     from labctl.status import gather
 
     report = gather(_load(inventory).inventory, probe_timeout=probe_timeout, endpoints=endpoints)
     if as_json:
         emit_json(report.as_dict())
-    else:
-        from labctl.clitables import status_table
+    elif wide:
+        from labctl.clitables import status_table, unfolded
 
-        out.print(status_table(report))
+        out.print(unfolded(status_table(report), out))
+    else:
+        from labctl.clitables import status_lines
+
+        for line in status_lines(report, out.width):
+            out.print(line, markup=False, highlight=False)
     raise typer.Exit(0 if report.healthy else 1)
 
 
