@@ -238,10 +238,8 @@ def check_externals(inv: Inventory, say: Say, report: Report) -> None:
         if result.ok:
             say(f"{name}: external, answering ({result.check}: {result.detail})")
         else:
-            owner = (f"systemctl{' --user' if ext.unit_scope == 'user' else ''} start {ext.unit}"
-                     if ext.unit else "whoever runs it")
             say(f"warning: {name} (external, not run by labctl) does not answer: {result.detail}; "
-                f"start it with {owner}; its routes fall back meanwhile")
+                f"to start it: {ext.start_hint(name)}; its routes fall back meanwhile")
 
 
 def monitoring_up(host: Host, say: Say) -> str:

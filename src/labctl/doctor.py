@@ -145,10 +145,8 @@ def port_checks(inv: Inventory) -> list[Check]:
             who = ", ".join(shown(p) if pid else "a process of another user" for p, pid in holders)
             out.append(Check(f"port {ext.port}", "ok", f"held by {who}: {name} (external), as expected"))
         else:
-            start = (f"systemctl{' --user' if ext.unit_scope == 'user' else ''} start {ext.unit}" if ext.unit
-                     else f"start {name} the way its owner does")
             out.append(Check(f"port {ext.port}", "warn", f"nothing listens for {name} (external; labctl does not "
-                             "start it): its routes fail over until it runs", start))
+                             "start it): its routes fail over until it runs", ext.start_hint(name)))
     return out
 
 
@@ -186,9 +184,10 @@ def limit_checks(inv: Inventory, controllers: set[str] | None) -> list[Check]:
     return out
 
 
-def _promtool_argv(inv: Inventory, mounts: list[Path]) -> list[str] | None:
+def _promtool_argv(inv: Inventory, mounts: list[Path], cwd: Path | None) -> list[str] | None:
     """promtool from this host, or from the pinned Prometheus image (the one that will load
-    the rules) through the docker CLI; None when neither is here."""
+    the rules) through the docker CLI, run in ``cwd`` either way (a test file names its
+    rule files relative to itself); None when neither is here."""
     local = shutil.which("promtool")
     if local:
         return [local]
@@ -196,7 +195,8 @@ def _promtool_argv(inv: Inventory, mounts: list[Path]) -> list[str] | None:
     if docker is None:
         return None
     volumes = [arg for m in dict.fromkeys(mounts) for arg in ("-v", f"{m}:{m}:ro")]
-    return [docker, "run", "--rm", "--network=none", "--entrypoint", "promtool", *volumes,
+    workdir = ["-w", str(cwd)] if cwd is not None else []
+    return [docker, "run", "--rm", "--network=none", "--entrypoint", "promtool", *volumes, *workdir,
             inv.monitoring.prometheus.image]
 
 
@@ -222,13 +222,14 @@ def rule_checks(inv: Inventory) -> list[Check]:
         return []
     rules = [Path(inv.host.expand(p)) for p in mon.rule_files]
     tests = [Path(inv.host.expand(p)) for p in mon.rule_tests]
-    argv = _promtool_argv(inv, [p.parent for p in rules + tests])
-    if argv is None:
+    mounts = [p.parent for p in rules + tests]
+    if _promtool_argv(inv, mounts, None) is None:
         return [Check("monitoring rule files", "warn", "not checked: no promtool here and no docker CLI",
                       "apt-get install prometheus (for promtool)")]
     out = []
     for what, args, cwd in ([("rules", ["check", "rules", *map(str, rules)], None)] if rules else []) + \
             [(f"test {t.name}", ["test", "rules", str(t)], t.parent) for t in tests]:
+        argv = _promtool_argv(inv, mounts, cwd) or []
         try:
             res = run_cmd([*argv, *args], check=False, timeout=120, cwd=cwd)
         except CommandFailed as exc:

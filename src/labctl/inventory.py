@@ -495,6 +495,12 @@ class External(Listener):
     # How long `labctl up`'s one probe of it may take (it is probed, never waited for).
     ready_timeout_sec: Annotated[int, Field(ge=1, le=7200)] = 30
 
+    def start_hint(self, name: str) -> str:
+        """How its owner starts it, for a message: the unit's own systemctl line if known."""
+        if self.unit is None:
+            return f"start {name} the way its owner does"
+        return f"systemctl{' --user' if self.unit_scope == 'user' else ''} start {self.unit}"
+
 
 def _check_api_base(value: str) -> str:
     """An HTTP(S) base URL with a host, nothing secret in it (no user:password@, no query)."""

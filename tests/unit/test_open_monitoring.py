@@ -165,3 +165,20 @@ def test_every_regex_labctl_accepts_promtool_accepts(tmp_path: Path) -> None:
         res = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60)
         assert res.returncode == 0, (regex, res.stdout + res.stderr)
     assert accepted >= 10
+
+
+def test_promtool_through_docker_runs_in_the_test_files_directory(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Without a host promtool, the pinned image's runs with every file's directory mounted
+    read-only and, for a rule test, that test's directory as its working directory."""
+    import shutil
+
+    from labctl.doctor import _promtool_argv
+
+    inv = load_inventory("inventory.yaml", text=monitoring(tmp_path)).inventory
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name: None if name == "promtool" else real_which(name) or f"/usr/bin/{name}")
+    argv = _promtool_argv(inv, [tmp_path, tmp_path], tmp_path)
+    assert argv is not None and argv[1:3] == ["run", "--rm"]
+    assert argv[argv.index("-v") + 1] == f"{tmp_path}:{tmp_path}:ro" and argv.count("-v") == 1
+    assert argv[argv.index("-w") + 1] == str(tmp_path) and argv[-1] == inv.monitoring.prometheus.image
+    assert "-w" not in (_promtool_argv(inv, [tmp_path], None) or [])

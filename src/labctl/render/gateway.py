@@ -38,10 +38,13 @@ def reach(address: str) -> str:
     return address
 
 
+def host_port(address: str, port: int) -> str:
+    """``address:port``, an IPv6 address in brackets."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def base_url(inv: Inventory, svc: Listener) -> str:
-    host = reach(inv.bind_of(svc))
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{svc.port}"
+    return f"http://{host_port(reach(inv.bind_of(svc)), svc.port)}"
 
 
 def backend_model(svc: Listener, route_model: str | None) -> str:

@@ -12,7 +12,7 @@ from labctl.inventory import (External, Inventory, LiteLLM, LlamaCppPython, Llam
                               RedisExporter, Vllm)
 from labctl.layout import Layout
 from labctl.render import encode
-from labctl.render.gateway import reach
+from labctl.render.gateway import host_port, reach
 
 # LiteLLM's Prometheus callback metric families (measured on litellm 1.106; see
 # docs/monitoring.md). Alert rules and dashboards refer to them by these names only, and
@@ -48,9 +48,7 @@ def scrape_jobs(inv: Inventory) -> tuple[list[Job], list[str]]:
     if mon.node_exporter.enabled:
         add("node", "/metrics", f"127.0.0.1:{mon.node_exporter.port}", service="node")
     for name, svc in inv.enabled().items():
-        address = f"{reach(inv.bind_of(svc))}:{svc.port}"
-        if ":" in reach(inv.bind_of(svc)):
-            address = f"[{reach(inv.bind_of(svc))}]:{svc.port}"
+        address = host_port(reach(inv.bind_of(svc)), svc.port)
         if isinstance(svc, LlamaServer):
             if svc.metrics:
                 add("llama-server", "/metrics", address, service=name, kind=svc.kind)

@@ -56,7 +56,7 @@ def config(inv: Inventory, name: str, svc: Redis, layout: Layout) -> str:
              'logfile ""',
              f"dir {redis_str(layout.working_directory(name))}",
              'dbfilename "dump.rdb"',
-             f"save {RDB_SAVE if svc.persistence == 'rdb' else chr(34) * 2}",
+             "save " + (RDB_SAVE if svc.persistence == "rdb" else '""'),
              f"appendonly {'yes' if svc.persistence == 'aof' else 'no'}",
              "appendfsync everysec",
              f"maxmemory-policy {svc.maxmemory_policy}"]

@@ -58,13 +58,11 @@ def argv(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> list[st
     elif isinstance(svc, Redis):
         args = [host.expand(svc.binary), str(layout.installed(layout.redis_config(name)))]
     elif isinstance(svc, RedisExporter):
-        from labctl.render.gateway import reach
+        from labctl.render.gateway import host_port, reach
 
         redis = inv.services[svc.redis]
-        target = reach(inv.bind_of(redis))
-        target = f"[{target}]" if ":" in target else target
-        args = [host.expand(svc.binary), f"-redis.addr=redis://{target}:{redis.port}",
-                f"-web.listen-address={bind}:{port}" if ":" not in bind else f"-web.listen-address=[{bind}]:{port}"]
+        args = [host.expand(svc.binary), f"-redis.addr=redis://{host_port(reach(inv.bind_of(redis)), redis.port)}",
+                f"-web.listen-address={host_port(bind, svc.port)}"]
     elif isinstance(svc, LiteLLM):
         args = [svc.runtime.interpreter(host), "-m", "litellm.proxy.proxy_cli",
                 "--config", str(layout.installed(layout.litellm_config)), "--host", bind, "--port", port]
