@@ -1,6 +1,7 @@
 """Converge the host to the inventory: ``up``, ``down``, ``restart``, ``rollback``.
 
-Order in ``up``: lock, pre-flight (doctor; refuse before changing anything), provision
+Order in ``up``: lock, pull the declared models (and link the default model when
+current.gguf does not exist), pre-flight (doctor; refuse before changing anything), provision
 runtimes, secrets, render, plan against the installed files and the manager's unit
 states, snapshot the installed generation, write files atomically, daemon-reload, enable,
 start/restart in dependency order, each followed by a readiness wait, then monitoring.
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labctl import fsio, generations, gpu_budget, secrets
+from labctl import fsio, generations, gpu_budget, progress, secrets
 from labctl.doctor import failures, run_doctor
 from labctl.errors import HostNotReady, MultiLineFailure, OperationFailed, UsageError
 from labctl.inventory import Inventory, Redis, unit_name
@@ -139,7 +140,8 @@ def bring_up(host: Host, name: str, verb: str, say: Say) -> Readiness:
                                         f"{facts.exec_main_status}); stopped it so it does not restart in a loop"
                             ) from None
     say(f"{verb}ed {unit}; waiting up to {svc.ready_timeout_sec}s for readiness")
-    result = wait_ready(host.inv, name, deadline_sec=svc.ready_timeout_sec, alive=_alive(host, unit, baseline))
+    with progress.step(f"{name}: waiting for readiness"):
+        result = wait_ready(host.inv, name, deadline_sec=svc.ready_timeout_sec, alive=_alive(host, unit, baseline))
     if not result.ready:
         facts = host.manager.show([unit])[unit]
         if facts.active_state == "failed" or facts.n_restarts > baseline:
@@ -261,6 +263,10 @@ def up(loaded: Loaded, *, say: Say, manager: UserManager | None = None, wait_loc
     host = Host.of(inv, manager)
     report = Report()
     with host.lock(wait_lock, say):
+        if inv.models:  # the declared models first: pre-flight then checks the files for real
+            from labctl.model_pull import pull
+
+            pull(inv, say=say)
         problems = failures(run_doctor(loaded, manager=host.manager, docker=with_monitoring))
         if problems:
             raise HostNotReady("pre-flight failed; nothing was changed:\n" + "\n".join(f"  {c}" for c in problems))

@@ -59,7 +59,7 @@ OWNED_FLAGS = {
 def cross_check(inv: Inventory, src: Source, *, check_files: bool = False) -> list[InputError]:
     errors: list[InputError] = []
     for check in (_ports, _binds, _extra_args, _environment, _pip, _gpu_layers, _llama_ctx, _vllm,
-                  _externals, _redis, _hardening, _gateways, _images, _monitoring):
+                  _externals, _redis, _hardening, _gateways, _images, _monitoring, _models):
         errors.extend(check(inv, src))
     if check_files:
         errors.extend(file_problems(inv, src))
@@ -155,6 +155,29 @@ def _pip(inv: Inventory, src: Source) -> Iterator[InputError]:
             if reason:
                 yield src.error(base + ("pip", i), f"the spec {reason}; put index credentials in pip's own "
                                                    "config or netrc, not in the inventory")
+
+
+def _models(inv: Inventory, src: Source) -> Iterator[InputError]:
+    """Declared models: one default at most, one file each, nothing secret in a source."""
+    defaults = [name for name, m in inv.models.items() if m.default]
+    for name in defaults[1:]:
+        yield src.error(("models", name, "default"), f"only one model can be the default; {defaults[0]} already is")
+    files: dict[str, str] = {}
+    for name, model in inv.models.items():
+        base = ("models", name)
+        file = model.file_name(name)
+        if file == inv.host.current_link:
+            yield src.error(base + ("file",), f"{file} is host.current_link, the switchable link itself; "
+                                              "name the model file something else")
+        elif file in files:
+            yield src.error(base + ("file",), f"{file} is already the file of models.{files[file]}")
+        files.setdefault(file, name)
+        for key in ("url", "pip"):
+            value = getattr(model, key)
+            reason = value and secretscan.value_problem(value)
+            if reason:
+                yield src.error(base + (key,), f"the {key} {reason}; keys come from the environment "
+                                               "(HF_TOKEN) or pip's own config, not the inventory")
 
 
 def _gpu_layers(inv: Inventory, src: Source) -> Iterator[InputError]:
@@ -622,11 +645,26 @@ def _executable(src: Source, loc: tuple, path: Path) -> Iterator[InputError]:
         yield src.error(loc, f"{path} is not an executable file")
 
 
+def pulled_later(inv: Inventory, path: Path) -> bool:
+    """Whether ``path`` is missing now but will be there once the declared models are pulled
+    (``labctl up`` pulls them first): a declared model's file, or current.gguf while a
+    default model is declared or the link points at a declared model."""
+    if path.exists():
+        return False
+    if str(path) == inv.host.current_path:
+        if path.is_symlink():  # dangling: fine if it points at a declared model not yet fetched
+            return os.path.realpath(path) in {inv.model_file(name) for name in inv.models}
+        return inv.default_model() is not None
+    return str(path) in {inv.model_file(name) for name in inv.models}
+
+
 def _model_file(inv: Inventory, src: Source, loc: tuple, svc: LlamaServer | LlamaCppPython,
                 models_dir: Path) -> Iterator[InputError]:
     from labctl.models import inside_models_dir, real_path, roots_text  # models imports the renderers
 
     path = Path(inv.model_path(svc))
+    if pulled_later(inv, path):
+        return  # a declared model `labctl up` fetches (and links) before it checks files
     if svc.model == "current":
         if not path.is_symlink():
             what = "is not a symlink" if path.exists() else "does not exist"

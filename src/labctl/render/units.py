@@ -31,7 +31,7 @@ def argv(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> list[st
     if isinstance(svc, Ollama):
         args = [host.expand(svc.binary), "serve"]
     elif isinstance(svc, LlamaServer):
-        args = [host.expand(svc.binary), "--model", inv.model_path(svc), "--alias", svc.alias,
+        args = [svc.program(host), "--model", inv.model_path(svc), "--alias", svc.alias,
                 "--host", bind, "--port", port, "--n-gpu-layers", str(svc.n_gpu_layers),
                 "--ctx-size", str(svc.ctx_size), "--parallel", str(svc.parallel)]
         if svc.threads:
