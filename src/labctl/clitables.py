@@ -10,8 +10,13 @@ from rich.text import Text
 from labctl.text import shown  # noqa: F401 - also used by the CLI's commands
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from rich.console import Console
 
+    from labctl.doctor import Check
+    from labctl.gateway_check import RouteResult
+    from labctl.models import ModelEntry
     from labctl.status import StatusReport
 
 
@@ -47,11 +52,10 @@ def _uptime(seconds: float | None) -> str:
 
 def _fold(text: str, width: int, indent: str = "", more: str = "") -> list[str]:
     """``text`` in lines of at most ``width`` columns, broken only between words (a word
-    longer than a line keeps a line of its own)."""
-    import textwrap
+    longer than a line keeps a line of its own): labctl.text.fold."""
+    from labctl.text import fold
 
-    return textwrap.wrap(text, max(width, 20), initial_indent=indent, subsequent_indent=more,
-                         break_long_words=False, break_on_hyphens=False) or [indent.rstrip()]
+    return fold(text, width, indent, more)
 
 
 def status_lines(report: StatusReport, width: int = 80) -> list[str]:
@@ -147,4 +151,182 @@ def status_table(report: StatusReport) -> Table:
     if report.monitoring.get("enabled") and not containers and report.monitoring.get("engine"):
         captions.append(f"monitoring: {report.monitoring['engine']}")
     table.caption = plain("; ".join(captions)) if captions else None
+    return table
+
+
+# --- plain columns that fit the terminal: doctor, model list, gateway check ----------------
+
+GAP = "  "
+
+
+def doctor_lines(check: Check, width: int = 80) -> list[str]:
+    """One doctor check as lines that fit ``width``: the status word first, the rest folded
+    between words with a hanging indent under the check's text, so ``ok``/``warn``/``fail``
+    stays alone in the first column (``--wide``: one line each, as ``str(check)``). The
+    ``(fix: ...)`` starts a line of its own when it does not fit whole after the message."""
+    from dataclasses import replace
+
+    bare = str(replace(check, fix=""))
+    fix = shown(str(check)[len(bare):].strip())  # "(fix: ...)" as Check.__str__ writes it, or ""
+    lines = _fold(shown(bare), width, "", "     ")
+    if not fix:
+        return lines
+    if len(lines[-1]) + 1 + len(fix) <= max(width, 20):
+        lines[-1] += " " + fix
+        return lines
+    return lines + _fold(fix, width, "     ", "       ")
+
+
+Row = tuple["Sequence[object]", "Sequence[str]"]
+
+
+def aligned(headers: Sequence[str], rows: Sequence[Row], width: int = 80, *, name: int = 0,
+            drop: Sequence[str] = (), right: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """``rows`` (cells, lines to print below the row) as columns aligned under a header
+    line, like ``docker ps``: no cell is ever cut or folded. The columns in ``drop`` are left
+    out, first ones first, until the ``name`` column holds three names in four at their
+    full length; a longer name gets a line of its own, the row's other cells on the next
+    line. When not even that fits, each row is its name and then its cells as ``header
+    value``, folded between words. The lines below a row (a note, an error) are folded and
+    indented. Returns the lines and the headers left out."""
+    from rich.cells import cell_len
+
+    heads = [shown(h) for h in headers]
+    table = [[shown(c) for c in cells] for cells, _ in rows]
+    below = [[shown(b) for b in extra] for _, extra in rows]
+    natural = [max([cell_len(h)] + [cell_len(r[i]) for r in table]) for i, h in enumerate(heads)]
+    dropped = [list(headers).index(h) for h in drop]
+    sets = [[i for i in range(len(heads)) if i not in dropped[:k]] for k in range(len(dropped) + 1)]
+
+    def room(cols: list[int]) -> int:  # columns left for the name once the others are laid out
+        return width - sum(natural[i] + len(GAP) for i in cols if i != name)
+
+    # The name column holds at least three names in four; a longer name gets a line of its
+    # own rather than the table losing a column for it.
+    floor = max(cell_len(heads[name]), 8)
+    lengths = sorted(cell_len(r[name]) for r in table)
+    need = max(floor, lengths[-(-3 * len(lengths) // 4) - 1] if lengths else 0)
+    cols = next((c for c in sets if room(c) >= need), None)
+    if cols is None and room(sets[-1]) >= floor:
+        cols = sets[-1]
+    if cols is None:
+        return _stacked(heads, table, below, width, name), []
+    widths = dict((i, natural[i]) for i in cols)
+    widths[name] = max([cell_len(heads[name])] + [cell_len(r[name]) for r in table if cell_len(r[name]) <= room(cols)])
+    flush_right = {list(headers).index(h) for h in right}
+
+    def line(cells: list[str], upto: int | None = None) -> str:
+        parts = []
+        for i in cols:
+            if upto is not None and i > upto:
+                break
+            pad = " " * max(widths[i] - cell_len(cells[i]), 0)
+            parts.append(cells[i] if i == upto else pad + cells[i] if i in flush_right else cells[i] + pad)
+        return GAP.join(parts).rstrip()
+
+    lines = [line(heads)]
+    for cells, extra in zip(table, below):
+        if cell_len(cells[name]) > widths[name]:
+            lines += _fold(line(cells, upto=name), width, "", "    ")  # the name whole, on its own line
+            lines.append(line(["" if i <= name else c for i, c in enumerate(cells)]))
+        else:
+            lines.append(line(cells))
+        for text in extra:
+            lines += _fold(text, width, "    ", "      ")
+    return lines, [heads[i] for i in range(len(heads)) if i not in cols]
+
+
+def _stacked(heads: list[str], table: list[list[str]], below: list[list[str]], width: int, name: int) -> list[str]:
+    lines = []
+    for cells, extra in zip(table, below):
+        lines += _fold(" ".join(c for c in cells[:name + 1] if c.strip()), width, "", "    ")
+        rest = ", ".join(f"{heads[i].lower()} {c}" for i, c in enumerate(cells) if i > name and c not in ("", "-"))
+        if rest:
+            lines += _fold(rest, width, "    ", "      ")
+        for text in extra:
+            lines += _fold(text, width, "    ", "      ")
+    return lines
+
+
+def left_out(headers: list[str], width: int) -> list[str]:
+    """The line that says which columns did not fit, or none."""
+    if not headers:
+        return []
+    return _fold(f"({', '.join(headers)} left out to fit {width} columns; --wide shows every column)", width)
+
+
+def _model_size(info: dict[str, object]) -> str:
+    return f"{int(info.get('size') or 0) / 2**20:.1f} MiB"  # type: ignore[call-overload]
+
+
+def model_lines(entries: Sequence[ModelEntry], width: int = 80) -> list[str]:
+    """``model list`` as aligned columns that fit ``width``: the file name whole (``*``
+    marks the one current.gguf points at), then size, architecture, context length,
+    quantisation and the GGUF's own name, as many as fit; a problem on a line below."""
+    rows: list[Row] = []
+    for e in entries:
+        info = e.info or {}
+        rows.append(((("* " if e.current else "  ") + e.name, _model_size(info) if info else "-",
+                      info.get("architecture") or "-", info.get("context_length") or "-",
+                      info.get("quantization") or "-", info.get("name") or "-"),
+                     [f"note: {e.problem}"] if e.problem else []))
+    lines, dropped = aligned(("  FILE", "SIZE", "ARCH", "CONTEXT", "QUANT", "NAME"), rows, width,
+                             drop=("NAME", "ARCH", "CONTEXT", "QUANT"), right=("SIZE", "CONTEXT"))
+    return lines + left_out(dropped, width)
+
+
+def model_table(entries: Sequence[ModelEntry]) -> Table:
+    """``model list --wide``: one row per model, every column."""
+    table = Table()
+    for column in ("", "file", "size", "name", "architecture", "context", "quantisation", "note"):
+        table.add_column(column)
+    for e in entries:
+        info = e.info or {}
+        cells = ("*" if e.current else "", e.name, _model_size(info) if info else "-", info.get("name") or "-",
+                 info.get("architecture") or "-", info.get("context_length") or "-", info.get("quantization") or "-",
+                 e.problem or "")
+        table.add_row(*(plain(cell) for cell in cells))
+    return table
+
+
+def _gateway_note(r: RouteResult) -> list[str]:
+    if r.error:
+        return [f"error: {r.error}"]
+    if not r.ok and r.answered_by != r.expected:
+        return [f"answered by {r.answered_by or 'no route'}, not {r.expected}"]
+    if not r.ok:
+        return [f"status {r.status or '-'}"]
+    return []
+
+
+def gateway_lines(results: Sequence[RouteResult], width: int = 80) -> list[str]:
+    """``gateway check`` as aligned columns that fit ``width``: ok/FAIL, the check and its
+    route, the fallback target, then status, who answered, backend, fallbacks tried and
+    latency, as many as fit; an error on a line below."""
+    if not results:
+        return ["labctl gateway check: nothing to check (the gateway has no routes)"]
+    failed = sum(1 for r in results if not r.ok)
+    title = f"labctl gateway check: {len(results)} check(s), {f'{failed} FAILED' if failed else 'all ok'}"
+    rows: list[Row] = [(("ok" if r.ok else "FAIL", r.check, r.route, r.fallback_to or "-", r.status or "-",
+                         r.answered_by or "-", r.backend or "-",
+                         "-" if r.attempted_fallbacks is None else r.attempted_fallbacks, f"{r.latency_ms:.0f} ms"),
+                        _gateway_note(r)) for r in results]
+    lines, dropped = aligned(("RESULT", "CHECK", "ROUTE", "FALLBACK TO", "STATUS", "ANSWERED BY", "BACKEND",
+                              "FALLBACKS", "LATENCY"), rows, width, name=2,
+                             drop=("FALLBACKS", "ANSWERED BY", "STATUS", "LATENCY", "BACKEND"),
+                             right=("STATUS", "FALLBACKS", "LATENCY"))
+    return _fold(title, width, "", "  ") + lines + left_out(dropped, width)
+
+
+def gateway_table(results: Sequence[RouteResult]) -> Table:
+    """``gateway check --wide``: one row per check, every column."""
+    table = Table(title="labctl gateway check", title_justify="left")
+    for column in ("check", "route", "fallback to", "status", "answered by", "backend", "fallbacks", "ms", "error"):
+        table.add_column(column, overflow="fold")
+    for r in results:
+        # Headers and errors come from the gateway and backends: shown, never obeyed.
+        table.add_row(*(plain(cell) for cell in (
+            r.check, r.route, r.fallback_to or "-", str(r.status or "-"), r.answered_by or "-", r.backend or "-",
+            str(r.attempted_fallbacks if r.attempted_fallbacks is not None else "-"), f"{r.latency_ms:.0f}",
+            r.error or "")))
     return table

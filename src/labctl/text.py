@@ -79,3 +79,16 @@ def shown(text: object) -> str:
     anything read from a file or a process: GGUF metadata, file names, journal lines.
     It does not touch rich markup: print the result with markup off, or as labctl.clitables.plain."""
     return _UNSAFE.sub(_escape, text if isinstance(text, str) else str(text))
+
+
+# --- folding text to a width ---------------------------------------------------------
+
+
+def fold(text: str, width: int, indent: str = "", more: str = "") -> list[str]:
+    """``text`` in lines of at most ``width`` columns (20 at least), broken only at spaces:
+    never inside a word, a path or a ``file:line``; a word longer than a line keeps a line
+    of its own. ``indent`` starts the first line, ``more`` every other one."""
+    import textwrap
+
+    return textwrap.wrap(text, max(width, 20), initial_indent=indent, subsequent_indent=more,
+                         break_long_words=False, break_on_hyphens=False) or [indent.rstrip()]

@@ -128,15 +128,17 @@ def hostile(host: dict[str, Path]) -> dict[str, Path]:
     return host
 
 
-def test_model_list_on_a_hostile_models_dir(capsys, hostile: dict[str, Path]) -> None:
+@pytest.mark.parametrize("wide", [False, True], ids=["columns", "wide"])
+def test_model_list_on_a_hostile_models_dir(capsys, hostile: dict[str, Path], wide: bool) -> None:
     inventory = str(hostile["inventory"])
     run_cli(capsys, "model", "list", "-i", inventory, "--json", bound=30)  # imports warmed up
-    code, out, err = run_cli(capsys, "model", "list", "-i", inventory)
+    code, out, err = run_cli(capsys, "model", "list", "-i", inventory, *(["--wide"] if wide else []))
     assert code == 0, err
     assert err == ""
     assert "\x1b" not in out and "\x07" not in out
     assert_printable(out)
-    assert "\\x1b[2J[red]x[/red]\\u202e\\u2028" in out  # general.name, whole and literal
+    if wide:  # the plain columns leave general.name out when it does not fit
+        assert "\\x1b[2J[red]x[/red]\\u202e\\u2028" in out  # general.name, whole and literal
     assert "ll\\x1b]0;pwned\\x07ama" in out
     assert "\\x1b[31mred[bold]b:pile_of_poo:.gguf" in out
     assert "undecodable-\\udcff.gguf" in out

@@ -23,21 +23,43 @@ app = typer.Typer(
     help="Run a local LLM serving stack from one inventory.yaml, as systemd user units.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
 out = Console(highlight=False, soft_wrap=True)
 
 InventoryOpt = Annotated[
-    Path, typer.Option("--inventory", "-i", envvar="LABCTL_INVENTORY", help="The inventory file.",
-                       show_default=True),
+    Path | None, typer.Option("--inventory", "-i", envvar="LABCTL_INVENTORY", show_default=False,
+                              help="The inventory file [default: $LABCTL_INVENTORY, else ./inventory.yaml, "
+                                   "else the one labctl up last applied]."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (see docs/cli.md).")]
 CheckFilesOpt = Annotated[bool, typer.Option(
     "--check-files", help="Also check binaries, interpreters and model files on this machine.")]
 
 
+@app.callback()
+def _options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the tools' own output (pip, ...) "
+                                          "as they run, instead of a spinner.")] = False,
+) -> None:
+    """Run a local LLM serving stack from one inventory.yaml, as systemd user units."""
+    from labctl import progress
+
+    progress.configure(live=True, verbose=verbose)
+
+
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def print_lines(lines: list[str], style: str = "") -> None:
+    """Lines already folded to ``out.width`` (as status does: $COLUMNS, else the terminal's
+    width, else 80), printed as they are: as Text, so nothing in them is read as markup or
+    ``:emoji:``, and never wrapped again."""
+    from rich.text import Text
+
+    for line in lines:
+        out.print(Text(line, style=style))
 
 
 @app.command()
@@ -48,7 +70,7 @@ def version() -> None:
 
 @app.command()
 def validate(
-    inventory: InventoryOpt = Path("inventory.yaml"),
+    inventory: InventoryOpt = None,
     check_files: CheckFilesOpt = False,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
@@ -57,7 +79,8 @@ def validate(
     from labctl import gpu_budget
     from labctl.load import load_inventory
 
-    loaded = load_inventory(inventory, check_files=check_files)
+    loaded = load_inventory(find_inventory(inventory), check_files=check_files)
+    inventory = loaded.path
     enabled = loaded.inventory.enabled()
     budget = gpu_budget.compute(loaded.inventory) if gpu_budget.applies(loaded.inventory) else None
     if budget is not None:
@@ -76,7 +99,7 @@ def validate(
 @app.command()
 def render(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the rendered tree into.")],
-    inventory: InventoryOpt = Path("inventory.yaml"),
+    inventory: InventoryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Render every file into OUT (laid out as under ~/.config on a host)."""
@@ -84,7 +107,7 @@ def render(
     from labctl.load import load_inventory
     from labctl.render import render_all
 
-    files = render_all(load_inventory(inventory).inventory)
+    files = render_all(load_inventory(find_inventory(inventory)).inventory)
     try:
         for rel, content in files.items():
             fsio.atomic_write(out_dir / rel, content)
@@ -100,21 +123,22 @@ def render(
 
 @app.command()
 def plan(
-    inventory: InventoryOpt = Path("inventory.yaml"),
+    inventory: InventoryOpt = None,
     root: Annotated[Path | None, typer.Option(
         "--root", help="Compare against this directory instead of the host's ~/.config (files only; "
                        "no unit states are read).")] = None,
     as_json: JsonOpt = False,
     diff: Annotated[bool, typer.Option("--diff/--no-diff", help="Show file diffs.")] = True,
+    wide: Annotated[bool, typer.Option("--wide", help="One line per action and note, at its natural width.")] = False,
 ) -> None:
     """Show what `labctl up` would change and do, changing nothing."""
     from labctl.layout import Layout
     from labctl.load import load_inventory
     from labctl.plan import make_plan, operator_drop_ins, read_installed
     from labctl.render import render_all
-    from labctl.text import shown
+    from labctl.text import fold, shown
 
-    inv = load_inventory(inventory).inventory
+    inv = load_inventory(find_inventory(inventory)).inventory
     target = root if root is not None else Path(Layout.of(inv).config_root)
     installed = read_installed(target)
     states = None
@@ -129,22 +153,28 @@ def plan(
         emit_json({"root": str(target), **result.as_dict(), "drop_ins": drop_ins,
                    "gpu_budget": budget.as_dict() if budget else None})
         return
-    for line in gpu_budget.table(budget) if budget else []:
-        out.print(shown(line), markup=False)
+    # Prose is folded between words to out.width; a diff line is printed as it is (only
+    # shown(): the installed side is whatever is on disk).
+    width = 1 << 20 if wide else out.width
+
+    def say(text: str, indent: str = "", more: str = "  ") -> None:
+        print_lines(fold(shown(text), width, indent, more))
+
+    print_lines([shown(line) for line in gpu_budget.table(budget, width)] if budget else [])
     for unit, files in drop_ins.items():
-        out.print(f"{unit}: operator drop-ins, kept as they are and overriding labctl's unit: "
-                  f"{', '.join(shown(f.rsplit('/', 1)[-1]) for f in files)}", markup=False)
+        say(f"{unit}: operator drop-ins, kept as they are and overriding labctl's unit: "
+            f"{', '.join(f.rsplit('/', 1)[-1] for f in files)}")
     if result.empty:
-        out.print(f"no changes: {len(result.unchanged)} file(s) up to date in {target}; no actions")
+        say(f"no changes: {len(result.unchanged)} file(s) up to date in {target}; no actions")
         return
     for change in result.files:
-        out.print(f"{change.change:>6} {change.path}")
-        if diff and change.diff:  # the installed side is whatever is on disk: shown()
-            out.print("\n".join(shown(line) for line in change.diff.rstrip("\n").split("\n")), markup=False)
-    out.print(f"{len(result.unchanged)} file(s) unchanged")
-    out.print("actions:" if result.actions else "actions: none")
+        say(f"{change.change:>6} {change.path}", more="       ")
+        if diff and change.diff:
+            print_lines([shown(line) for line in change.diff.rstrip("\n").split("\n")])
+    say(f"{len(result.unchanged)} file(s) unchanged")
+    say("actions:" if result.actions else "actions: none")
     for action in result.actions:
-        out.print(f"  {action}", markup=False)
+        say(str(action), "  ", "    ")
 
 
 def _unit_states(inv, installed):  # type: ignore[no-untyped-def]
@@ -186,15 +216,21 @@ def _say(as_json: bool):  # type: ignore[no-untyped-def]
     return lambda message: out.print(shown(message), markup=False)
 
 
-def _load(inventory: Path):  # type: ignore[no-untyped-def]
+def find_inventory(given: Path | None) -> Path:
+    from labctl.load import find_inventory as find
+
+    return find(given)
+
+
+def _load(inventory: Path | None):  # type: ignore[no-untyped-def]
     from labctl.load import load_inventory
 
-    return load_inventory(inventory)
+    return load_inventory(find_inventory(inventory))
 
 
 @app.command()
 def up(
-    inventory: InventoryOpt = Path("inventory.yaml"),
+    inventory: InventoryOpt = None,
     no_wait: NoWaitOpt = False,
     no_monitoring: Annotated[bool, typer.Option("--no-monitoring", help="Leave the monitoring stack alone.")] = False,
     force: ForceOpt = False,
@@ -218,7 +254,7 @@ def up(
 
 @app.command()
 def down(
-    inventory: InventoryOpt = Path("inventory.yaml"),
+    inventory: InventoryOpt = None,
     purge: Annotated[bool, typer.Option("--purge", help="Also remove the installed files (kept as a generation).")] = False,
     no_wait: NoWaitOpt = False,
     as_json: JsonOpt = False,
@@ -237,7 +273,7 @@ def down(
 @app.command()
 def restart(
     services: Annotated[list[str] | None, typer.Argument(help="Services to restart (default: all).")] = None,
-    inventory: InventoryOpt = Path("inventory.yaml"),
+    inventory: InventoryOpt = None,
     no_wait: NoWaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -251,7 +287,7 @@ def restart(
 
 @app.command()
 def rollback(
-    inventory: InventoryOpt = Path("inventory.yaml"),
+    inventory: InventoryOpt = None,
     no_wait: NoWaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -267,7 +303,7 @@ def rollback(
 
 @app.command()
 def status(
-    inventory: InventoryOpt = Path("inventory.yaml"),
+    inventory: InventoryOpt = None,
     probe_timeout: Annotated[float, typer.Option(help="Seconds each probe may take.")] = 3.0,
     endpoints: Annotated[bool, typer.Option(
         "--endpoints", help="Also ask whether the gateway's remote endpoints are reachable (never sends a key).")
@@ -296,7 +332,7 @@ def status(
 @app.command()
 def logs(
     service: Annotated[str, typer.Argument(help="Service name from the inventory.")],
-    inventory: InventoryOpt = Path("inventory.yaml"),
+    inventory: InventoryOpt = None,
     follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
     lines: Annotated[int, typer.Option("--lines", "-n")] = 50,
 ) -> None:
@@ -323,7 +359,7 @@ def logs(
 @app.command("edit")
 def edit_unit(
     service: Annotated[str, typer.Argument(help="Service name from the inventory.")],
-    inventory: InventoryOpt = Path("inventory.yaml"),
+    inventory: InventoryOpt = None,
 ) -> None:
     """Override a setting of a service's unit with a drop-in (systemctl --user edit); labctl keeps it."""
     from labctl.inventory import unit_name
@@ -341,10 +377,14 @@ def edit_unit(
 
 @app.command()
 def doctor(
-    inventory: InventoryOpt = Path("inventory.yaml"),
+    inventory: InventoryOpt = None,
+    wide: Annotated[bool, typer.Option("--wide", help="One line per check, at its natural width.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check that this host can run the inventory; each line is ok, warn or fail, with the fix."""
+    """Check that this host can run the inventory; each check is ok, warn or fail, with the fix."""
+    from rich.text import Text
+
+    from labctl.clitables import doctor_lines
     from labctl.doctor import failures, run_doctor
     from labctl.text import shown
 
@@ -353,9 +393,10 @@ def doctor(
         emit_json({"ok": not failures(checks), "checks": [c.as_dict() for c in checks]})
     else:
         for check in checks:
+            first, *more = [shown(str(check))] if wide else doctor_lines(check, out.width)
             style = {"ok": "green", "warn": "yellow", "fail": "red"}[check.status]
-            out.print(f"[{style}]{check.status:<4}[/{style}] ", end="")
-            out.print(shown(str(check)[5:]), markup=False)
+            out.print(Text.assemble((first[:4], style), first[4:]))
+            print_lines(more)
     raise typer.Exit(1 if failures(checks) else 0)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from labctl.cli import InventoryOpt, JsonOpt, _load, _say, app, emit_json, out
+from labctl.cli import InventoryOpt, JsonOpt, _load, _say, app, emit_json, out, print_lines
 
 
 # rich's tables cost ~15 ms to import: only the commands that print them pay it.
@@ -43,31 +43,57 @@ def model_make_tiny(
     out.print(plain(f"wrote {path}"))
 
 
+@model_app.command("pull")
+def model_pull(
+    names: Annotated[list[str] | None, typer.Argument(help="Declared models to fetch (default: all).")] = None,
+    inventory: InventoryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fetch the inventory's declared models (models:) into the models dir, checked against
+    their sha256, and point current.gguf at the default one if it does not exist yet."""
+    from labctl.model_pull import pull
+
+    results = pull(_load(inventory).inventory, names or None, say=_say(as_json))
+    if as_json:
+        emit_json([{"name": r.name, "path": str(r.path), "sha256": r.sha256, "size": r.size,
+                    "action": r.action, "seconds": round(r.seconds, 2)} for r in results])
+        return
+    fetched = sum(1 for r in results if r.action != "present")
+    out.print(plain(f"pull: {fetched} fetched, {len(results) - fetched} already present"))
+
+
 @model_app.command("list")
-def model_list(inventory: InventoryOpt = Path("inventory.yaml"), as_json: JsonOpt = False) -> None:
+def model_list(
+    inventory: InventoryOpt = None,
+    wide: Annotated[bool, typer.Option("--wide", help="One table row per model, at its natural width.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """GGUF files in the models dir, from their headers, and which one current.gguf points at."""
-    from rich.table import Table
+    from labctl.models import list_models, models_dir, roots_text
+    from labctl.text import fold, shown
 
-    from labctl.models import list_models
-
-    entries = list_models(_load(inventory).inventory)
+    inv = _load(inventory).inventory
+    entries = list_models(inv)
     if as_json:
         emit_json([e.as_dict() for e in entries])
         return
-    table = Table()
-    for column in ("", "file", "size", "name", "architecture", "context", "quantisation", "note"):
-        table.add_column(column)
-    for e in entries:
-        info = e.info or {}
-        size = f"{int(info.get('size') or 0) / 2**20:.1f} MiB" if info else "-"
-        cells = ("*" if e.current else "", e.name, size, info.get("name") or "-", info.get("architecture") or "-",
-                 info.get("context_length") or "-", info.get("quantization") or "-", e.problem or "")
-        table.add_row(*(plain(cell) for cell in cells))
-    out.print(unfolded(table, out))
+    if not entries:
+        missing = not models_dir(inv).is_dir()
+        print_lines(fold(shown(f"no models: the models dir {models_dir(inv)} does not exist" if missing else
+                               f"no models in {roots_text(inv)}"), out.width, "", "  "))
+        return
+    if wide:
+        from labctl.clitables import model_table
+
+        out.print(unfolded(model_table(entries), out))
+    else:
+        from labctl.clitables import model_lines
+
+        print_lines(model_lines(entries, out.width))
 
 
 @model_app.command("current")
-def model_current(inventory: InventoryOpt = Path("inventory.yaml"), as_json: JsonOpt = False) -> None:
+def model_current(inventory: InventoryOpt = None, as_json: JsonOpt = False) -> None:
     """The link's target, what each llama service is really serving, and any mismatch."""
     from labctl.models import current
     from labctl.systemd import UserManager
@@ -86,7 +112,7 @@ def model_current(inventory: InventoryOpt = Path("inventory.yaml"), as_json: Jso
 @model_app.command("switch")
 def model_switch(
     gguf: Annotated[str, typer.Argument(help="A file in the models dir (name or path), or linked into it.")],
-    inventory: InventoryOpt = Path("inventory.yaml"),
+    inventory: InventoryOpt = None,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse a model over the GPU memory budget.")] = False,
     drain_timeout: Annotated[float, typer.Option(help="Seconds to wait for in-flight requests.")] = 30.0,
     as_json: JsonOpt = False,
@@ -105,7 +131,7 @@ def model_switch(
 
 
 @model_app.command("rollback")
-def model_rollback(inventory: InventoryOpt = Path("inventory.yaml"), as_json: JsonOpt = False) -> None:
+def model_rollback(inventory: InventoryOpt = None, as_json: JsonOpt = False) -> None:
     """Switch back to the model the last successful switch replaced."""
     from labctl.models import rollback_target, switch
     from labctl.systemd import UserManager
@@ -120,7 +146,7 @@ def model_rollback(inventory: InventoryOpt = Path("inventory.yaml"), as_json: Js
 
 
 @model_app.command("history")
-def model_history(inventory: InventoryOpt = Path("inventory.yaml"), as_json: JsonOpt = False) -> None:
+def model_history(inventory: InventoryOpt = None, as_json: JsonOpt = False) -> None:
     """Every switch: time, from, to, outcome, durations."""
     from labctl.models import history
 

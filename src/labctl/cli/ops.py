@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from labctl.cli import InventoryOpt, JsonOpt, _load, app, emit_json, out
+from labctl.cli import InventoryOpt, JsonOpt, _load, app, emit_json, out, print_lines
 from labctl.errors import OperationFailed
 
 
@@ -17,13 +17,12 @@ app.add_typer(gateway_app, name="gateway")
 
 @gateway_app.command("check")
 def gateway_check(
-    inventory: InventoryOpt = Path("inventory.yaml"),
+    inventory: InventoryOpt = None,
     timeout: Annotated[float, typer.Option(help="Seconds each request may take.")] = 60.0,
+    wide: Annotated[bool, typer.Option("--wide", help="One table row per check, at its natural width.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Ask every route for one token and exercise every fallback chain; route -> backend -> latency."""
-    from rich.table import Table
-
     from labctl.gateway_check import all_ok, check_gateway, gateway_of
     from labctl.probes import gateway_key
 
@@ -36,19 +35,15 @@ def gateway_check(
     ok = all_ok(results)
     if as_json:
         emit_json({"ok": ok, "results": [r.as_dict() for r in results]})
-    else:
-        table = Table(title="labctl gateway check", title_justify="left")
-        for column in ("check", "route", "fallback to", "status", "answered by", "backend", "fallbacks", "ms", "error"):
-            table.add_column(column, overflow="fold")
-        from labctl.clitables import plain
+    elif wide:
+        from labctl.clitables import gateway_table, unfolded
 
-        for r in results:
-            # Headers and errors come from the gateway and backends: shown, never obeyed.
-            table.add_row(*(plain(cell) for cell in (
-                r.check, r.route, r.fallback_to or "-", str(r.status or "-"), r.answered_by or "-", r.backend or "-",
-                str(r.attempted_fallbacks if r.attempted_fallbacks is not None else "-"), f"{r.latency_ms:.0f}",
-                r.error or "")))
-        out.print(table)
+        out.print(unfolded(gateway_table(results), out))
+    else:
+        from labctl.clitables import gateway_lines
+
+        # Headers and errors come from the gateway and backends: shown, never obeyed.
+        print_lines(gateway_lines(results, out.width))
     raise typer.Exit(0 if ok else OperationFailed.exit_code)
 
 
@@ -57,7 +52,7 @@ app.add_typer(monitoring_app, name="monitoring")
 
 
 @monitoring_app.command("up")
-def monitoring_up(inventory: InventoryOpt = Path("inventory.yaml"), as_json: JsonOpt = False) -> None:
+def monitoring_up(inventory: InventoryOpt = None, as_json: JsonOpt = False) -> None:
     """Render the monitoring files, then `docker compose up --wait` them."""
     from labctl import fsio, monitoring
     from labctl.layout import Layout
@@ -78,7 +73,7 @@ def monitoring_up(inventory: InventoryOpt = Path("inventory.yaml"), as_json: Jso
 
 @monitoring_app.command("down")
 def monitoring_down(
-    inventory: InventoryOpt = Path("inventory.yaml"),
+    inventory: InventoryOpt = None,
     purge: Annotated[bool, typer.Option("--purge", help="Also remove the data volumes.")] = False,
 ) -> None:
     """Stop and remove the monitoring containers (data volumes stay unless --purge)."""
@@ -92,7 +87,7 @@ def monitoring_down(
 
 
 @monitoring_app.command("status")
-def monitoring_status(inventory: InventoryOpt = Path("inventory.yaml"), as_json: JsonOpt = False) -> None:
+def monitoring_status(inventory: InventoryOpt = None, as_json: JsonOpt = False) -> None:
     """The monitoring containers' state and health, from the Docker engine."""
     from labctl import monitoring
 
