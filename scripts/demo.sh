@@ -34,9 +34,10 @@ else
   INV=$DEMO   # the sandbox has the examples in labuser's home
 fi
 
-if [[ -f $WHEEL_JOB ]]; then
+pid=$(cat "$WHEEL_JOB" 2>/dev/null || true)
+if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
   log "waiting for the llama-cpp-python wheel (compiling since bootstrap; once per machine)"
-  while kill -0 "$(cat "$WHEEL_JOB")" 2>/dev/null; do sleep 5; done
+  while kill -0 "$pid" 2>/dev/null; do sleep 5; done
 fi
 ls "$TOOLS"/wheels/llama_cpp_python-*.whl >/dev/null 2>&1 || { log "the llama-cpp-python wheel was not built: see $TOOLS/wheels/build.log"; exit 1; }
 
