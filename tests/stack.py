@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-
 from tools import TOOLS_DIR, missing
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,7 +119,7 @@ def require_stack_tools() -> Path:
 
 def boot_stack(name: str) -> Stack:
     from labctl import sandbox
-    from labctl.demo_models import write_tiny_gguf
+    from labctl.host.gguf_writer import write_tiny_gguf
 
     tools = require_stack_tools()
     timings: dict[str, float] = {}

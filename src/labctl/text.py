@@ -77,7 +77,7 @@ def shown(text: object) -> str:
     U+2028/U+2029, bidi control and lone surrogate (an undecodable byte in a file name)
     becomes a visible escape (``\\x1b``, ``\\u202e``); everything else is unchanged. For
     anything read from a file or a process: GGUF metadata, file names, journal lines.
-    It does not touch rich markup: print the result with markup off, or as labctl.clitables.plain."""
+    It does not touch rich markup: print the result with markup off, or as labctl.cli.tables.plain."""
     return _UNSAFE.sub(_escape, text if isinstance(text, str) else str(text))
 
 

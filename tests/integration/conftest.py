@@ -24,16 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import helpers
+import pytest
 import tools
-from labctl.demo_models import write_tiny_gguf
-from labctl.gateway_check import litellm_supports_prometheus
-from labctl.inventory import Inventory, LiteLLM
-from labctl.load import load_inventory
+
+from labctl.host.gguf_writer import write_tiny_gguf
+from labctl.host.secrets import ensure_env_secret, read_env_file, read_secret
+from labctl.inventory.load import load_inventory
+from labctl.inventory.schema import Inventory, LiteLLM
+from labctl.ops.gateway_check import litellm_supports_prometheus
 from labctl.render import render_all
-from labctl.secrets import ensure_env_secret, read_env_file, read_secret
 
 TOOLS = tools.TOOLS_DIR
 # Model loads take well under a second, but LiteLLM needs 6-18 s to start and a loaded

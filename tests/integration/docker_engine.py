@@ -58,7 +58,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from labctl.proc import CommandFailed, run_cmd
+from labctl.host.proc import CommandFailed, run_cmd
 from tests import helpers, tools
 
 IMAGES_DIR = Path(__file__).resolve().parent / "images"

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import helpers
+import pytest
 import tools
-from labctl.demo_models import GEMMA_PACKAGE, UNSUPPORTED_ARCH, write_tiny_gguf
+
+from labctl.host.gguf_writer import GEMMA_PACKAGE, UNSUPPORTED_ARCH, write_tiny_gguf
 
 pytestmark = pytest.mark.integration
 
@@ -344,14 +344,14 @@ def test_gemma_on_llama_server(
 def test_the_gpu_budget_matches_what_llama_server_allocates(
     request: pytest.FixtureRequest, model_dir: Path, llama_server_binary: Path, gemma_python: Path
 ) -> None:
-    """labctl.gpu_budget's figure for the Gemma model beside what a real llama-server (CPU
+    """labctl.ops.gpu_budget's figure for the Gemma model beside what a real llama-server (CPU
     build) reports it allocated for the same context: the weights and the KV cache to
     within 1 MiB, and the total an upper bound at most 1.5 times the real one (the compute
     buffer is a flat estimate)."""
     import re
 
-    from labctl.gpu_budget import COMPUTE_BUFFER_MIB, compute
-    from labctl.load import load_inventory
+    from labctl.inventory.load import load_inventory
+    from labctl.ops.gpu_budget import COMPUTE_BUFFER_MIB, compute
 
     model = model_dir / "gemma.gguf"
     if not model.exists():

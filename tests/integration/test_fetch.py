@@ -1,4 +1,4 @@
-"""labctl.fetch against a real HTTP server on loopback, a real pip and real GGUF files.
+"""labctl.host.fetch against a real HTTP server on loopback, a real pip and real GGUF files.
 
 The server (http.server.ThreadingHTTPServer in a thread) serves byte strings with Range
 support, redirects like Hugging Face does to its CDN (an ``X-Linked-Etag`` on the
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from labctl import gguf_header
-from labctl.demo_models import write_tiny_gguf
-from labctl.fetch import FetchError, FetchRefused, Source, fetch, is_present
+from labctl.host import gguf_header
+from labctl.host.fetch import FetchError, FetchRefused, Source, fetch, is_present
+from labctl.host.gguf_writer import write_tiny_gguf
 
 pytestmark = pytest.mark.integration
 

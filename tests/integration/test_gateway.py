@@ -17,14 +17,14 @@ import sys
 import time
 from pathlib import Path
 
+import helpers
 import pytest
 import yaml
-
-import helpers
 from invtext import BASE, edit
+
 from labctl.errors import OperationFailed
-from labctl.gateway_check import RouteResult, all_ok, check_gateway, litellm_supports_prometheus
-from labctl.load import load_inventory
+from labctl.inventory.load import load_inventory
+from labctl.ops.gateway_check import RouteResult, all_ok, check_gateway, litellm_supports_prometheus
 from labctl.render import monitoring
 from labctl.render.monitoring import backend_panels
 
@@ -88,7 +88,7 @@ def test_models_lists_exactly_the_routes_and_aliases(running_stack) -> None:
         assert refused.status in (400, 401, 403), (refused.status, refused.text)
 
 
-# --- labctl.gateway_check ------------------------------------------------------------------
+# --- labctl.ops.gateway_check ------------------------------------------------------------------
 
 
 def check(stack) -> list[RouteResult]:

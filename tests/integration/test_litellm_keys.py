@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from labctl.inventory.load import load_inventory
 from labctl.render import gateway, litellm_keys
-from labctl.load import load_inventory
 
 pytestmark = pytest.mark.integration
 
@@ -158,7 +158,7 @@ def test_litellm_validates_what_labctl_renders(litellm_python, tmp_path) -> None
 
 
 def test_up_asks_the_gateways_own_litellm(litellm_python, tmp_path) -> None:
-    """labctl.litellm_validate, which `labctl up` runs before installing a changed config:
+    """labctl.ops.litellm_validate, which `labctl up` runs before installing a changed config:
     LiteLLM accepts the render, refuses a value only it can judge, and the refusal names
     the inventory field. The keys' variables get placeholders; no key file is read."""
     import sys
@@ -166,7 +166,7 @@ def test_up_asks_the_gateways_own_litellm(litellm_python, tmp_path) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from invtext import BASE
 
-    from labctl import litellm_validate
+    from labctl.ops import litellm_validate
 
     text = BASE.replace("/opt/litellm/bin/python", str(litellm_python)).replace(
         "    fallbacks:\n      bindings: [native]\n",

@@ -1,4 +1,4 @@
-"""The rendered monitoring stack, run by labctl.monitoring on a real Docker engine.
+"""The rendered monitoring stack, run by labctl.ops.monitoring on a real Docker engine.
 
 A private dockerd (tests/integration/docker_engine.py) runs locally built images: Debian's
 Prometheus and node exporter, and a **stand-in for Grafana** (labctl-test/grafana-standin;
@@ -32,15 +32,15 @@ try:
 except ModuleNotFoundError:  # pytest run without the repository root on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from tests import helpers, invtext
-from tests.integration import docker_engine
-
-from labctl import fsio, monitoring
+from labctl import fsio
 from labctl.errors import HostNotReady, OperationFailed
-from labctl.inventory import Inventory
-from labctl.layout import Layout
-from labctl.load import load_inventory
+from labctl.inventory.load import load_inventory
+from labctl.inventory.schema import Inventory
+from labctl.ops import monitoring
 from labctl.render import render_all
+from labctl.render.layout import Layout
 from labctl.render.monitoring import scrape_jobs
+from tests.integration import docker_engine
 
 pytestmark = pytest.mark.integration
 

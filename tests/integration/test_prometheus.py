@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import helpers
 import pytest
 import yaml
 
-import helpers
-from labctl.gateway_check import all_ok, check_gateway
-from labctl.load import load_inventory
+from labctl.inventory.load import load_inventory
+from labctl.ops.gateway_check import all_ok, check_gateway
 from labctl.render import render_all
 from labctl.render.monitoring import backend_panels, scrape_jobs
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from labctl.errors import MultiLineFailure, OperationFailed
-from labctl.load import load_inventory
-from labctl.provision import STAMP, provision
+from labctl.host.provision import STAMP, provision
+from labctl.inventory.load import load_inventory
 
 
 def inventory(tmp_path: Path, spec: str) -> object:

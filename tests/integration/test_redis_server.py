@@ -15,18 +15,18 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 import helpers
-from labctl.apply import ensure_secrets
-from labctl.layout import Layout
-from labctl.load import load_inventory
-from labctl.probes import probe
+import pytest
+from tools import require_command
+
+from labctl.host.secrets import read_secret
+from labctl.inventory.load import load_inventory
+from labctl.ops.apply import ensure_secrets
+from labctl.ops.probes import probe
 from labctl.render import render_all
+from labctl.render.layout import Layout
 from labctl.render.redis import auth_file
 from labctl.render.units import argv
-from labctl.secrets import read_secret
-from tools import require_command
 
 pytestmark = pytest.mark.integration
 

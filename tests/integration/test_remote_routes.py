@@ -15,14 +15,14 @@ import json
 import subprocess
 from pathlib import Path
 
+import helpers
 import pytest
 import yaml
-
-import helpers
 from conftest import stack_running
-from labctl.gateway_check import all_ok, check_gateway
-from labctl.probes import probe
-from labctl.secrets import ensure_env_secret, read_secret
+
+from labctl.host.secrets import ensure_env_secret, read_secret
+from labctl.ops.gateway_check import all_ok, check_gateway
+from labctl.ops.probes import probe
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,6 @@ import threading
 import time
 
 import pytest
-
 from stack import HOME, INVENTORY, LABCTL, UNIT_DIR, Stack, gateway_load, json_out, load_summary
 
 pytestmark = pytest.mark.system
@@ -182,7 +181,7 @@ def test_two_ups_at_once_one_waits_or_refuses(demo_stack: Stack) -> None:
 
 
 def test_sigkill_during_up_leaves_old_or_new_files_and_rerun_converges(demo_stack: Stack) -> None:
-    from labctl.load import load_inventory
+    from labctl.inventory.load import load_inventory
     from labctl.render import render_all
 
     old = {k: v for k, v in unit_hashes(demo_stack).items()}

@@ -7,7 +7,6 @@ import subprocess
 import time
 
 import pytest
-
 from stack import HOME, INVENTORY, LABCTL, Stack, gateway_load, json_out, load_summary
 from tools import TOOLS_DIR, missing
 
@@ -20,7 +19,7 @@ LINK = f"{MODELS}/current.gguf"
 @pytest.fixture(scope="module")
 def models(demo_stack: Stack, tmp_path_factory) -> Stack:
     """Gemma 3 270M (from PyPI) and an unknown-architecture GGUF next to tiny.gguf."""
-    from labctl.demo_models import UNSUPPORTED_ARCH, write_tiny_gguf
+    from labctl.host.gguf_writer import UNSUPPORTED_ARCH, write_tiny_gguf
 
     python = TOOLS_DIR / "models/bin/python"
     if not python.exists():

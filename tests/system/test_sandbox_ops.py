@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from labctl import sandbox, sandbox_ops
+from labctl import sandbox
+from labctl.sandbox import ops as sandbox_ops
 from labctl.sandbox.procs import host_boot_id, proc_stat
 from labctl.sandbox.registry import MachineRecord, record_path, write_record
 
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 UP = """
 import json, sys
 from pathlib import Path
-from labctl.sandbox_ops import sandbox_up
+from labctl.sandbox.ops import sandbox_up
 name, project, rootfs, registry = sys.argv[1:5]
 facts = sandbox_up(name, Path(project), rootfs=Path(rootfs), registry=Path(registry),
                    say=lambda line: print(line, file=sys.stderr, flush=True))
@@ -40,7 +41,7 @@ print(json.dumps(facts))
 EXEC = """
 import sys
 from pathlib import Path
-from labctl.sandbox_ops import sandbox_exec
+from labctl.sandbox.ops import sandbox_exec
 sys.exit(sandbox_exec(sys.argv[1], sys.argv[3:], registry=Path(sys.argv[2])))
 """
 
@@ -195,7 +196,7 @@ def test_down_stops_it_and_forgets_it(detached: dict, registry: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys; from pathlib import Path; from labctl.sandbox_ops import sandbox_down;"
+            "import sys; from pathlib import Path; from labctl.sandbox.ops import sandbox_down;"
             " sandbox_down(sys.argv[1], registry=Path(sys.argv[2]))",
             name,
             str(registry),

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from stack import HOME, REPO, Stack, gateway_load, json_out, load_summary
 from tools import require_command, tiny_vllm_checkpoint, vllm_python
 
@@ -86,7 +85,7 @@ def test_status_shows_vllm_healthy_with_metrics(vllm_stack: Stack) -> None:
 
 def test_prometheus_scrapes_vllm_metrics(vllm_stack: Stack) -> None:
     """Debian's real Prometheus on the host, with labctl's rendered prometheus.yml."""
-    from labctl.load import load_inventory
+    from labctl.inventory.load import load_inventory
     from labctl.render import render_all
     from labctl.sandbox import free_port
 

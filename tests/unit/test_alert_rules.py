@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 import yaml
-
 from invtext import BASE
-from labctl.load import load_inventory
-from labctl.render import render_all
 from tools import require_command
+
+from labctl.inventory.load import load_inventory
+from labctl.render import render_all
 
 RULES = "labctl/monitoring/prometheus/rules/labctl.yml"
 GATEWAY_ALERTS = {"LabctlGatewayDown", "LabctlFallbacksFrequent", "LabctlHighLatency"}

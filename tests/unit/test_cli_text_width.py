@@ -9,13 +9,14 @@ import re
 from pathlib import Path
 
 import pytest
-
 from invtext import edit, with_service
-from labctl import checks, cli
+
+from labctl import cli
 from labctl.cli import main
-from labctl.demo_models import write_tiny_gguf
-from labctl.doctor import Check
-from labctl.gateway_check import RouteResult
+from labctl.host.gguf_writer import write_tiny_gguf
+from labctl.inventory import checks
+from labctl.ops.doctor import Check
+from labctl.ops.gateway_check import RouteResult
 
 pytestmark = pytest.mark.unit
 
@@ -91,8 +92,8 @@ def inventory(tmp_path: Path) -> Path:
 def doctor_checks(monkeypatch, inventory: Path, tmp_path: Path) -> list[Check]:
     """doctor's checks without asking the host (ss, systemctl, docker): the inventory's real
     file problems (``fix: edit inventory.yaml:LINE``) and long ones built like doctor's."""
-    from labctl import doctor
-    from labctl.load import load_inventory
+    from labctl.inventory.load import load_inventory
+    from labctl.ops import doctor
 
     loaded = load_inventory(inventory)
     found = [Check(p.path, "fail", p.message, f"edit {p.file}:{p.line}")
@@ -241,7 +242,7 @@ def results() -> list[RouteResult]:
 
 @pytest.fixture
 def gateway(monkeypatch) -> list[RouteResult]:
-    from labctl import gateway_check, probes
+    from labctl.ops import gateway_check, probes
 
     made = results()
     monkeypatch.setattr(probes, "gateway_key", lambda inv, gw: "sk-test")

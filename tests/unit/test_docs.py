@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from labctl.docgen import reference
-from labctl.load import load_inventory
+from labctl.inventory.docgen import reference
+from labctl.inventory.load import load_inventory
 from labctl.render import gateway, render_all
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,10 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from invtext import edit
-from labctl.doctor import _env_var_check, _remote_only_chains, _secret_file_check, manager_env_checks, root_is_shared
-from labctl.proc import CommandResult
-from labctl.systemd import UserManager
-from labctl.load import load_inventory
+
+from labctl.host.proc import CommandResult
+from labctl.host.systemd import UserManager
+from labctl.inventory.load import load_inventory
+from labctl.ops.doctor import (
+    _env_var_check,
+    _remote_only_chains,
+    _secret_file_check,
+    manager_env_checks,
+    root_is_shared,
+)
 
 
 def test_root_is_shared_reads_mountinfo() -> None:

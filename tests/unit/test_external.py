@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from invtext import BASE, edit
+
 from labctl.cli import main
-from labctl.doctor import port_checks
-from labctl.load import load_inventory
-from labctl.plan import make_plan, start_order
+from labctl.host.systemd import UnitFacts
+from labctl.inventory.load import load_inventory
+from labctl.ops.doctor import port_checks
+from labctl.ops.plan import make_plan, start_order
+from labctl.ops.status import gather
 from labctl.render import render_all
-from labctl.status import gather
-from labctl.systemd import UnitFacts
 
 pytestmark = pytest.mark.unit
 
@@ -188,7 +188,7 @@ def test_logs_of_an_external_need_its_unit(tmp_path: Path, capsys) -> None:  # t
     path.write_text(with_externals())
     code, _, err = run(capsys, "logs", "theirs", "-i", str(path))
     assert code == 2 and "names no unit for it (services.theirs.unit)" in err
-    from labctl.systemd import UserManager
+    from labctl.host.systemd import UserManager
 
     argv = UserManager().journal_argv("ollama.service", 5, False, user=False)
     assert argv[:3] == ["journalctl", "--unit", "ollama.service"]

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from invtext import BASE, edit
-from labctl.checks import fallback_order, longest_fallback_walk
+
 from labctl.cli import main
-from labctl.load import load_inventory
+from labctl.inventory.fallbacks import fallback_order, longest_fallback_walk
+from labctl.inventory.load import load_inventory
 from labctl.render import gateway
 
 pytestmark = pytest.mark.unit

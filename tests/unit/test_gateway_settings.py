@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from invtext import BASE, edit
+
 from labctl.cli import main
+from labctl.inventory.load import load_inventory
 from labctl.render import gateway
-from labctl.load import load_inventory
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import gguf
 import pytest
 
-from labctl import gguf_header
-from labctl.demo_models import write_tiny_gguf
+from labctl.host import gguf_header
+from labctl.host.gguf_writer import write_tiny_gguf
 
 
 @pytest.fixture(scope="module")

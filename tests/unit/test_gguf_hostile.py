@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import timed
-from labctl import gguf_header
-from labctl.demo_models import write_tiny_gguf
-from labctl.gguf_header import GGUFError
+
+from labctl.host import gguf_header
+from labctl.host.gguf_header import GGUFError
+from labctl.host.gguf_writer import write_tiny_gguf
 
 # GGUF value types (gguf.GGUFValueType)
 U8, U32, I32, F32, BOOL, STRING, ARRAY, U64 = 0, 4, 5, 6, 7, 8, 9, 10

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from labctl import gguf_header
 from labctl.cli import main
-from labctl.demo_models import write_tiny_gguf
-from labctl.gpu_budget import COMPUTE_BUFFER_MIB, GIB, MIB, compute, table
-from labctl.load import load_inventory
+from labctl.host import gguf_header
+from labctl.host.gguf_writer import write_tiny_gguf
+from labctl.inventory.load import load_inventory
+from labctl.ops.gpu_budget import COMPUTE_BUFFER_MIB, GIB, MIB, compute, table
 
 pytestmark = pytest.mark.unit
 
@@ -136,7 +136,7 @@ def test_the_nvidia_smi_reader_where_a_gpu_exists() -> None:
     (every CI machine here) skip it by name."""
     import shutil
 
-    from labctl.gpu_budget import nvidia_smi_memory
+    from labctl.ops.gpu_budget import nvidia_smi_memory
 
     if shutil.which("nvidia-smi") is None:
         pytest.skip("no NVIDIA GPU here (nvidia-smi not found): the capacity reader is tested only where one is")

@@ -14,14 +14,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from invtext import BASE, edit
+from tools import require_command
+
 from labctl.cli import main
-from labctl.doctor import delegated_controllers, limit_checks
-from labctl.load import load_inventory
+from labctl.inventory.load import load_inventory
+from labctl.ops.doctor import delegated_controllers, limit_checks
 from labctl.render import render_all
 from labctl.render.units import HARDENING
-from tools import require_command
 
 pytestmark = pytest.mark.unit
 

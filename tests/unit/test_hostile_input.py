@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from invtext import BASE, edit
-from labctl import fsio, generations, provision, secrets
+
+from labctl import fsio
 from labctl.cli import main
-from labctl.inventory import Runtime
-from labctl.load import load_inventory
+from labctl.host import generations, provision, secrets
+from labctl.inventory.load import load_inventory
+from labctl.inventory.schema import Runtime
 from labctl.render import render_all, unitfile
 
 

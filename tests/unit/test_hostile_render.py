@@ -34,13 +34,12 @@ import yaml
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
-
-from labctl import inventory as schema
-from labctl.errors import InputError, InvalidInventory
-from labctl.load import load_inventory
-from labctl.render import render_all
-from labctl.render import unitfile
 from tools import compose_binary, litellm_python, require_command
+
+from labctl.errors import InputError, InvalidInventory
+from labctl.inventory import schema
+from labctl.inventory.load import load_inventory
+from labctl.render import render_all, unitfile
 
 FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 EXAMPLES = int(os.environ.get("LABCTL_PROPERTY_EXAMPLES", "2000"))
@@ -474,8 +473,7 @@ def test_audit_classes(tmp_path: Path) -> None:
 
 def test_the_property_can_fail(tmp_path: Path, monkeypatch) -> None:
     """With the unit encoder's '%' escape removed, the property must catch it."""
-    from labctl import templates
-    from labctl.render import encode
+    from labctl.render import encode, templates
 
     monkeypatch.setitem(templates.environment().filters, "sd_text", lambda value: encode.Encoded(value))
     with pytest.raises((AssertionError, unitfile.UnitSyntax)):

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from labctl import checks
-from labctl.demo_models import write_tiny_gguf
-from labctl.load import load_inventory
-from labctl.models import SwitchRefused, list_models, validate
+from labctl.host.gguf_writer import write_tiny_gguf
+from labctl.inventory import checks
+from labctl.inventory.load import load_inventory
+from labctl.ops.switch import SwitchRefused, list_models, validate
 
 pytestmark = pytest.mark.unit
 

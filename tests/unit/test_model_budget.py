@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from labctl.demo_models import write_tiny_gguf
-from labctl.load import load_inventory
-from labctl.models import SwitchRefused, budget, switch, validate
+from labctl.host.gguf_writer import write_tiny_gguf
+from labctl.inventory.load import load_inventory
+from labctl.ops.switch import SwitchRefused, budget, switch, validate
 
 
 def inventory(tmp_path: Path, gib: float | None, layers: int = 2) -> object:

@@ -8,12 +8,12 @@ import os
 from pathlib import Path
 
 import pytest
-
 from invtext import BASE, edit
+
 from labctl.cli import main
 from labctl.errors import InputError, InvalidInventory, UsageError
-from labctl.load import applied_path, find_inventory, load_inventory
-from labctl.model_pull import link_default, pull
+from labctl.inventory.load import applied_path, find_inventory, load_inventory
+from labctl.ops.model_pull import link_default, pull
 
 pytestmark = pytest.mark.unit
 
@@ -90,7 +90,7 @@ def test_llama_server_from_a_wheel_runs_the_venvs_command() -> None:
     inv = load_inventory("inventory.yaml", text=edit(WHEEL_RUNTIME)).inventory
     unit = render_all(inv)["systemd/user/labctl-native.service"]
     assert "ExecStart=/home/labuser/venvs/ls/bin/llama-server-vulkan --model /home/labuser/models/current.gguf" in unit
-    from labctl.provision import runtimes
+    from labctl.host.provision import runtimes
 
     assert "native" in runtimes(inv)
 

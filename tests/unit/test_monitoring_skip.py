@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from invtext import BASE
-from labctl.apply import Host, monitoring_up
-from labctl.load import load_inventory
+
+from labctl.inventory.load import load_inventory
+from labctl.ops.apply import Host, monitoring_up
 
 
 def test_up_says_monitoring_was_skipped_and_why(tmp_path: Path, monkeypatch) -> None:

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from invtext import edit
-from labctl.cli import main
-from labctl.doctor import rule_checks
-from labctl.load import load_inventory
-from labctl.render import render_all
 from tools import require_command
+
+from labctl.cli import main
+from labctl.inventory.load import load_inventory
+from labctl.ops.doctor import rule_checks
+from labctl.render import render_all
 
 pytestmark = pytest.mark.unit
 
@@ -148,7 +148,7 @@ REGEXES = ["(.*):.*", "go_.*", "a{", "a{,3}", "[[:alpha:]]+", "(?i)x", "(?s:.)",
 def test_every_regex_labctl_accepts_promtool_accepts(tmp_path: Path) -> None:
     """Python's re and Prometheus's RE2 differ; labctl refuses what RE2 would (measured
     against promtool itself, one config per expression)."""
-    from labctl.inventory import Relabel
+    from labctl.inventory.schema import Relabel
 
     promtool = require_command("promtool", "apt-get install prometheus")
     accepted = 0
@@ -172,7 +172,7 @@ def test_promtool_through_docker_runs_in_the_test_files_directory(tmp_path: Path
     read-only and, for a rule test, that test's directory as its working directory."""
     import shutil
 
-    from labctl.doctor import _promtool_argv
+    from labctl.ops.doctor import _promtool_argv
 
     inv = load_inventory("inventory.yaml", text=monitoring(tmp_path)).inventory
     real_which = shutil.which

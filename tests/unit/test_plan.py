@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-
 from invtext import BASE, edit
+
 from labctl.cli import main
-from labctl.load import load_inventory
-from labctl.plan import UnitState, make_plan
+from labctl.host.systemd import UnitState
+from labctl.inventory.load import load_inventory
+from labctl.ops.plan import make_plan
 from labctl.render import render_all
 
 
@@ -106,7 +107,7 @@ def test_unit_states_drive_start_and_enable(inventory: Path) -> None:
 
 
 def test_only_labctl_unit_files_are_managed(inventory: Path, tmp_path: Path) -> None:
-    from labctl.plan import read_installed
+    from labctl.ops.plan import read_installed
 
     root = tmp_path / "cfg"
     (root / "systemd/user").mkdir(parents=True)

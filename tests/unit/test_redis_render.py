@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from invtext import edit
+
 from labctl.cli import main
-from labctl.load import load_inventory
+from labctl.inventory.load import load_inventory
 from labctl.render import render_all
 from labctl.render.redis import auth_text, redis_str
 
@@ -85,7 +85,7 @@ def test_the_exporter_reads_its_redis_and_is_scraped() -> None:
     assert job["static_configs"][0]["targets"] == ["127.0.0.1:9121"]
     inv = load_inventory("inventory.yaml", text=edit(*WIRED, ("  gateway:\n", "  cache-metrics:\n    kind: "
                                                                "redis-exporter\n    redis: cache\n  gateway:\n"))).inventory
-    from labctl.plan import start_order
+    from labctl.ops.plan import start_order
 
     order = start_order(inv)
     assert order.index("cache") < order.index("cache-metrics") < order.index("gateway")

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from labctl.clitables import status_lines
-from labctl.status import EndpointStatus, ServiceStatus, StatusReport
+from labctl.cli.tables import status_lines
+from labctl.ops.status import EndpointStatus, ServiceStatus, StatusReport
 
 pytestmark = pytest.mark.unit
 

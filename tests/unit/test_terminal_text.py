@@ -19,15 +19,16 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
+from helpers import timed
+from invtext import edit
 from rich.console import Console
 
-from invtext import edit
-from helpers import timed
-from labctl import doctor, models
 from labctl.cli import main
-from labctl.clitables import plain, shown
-from labctl.demo_models import write_tiny_gguf
-from labctl.load import load_inventory
+from labctl.cli.tables import plain, shown
+from labctl.host.gguf_writer import write_tiny_gguf
+from labctl.inventory.load import load_inventory
+from labctl.ops import doctor
+from labctl.ops import switch as models
 
 ESC_NAME = "\x1b[2J[red]x[/red]"  # clears the screen, then rich markup
 BOUND = 1.0

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from invtext import BASE, VLLM, with_service
-from labctl.load import load_inventory
+from tools import compose_binary, litellm_python, require_command
+
+from labctl.inventory.load import load_inventory
 from labctl.render import render_all
 from labctl.render.gateway import verify
 from labctl.render.monitoring import backend_panels
-from tools import compose_binary, litellm_python, require_command
 
 # Text, or a path relative to the repository: every inventory the project ships, and two
 # test ones.

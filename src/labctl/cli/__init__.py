@@ -76,8 +76,8 @@ def validate(
     as_json: JsonOpt = False,
 ) -> None:
     """Check the inventory: schema, cross-references, safety rules, GPU budget; exit 2 on any problem."""
-    from labctl import gpu_budget
-    from labctl.load import load_inventory
+    from labctl.inventory.load import load_inventory
+    from labctl.ops import gpu_budget
 
     loaded = load_inventory(find_inventory(inventory), check_files=check_files)
     inventory = loaded.path
@@ -104,7 +104,7 @@ def render(
 ) -> None:
     """Render every file into OUT (laid out as under ~/.config on a host)."""
     from labctl import fsio
-    from labctl.load import load_inventory
+    from labctl.inventory.load import load_inventory
     from labctl.render import render_all
 
     files = render_all(load_inventory(find_inventory(inventory)).inventory)
@@ -132,10 +132,10 @@ def plan(
     wide: Annotated[bool, typer.Option("--wide", help="One line per action and note, at its natural width.")] = False,
 ) -> None:
     """Show what `labctl up` would change and do, changing nothing."""
-    from labctl.layout import Layout
-    from labctl.load import load_inventory
-    from labctl.plan import make_plan, operator_drop_ins, read_installed
+    from labctl.inventory.load import load_inventory
+    from labctl.ops.plan import make_plan, operator_drop_ins, read_installed
     from labctl.render import render_all
+    from labctl.render.layout import Layout
     from labctl.text import fold, shown
 
     inv = load_inventory(find_inventory(inventory)).inventory
@@ -146,7 +146,7 @@ def plan(
         states = _unit_states(inv, installed)
     result = make_plan(inv, render_all(inv), installed, states=states)
     drop_ins = operator_drop_ins(inv, target)
-    from labctl import gpu_budget
+    from labctl.ops import gpu_budget
 
     budget = gpu_budget.compute(inv) if gpu_budget.applies(inv) else None
     if as_json:
@@ -179,7 +179,7 @@ def plan(
 
 def _unit_states(inv, installed):  # type: ignore[no-untyped-def]
     """Unit states from the user manager, when there is one; None means files only."""
-    from labctl.apply import Host
+    from labctl.ops.apply import Host
 
     host = Host.of(inv)
     if not host.manager.reachable()[0]:
@@ -217,13 +217,13 @@ def _say(as_json: bool):  # type: ignore[no-untyped-def]
 
 
 def find_inventory(given: Path | None) -> Path:
-    from labctl.load import find_inventory as find
+    from labctl.inventory.load import find_inventory as find
 
     return find(given)
 
 
 def _load(inventory: Path | None):  # type: ignore[no-untyped-def]
-    from labctl.load import load_inventory
+    from labctl.inventory.load import load_inventory
 
     return load_inventory(find_inventory(inventory))
 
@@ -237,7 +237,7 @@ def up(
     as_json: JsonOpt = False,
 ) -> None:
     """Converge this host to the inventory: install, daemon-reload, start in order, probe."""
-    from labctl import apply
+    from labctl.ops import apply
 
     report = apply.up(_load(inventory), say=_say(as_json), wait_lock=not no_wait, with_monitoring=not no_monitoring,
                       force=force)
@@ -260,7 +260,7 @@ def down(
     as_json: JsonOpt = False,
 ) -> None:
     """Stop and disable every labctl unit (and the monitoring stack)."""
-    from labctl import apply
+    from labctl.ops import apply
 
     report = apply.down(_load(inventory), say=_say(as_json), purge=purge, wait_lock=not no_wait)
     if as_json:
@@ -278,7 +278,7 @@ def restart(
     as_json: JsonOpt = False,
 ) -> None:
     """Restart services in dependency order, waiting for each to be ready."""
-    from labctl import apply
+    from labctl.ops import apply
 
     report = apply.restart(_load(inventory), services or [], say=_say(as_json), wait_lock=not no_wait)
     if as_json:
@@ -292,7 +292,7 @@ def rollback(
     as_json: JsonOpt = False,
 ) -> None:
     """Restore the installed files from before the last change, restart what changed, probe."""
-    from labctl import apply
+    from labctl.ops import apply
 
     report = apply.rollback(_load(inventory), say=_say(as_json), wait_lock=not no_wait)
     if as_json:
@@ -312,17 +312,17 @@ def status(
     as_json: JsonOpt = False,
 ) -> None:
     """Each service: unit state, restarts, PID, memory, uptime, port, probe, model, drift."""
-    from labctl.status import gather
+    from labctl.ops.status import gather
 
     report = gather(_load(inventory).inventory, probe_timeout=probe_timeout, endpoints=endpoints)
     if as_json:
         emit_json(report.as_dict())
     elif wide:
-        from labctl.clitables import status_table, unfolded
+        from labctl.cli.tables import status_table, unfolded
 
         out.print(unfolded(status_table(report), out))
     else:
-        from labctl.clitables import status_lines
+        from labctl.cli.tables import status_lines
 
         for line in status_lines(report, out.width):
             out.print(line, markup=False, highlight=False)
@@ -337,8 +337,8 @@ def logs(
     lines: Annotated[int, typer.Option("--lines", "-n")] = 50,
 ) -> None:
     """The service's journal (journalctl --user; an external service's own unit's journal)."""
-    from labctl.inventory import External, unit_name
-    from labctl.systemd import UserManager
+    from labctl.host.systemd import UserManager
+    from labctl.inventory.schema import External, unit_name
 
     inv = _load(inventory).inventory
     if service not in inv.services:
@@ -362,8 +362,8 @@ def edit_unit(
     inventory: InventoryOpt = None,
 ) -> None:
     """Override a setting of a service's unit with a drop-in (systemctl --user edit); labctl keeps it."""
-    from labctl.inventory import unit_name
-    from labctl.systemd import UserManager
+    from labctl.host.systemd import UserManager
+    from labctl.inventory.schema import unit_name
 
     inv = _load(inventory).inventory
     if service not in inv.managed(disabled=True):
@@ -384,8 +384,8 @@ def doctor(
     """Check that this host can run the inventory; each check is ok, warn or fail, with the fix."""
     from rich.text import Text
 
-    from labctl.clitables import doctor_lines
-    from labctl.doctor import failures, run_doctor
+    from labctl.cli.tables import doctor_lines
+    from labctl.ops.doctor import failures, run_doctor
     from labctl.text import shown
 
     checks = run_doctor(_load(inventory))

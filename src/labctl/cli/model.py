@@ -12,13 +12,13 @@ from labctl.cli import InventoryOpt, JsonOpt, _load, _say, app, emit_json, out, 
 
 # rich's tables cost ~15 ms to import: only the commands that print them pay it.
 def plain(text: object, style: str = ""):  # type: ignore[no-untyped-def]
-    from labctl.clitables import plain as _plain
+    from labctl.cli.tables import plain as _plain
 
     return _plain(text, style)
 
 
 def unfolded(table, console):  # type: ignore[no-untyped-def]
-    from labctl.clitables import unfolded as _unfolded
+    from labctl.cli.tables import unfolded as _unfolded
 
     return _unfolded(table, console)
 
@@ -37,7 +37,7 @@ def model_make_tiny(
     arch: Annotated[str, typer.Option(help="Architecture name (an unknown one makes a file llama.cpp refuses).")] = "llama",
 ) -> None:
     """Write a tiny random-weight GGUF (~0.5 MB) that llama.cpp servers load in milliseconds."""
-    from labctl.demo_models import write_tiny_gguf
+    from labctl.host.gguf_writer import write_tiny_gguf
 
     write_tiny_gguf(path, arch=arch)
     out.print(plain(f"wrote {path}"))
@@ -51,7 +51,7 @@ def model_pull(
 ) -> None:
     """Fetch the inventory's declared models (models:) into the models dir, checked against
     their sha256, and point current.gguf at the default one if it does not exist yet."""
-    from labctl.model_pull import pull
+    from labctl.ops.model_pull import pull
 
     results = pull(_load(inventory).inventory, names or None, say=_say(as_json))
     if as_json:
@@ -69,7 +69,8 @@ def model_list(
     as_json: JsonOpt = False,
 ) -> None:
     """GGUF files in the models dir, from their headers, and which one current.gguf points at."""
-    from labctl.models import list_models, models_dir, roots_text
+    from labctl.host.modelfiles import models_dir, roots_text
+    from labctl.ops.switch import list_models
     from labctl.text import fold, shown
 
     inv = _load(inventory).inventory
@@ -83,11 +84,11 @@ def model_list(
                                f"no models in {roots_text(inv)}"), out.width, "", "  "))
         return
     if wide:
-        from labctl.clitables import model_table
+        from labctl.cli.tables import model_table
 
         out.print(unfolded(model_table(entries), out))
     else:
-        from labctl.clitables import model_lines
+        from labctl.cli.tables import model_lines
 
         print_lines(model_lines(entries, out.width))
 
@@ -95,8 +96,8 @@ def model_list(
 @model_app.command("current")
 def model_current(inventory: InventoryOpt = None, as_json: JsonOpt = False) -> None:
     """The link's target, what each llama service is really serving, and any mismatch."""
-    from labctl.models import current
-    from labctl.systemd import UserManager
+    from labctl.host.systemd import UserManager
+    from labctl.ops.switch import current
 
     report = current(_load(inventory).inventory, UserManager())
     if as_json:
@@ -119,8 +120,8 @@ def model_switch(
 ) -> None:
     """Repoint current.gguf safely: validate, drain, swap atomically, restart one service at a
     time with real readiness, roll back on failure."""
-    from labctl.models import switch
-    from labctl.systemd import UserManager
+    from labctl.host.systemd import UserManager
+    from labctl.ops.switch import switch
 
     result = switch(_load(inventory).inventory, gguf, manager=UserManager(), say=_say(as_json), strict=strict,
                     drain_sec=drain_timeout)
@@ -133,8 +134,8 @@ def model_switch(
 @model_app.command("rollback")
 def model_rollback(inventory: InventoryOpt = None, as_json: JsonOpt = False) -> None:
     """Switch back to the model the last successful switch replaced."""
-    from labctl.models import rollback_target, switch
-    from labctl.systemd import UserManager
+    from labctl.host.systemd import UserManager
+    from labctl.ops.switch import rollback_target, switch
 
     inv = _load(inventory).inventory
     target = rollback_target(Path(inv.host.expand(inv.host.state_dir)))
@@ -148,7 +149,7 @@ def model_rollback(inventory: InventoryOpt = None, as_json: JsonOpt = False) -> 
 @model_app.command("history")
 def model_history(inventory: InventoryOpt = None, as_json: JsonOpt = False) -> None:
     """Every switch: time, from, to, outcome, durations."""
-    from labctl.models import history
+    from labctl.ops.switch import history
 
     inv = _load(inventory).inventory
     entries = history(Path(inv.host.expand(inv.host.state_dir)))

@@ -10,7 +10,6 @@ import typer
 from labctl.cli import InventoryOpt, JsonOpt, _load, app, emit_json, out, print_lines
 from labctl.errors import OperationFailed
 
-
 gateway_app = typer.Typer(help="The LiteLLM gateway.", no_args_is_help=True)
 app.add_typer(gateway_app, name="gateway")
 
@@ -23,8 +22,8 @@ def gateway_check(
     as_json: JsonOpt = False,
 ) -> None:
     """Ask every route for one token and exercise every fallback chain; route -> backend -> latency."""
-    from labctl.gateway_check import all_ok, check_gateway, gateway_of
-    from labctl.probes import gateway_key
+    from labctl.ops.gateway_check import all_ok, check_gateway, gateway_of
+    from labctl.ops.probes import gateway_key
 
     inv = _load(inventory).inventory
     _, gw = gateway_of(inv)
@@ -36,11 +35,11 @@ def gateway_check(
     if as_json:
         emit_json({"ok": ok, "results": [r.as_dict() for r in results]})
     elif wide:
-        from labctl.clitables import gateway_table, unfolded
+        from labctl.cli.tables import gateway_table, unfolded
 
         out.print(unfolded(gateway_table(results), out))
     else:
-        from labctl.clitables import gateway_lines
+        from labctl.cli.tables import gateway_lines
 
         # Headers and errors come from the gateway and backends: shown, never obeyed.
         print_lines(gateway_lines(results, out.width))
@@ -54,9 +53,10 @@ app.add_typer(monitoring_app, name="monitoring")
 @monitoring_app.command("up")
 def monitoring_up(inventory: InventoryOpt = None, as_json: JsonOpt = False) -> None:
     """Render the monitoring files, then `docker compose up --wait` them."""
-    from labctl import fsio, monitoring
-    from labctl.layout import Layout
+    from labctl import fsio
+    from labctl.ops import monitoring
     from labctl.render import render_all
+    from labctl.render.layout import Layout
 
     inv = _load(inventory).inventory
     layout = Layout.of(inv)
@@ -77,8 +77,8 @@ def monitoring_down(
     purge: Annotated[bool, typer.Option("--purge", help="Also remove the data volumes.")] = False,
 ) -> None:
     """Stop and remove the monitoring containers (data volumes stay unless --purge)."""
-    from labctl import monitoring
-    from labctl.layout import Layout
+    from labctl.ops import monitoring
+    from labctl.render.layout import Layout
 
     inv = _load(inventory).inventory
     layout = Layout.of(inv)
@@ -89,7 +89,7 @@ def monitoring_down(
 @monitoring_app.command("status")
 def monitoring_status(inventory: InventoryOpt = None, as_json: JsonOpt = False) -> None:
     """The monitoring containers' state and health, from the Docker engine."""
-    from labctl import monitoring
+    from labctl.ops import monitoring
 
     inv = _load(inventory).inventory
     engine = monitoring.engine_status()

@@ -9,7 +9,6 @@ import typer
 
 from labctl.cli import JsonOpt, _say, app, emit_json, out
 
-
 sandbox_app = typer.Typer(help="A throwaway booted systemd machine, for hosts without a user manager.",
                           no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
@@ -24,7 +23,7 @@ def sandbox_up(
     as_json: JsonOpt = False,
 ) -> None:
     """Boot a Debian machine with systemd (systemd-nspawn), a lingering user and labctl inside."""
-    from labctl import sandbox_ops
+    from labctl.sandbox import ops as sandbox_ops
 
     facts = sandbox_ops.sandbox_up(name, project, ssh_port=ssh_port, say=_say(as_json))
     if as_json:
@@ -40,7 +39,7 @@ def sandbox_exec(
     user: Annotated[str, typer.Option(help="Run as this user.")] = "labuser",
 ) -> None:
     """Run a command inside the machine (as labuser, in its home), streaming its output."""
-    from labctl import sandbox_ops
+    from labctl.sandbox import ops as sandbox_ops
 
     raise typer.Exit(sandbox_ops.sandbox_exec(name, command, user=user))
 
@@ -52,7 +51,7 @@ def sandbox_copy(
     name: NameOpt = "labctl-sandbox",
 ) -> None:
     """Copy a file or directory into the machine, owned by labuser."""
-    from labctl import sandbox_ops
+    from labctl.sandbox import ops as sandbox_ops
 
     sandbox_ops.sandbox_copy(name, source, destination)
 
@@ -60,7 +59,7 @@ def sandbox_copy(
 @sandbox_app.command("down")
 def sandbox_down(name: NameOpt = "labctl-sandbox") -> None:
     """Power the machine off; everything written inside it is gone."""
-    from labctl import sandbox_ops
+    from labctl.sandbox import ops as sandbox_ops
 
     sandbox_ops.sandbox_down(name)
     out.print(f"sandbox {name} is down")
@@ -69,7 +68,7 @@ def sandbox_down(name: NameOpt = "labctl-sandbox") -> None:
 @sandbox_app.command("list")
 def sandbox_list(as_json: JsonOpt = False) -> None:
     """Running sandbox machines."""
-    from labctl import sandbox_ops
+    from labctl.sandbox import ops as sandbox_ops
 
     machines = sandbox_ops.sandbox_list()
     if as_json:

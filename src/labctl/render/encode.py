@@ -1,7 +1,7 @@
 """The one place that decides how a value is written into a rendered file.
 
 Every value a template prints goes through one of these encoders, per destination, and
-comes out as :class:`Encoded`; the Jinja environment (labctl.templates) refuses anything
+comes out as :class:`Encoded`; the Jinja environment (labctl.render.templates) refuses anything
 else, so no template can interpolate a raw value.
 
 systemd unit files (systemd.syntax(7), systemd.service(5)):

@@ -7,12 +7,20 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from labctl import templates
-from labctl.inventory import (External, Inventory, LiteLLM, LlamaCppPython, LlamaServer, Ollama, Redis,
-                              RedisExporter, Vllm)
-from labctl.layout import Layout
-from labctl.render import encode
+from labctl.inventory.schema import (
+    External,
+    Inventory,
+    LiteLLM,
+    LlamaCppPython,
+    LlamaServer,
+    Ollama,
+    Redis,
+    RedisExporter,
+    Vllm,
+)
+from labctl.render import encode, templates
 from labctl.render.gateway import host_port, reach
+from labctl.render.layout import Layout
 
 # LiteLLM's Prometheus callback metric families (measured on litellm 1.106; see
 # docs/monitoring.md). Alert rules and dashboards refer to them by these names only, and
@@ -185,7 +193,7 @@ def operator_files(inv: Inventory, base: str) -> dict[str, str]:
     """The operator's rule files and dashboards, installed beside labctl's under names that
     cannot collide with them (``operator-N-STEM``). Rule files are copied as written
     (promtool checks them at pre-flight); a dashboard is parsed and written again as JSON
-    (labctl.checks has refused one that is not a JSON object, or takes labctl's uid)."""
+    (labctl.inventory.checks has refused one that is not a JSON object, or takes labctl's uid)."""
     from pathlib import PurePosixPath
 
     from labctl.errors import HostIOError

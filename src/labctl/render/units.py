@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from labctl import templates
-from labctl.render import encode
-from labctl.inventory import (
+from labctl.inventory.schema import (
     Inventory,
     LiteLLM,
     LlamaCppPython,
@@ -14,12 +12,13 @@ from labctl.inventory import (
     Ollama,
     Redis,
     RedisExporter,
-    offloads,
     ServiceBase,
     Vllm,
+    offloads,
     unit_name,
 )
-from labctl.layout import Layout
+from labctl.render import encode, templates
+from labctl.render.layout import Layout
 
 # Seconds a llama-server unit waits for its process to stop before SIGKILL.
 LLAMA_SERVER_STOP_SEC = 5

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from labctl.errors import OperationFailed
-from labctl.proc import CommandTimeout
+from labctl.host.proc import CommandTimeout
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class SandboxError(OperationFailed):
     """A sandbox step failed; the message is one line."""
 
 
-# A command inside the sandbox timed out (labctl.proc raises it).
+# A command inside the sandbox timed out (labctl.host.proc raises it).
 SandboxTimeout = CommandTimeout
 
 

@@ -13,10 +13,8 @@ import socket
 import urllib.parse
 from pathlib import Path
 
-from labctl.proc import CommandFailed, run_cmd
+from labctl.host.proc import CommandFailed, run_cmd
 from labctl.sandbox.base import SUITE, SandboxError
-
-
 
 
 def host_has_user_manager() -> bool:

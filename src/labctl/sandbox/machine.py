@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from labctl.proc import CommandResult, one_line, run_cmd, short
+from labctl.host.proc import CommandResult, one_line, run_cmd, short
 from labctl.sandbox.base import (
     GUEST_PATH,
     SRC_DIR,

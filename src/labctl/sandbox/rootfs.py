@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from labctl.proc import run_cmd
+from labctl.host.proc import run_cmd
 from labctl.sandbox.base import (
     META_DIR,
     PACKAGES,

@@ -16,21 +16,32 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labctl import fsio, generations, gpu_budget, progress, secrets
-from labctl.doctor import failures, run_doctor
+from labctl import fsio, progress
 from labctl.errors import HostNotReady, MultiLineFailure, OperationFailed, UsageError
-from labctl.inventory import Inventory, Redis, unit_name
-from labctl.layout import UNIT_DIR, Layout
-from labctl.load import Loaded, load_inventory
-from labctl.lock import host_lock
-from labctl.plan import Plan, UnitState, make_plan, operator_drop_ins, read_installed, start_order, with_drop_in_reload
-from labctl.probes import Readiness, probe, probe_all, wait_ready
-from labctl.proc import CommandFailed
-from labctl.provision import provision
+from labctl.host import generations, secrets
+from labctl.host.lock import host_lock
+from labctl.host.proc import CommandFailed
+from labctl.host.provision import provision
+from labctl.host.systemd import UserManager
+from labctl.inventory.load import Loaded, load_inventory
+from labctl.inventory.schema import Inventory, Redis, unit_name
+from labctl.ops import gpu_budget
+from labctl.ops.doctor import failures, run_doctor
+from labctl.ops.plan import (
+    Plan,
+    UnitState,
+    make_plan,
+    operator_drop_ins,
+    read_installed,
+    start_order,
+    with_drop_in_reload,
+)
+from labctl.ops.probes import Readiness, probe, probe_all, wait_ready
 from labctl.render import render_all
-from labctl.render.redis import auth_file as redis_auth_file, auth_text as redis_auth_text
+from labctl.render.layout import UNIT_DIR, Layout
+from labctl.render.redis import auth_file as redis_auth_file
+from labctl.render.redis import auth_text as redis_auth_text
 from labctl.render.units import writable_paths
-from labctl.systemd import UserManager
 
 Say = Callable[[str], None]
 APPLIED_INVENTORY = "applied-inventory.yaml"
@@ -213,7 +224,7 @@ def execute(host: Host, plan: Plan, rendered: dict[str, str], say: Say, report: 
 def validate_gateway_config(loaded: Loaded, layout: Layout, plan: Plan, rendered: dict[str, str], say: Say) -> None:
     """A changed gateway config is shown to the gateway's own LiteLLM before it is installed
     (``--validate_config``); a refusal stops ``up`` with nothing changed."""
-    from labctl import litellm_validate
+    from labctl.ops import litellm_validate
 
     path = layout.litellm_config
     if not any(f.path == path and f.change != "delete" for f in plan.files):
@@ -245,7 +256,7 @@ def check_externals(inv: Inventory, say: Say, report: Report) -> None:
 
 
 def monitoring_up(host: Host, say: Say) -> str:
-    from labctl import monitoring
+    from labctl.ops import monitoring
 
     engine = monitoring.engine_status()
     if not engine.reachable:
@@ -264,7 +275,7 @@ def up(loaded: Loaded, *, say: Say, manager: UserManager | None = None, wait_loc
     report = Report()
     with host.lock(wait_lock, say):
         if inv.models:  # the declared models first: pre-flight then checks the files for real
-            from labctl.model_pull import pull
+            from labctl.ops.model_pull import pull
 
             pull(inv, say=say)
         problems = failures(run_doctor(loaded, manager=host.manager, docker=with_monitoring))
@@ -340,7 +351,7 @@ def down(loaded: Loaded, *, say: Say, purge: bool = False, manager: UserManager 
         report.actions += [f"disable {u}" for u in present]
         compose = host.config_root / host.layout.compose_file
         if compose.exists():
-            from labctl import monitoring
+            from labctl.ops import monitoring
 
             if monitoring.engine_status().reachable:
                 monitoring.down(inv, host.layout, host.config_root)

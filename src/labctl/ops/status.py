@@ -16,16 +16,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
 from urllib.parse import urlsplit
 
-from labctl.inventory import Endpoint, External, Inventory, LlamaCppPython, LlamaServer, Vllm, unit_name
-from labctl.layout import Layout
-from labctl.probes import ProbeResult, probe_all
-from labctl.proc import CommandFailed
+from labctl.host.proc import CommandFailed
+from labctl.host.systemd import UnitFacts, UserManager, show_units
+from labctl.inventory.schema import Endpoint, External, Inventory, LlamaCppPython, LlamaServer, Vllm, unit_name
+from labctl.ops.probes import ProbeResult, probe_all
 from labctl.render.gateway import base_url
+from labctl.render.layout import Layout
 from labctl.render.units import render_unit
-from labctl.systemd import UnitFacts, UserManager, show_units
 
 
 @dataclass(frozen=True)
@@ -259,7 +258,7 @@ def endpoint_host(endpoint: EndpointStatus) -> str:
 
 
 def _monitoring(inv: Inventory) -> dict[str, object]:
-    from labctl import monitoring
+    from labctl.ops import monitoring
 
     engine = monitoring.engine_status()
     if not engine.reachable:

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from labctl.proc import one_line
+from labctl.host.proc import one_line
 from labctl.sandbox import (
     GUEST_PATH,
     USER,
@@ -73,7 +73,7 @@ def find_project_dir(start: Path | None = None) -> Path:
     """The labctl checkout to install: the one this module runs from (src layout), else the
     nearest directory at or above ``start`` (default: the working directory) with a
     pyproject.toml."""
-    checkout = Path(__file__).resolve().parents[2]
+    checkout = Path(__file__).resolve().parents[3]
     if _project_name(checkout) == "labctl":
         return checkout
     here = Path(start or Path.cwd()).resolve()

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from labctl.inventory import Inventory, unit_name
+from labctl.inventory.schema import Inventory, unit_name
 
 UNIT_DIR = "systemd/user"
 LABCTL_DIR = "labctl"

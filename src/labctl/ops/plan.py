@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Literal
 
 from labctl import fsio
-from labctl.inventory import Inventory, LiteLLM, RedisExporter, unit_name
-from labctl.layout import UNIT_DIR, Layout
+from labctl.host.systemd import UnitState
+from labctl.inventory.schema import Inventory, LiteLLM, RedisExporter, unit_name
+from labctl.render.layout import UNIT_DIR, Layout
 from labctl.render.units import dependencies
 
 
@@ -35,25 +36,6 @@ class Action:
     def __str__(self) -> str:
         target = f" {self.unit}" if self.unit else ""
         return f"{self.verb}{target}  ({self.reason})"
-
-
-@dataclass(frozen=True)
-class UnitState:
-    """What the user manager says about a unit (``systemctl --user show``)."""
-
-    load_state: str = "not-found"
-    active_state: str = "inactive"
-    unit_file_state: str = ""
-    # The unit file on disk differs from what the manager loaded: a daemon-reload is owed.
-    need_daemon_reload: bool = False
-
-    @property
-    def enabled(self) -> bool:
-        return self.unit_file_state in ("enabled", "enabled-runtime", "linked", "static")
-
-    @property
-    def active(self) -> bool:
-        return self.active_state in ("active", "activating", "reloading")
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import jinja2
 
 from labctl.render import encode
 
-_PACKAGED = Path(__file__).resolve().parent / "templates"
-_CHECKOUT = Path(__file__).resolve().parents[2]
+_PACKAGED = Path(__file__).resolve().parents[1] / "templates"  # labctl/templates
+_CHECKOUT = Path(__file__).resolve().parents[3]  # src/labctl/render/ -> the checkout
 
 
 def template_root() -> Path:

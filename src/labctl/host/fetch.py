@@ -45,9 +45,10 @@ from typing import Literal
 
 import httpx
 
-from labctl import fsio, gguf_header
+from labctl import fsio
 from labctl.errors import LabctlError, os_reason
-from labctl.proc import CommandFailed, one_line, run_cmd
+from labctl.host import gguf_header
+from labctl.host.proc import CommandFailed, one_line, run_cmd
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,7 @@ def _fetch_path(ctx: _Ctx, models_dir: Path, dest: Path, expected: str | None) -
 
 
 def _fetch_generated(ctx: _Ctx, models_dir: Path, dest: Path, expected: str | None) -> str:
-    from labctl.demo_models import write_tiny_gguf
+    from labctl.host.gguf_writer import write_tiny_gguf
 
     fsio.ensure_dir(models_dir)
     with _temp_beside(dest) as tmp:

@@ -17,9 +17,19 @@ from pathlib import Path
 
 import httpx
 
-from labctl import secrets
-from labctl.inventory import (External, Inventory, Listener, LiteLLM, LlamaCppPython, LlamaServer, Ollama, Redis,
-                              RedisExporter, Vllm)
+from labctl.host import secrets
+from labctl.inventory.schema import (
+    External,
+    Inventory,
+    Listener,
+    LiteLLM,
+    LlamaCppPython,
+    LlamaServer,
+    Ollama,
+    Redis,
+    RedisExporter,
+    Vllm,
+)
 from labctl.render.gateway import base_url
 
 

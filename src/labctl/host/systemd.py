@@ -10,8 +10,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from labctl.plan import UnitState
-from labctl.proc import CommandFailed, CommandResult, run_cmd
+from labctl.host.proc import CommandFailed, CommandResult, run_cmd
 
 SHOW_PROPERTIES = (
     "Id", "LoadState", "ActiveState", "SubState", "UnitFileState", "NRestarts", "MainPID",
@@ -20,6 +19,25 @@ SHOW_PROPERTIES = (
 )
 # systemd prints this for "no value" in numeric properties such as MemoryCurrent.
 _UINT64_MAX = str(2**64 - 1)
+
+
+@dataclass(frozen=True)
+class UnitState:
+    """What the user manager says about a unit (``systemctl --user show``)."""
+
+    load_state: str = "not-found"
+    active_state: str = "inactive"
+    unit_file_state: str = ""
+    # The unit file on disk differs from what the manager loaded: a daemon-reload is owed.
+    need_daemon_reload: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.unit_file_state in ("enabled", "enabled-runtime", "linked", "static")
+
+    @property
+    def active(self) -> bool:
+        return self.active_state in ("active", "activating", "reloading")
 
 
 @dataclass(frozen=True)

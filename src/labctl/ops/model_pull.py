@@ -1,5 +1,5 @@
 """``labctl model pull`` and the first step of ``up``: fetch the inventory's declared
-models into host.models_dir (labctl.fetch does the transfer, checksum and atomic
+models into host.models_dir (labctl.host.fetch does the transfer, checksum and atomic
 placement), then point current.gguf at the default model if the link does not exist yet.
 
 A model already in place is not fetched again; an existing current.gguf is never moved
@@ -12,9 +12,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from labctl import fetch, fsio, progress
+from labctl import fsio, progress
 from labctl.errors import UsageError
-from labctl.inventory import Inventory, ModelSource
+from labctl.host import fetch
+from labctl.inventory.schema import Inventory, ModelSource
 
 Say = Callable[[str], None]
 CACHE_DIR = "~/.cache/labctl/models"

@@ -14,10 +14,10 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
-    from labctl.doctor import Check
-    from labctl.gateway_check import RouteResult
-    from labctl.models import ModelEntry
-    from labctl.status import StatusReport
+    from labctl.ops.doctor import Check
+    from labctl.ops.gateway_check import RouteResult
+    from labctl.ops.status import StatusReport
+    from labctl.ops.switch import ModelEntry
 
 
 def plain(text: object, style: str = "") -> Text:
@@ -133,7 +133,7 @@ def status_table(report: StatusReport) -> Table:
                       plain(_uptime(s.uptime_sec)), plain(f"{s.bind}:{s.port}"),
                       plain(probe_text, "green" if probe["ok"] else "red"), plain(s.model or "-"),
                       _drift_cell(s.drift, len(s.drop_ins)))
-    from labctl.status import endpoint_host
+    from labctl.ops.status import endpoint_host
 
     for e in report.endpoints:
         if e.probe is None:

@@ -12,7 +12,7 @@ names outside the characters model servers and LiteLLM agree on, and LiteLLM's
 ``os.environ/`` prefix, which would make the gateway substitute a secret into a value.
 
 Cross-checks that need the whole document (ports, routes, fallbacks, ...) live in
-``labctl.checks``; this module only knows the shape of each piece.
+``labctl.inventory.checks``; this module only knows the shape of each piece.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import PurePosixPath
-from urllib.parse import urlsplit
 from typing import Annotated, Literal, Union
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, AfterValidator, JsonValue, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from labctl.render.encode import sd_text_problem
 from labctl.text import unsafe_message
@@ -195,7 +195,7 @@ def _check_host_name(value: str) -> str:
     return value
 
 
-# What docs/inventory.md says of each checked string type (labctl.docgen).
+# What docs/inventory.md says of each checked string type (labctl.inventory.docgen).
 for _check, _doc in ((_check_path, "absolute or `~/` path"), (_check_abs_path, "absolute path"),
                      (_check_exec_path, "absolute or `~/` path, no quotes or `\\`"), (_check_bind, "IP address, no scope id"),
                      (_check_reach_addr, "IP address, not 0.0.0.0 or ::"),
@@ -555,7 +555,7 @@ ApiBase = Annotated[str, AfterValidator(_check_api_base)]
 
 
 # A LiteLLM setting passed through as written: its key is checked against what the pinned
-# LiteLLM reads (labctl.checks, labctl.render.litellm_keys), its value is plain YAML data.
+# LiteLLM reads (labctl.inventory.checks, labctl.render.litellm_keys), its value is plain YAML data.
 SettingKey = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 Settings = dict[SettingKey, JsonValue]
 

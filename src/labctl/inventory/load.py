@@ -7,16 +7,17 @@ inventory. Every problem becomes an :class:`InputError` with file, line and dott
 from __future__ import annotations
 
 import difflib
+import types
 from dataclasses import dataclass
 from pathlib import Path
-import types
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from labctl import checks, secretscan, yamlsrc
+from labctl import secretscan
 from labctl.errors import InputError, InvalidInventory, UsageError
-from labctl.inventory import KINDS, Inventory
+from labctl.inventory import checks, yamlsrc
+from labctl.inventory.schema import KINDS, Inventory
 
 
 @dataclass(frozen=True)

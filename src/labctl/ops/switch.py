@@ -27,11 +27,22 @@ from typing import Any
 
 import httpx
 
-from labctl import fsio, gguf_header
-from labctl.text import shown
+from labctl import fsio
 from labctl.errors import MultiLineFailure, OperationFailed, UsageError
-from labctl.inventory import Inventory, LlamaCppPython, LlamaServer, layer_share, unit_name
+from labctl.host import gguf_header
+from labctl.host.modelfiles import (
+    _resolved,
+    current_target,
+    inside_models_dir,
+    library_dir,
+    link_path,
+    models_dir,
+    real_path,
+    roots_text,
+)
+from labctl.inventory.schema import Inventory, LlamaCppPython, LlamaServer, layer_share, unit_name
 from labctl.render.gateway import base_url
+from labctl.text import shown
 
 Say = Callable[[str], None]
 HISTORY = "model-history.jsonl"
@@ -51,80 +62,6 @@ class ModelEntry:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-def models_dir(inv: Inventory) -> Path:
-    return Path(inv.host.expand(inv.host.models_dir))
-
-
-def link_path(inv: Inventory) -> Path:
-    return Path(inv.host.current_path)
-
-
-def current_target(inv: Inventory) -> Path | None:
-    link = link_path(inv)
-    try:
-        if not os.path.islink(link):
-            return None
-        target = Path(os.readlink(link))
-    except (OSError, ValueError):
-        return None
-    return target if target.is_absolute() else link.parent / target
-
-
-# --- paths: resolved without hanging or raising ------------------------------------------
-# Path.resolve() raises RuntimeError on a symlink loop (Python 3.11) and is_dir()/exists()
-# raise on some errors (EACCES, ENAMETOOLONG); these never do, and none opens the file.
-
-
-def real_path(path: Path | str) -> Path | None:
-    """``path`` with every symlink followed (os.path.realpath, strict), or None when that
-    cannot be done: a dangling link, a loop, a component that is not a directory, an
-    unreadable directory, a NUL byte."""
-    try:
-        return Path(os.path.realpath(path, strict=True))
-    except (OSError, ValueError, RuntimeError):
-        return None
-
-
-def _resolved(path: Path | str) -> str:
-    """As far as ``path`` resolves (a dangling link's target, a loop left as it is): for
-    showing and comparing, never for deciding what is inside the models dir."""
-    try:
-        return os.path.realpath(path)
-    except (OSError, ValueError, RuntimeError):
-        return os.path.abspath(path)
-
-
-def library_dir(inv: Inventory) -> Path | None:
-    return Path(inv.host.expand(inv.host.library_dir)) if inv.host.library_dir else None
-
-
-def model_roots(inv: Inventory) -> list[Path]:
-    """Where a model may live: the models dir, and the library when there is one."""
-    lib = library_dir(inv)
-    return [models_dir(inv)] + ([lib] if lib is not None else [])
-
-
-def roots_text(inv: Inventory) -> str:
-    lib = library_dir(inv)
-    return f"the models dir {models_dir(inv)}" + (f" and the library {lib}" if lib else "")
-
-
-def inside_models_dir(inv: Inventory, path: Path | str) -> bool:
-    """The one rule for "in the models dir" (switch, doctor, up and list all use it):
-    ``path``'s real location, every symlink followed (the file itself, a link placed in
-    the dir, or current.gguf), is strictly under the real models dir or the real library.
-    False when either cannot be resolved (dangling link, loop, missing dir...), so callers
-    that want a more precise message check existence first; a link in the models dir that
-    points outside both is outside."""
-    real = real_path(path)
-    if real is None:
-        return False
-    for root in (real_path(r) for r in model_roots(inv)):
-        if root is not None and real != root and real.is_relative_to(root):
-            return True
-    return False
 
 
 def list_models(inv: Inventory) -> list[ModelEntry]:
@@ -454,7 +391,7 @@ def _link_text(inv: Inventory, path: Path) -> str:
 
 def switch(inv: Inventory, requested: str, *, manager, say: Say, strict: bool = False,  # type: ignore[no-untyped-def]
            drain_sec: float = 30.0) -> SwitchResult:
-    from labctl.apply import Host
+    from labctl.ops.apply import Host
 
     link = link_path(inv)
     old = current_target(inv)
@@ -487,7 +424,7 @@ class _Switch:
     service in turn; on a failure, swap back and restart what was restarted."""
 
     inv: Inventory
-    host: Any  # labctl.apply.Host
+    host: Any  # labctl.ops.apply.Host
     link: Path
     old: Path | None
     new: Path
@@ -497,7 +434,7 @@ class _Switch:
     restarted: list[str] = field(default_factory=list)
 
     def run(self) -> None:
-        from labctl.apply import bring_up
+        from labctl.ops.apply import bring_up
 
         step = "swap"
         try:
@@ -528,7 +465,7 @@ class _Switch:
                                     *detail[1:]]) from None
 
     def restore(self) -> None:
-        from labctl.apply import bring_up
+        from labctl.ops.apply import bring_up
 
         if self.old is None:
             self.link.unlink(missing_ok=True)

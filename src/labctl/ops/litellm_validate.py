@@ -19,9 +19,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from labctl.inventory import Inventory, LiteLLM
-from labctl.layout import Layout
-from labctl.proc import CommandFailed, CommandTimeout, run_cmd
+from labctl.host.proc import CommandFailed, CommandTimeout, run_cmd
+from labctl.inventory.schema import Inventory, LiteLLM
+from labctl.render.layout import Layout
 from labctl.render.units import environment
 
 PLACEHOLDER = "labctl-validate-placeholder"

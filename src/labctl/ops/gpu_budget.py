@@ -23,9 +23,9 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from labctl import gguf_header
-from labctl.inventory import Inventory, LlamaCppPython, LlamaServer, Ollama, Vllm, layer_share
-from labctl.proc import CommandFailed, run_cmd
+from labctl.host import gguf_header
+from labctl.host.proc import CommandFailed, run_cmd
+from labctl.inventory.schema import Inventory, LlamaCppPython, LlamaServer, Ollama, Vllm, layer_share
 
 GIB = 2**30
 MIB = 2**20

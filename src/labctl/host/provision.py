@@ -19,8 +19,8 @@ from pathlib import Path
 
 from labctl import fsio, progress
 from labctl.errors import MultiLineFailure, OperationFailed
-from labctl.inventory import BinaryRuntime, Inventory, Runtime
-from labctl.proc import CommandFailed, last_lines, run_cmd
+from labctl.host.proc import CommandFailed, last_lines, run_cmd
+from labctl.inventory.schema import BinaryRuntime, Inventory, Runtime
 
 STAMP = ".labctl-provisioned.json"
 

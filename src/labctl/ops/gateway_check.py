@@ -53,10 +53,10 @@ from typing import Any, Literal
 
 import httpx
 
-from labctl.checks import CATCH_ALL
 from labctl.errors import OperationFailed
-from labctl.inventory import Inventory, LiteLLM
-from labctl.proc import CommandFailed, CommandTimeout, run_cmd
+from labctl.host.proc import CommandFailed, CommandTimeout, run_cmd
+from labctl.inventory.fallbacks import CATCH_ALL
+from labctl.inventory.schema import Inventory, LiteLLM
 from labctl.render.gateway import base_url, route_params
 
 __all__ = [
@@ -129,7 +129,7 @@ def gateway_of(inv: Inventory) -> tuple[str, LiteLLM]:
 def check_gateway(inv: Inventory, key: str, *, timeout: float = 60) -> list[RouteResult]:
     """Check every route, then every fallback chain target, in inventory order.
 
-    ``key`` is the gateway's master key (see labctl.secrets.read_secret); it is sent as a
+    ``key`` is the gateway's master key (see labctl.host.secrets.read_secret); it is sent as a
     bearer token and appears nowhere in the results. ``timeout`` bounds each request.
     The gateway address is the litellm service's bind and port, as a local client reaches it.
     """

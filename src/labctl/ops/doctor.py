@@ -15,15 +15,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from labctl import checks, secrets
-from labctl.checks import CATCH_ALL
+from labctl.host import secrets
+from labctl.host.proc import CommandFailed, run_cmd
+from labctl.host.provision import runtimes
+from labctl.host.systemd import UserManager
+from labctl.inventory import checks
+from labctl.inventory.fallbacks import CATCH_ALL
+from labctl.inventory.load import Loaded
+from labctl.inventory.schema import Inventory, LiteLLM, LlamaCppPython, LlamaServer, Redis, Vllm, offloads, unit_name
+from labctl.render.layout import Layout
 from labctl.text import shown
-from labctl.inventory import Inventory, LiteLLM, LlamaCppPython, LlamaServer, Redis, Vllm, offloads, unit_name
-from labctl.layout import Layout
-from labctl.load import Loaded
-from labctl.proc import CommandFailed, run_cmd
-from labctl.provision import runtimes
-from labctl.systemd import UserManager
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -285,7 +286,7 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
     for name in provisioned:
         out.append(Check(f"services.{name}.runtime", "ok", "provisioned by labctl up (pinned pip specs)"))
     if inv.models:
-        from labctl.model_pull import missing
+        from labctl.ops.model_pull import missing
 
         absent = set(missing(inv))
         for name, model in inv.models.items():
@@ -303,7 +304,7 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
     for name, svc in inv.gateways().items():
         python = Path(svc.runtime.interpreter(inv.host))
         if svc.prometheus_metrics and python.exists():
-            from labctl.gateway_check import litellm_supports_prometheus
+            from labctl.ops.gateway_check import litellm_supports_prometheus
 
             # The operators enabled a callback their LiteLLM could not load: ask this one.
             supported = _cached(Path(layout.state_dir) / "litellm-prometheus.json", python,
@@ -341,7 +342,7 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
                          "install the NVIDIA driver, or set n_gpu_layers: 0 / device: cpu and host.gpu: false"))
 
     if inv.monitoring.enabled and docker:
-        from labctl.monitoring import engine_status
+        from labctl.ops.monitoring import engine_status
 
         engine = engine_status()
         out.append(Check("docker", "ok", engine.detail) if engine.reachable else

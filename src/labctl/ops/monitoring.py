@@ -32,11 +32,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from labctl import secrets
 from labctl.errors import HostNotReady, OperationFailed
-from labctl.inventory import Inventory
-from labctl.layout import Layout
-from labctl.proc import CommandFailed, one_line, run_cmd
+from labctl.host import secrets
+from labctl.host.proc import CommandFailed, one_line, run_cmd
+from labctl.inventory.schema import Inventory
+from labctl.render.layout import Layout
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 PROJECT_LABEL = "com.docker.compose.project"

@@ -13,10 +13,13 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from labctl import gguf_header, secretscan
+from labctl import secretscan
 from labctl.errors import InputError
-from labctl.inventory import (
+from labctl.host import gguf_header
+from labctl.inventory.fallbacks import CATCH_ALL, find_cycle, longest_fallback_walk
+from labctl.inventory.schema import (
     BACKEND_KINDS,
+    UNIT_PREFIX,
     External,
     Inventory,
     LiteLLM,
@@ -26,13 +29,13 @@ from labctl.inventory import (
     Redis,
     RedisExporter,
     ServiceBase,
-    UNIT_PREFIX,
     Vllm,
     mem_bytes,
 )
+from labctl.inventory.yamlsrc import Source
 from labctl.render import litellm_keys
-from labctl.render.litellm_keys import LITELLM_VERSION, PROVIDERS as LITELLM_PROVIDERS
-from labctl.yamlsrc import Source
+from labctl.render.litellm_keys import LITELLM_VERSION
+from labctl.render.litellm_keys import PROVIDERS as LITELLM_PROVIDERS
 
 # Flags labctl sets itself from typed fields; setting them again through extra_args
 # would silently override (or duplicate) the checked value, e.g. --host 0.0.0.0.
@@ -257,8 +260,8 @@ def _externals(inv: Inventory, src: Source) -> Iterator[InputError]:
 
 
 def _hardening(inv: Inventory, src: Source) -> Iterator[InputError]:
-    from labctl.layout import Layout
     from labctl.render.encode import PATH_WORD_UNSAFE
+    from labctl.render.layout import Layout
     from labctl.render.units import writable_paths
 
     layout = Layout.of(inv)
@@ -425,35 +428,6 @@ def _max_fallbacks(src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:
 
 
 # LiteLLM's catch-all key in fallbacks: the chain for every model group without its own.
-CATCH_ALL = "*"
-
-
-def fallback_order(fallbacks: dict[str, list[str]], primary: str) -> list[str]:
-    """The models LiteLLM may try for a request to ``primary``, in order, primary first.
-
-    A failed fallback target is retried through its own chain (or the catch-all) before
-    the next one in the caller's chain; no model is attempted twice in one request.
-    Each attempt after the primary is one hop counted against max_fallbacks.
-    """
-    tried: list[str] = []
-
-    def walk(model: str) -> None:
-        tried.append(model)
-        for nxt in fallbacks.get(model, fallbacks.get(CATCH_ALL, [])):
-            if nxt not in tried:
-                walk(nxt)
-
-    walk(primary)
-    return tried
-
-
-def longest_fallback_walk(fallbacks: dict[str, list[str]]) -> list[str]:
-    """The longest walk any chain can take (see fallback_order), or [] with no chains."""
-    models = {m for chain in fallbacks.values() for m in chain} | (set(fallbacks) - {CATCH_ALL})
-    walks = [fallback_order(fallbacks, m) for m in sorted(models)]
-    return max(walks, key=len, default=[]) if any(len(w) > 1 for w in walks) else []
-
-
 def _routes(inv: Inventory, src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:
     seen: dict[str, int] = {}
     for i, route in enumerate(gw.routes):
@@ -516,39 +490,6 @@ def _chains(src: Source, base: tuple, chains: dict[str, list[str]], routes: set[
     cycle = find_cycle({k: v for k, v in chains.items() if k != CATCH_ALL})
     if cycle:
         yield src.error(base + (cycle[0],), "fallback cycle: " + " -> ".join(cycle))
-
-
-def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
-    """A cycle of length >= 2 in the fallback graph, as a closed walk, or None.
-
-    LiteLLM follows a fallback's own fallbacks, so a -> b with b -> a loops until retries
-    run out. Self-loops are reported separately.
-    """
-    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in graph.get(node, []):
-            if nxt == node:
-                continue
-            if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
-            if nxt not in state:
-                found = visit(nxt)
-                if found:
-                    return found
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for node in sorted(graph):
-        if node not in state:
-            found = visit(node)
-            if found:
-                return found
-    return None
 
 
 def _monitoring(inv: Inventory, src: Source) -> Iterator[InputError]:
@@ -660,7 +601,7 @@ def pulled_later(inv: Inventory, path: Path) -> bool:
 
 def _model_file(inv: Inventory, src: Source, loc: tuple, svc: LlamaServer | LlamaCppPython,
                 models_dir: Path) -> Iterator[InputError]:
-    from labctl.models import inside_models_dir, real_path, roots_text  # models imports the renderers
+    from labctl.host.modelfiles import inside_models_dir, real_path, roots_text  # models imports the renderers
 
     path = Path(inv.model_path(svc))
     if pulled_later(inv, path):
@@ -675,7 +616,7 @@ def _model_file(inv: Inventory, src: Source, loc: tuple, svc: LlamaServer | Llam
             yield src.error(loc, f"{path} does not resolve (a dangling link or a loop); point it at a model "
                                  "with 'labctl model switch FILE'")
             return
-        # The same rule as `labctl model switch` (labctl.models.inside_models_dir).
+        # The same rule as `labctl model switch` (labctl.host.modelfiles.inside_models_dir).
         if not inside_models_dir(inv, path):
             yield src.error(loc, f"{path} resolves to {target}, outside {roots_text(inv)}")
             return
