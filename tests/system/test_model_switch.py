@@ -4,8 +4,10 @@ restarted by systemd, with the real LiteLLM gateway in front under load."""
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 
+import httpx
 import pytest
 from stack import HOME, INVENTORY, LABCTL, Stack, gateway_load, json_out, load_summary
 from tools import TOOLS_DIR, missing
@@ -75,7 +77,11 @@ def test_switch_under_load_fails_no_request(models: Stack, target: str) -> None:
         res = models.labctl("model", "switch", target, "-i", INVENTORY, "--json")
         time.sleep(1.5)
     assert res.rc == 0, res.stderr
-    assert json_out(res)["outcome"] == "ok"
+    doc = json_out(res)
+    assert doc["outcome"] == "ok"
+    # Drained before its stop: every process ended on its own (no timeout, no SIGKILL).
+    assert doc["stops"] == {"native": "success", "bindings": "success"}, doc
+    assert doc["notes"] == []
     failed, served = load_summary(results, ("native", "bindings"))
     print(f"\nswitch to {target}: {len(results)} requests through the gateway, {len(failed)} failed, "
           f"answered by {served}")
@@ -116,8 +122,8 @@ def test_unloadable_model_is_rolled_back(models: Stack) -> None:
     assert last["target"].endswith("alien.gguf")
 
 
-@pytest.mark.parametrize("kill_at", ["step validate", "step swap", "step drain", "step restart",
-                                     "restarted labctl-native", "step restart: bindings"])
+@pytest.mark.parametrize("kill_at", ["step validate", "step swap", "step gate", "step drain", "step restart",
+                                     "started labctl-native", "step restart: bindings"])
 def test_sigkill_at_each_step_leaves_a_valid_link(models: Stack, kill_at: str) -> None:
     old = readlink(models)
     new = "tiny.gguf" if old == "gemma.gguf" else "gemma.gguf"
@@ -153,3 +159,38 @@ def test_model_rollback_returns_to_previous(models: Stack) -> None:
     assert res.rc == 0, res.stderr
     assert readlink(models) == before
     both_serve(models, before)
+
+
+def test_a_stop_that_times_out_makes_the_switch_degraded(models: Stack) -> None:
+    """A long request straight to llama-server (not through the gateway, so no gate turns it
+    away) outlives the drain timeout: llama-server gets SIGTERM with it in flight, never ends
+    its stop, and systemd SIGKILLs it after TimeoutStopSec. The switch happens, but says so:
+    outcome "degraded", exit 1, the stop's result in --json, never a plain ok."""
+    if readlink(models) != "gemma.gguf":  # a model slow enough to keep a request busy for seconds
+        assert models.labctl("model", "switch", "gemma.gguf", "-i", INVENTORY).rc == 0
+    answers: list[object] = []
+
+    def long_request() -> None:
+        try:
+            answers.append(httpx.post(f"http://127.0.0.1:{models.ports['native']}/completion", timeout=60,
+                                      trust_env=False,
+                                      json={"prompt": "Once upon a time", "n_predict": 1500, "ignore_eos": True}))
+        except httpx.HTTPError as exc:
+            answers.append(exc)
+
+    client = threading.Thread(target=long_request)
+    client.start()
+    time.sleep(1.0)
+    res = models.labctl("model", "switch", "tiny.gguf", "-i", INVENTORY, "--drain-timeout", "0.5", "--json")
+    client.join(timeout=90)
+    assert res.rc == 1, res.stdout + res.stderr
+    doc = json_out(res)
+    assert doc["outcome"] == "degraded", doc
+    assert doc["stops"]["native"] == "timeout", doc
+    assert doc["stops"]["bindings"] == "success", doc
+    assert any("native: its stop ended with result 'timeout'" in note for note in doc["notes"]), doc
+    assert "labctl: degraded: native: its stop ended with result 'timeout'" in res.stderr
+    assert readlink(models) == "tiny.gguf"
+    both_serve(models, "tiny.gguf")
+    last = json_out(models.labctl("model", "history", "-i", INVENTORY, "--json"))[-1]
+    assert last["outcome"] == "degraded" and last["target"].endswith("tiny.gguf")

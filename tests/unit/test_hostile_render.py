@@ -510,7 +510,7 @@ def validate_batch(root: Path, accepted: list[tuple[tuple, str, dict[str, str]]]
                 compose_files.append(text)
             elif rel.endswith("prometheus.yml"):
                 prometheus_files.append(text)
-            elif rel.endswith("litellm/config.yaml") or rel.endswith("litellm.yaml") or "litellm" in rel:
+            elif rel.endswith((".yaml", ".yml")) and "litellm" in rel:
                 gateway_configs.append(text)
     runtime = root / "xdg-runtime"
     runtime.mkdir(mode=0o700, parents=True)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from labctl.cli import InventoryOpt, JsonOpt, _load, _say, app, emit_json, out, print_lines
+from labctl.cli import (
+    InventoryOpt,
+    JsonOpt,
+    _load,
+    _say,
+    app,
+    emit_json,
+    out,
+    print_lines,
+)
 
 
 # rich's tables cost ~15 ms to import: only the commands that print them pay it.
@@ -27,7 +37,8 @@ def unfolded(table, console):  # type: ignore[no-untyped-def]
 # and nothing is read as rich markup or emoji. --json prints the raw strings (JSON escapes).
 
 
-model_app = typer.Typer(help="GGUF models and the current.gguf symlink.", no_args_is_help=True)
+model_app = typer.Typer(help="GGUF models and the current.gguf symlink.", no_args_is_help=True,
+                        rich_markup_mode=None)
 app.add_typer(model_app, name="model")
 
 
@@ -129,6 +140,18 @@ def model_switch(
         emit_json(result.as_dict())
     else:
         out.print(plain(f"switched to {result.target} ({result.outcome})"))
+    _degraded_exit(result)
+
+
+def _degraded_exit(result) -> None:  # type: ignore[no-untyped-def]
+    """A switch that changed the model but not cleanly (a stop that timed out and was
+    SIGKILLed) says why on stderr and exits 1: never a plain success."""
+    from labctl.text import shown
+
+    if result.outcome == "degraded":
+        for note in result.notes:
+            print(shown(f"labctl: degraded: {note}"), file=sys.stderr)
+        raise typer.Exit(1)
 
 
 @model_app.command("rollback")
@@ -144,6 +167,7 @@ def model_rollback(inventory: InventoryOpt = None, as_json: JsonOpt = False) -> 
         emit_json(result.as_dict())
     else:
         out.print(plain(f"rolled back to {result.target}"))
+    _degraded_exit(result)
 
 
 @model_app.command("history")

@@ -2,14 +2,20 @@
 
 A switch is a transaction: validate the file (header only), check the GPU budget, then for
 the llama services that load ``current.gguf``: repoint the link atomically (a temporary
-link renamed over it, so there is never a moment without one), and restart them one at a
-time — draining llama-server first, waiting for real readiness (health **and** a token)
-after each — so the gateway always has a live backend through its fallback chain. If a
-service does not come back, the link goes back to the old model, the services are
-restarted on it, and the switch fails naming the step and the journal.
+link renamed over it, so there is never a moment without one), and move them one at a
+time. Each service is first taken out of the gateway's rotation (the drain gate,
+labctl.render.gate: requests take their fallback chain, e.g. the other backend still on
+the old model), drained (no request in flight or queued), stopped, started on the new
+model and waited for (health **and** a token), then put back into rotation. llama-server
+must be idle when it gets SIGTERM: with a request in flight it never finishes its stop and
+systemd SIGKILLs it after TimeoutStopSec. A stop that did not end cleanly (``timeout``,
+SIGKILL) makes the switch ``degraded``, never ``ok``. If a service does not come back, the
+link goes back to the old model, the services are restarted on it, and the switch fails
+naming the step and the journal.
 
 Killed at any moment, the link is the old target or the new one; ``model current`` says
-which, and flags any service still serving something else.
+which, and flags any service still serving something else. A gate left by a killed switch
+expires by itself (it holds a deadline).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import httpx
 
 from labctl import fsio
 from labctl.errors import MultiLineFailure, OperationFailed, UsageError
-from labctl.host import gguf_header
+from labctl.host import gguf_header, secrets
 from labctl.host.modelfiles import (
     _resolved,
     current_target,
@@ -40,7 +46,14 @@ from labctl.host.modelfiles import (
     real_path,
     roots_text,
 )
-from labctl.inventory.schema import Inventory, LlamaCppPython, LlamaServer, layer_share, unit_name
+from labctl.inventory.schema import (
+    Inventory,
+    LlamaCppPython,
+    LlamaServer,
+    layer_share,
+    unit_name,
+)
+from labctl.render.gate import gate_dir, gate_name
 from labctl.render.gateway import base_url
 from labctl.text import shown
 
@@ -152,7 +165,8 @@ def serving(inv: Inventory, manager, name: str, timeout: float = 3.0) -> dict[st
                                  "mapped": files}
     if isinstance(svc, LlamaServer):
         try:
-            props = httpx.get(f"{base_url(inv, svc)}/props", timeout=timeout, trust_env=False).json()
+            props = httpx.get(f"{base_url(inv, svc)}/props", timeout=timeout, trust_env=False,
+                         headers=secrets.auth_headers(inv, svc)).json()
             report["props_model_path"] = props.get("model_path")
         except (httpx.HTTPError, ValueError):
             report["props_model_path"] = None
@@ -290,32 +304,95 @@ def budget(inv: Inventory, info: gguf_header.GGUFInfo) -> tuple[bool, str]:
 
 
 def in_flight(inv: Inventory, svc: LlamaServer, timeout: float = 3.0) -> int | None:
-    """Requests llama-server is processing now, from /slots; None if it cannot say."""
+    """Requests llama-server has now: processing in a slot (``/slots``) plus waiting for one
+    (``llamacpp:requests_deferred`` in ``/metrics``, when the server has --metrics); None
+    if it can say neither."""
+    url = base_url(inv, svc)
+    busy: int | None = None
     try:
-        resp = httpx.get(f"{base_url(inv, svc)}/slots", timeout=timeout, trust_env=False)
+        resp = httpx.get(f"{url}/slots", timeout=timeout, trust_env=False)
         if resp.status_code == 200:
-            return sum(1 for slot in resp.json() if slot.get("is_processing"))
-        text = httpx.get(f"{base_url(inv, svc)}/metrics", timeout=timeout, trust_env=False).text
-    except (httpx.HTTPError, ValueError):
-        return None
-    match = re.search(r"^llamacpp:requests_processing\s+([0-9.]+)", text, re.M)
-    return int(float(match.group(1))) if match else None
+            busy = sum(1 for slot in resp.json() if slot.get("is_processing"))
+    except (httpx.HTTPError, ValueError, AttributeError, TypeError):
+        pass
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=timeout, trust_env=False).text
+    except httpx.HTTPError:
+        return busy
+    found = {m.group(1): int(float(m.group(2))) for m in
+             re.finditer(r"^llamacpp:requests_(processing|deferred)\s+([0-9.]+)", text, re.MULTILINE)}
+    if busy is None and "processing" in found:
+        busy = found["processing"]
+    if busy is not None and "deferred" in found:
+        busy += found["deferred"]
+    return busy
+
+
+GATE_GRACE = 0.25  # seconds for requests the gateway sent before the gate to reach the server
+IDLE_READS = 2     # consecutive idle answers, 0.1 s apart, that make a server drained
 
 
 def drain(inv: Inventory, name: str, svc: LlamaServer | LlamaCppPython, deadline_sec: float, say: Say) -> float:
+    """Seconds until ``svc`` has nothing in flight (after its gate closed, nothing new comes)."""
     start = time.monotonic()
     if not isinstance(svc, LlamaServer):
         # llama-cpp-python reports no in-flight count; its uvicorn finishes open requests
         # on SIGTERM (KillMode=mixed sends SIGTERM to the main process first).
         return 0.0
+    idle = 0
     while True:
         busy = in_flight(inv, svc)
-        if not busy:
+        idle = idle + 1 if busy == 0 else 0
+        if idle >= IDLE_READS:
             return round(time.monotonic() - start, 2)
         if time.monotonic() - start > deadline_sec:
-            say(f"{name}: still {busy} request(s) in flight after {deadline_sec:g}s; restarting anyway")
+            say(f"{name}: still {'some' if busy is None else busy} request(s) in flight after {deadline_sec:g}s; "
+                "stopping anyway")
             return round(time.monotonic() - start, 2)
-        time.sleep(0.2)
+        time.sleep(0.1)
+
+
+def gateable(inv: Inventory, name: str) -> bool:
+    """Whether the gateway can route around ``name``: it serves at least one route and
+    every route it serves has a fallback chain (a route without one would only fail)."""
+    from labctl.inventory.fallbacks import CATCH_ALL
+
+    served = [(gw, r) for gw in inv.gateways().values() for r in gw.routes if r.service == name]
+    return bool(served) and all(r.name in gw.fallbacks or CATCH_ALL in gw.fallbacks for gw, r in served)
+
+
+@dataclass
+class Gate:
+    """The drain gate of one backend (labctl.render.gate): a file holding a deadline."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, inv: Inventory, svc: LlamaServer | LlamaCppPython, env: dict[str, str]) -> Gate:
+        return cls(gate_dir(env) / gate_name(base_url(inv, svc)))
+
+    def close(self, seconds: float) -> None:
+        fsio.ensure_dir(self.path.parent, 0o700)
+        fsio.atomic_write(self.path, f"{time.time() + seconds:.3f}\n", mode=0o600)
+
+    def open(self) -> None:
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:
+            pass  # it expires by itself
+
+
+def gate_installed(inv: Inventory) -> bool:
+    """Whether the installed gateway config loads the drain gate (a config installed by an
+    older labctl does not, until the next ``labctl up``)."""
+    from labctl.render.gate import CALLBACK
+    from labctl.render.layout import Layout
+
+    layout = Layout.of(inv)
+    try:
+        return CALLBACK in (Path(layout.config_root) / layout.litellm_config).read_text()
+    except (OSError, UnicodeError):
+        return False
 
 
 # --- the switch ---------------------------------------------------------------------------------
@@ -330,6 +407,8 @@ class SwitchResult:
     budget: str = ""
     durations: dict[str, object] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+    stops: dict[str, str] = field(default_factory=dict)  # service: systemd's Result= after its stop
+    notes: list[str] = field(default_factory=list)       # why the outcome is "degraded"
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -432,11 +511,12 @@ class _Switch:
     say: Say
     drain_sec: float
     restarted: list[str] = field(default_factory=list)
+    gates: dict[str, Gate] = field(default_factory=dict)
 
     def run(self) -> None:
-        from labctl.ops.apply import bring_up
-
         step = "swap"
+        for name, svc in llama_services(self.inv).items():
+            Gate.of(self.inv, svc, self.host.manager.env).open()  # left by a switch killed mid-way
         try:
             self.say(shown(f"step swap: {self.link.name} -> {self.new.name} "
                            f"(was {self.old.name if self.old else 'missing'})"))
@@ -445,13 +525,11 @@ class _Switch:
             self.result.durations["swap"] = round(time.monotonic() - t, 4)
             for name, svc in llama_services(self.inv).items():
                 step = f"drain {name}"
-                self.say(f"step drain: {name}")
-                self.result.durations[f"drain {name}"] = drain(self.inv, name, svc, self.drain_sec, self.say)
+                self.move(name, svc)
                 step = f"restart {name}"
-                self.say(f"step restart: {name}")
-                self.restarted.append(name)
-                ready = bring_up(self.host, name, "restart", self.say)
-                self.result.durations[f"restart+ready {name}"] = ready.seconds
+                self.restart(name, svc)
+            if self.result.notes:
+                self.result.outcome = "degraded"
         except OperationFailed as exc:
             self.result.outcome, self.result.failed_step = "rolled back", step
             self.say(shown(f"step rollback: {step} failed; pointing {self.link.name} back at "
@@ -463,6 +541,58 @@ class _Switch:
             raise MultiLineFailure([shown(f"model switch failed at step '{step}' and was rolled back to "
                                           f"{self.old.name if self.old else 'no model'}: ") + detail[0],
                                     *detail[1:]]) from None
+        finally:
+            self.open_gates()
+
+    def move(self, name: str, svc: LlamaServer | LlamaCppPython) -> None:
+        """Gate (when the gateway can route around it) and drain one service."""
+        if gateable(self.inv, name) and not gate_installed(self.inv):
+            self.say(f"warning: the installed gateway config has no drain gate (labctl up installs it); "
+                     f"draining {name} with the gateway still sending")
+        elif gateable(self.inv, name):
+            gate = Gate.of(self.inv, svc, self.host.manager.env)
+            self.say(f"step gate: {name} out of the gateway's rotation ({gate.path.name})")
+            try:
+                # Long enough for this service's drain, stop and readiness; a killed
+                # switch's gate then expires by itself.
+                gate.close(self.drain_sec + GATE_GRACE + 120 + svc.ready_timeout_sec)
+                self.gates[name] = gate
+                time.sleep(GATE_GRACE)
+            except OSError as exc:  # the stop's result still tells whether it was clean
+                self.say(shown(f"warning: cannot close the gate {gate.path}: {os.strerror(exc.errno or 0)}; "
+                               "draining with the gateway still sending"))
+        self.say(f"step drain: {name}")
+        self.result.durations[f"drain {name}"] = drain(self.inv, name, svc, self.drain_sec, self.say)
+
+    def restart(self, name: str, svc: LlamaServer | LlamaCppPython) -> None:
+        """Stop (drained), check that the stop was clean, start on the new model, wait for
+        a token, open the gate."""
+        from labctl.ops.apply import bring_up
+
+        unit = unit_name(name)
+        self.say(f"step restart: {name}")
+        self.restarted.append(name)
+        t = time.monotonic()
+        self.host.manager.stop(unit)
+        self.result.durations[f"stop {name}"] = round(time.monotonic() - t, 2)
+        facts = self.host.manager.show([unit])[unit]
+        self.result.stops[name] = facts.result or "?"
+        if facts.result not in ("success", ""):
+            self.result.notes.append(f"{name}: its stop ended with result '{facts.result}' (exit status "
+                                     f"{facts.exec_main_status}) after {self.result.durations[f'stop {name}']}s, "
+                                     "not a clean exit: in-flight requests were cut")
+            self.say(f"warning: {self.result.notes[-1]}")
+        ready = bring_up(self.host, name, "start", self.say)
+        self.result.durations[f"start+ready {name}"] = ready.seconds
+        gate = self.gates.pop(name, None)
+        if gate is not None:
+            gate.open()
+            self.say(f"step gate: {name} back in rotation")
+
+    def open_gates(self) -> None:
+        for gate in self.gates.values():
+            gate.open()
+        self.gates.clear()
 
     def restore(self) -> None:
         from labctl.ops.apply import bring_up
@@ -480,6 +610,6 @@ class _Switch:
 
 def rollback_target(state_dir: Path) -> str:
     for entry in reversed(history(state_dir)):
-        if entry.get("outcome") == "ok" and entry.get("previous"):
+        if entry.get("outcome") in ("ok", "degraded") and entry.get("previous"):
             return str(entry["previous"])
     raise OperationFailed(f"no successful switch in {Path(state_dir) / HISTORY} to roll back")

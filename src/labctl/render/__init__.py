@@ -25,7 +25,10 @@ def render_all(inv: "Inventory") -> dict[str, str]:
     files = render_units(inv, layout)
     gateway = render_gateway(inv)
     if gateway is not None:
+        from labctl.render import gate
+
         files[layout.litellm_config] = gateway
+        files[layout.litellm_config.rsplit("/", 1)[0] + "/" + gate.MODULE_FILE] = gate.MODULE
     files.update(render_redis(inv, layout))
     files.update(render_monitoring(inv, layout))
     return dict(sorted(files.items()))
