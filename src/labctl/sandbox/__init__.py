@@ -17,9 +17,13 @@ Layout and behaviour:
   public half is authorised for root and labuser.
 * :meth:`Machine.boot` starts ``systemd-nspawn --volatile=overlay``: every write inside goes to
   a tmpfs overlay and vanishes at shutdown, so the cached tree stays pristine.
-* The container shares the host's network namespace: a port bound to 127.0.0.1 inside is
-  reachable from the host, and **ports clash** with the host and with other sandboxes. sshd
-  inside listens only on ``127.0.0.1:<ssh_port>`` (and does not start at all without a port).
+* By default the container shares the host's network namespace: a port bound to 127.0.0.1
+  inside is reachable from the host, and **ports clash** with the host and with other
+  sandboxes. sshd inside listens only on ``127.0.0.1:<ssh_port>`` (and does not start at all
+  without a port). ``Machine.boot(network_namespace=...)`` runs it in a network namespace
+  made beforehand (``ip netns add``, interfaces and addresses set up by the caller) instead,
+  with sshd on ``ssh_address:ssh_port`` there; tests/system/fleetlab.py builds a private
+  network of such machines.
 * Commands run inside through ``nsenter -t <container PID 1> -a``: ``machinectl`` and
   ``systemd-run -M`` need a systemd host, which is exactly what is missing.
 * Cgroups: nspawn is placed in its own cgroup directory, in each of the ``name=systemd`` v1

@@ -69,6 +69,29 @@ def _validate_bind(host: Path, guest: Path) -> tuple[str, str]:
     return os.path.abspath(h), g
 
 
+def _valid_name(name: str) -> bool:
+    ok_chars = all(c.isascii() and (c.isalnum() or c in "-.") for c in name)
+    return bool(name) and ok_chars and len(name) <= 64 and name[0] not in "-."
+
+
+def _netns_path(netns: Path | str) -> str:
+    """A network namespace's file: a path as given, a bare name under /run/netns."""
+    text = os.fspath(netns)
+    path = text if "/" in text else f"/run/netns/{text}"
+    if not text or ":" in path or not os.path.isabs(path):
+        raise SandboxError(f"bad network namespace {text!r}")
+    if not os.path.exists(path):
+        raise SandboxError(f"network namespace {path} does not exist (ip netns add?)")
+    return path
+
+
+def _host_port(address: str, port: int) -> str:
+    """``address:port`` as sshd's ListenAddress wants it (IPv6 in brackets)."""
+    if not address or any(c.isspace() for c in address):
+        raise SandboxError(f"bad listen address {address!r}")
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def _check_record_paths(record: MachineRecord, path: Path) -> None:
     """Shutdown deletes a record's cgroups and state dir: accept only the shapes boot makes."""
     prefix = f"labctl-sandbox-{record.name}"
@@ -150,10 +173,16 @@ class Machine:
         nspawn_pid: int | None = None,
         binds_ro: Sequence[tuple[str, str]] = (),
         binds_rw: Sequence[tuple[str, str]] = (),
+        ssh_address: str = "127.0.0.1",
+        network_namespace: str | None = None,
     ) -> None:
         self.name = name
         self.rootfs = rootfs
         self.ssh_port = ssh_port
+        self.ssh_address = ssh_address
+        #: The network namespace the machine runs in (a path, e.g. /run/netns/NAME), or None
+        #: when it shares the host's.
+        self.network_namespace = network_namespace
         self.state_dir = state_dir
         self.log_path = state_dir / "console.log"
         self.pip = pip
@@ -190,6 +219,9 @@ class Machine:
         *,
         inherit_pip: bool = True,
         timeout: float = 90,
+        ssh_address: str = "127.0.0.1",
+        network_namespace: Path | str | None = None,
+        hostname: str | None = None,
     ) -> Machine:
         """Boot ``rootfs`` as machine ``name`` and wait until its system and labuser's manager run.
 
@@ -200,16 +232,25 @@ class Machine:
         host's network namespace, so any port a service inside binds can clash with the host's
         and with other machines' (pick them with :func:`free_port`). ``name`` must be unique
         among running machines. ``timeout`` bounds the whole boot up to labuser's manager.
+
+        ``network_namespace``: run the machine in that network namespace (a path, or a name
+        under /run/netns as ``ip netns add`` makes them) instead of the host's; sshd then
+        listens on ``ssh_address:ssh_port`` there (the address must already be on one of the
+        namespace's interfaces) and the host's ports are not checked. ``hostname``: the
+        machine's host name (default ``name``).
         """
         _require_root()
         _require_tools("systemd-nspawn", "nsenter")
         rootfs = Path(rootfs).resolve()
+        netns = _netns_path(network_namespace) if network_namespace is not None else None
+        host = hostname or name
+        if not _valid_name(host):
+            raise SandboxError(f"bad host name {host!r}: use letters, digits, '-' and '.'")
         if not rootfs_is_current(rootfs) and not (rootfs / "sbin/init").exists():
             raise SandboxError(f"{rootfs} is not a sandbox rootfs (run build_rootfs first)")
-        ok_chars = all(c.isascii() and (c.isalnum() or c in "-.") for c in name)
-        if not name or not ok_chars or len(name) > 64 or name[0] in "-.":
+        if not _valid_name(name):
             raise SandboxError(f"bad machine name {name!r}: use letters, digits, '-' and '.'")
-        if ssh_port is not None and _port_in_use(ssh_port):
+        if netns is None and ssh_port is not None and _port_in_use(ssh_port):
             raise SandboxError(f"ssh port 127.0.0.1:{ssh_port} is already in use on the host")
         binds_ro: list[tuple[str, str]] = [_validate_bind(h, g) for h, g in bind_ro]
         binds_rw: list[tuple[str, str]] = [_validate_bind(h, g) for h, g in bind_rw]
@@ -228,7 +269,17 @@ class Machine:
         started = time.monotonic()
         try:
             proc = cls._start(
-                name, rootfs, ssh_port, list(binds_ro), list(binds_rw), pip, state_dir, cgroups
+                name,
+                rootfs,
+                ssh_port,
+                list(binds_ro),
+                list(binds_rw),
+                pip,
+                state_dir,
+                cgroups,
+                ssh_address=ssh_address,
+                network_namespace=netns,
+                hostname=host,
             )
         except BaseException:
             for cg in cgroups:
@@ -245,6 +296,8 @@ class Machine:
             pip,
             binds_ro=requested_ro,
             binds_rw=requested_rw,
+            ssh_address=ssh_address,
+            network_namespace=netns,
         )
         _live_machines.add(machine)
         try:
@@ -264,6 +317,10 @@ class Machine:
         pip: PipSettings | None,
         state_dir: Path,
         cgroups: list[Path],
+        *,
+        ssh_address: str = "127.0.0.1",
+        network_namespace: str | None = None,
+        hostname: str | None = None,
     ) -> subprocess.Popen[bytes]:
         argv: list[str] = [
             "systemd-nspawn",
@@ -280,10 +337,15 @@ class Machine:
             "--link-journal=no",
             "--resolv-conf=copy-host",
         ]
+        if network_namespace is not None:
+            argv.append(f"--network-namespace-path={network_namespace}")
+        host = hostname or name
+        if host != name:
+            argv.append(f"--hostname={host}")
         # The tree's /etc/hostname is the build host's: name the machine instead.
-        (state_dir / "hostname").write_text(f"{name}\n")
+        (state_dir / "hostname").write_text(f"{host}\n")
         (state_dir / "hosts").write_text(
-            f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+            f"127.0.0.1\tlocalhost\n127.0.1.1\t{host}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
         )
         binds_ro += [
             (os.fspath(state_dir / "hostname"), "/etc/hostname"),
@@ -291,7 +353,7 @@ class Machine:
         ]
         if ssh_port is not None:
             listen = state_dir / "sshd-listen.conf"
-            listen.write_text(f"ListenAddress 127.0.0.1:{ssh_port}\n")
+            listen.write_text(f"ListenAddress {_host_port(ssh_address, ssh_port)}\n")
             binds_ro.append((os.fspath(listen), SSHD_LISTEN_CONF))
         if pip is not None:
             conf = state_dir / "pip.conf"
@@ -470,6 +532,8 @@ class Machine:
             boot_id=host_boot_id(),
             cgroups=[os.fspath(c) for c in self._cgroups],
             ssh_port=self.ssh_port,
+            ssh_address=self.ssh_address,
+            network_namespace=self.network_namespace,
             state_dir=os.fspath(self.state_dir),
             rootfs=os.fspath(self.rootfs),
             binds_ro=list(self.binds_ro),
@@ -533,6 +597,8 @@ class Machine:
             nspawn_pid=record.nspawn_pid,
             binds_ro=record.binds_ro,
             binds_rw=record.binds_rw,
+            ssh_address=record.ssh_address,
+            network_namespace=record.network_namespace,
         )
         machine._nspawn_start = record.nspawn_start
         machine.pid, machine._pid_start = record.pid, record.pid_start
@@ -725,13 +791,16 @@ class Machine:
         return ssh_key_path(self.rootfs)
 
     def ssh_config(self) -> Path:
-        """An ssh_config (OpenSSH and paramiko/testinfra) naming this machine as ``Host NAME``."""
+        """An ssh_config (OpenSSH and paramiko/testinfra) naming this machine as ``Host NAME``.
+
+        For a machine in its own network namespace it works only from a namespace that
+        reaches ``ssh_address``."""
         if self.ssh_port is None:
             raise SandboxError(f"machine {self.name} was booted without sshd")
         path = self.state_dir / "ssh_config"
         path.write_text(
             f"Host {self.name}\n"
-            "  HostName 127.0.0.1\n"
+            f"  HostName {self.ssh_address}\n"
             f"  Port {self.ssh_port}\n"
             "  User root\n"
             f"  IdentityFile {self.ssh_identity_file()}\n"

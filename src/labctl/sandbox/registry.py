@@ -60,6 +60,8 @@ class MachineRecord:
     system_state: str = ""
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    ssh_address: str = "127.0.0.1"  # sshd's ListenAddress, with ssh_port
+    network_namespace: str | None = None  # its path; None: the host's
     version: int = RECORD_VERSION
 
     def to_json(self) -> str:
