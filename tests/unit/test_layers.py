@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
      "labctl.inventory.fallbacks"),
     ("labctl.render",),
     ("labctl.host",),
-    ("labctl.inventory.load", "labctl.inventory.checks"),
+    ("labctl.inventory.load", "labctl.inventory.checks", "labctl.inventory.fleet"),
     ("labctl.ops",),
     ("labctl.sandbox",),
     ("labctl.fleet",),

@@ -80,6 +80,9 @@ def validate(
     from labctl.ops import gpu_budget
 
     loaded = load_inventory(find_inventory(inventory), check_files=check_files)
+    if loaded.fleet is not None:
+        _validate_fleet(loaded, check_files=check_files, force=force, as_json=as_json)
+        return
     inventory = loaded.path
     enabled = loaded.inventory.enabled()
     budget = gpu_budget.compute(loaded.inventory) if gpu_budget.applies(loaded.inventory) else None
@@ -96,6 +99,37 @@ def validate(
         out.print(budget.summary(), markup=False)
 
 
+def _validate_fleet(loaded: Any, *, check_files: bool, force: bool, as_json: bool) -> None:
+    """Every host's view checked (the loader did), and its GPU budget added up from what the
+    inventory says of that host (the controller cannot ask the host's nvidia-smi)."""
+    from labctl.ops import gpu_budget
+
+    inv, plan = loaded.inventory, loaded.fleet
+    hosts: dict[str, Any] = {}
+    for name, view in plan.views.items():
+        budget = gpu_budget.compute(view, measure=False) if gpu_budget.applies(view) else None
+        if budget is not None and not budget.fits and not force:
+            loc = ("hosts", name, "gpu_memory_gib") if inv.hosts[name].gpu_memory_gib is not None else ("hosts", name)
+            raise loaded.source.error(loc, f"{budget.summary()}; lower gpu_memory_utilization or n_gpu_layers, or "
+                                           "pass --force; nothing was changed")
+        hosts[name] = {"address": inv.hosts[name].address,
+                       "services": {n: s.kind for n, s in view.enabled().items()},
+                       "gpu_budget": budget.as_dict() if budget else None}
+    if as_json:
+        emit_json({"ok": True, "inventory": str(loaded.path), "hosts": hosts, "keyed": plan.keyed,
+                   "warnings": plan.warnings})
+        return
+    out.print(f"{loaded.path}: ok (a fleet of {len(hosts)} host(s){', files checked' if check_files else ''})",
+              markup=False)
+    from labctl.text import fold, shown
+
+    for name, facts in hosts.items():
+        services = ", ".join(f"{n} ({k})" for n, k in facts["services"].items()) or "nothing"
+        print_lines(fold(shown(f"{name} {facts['address']}: {services}"), out.width, "  ", "    "))
+    for warning in plan.warnings:
+        print_lines(fold(shown(f"warning: {warning}"), out.width, "", "  "), style="yellow")
+
+
 @app.command()
 def render(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the rendered tree into.")],
@@ -107,7 +141,17 @@ def render(
     from labctl.inventory.load import load_inventory
     from labctl.render import render_all
 
-    files = render_all(load_inventory(find_inventory(inventory)).inventory)
+    loaded = load_inventory(find_inventory(inventory))
+    if loaded.fleet is not None:
+        # A fleet: each host's slice and what it renders, under OUT/HOST/.
+        from labctl.fleet.slices import slice_text
+
+        files = {}
+        for host, view in loaded.fleet.views.items():
+            files[f"{host}/inventory.yaml"] = slice_text(view, host=host)
+            files.update({f"{host}/{rel}": content for rel, content in render_all(view).items()})
+    else:
+        files = render_all(loaded.inventory)
     try:
         for rel, content in files.items():
             fsio.atomic_write(out_dir / rel, content)
@@ -138,7 +182,7 @@ def plan(
     from labctl.render.layout import Layout
     from labctl.text import fold, shown
 
-    inv = load_inventory(find_inventory(inventory)).inventory
+    inv = _load(inventory).inventory
     target = root if root is not None else Path(Layout.of(inv).config_root)
     installed = read_installed(target)
     states = None
@@ -222,10 +266,46 @@ def find_inventory(given: Path | None) -> Path:
     return find(given)
 
 
-def _load(inventory: Path | None):  # type: ignore[no-untyped-def]
+def _load(inventory: Path | None, *, fleet: bool = False):  # type: ignore[no-untyped-def]
+    """The inventory, loaded and checked. A fleet inventory (hosts:) only where the command
+    acts on the whole fleet (``fleet``); a command that acts on one host is run on that host."""
     from labctl.inventory.load import load_inventory
 
-    return load_inventory(find_inventory(inventory))
+    loaded = load_inventory(find_inventory(inventory))
+    if loaded.fleet is not None and not fleet:
+        command = click_context_command()
+        raise UsageError(f"{loaded.path} describes a fleet (hosts: {', '.join(loaded.inventory.hosts)}): "
+                         f"`labctl {command}` acts on one host; run it there, where `labctl up` left that "
+                         "host's slice (no -i needed), or use up, down, status, validate or render here")
+    return loaded
+
+
+def click_context_command() -> str:
+    """The command being run, for a message (``model switch``)."""
+    try:  # newer typer vendors its own click (see _click_error)
+        from typer._click.globals import get_current_context  # type: ignore[import-not-found]
+    except ImportError:
+        from click import get_current_context
+    ctx = get_current_context(silent=True)
+    return ctx.command_path.removeprefix("labctl ") if ctx is not None else "this command"
+
+
+HostsOpt = Annotated[list[str] | None, typer.Option(
+    "--host", help="A fleet inventory: act on this host only (repeatable).", show_default=False)]
+
+
+def _fleet_exit(report: Any, as_json: bool, lines: list[str], healthy: bool) -> None:
+    """Print a fleet report; exit 4 naming every host that failed (or 1: status not healthy)."""
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        print_lines(lines)
+    failed = report.failed()
+    if failed:
+        for r in failed:
+            sys.stderr.write(f"labctl: host {r.host} ({r.address}): {r.status}: {r.error or 'no detail'}\n")
+        raise typer.Exit(4)
+    raise typer.Exit(0 if healthy else 1)
 
 
 @app.command()
@@ -234,12 +314,24 @@ def up(
     no_wait: NoWaitOpt = False,
     no_monitoring: Annotated[bool, typer.Option("--no-monitoring", help="Leave the monitoring stack alone.")] = False,
     force: ForceOpt = False,
+    hosts: HostsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Converge this host to the inventory: install, daemon-reload, start in order, probe."""
+    """Converge this host to the inventory: install, daemon-reload, start in order, probe.
+
+    A fleet inventory (hosts:) is applied to every host through Ansible: backends first."""
+    loaded = _load(inventory, fleet=True)
+    if loaded.fleet is not None:
+        from labctl.cli.fleet import up_lines
+        from labctl.fleet import apply as fleet
+
+        report = fleet.up(loaded, say=_say(as_json), hosts=hosts, wait_lock=not no_wait)
+        _fleet_exit(report, as_json, up_lines(report, out.width), True)
+    if hosts:
+        raise UsageError("--host is for a fleet inventory (hosts:); this one describes one host")
     from labctl.ops import apply
 
-    report = apply.up(_load(inventory), say=_say(as_json), wait_lock=not no_wait, with_monitoring=not no_monitoring,
+    report = apply.up(loaded, say=_say(as_json), wait_lock=not no_wait, with_monitoring=not no_monitoring,
                       force=force)
     if as_json:
         emit_json(report.as_dict())
@@ -257,12 +349,24 @@ def down(
     inventory: InventoryOpt = None,
     purge: Annotated[bool, typer.Option("--purge", help="Also remove the installed files (kept as a generation).")] = False,
     no_wait: NoWaitOpt = False,
+    hosts: HostsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Stop and disable every labctl unit (and the monitoring stack)."""
+    """Stop and disable every labctl unit (and the monitoring stack); on every host of a fleet."""
+    loaded = _load(inventory, fleet=True)
+    if loaded.fleet is not None:
+        if purge:
+            raise UsageError("--purge acts on one host: run `labctl down --purge` on that host")
+        from labctl.cli.fleet import up_lines
+        from labctl.fleet import apply as fleet
+
+        report = fleet.down(loaded, say=_say(as_json), hosts=hosts, wait_lock=not no_wait)
+        _fleet_exit(report, as_json, up_lines(report, out.width), True)
+    if hosts:
+        raise UsageError("--host is for a fleet inventory (hosts:); this one describes one host")
     from labctl.ops import apply
 
-    report = apply.down(_load(inventory), say=_say(as_json), purge=purge, wait_lock=not no_wait)
+    report = apply.down(loaded, say=_say(as_json), purge=purge, wait_lock=not no_wait)
     if as_json:
         emit_json(report.as_dict())
         return
@@ -309,12 +413,27 @@ def status(
         "--endpoints", help="Also ask whether the gateway's remote endpoints are reachable (never sends a key).")
     ] = False,
     wide: Annotated[bool, typer.Option("--wide", help="One table row per service, at its natural width.")] = False,
+    hosts: HostsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Each service: unit state, restarts, PID, memory, uptime, port, probe, model, drift."""
-    from labctl.ops.status import gather
+    """Each service: unit state, restarts, PID, memory, uptime, port, probe, model, drift.
 
-    report = gather(_load(inventory).inventory, probe_timeout=probe_timeout, endpoints=endpoints)
+    A fleet inventory: every host's status at once, one row per service with its host."""
+    loaded = _load(inventory, fleet=True)
+    if loaded.fleet is not None:
+        from labctl.cli.fleet import is_healthy, status_lines
+        from labctl.fleet import apply as fleet
+
+        report = fleet.status(loaded, say=_say(as_json), hosts=hosts)
+        _fleet_exit(report, as_json, status_lines(report, out.width), is_healthy(report))
+    if hosts:
+        raise UsageError("--host is for a fleet inventory (hosts:); this one describes one host")
+    from labctl.ops.status import gather, plan_of, save_snapshot, snapshot_fits
+
+    plan = plan_of(loaded.inventory)
+    report = gather(loaded.inventory, probe_timeout=probe_timeout, endpoints=endpoints, plan=plan)
+    if snapshot_fits(plan):
+        save_snapshot(loaded.path, plan)  # the next `labctl status` of it skips the inventory (labctl.__main__)
     if as_json:
         emit_json(report.as_dict())
     elif wide:

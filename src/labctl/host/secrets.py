@@ -11,9 +11,13 @@ import os
 import secrets as _random
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from labctl import fsio
 from labctl.errors import OperationFailed
+
+if TYPE_CHECKING:
+    from labctl.inventory.schema import Inventory
 
 SECRET_MODE = 0o600
 
@@ -87,3 +91,22 @@ def env_or_file(env_file: Path | None, var: str) -> str | None:
     if env_file is not None:
         return read_env_file(env_file).get(var) if env_file.exists() else None
     return os.environ.get(var)
+
+
+def api_key_of(inv: Inventory, svc: object) -> str | None:
+    """A backend's API key (``api_key`` of a llama server, vLLM or an external service), for
+    labctl's own requests to it; None when it has none or it cannot be read."""
+    ref = getattr(svc, "api_key", None)
+    if ref is None:
+        return None
+    path = Path(inv.host.expand(ref.env_file)) if ref.env_file else None
+    try:
+        return env_or_file(path, ref.variable)
+    except (OSError, UnicodeError):
+        return None
+
+
+def auth_headers(inv: Inventory, svc: object) -> dict[str, str]:
+    """The header a keyed backend wants on every request but /health; empty for the others."""
+    key = api_key_of(inv, svc)
+    return {"Authorization": f"Bearer {key}"} if key else {}

@@ -61,7 +61,7 @@ OWNED_FLAGS = {
 
 def cross_check(inv: Inventory, src: Source, *, check_files: bool = False) -> list[InputError]:
     errors: list[InputError] = []
-    for check in (_ports, _binds, _extra_args, _environment, _pip, _gpu_layers, _llama_ctx, _vllm,
+    for check in (_ports, _binds, _api_keys, _extra_args, _environment, _pip, _gpu_layers, _llama_ctx, _vllm,
                   _externals, _redis, _hardening, _gateways, _images, _monitoring, _models):
         errors.extend(check(inv, src))
     if check_files:
@@ -70,17 +70,22 @@ def cross_check(inv: Inventory, src: Source, *, check_files: bool = False) -> li
 
 
 def _ports(inv: Inventory, src: Source) -> Iterator[InputError]:
-    claimed: dict[int, str] = {}
+    # Everything labctl runs listens on this host; an external service at an address in the
+    # host's private network is another machine (a fleet's backend on another host), whose
+    # ports are its own.
+    claimed: dict[tuple[str, int], str] = {}
 
-    def claim(port: int, loc: tuple, who: str) -> Iterator[InputError]:
-        if port in claimed:
-            yield src.error(loc, f"port {port} is already used by {claimed[port]}")
+    def claim(port: int, loc: tuple, who: str, where: str = "") -> Iterator[InputError]:
+        if (where, port) in claimed:
+            yield src.error(loc, f"port {port} is already used by {claimed[(where, port)]}")
         else:
-            claimed[port] = who
+            claimed[(where, port)] = who
 
     for name, svc in inv.services.items():
         if svc.enabled:
-            yield from claim(svc.port, ("services", name, "port"), f"services.{name}")
+            elsewhere = isinstance(svc, External) and svc.address is not None and _private(inv, svc.address)
+            yield from claim(svc.port, ("services", name, "port"), f"services.{name}",
+                             svc.address if elsewhere else "")  # type: ignore[union-attr]
     mon = inv.monitoring
     if mon.enabled:
         yield from claim(mon.prometheus.port, ("monitoring", "prometheus", "port"), "monitoring.prometheus")
@@ -94,15 +99,58 @@ def _is_loopback(addr: str) -> bool:
     return ipaddress.ip_address(addr).is_loopback
 
 
+def _private(inv: Inventory, addr: str) -> bool:
+    """Inside host.private_network (and not its network or broadcast address)."""
+    if inv.host.private_network is None:
+        return False
+    net, ip = ipaddress.ip_network(inv.host.private_network), ipaddress.ip_address(addr)
+    return ip in net and ip not in (net.network_address, net.broadcast_address)
+
+
 def _binds(inv: Inventory, src: Source) -> Iterator[InputError]:
     if inv.host.allow_public_bind:
         return
     hint = "binding beyond loopback needs host.allow_public_bind: true"
-    if not _is_loopback(inv.host.bind):
+    if inv.host.private_network is not None:
+        hint = f"bind to loopback or to an address in host.private_network {inv.host.private_network}, or set " + \
+               "host.allow_public_bind: true"
+    if not _is_loopback(inv.host.bind) and not _private(inv, inv.host.bind):
         yield src.error(("host", "bind"), f"{inv.host.bind} is not a loopback address; {hint}")
     for name, svc in inv.managed(disabled=True).items():
-        if svc.bind is not None and not _is_loopback(svc.bind):
+        if svc.bind is None or _is_loopback(svc.bind):
+            continue
+        if not _private(inv, svc.bind):
             yield src.error(("services", name, "bind"), f"{svc.bind} is not a loopback address; {hint}")
+            continue
+        # Inside the private network: other hosts reach it, so it must check a key.
+        if getattr(svc, "api_key", None) is None and isinstance(svc, KEYED):
+            yield src.error(("services", name, "bind"), f"{svc.bind} is reachable from other hosts: set api_key "
+                                                        "(clients must then send it), or bind to loopback")
+        if isinstance(svc, Ollama) and not svc.allow_unauthenticated_remote:
+            yield src.error(("services", name, "bind"), f"{svc.bind} is reachable from other hosts and Ollama has "
+                                                        "no authentication: bind to loopback, or set "
+                                                        "allow_unauthenticated_remote: true")
+
+
+KEYED = (LlamaServer, LlamaCppPython, Vllm)
+
+
+def _api_keys(inv: Inventory, src: Source) -> Iterator[InputError]:
+    """A backend's key is read from an env file labctl can derive the server's variable from."""
+    from labctl.render.apikeys import SERVER_VARIABLE
+
+    for name, svc in inv.services.items():
+        key = getattr(svc, "api_key", None)
+        if key is None:
+            continue
+        loc = ("services", name, "api_key")
+        if isinstance(svc, KEYED) and key.env_file is None:
+            yield src.error(loc, "a backend's key must be in an env file ({env_file: PATH, var: NAME}): labctl "
+                                 "derives the server's own variable from it")
+        if key.variable in SERVER_VARIABLE.values():
+            yield src.error(loc + ("var",), f"{key.variable} is what a server reads itself; name the key per "
+                                            f"service (e.g. LABCTL_API_KEY_{name.upper().replace('-', '_')}) so a "
+                                            "gateway can hold several")
 
 
 SECRET_HINT = ("secrets must not be inline (unit files are world-readable and argv is public): put it in "

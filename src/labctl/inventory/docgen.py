@@ -34,12 +34,15 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("models.NAME", inv.ModelSource),
     ("endpoints.NAME", inv.Endpoint),
     ("routes[]", inv.Route),
-    ("secret references (master_key, cache.password, endpoints' api_key)", inv.SecretRef),
+    ("secret references (master_key, cache.password, api_key)", inv.SecretRef),
     ("cache", inv.RedisCache),
     ("monitoring", inv.Monitoring),
     ("monitoring.prometheus", inv.Prometheus),
     ("monitoring.grafana", inv.Grafana),
     ("monitoring.node_exporter", inv.NodeExporter),
+    ("fleet (several hosts: docs/fleet.md)", inv.Fleet),
+    ("fleet.pip", inv.FleetPip),
+    ("hosts.NAME", inv.FleetHost),
 ]
 
 

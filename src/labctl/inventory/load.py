@@ -10,7 +10,7 @@ import difflib
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -19,11 +19,16 @@ from labctl.errors import InputError, InvalidInventory, UsageError
 from labctl.inventory import checks, yamlsrc
 from labctl.inventory.schema import KINDS, Inventory
 
+if TYPE_CHECKING:
+    from labctl.inventory.fleet import FleetPlan
+
 
 @dataclass(frozen=True)
 class Loaded:
     inventory: Inventory
     source: yamlsrc.Source
+    # A fleet inventory's plan: each host's view (labctl.inventory.fleet); None for one host.
+    fleet: FleetPlan | None = None
 
     @property
     def path(self) -> Path:
@@ -61,6 +66,13 @@ def load_inventory(path: Path | str, *, check_files: bool = False, text: str | N
         inventory = Inventory.model_validate(source.data)
     except ValidationError as exc:
         raise InvalidInventory(_convert(exc, source)) from None
+    if inventory.is_fleet:
+        from labctl.inventory import fleet
+
+        errors, plan = fleet.check(inventory, source, check_files=check_files)
+        if errors:
+            raise InvalidInventory(errors)
+        return Loaded(inventory, source, plan)
     errors = checks.cross_check(inventory, source, check_files=check_files)
     if errors:
         raise InvalidInventory(errors)

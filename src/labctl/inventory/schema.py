@@ -111,6 +111,22 @@ def _check_reach_addr(value: str) -> str:
     return value
 
 
+def _check_network(value: str) -> str:
+    """A private IP network in CIDR form (10.77.0.0/24): where hosts reach each other."""
+    if "%" in value:
+        raise ValueError("must be a network such as 10.77.0.0/24; an IPv6 scope id is not allowed")
+    try:
+        net = ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"must be a network in CIDR form such as 10.77.0.0/24 ({exc})") from None
+    if "/" not in value:
+        raise ValueError("must give the prefix length, such as 10.77.0.0/24")
+    if not net.is_private or net.is_loopback or net.is_link_local or net.num_addresses < 4:
+        raise ValueError("must be a private network (RFC 1918 or IPv6 ULA) with room for hosts; "
+                         "services are never bound to a public network")
+    return str(net)
+
+
 def _check_text(value: str) -> str:
     """Free text that lands in a unit file (Description=)."""
     _check_text_safe(value)
@@ -204,7 +220,8 @@ for _check, _doc in ((_check_path, "absolute or `~/` path"), (_check_abs_path, "
                      (_check_llama_model, "`current`, a path, or a file in models_dir"),
                      (_check_vllm_model, "path or Hugging Face repo id"),
                      (_check_word, "text without control characters"),
-                     (_check_pip_spec, "pip requirement spec"), (_check_host_name, "IP address or host name")):
+                     (_check_pip_spec, "pip requirement spec"), (_check_host_name, "IP address or host name"),
+                     (_check_network, "private network, CIDR (10.77.0.0/24)")):
     _check.doc = _doc  # type: ignore[attr-defined]
 
 PathStr = Annotated[str, AfterValidator(_check_path)]
@@ -217,6 +234,7 @@ ModelName = Annotated[str, AfterValidator(_check_model_name)]
 Word = Annotated[str, AfterValidator(_check_word)]
 PipSpec = Annotated[str, AfterValidator(_check_pip_spec)]
 HostName = Annotated[str, AfterValidator(_check_host_name)]
+Network = Annotated[str, AfterValidator(_check_network)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 EnvName = Annotated[str, Field(pattern=ENV_NAME_RE)]
 Duration = Annotated[str, Field(pattern=DURATION_RE)]
@@ -313,6 +331,9 @@ class Host(Strict):
     state_dir: PathStr = "~/.local/state/labctl"
     bind: BindAddr = "127.0.0.1"
     allow_public_bind: bool = False
+    # A private network this host is on (CIDR): a service may bind to an address inside it
+    # without allow_public_bind. A fleet inventory sets it from fleet.network.
+    private_network: Network | None = None
     # Whether this host has a GPU the llama.cpp servers should offload to. With gpu: true,
     # n_gpu_layers: 0 is refused: it silently runs a model on the CPU (an operator outage).
     gpu: bool = True
@@ -407,6 +428,9 @@ class Ollama(ServiceBase):
     binary: ExecPath = "/usr/local/bin/ollama"
     port: Port = 11434
     models: Annotated[list[ModelName], Field(min_length=1)]
+    # Ollama has no authentication: in a fleet it stays loopback-only, and a gateway on
+    # another host may route to it only with this set (validate and up warn every time).
+    allow_unauthenticated_remote: bool = False
     ready_timeout_sec: Annotated[int, Field(ge=1, le=7200)] = 60
 
 
@@ -449,6 +473,10 @@ class LlamaCppPython(ServiceBase):
     n_gpu_layers: Annotated[int, Field(ge=-1)]
     n_ctx: Annotated[int, Field(ge=64, le=1_048_576)] = 4096
     n_threads: Annotated[int, Field(ge=1, le=1024)] | None = None
+    # Clients must send this key (Authorization: Bearer). The reference is an env file
+    # (0600) and a variable; labctl derives the server's own variable from it, the gateway
+    # sends it, labctl's probes send it. A fleet sets it on every backend another host reaches.
+    api_key: SecretRef | None = None
 
 
 class LlamaServer(ServiceBase):
@@ -468,6 +496,10 @@ class LlamaServer(ServiceBase):
     metrics: bool = True
     # llama-server's own library directory, when the binary is not on the loader path.
     library_path: PathStr | None = None
+    # Clients must send this key (Authorization: Bearer). The reference is an env file
+    # (0600) and a variable; labctl derives the server's own variable from it, the gateway
+    # sends it, labctl's probes send it. A fleet sets it on every backend another host reaches.
+    api_key: SecretRef | None = None
 
     @model_validator(mode="after")
     def _one_program(self) -> "LlamaServer":
@@ -497,6 +529,10 @@ class Vllm(ServiceBase):
     # The model is a local directory or already cached: run with the hub switched off.
     offline: bool = False
     ready_timeout_sec: Annotated[int, Field(ge=1, le=7200)] = 600
+    # Clients must send this key (Authorization: Bearer). The reference is an env file
+    # (0600) and a variable; labctl derives the server's own variable from it, the gateway
+    # sends it, labctl's probes send it. A fleet sets it on every backend another host reaches.
+    api_key: SecretRef | None = None
 
 
 class External(Listener):
@@ -523,6 +559,8 @@ class External(Listener):
     metrics_path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_.-]{0,200}$")] | None = None
     # How long `labctl up`'s one probe of it may take (it is probed, never waited for).
     ready_timeout_sec: Annotated[int, Field(ge=1, le=7200)] = 30
+    # The key it wants (Authorization: Bearer), by reference: the gateway and the probes send it.
+    api_key: SecretRef | None = None
 
     def start_hint(self, name: str) -> str:
         """How its owner starts it, for a message: the unit's own systemctl line if known."""
@@ -869,6 +907,65 @@ class ModelSource(Strict):
         return self.file or f"{name}.gguf"
 
 
+# --- fleet: one inventory for several hosts, applied through Ansible ----------------------
+
+UserName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
+
+
+class FleetHost(Strict):
+    """One machine of a fleet: where the controller reaches it (SSH) and where the other
+    hosts reach its services (``address``, inside ``fleet.network``), and what runs there."""
+
+    address: ReachAddr
+    ssh_port: Port = 22
+    # The SSH login, and the user whose manager runs the services (host.user unless set).
+    user: UserName | None = None
+    home: AbsPath | None = None
+    gpu: bool | None = None
+    gpu_memory_gib: Annotated[float, Field(gt=0, le=4096)] | None = None
+    services: Annotated[list[Annotated[str, Field(pattern=NAME_RE)]], Field(min_length=1)]
+
+
+class FleetPip(Strict):
+    """Where each host's pip finds labctl (pinned to the controller's version): a wheel
+    directory on the controller, copied to every host (``find_links``: no index is asked),
+    or an index (``index_url``, PyPI when neither is set)."""
+
+    find_links: PathStr | None = None
+    index_url: ApiBase | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "FleetPip":
+        if self.find_links is not None and self.index_url is not None:
+            raise ValueError("set find_links (a wheel directory, no index) or index_url, not both")
+        return self
+
+
+class Fleet(Strict):
+    """How the controller applies a fleet inventory (labctl renders, Ansible carries)."""
+
+    # The private network the hosts share: a backend another host reaches binds to its
+    # host's address in it, never to 0.0.0.0.
+    network: Network
+    # On the controller (~ is the home of whoever runs labctl there): its SSH key (the public
+    # half authorised for each host's user), and the fleet's state: the backends' keys, the
+    # known_hosts file (a new host's key is accepted once, a changed one refused), each
+    # run's Ansible files and report.
+    ssh_key: PathStr = "~/.ssh/id_ed25519"
+    state_dir: PathStr = "~/.local/state/labctl/fleet"
+    pip: FleetPip = FleetPip()
+    # On each host (~ is that host's user's home): the venv labctl is installed into, made
+    # with that Python.
+    venv: PathStr = "~/.local/share/labctl/venv"
+    python: ExecPath = "/usr/bin/python3"
+    # Bounds: an SSH connection, a host's whole `labctl up`, a host's `labctl status`.
+    connect_timeout_sec: Annotated[int, Field(ge=1, le=300)] = 10
+    up_timeout_sec: Annotated[int, Field(ge=10, le=86400)] = 3600
+    status_timeout_sec: Annotated[int, Field(ge=1, le=600)] = 20
+    # The host that runs the monitoring stack (the gateway's host when there is one gateway).
+    monitoring_host: Annotated[str, Field(pattern=NAME_RE)] | None = None
+
+
 class Inventory(Strict):
     version: Literal[1]
     host: Host
@@ -876,6 +973,15 @@ class Inventory(Strict):
     services: dict[Annotated[str, Field(pattern=NAME_RE)], Service]
     models: dict[Annotated[str, Field(pattern=NAME_RE)], ModelSource] = {}
     monitoring: Monitoring = Monitoring()
+    # Several hosts (labctl.inventory.fleet): each service runs on the one host that lists it.
+    # Without them the inventory describes this one host.
+    fleet: Fleet | None = None
+    hosts: dict[Annotated[str, Field(pattern=NAME_RE)], FleetHost] = {}
+
+    @property
+    def is_fleet(self) -> bool:
+        """A fleet inventory (labctl.inventory.fleet checks that fleet and hosts come together)."""
+        return bool(self.hosts) or self.fleet is not None
 
     def enabled(self) -> dict[str, Listener]:
         """Every enabled service, run here or external: what is routed to, probed, shown."""
@@ -917,10 +1023,20 @@ class Inventory(Strict):
         svc = self.services.get(gw.cache.service)
         return svc if isinstance(svc, Redis) else None
 
+    def route_keys(self, gw: LiteLLM) -> list[SecretRef]:
+        """The API keys of the backends the gateway's routes reach (it sends them)."""
+        refs: list[SecretRef] = []
+        for route in gw.routes:
+            key = getattr(self.services.get(route.service or ""), "api_key", None)
+            if key is not None and key not in refs:
+                refs.append(key)
+        return refs
+
     def gateway_secret_refs(self, gw: LiteLLM) -> list[SecretRef]:
-        """The gateway's own secret references and its cache service's password."""
+        """The gateway's own secret references, its cache service's password and the keys
+        of the backends it routes to."""
         redis = self.cache_redis(gw)
-        return gw.secret_refs() + ([redis.password] if redis is not None else [])
+        return gw.secret_refs() + ([redis.password] if redis is not None else []) + self.route_keys(gw)
 
     def gateways(self) -> dict[str, LiteLLM]:
         return {n: s for n, s in self.enabled().items() if isinstance(s, LiteLLM)}

@@ -24,7 +24,7 @@ from labctl.host.proc import CommandFailed
 from labctl.host.provision import provision
 from labctl.host.systemd import UserManager
 from labctl.inventory.load import Loaded, load_inventory
-from labctl.inventory.schema import Inventory, Redis, unit_name
+from labctl.inventory.schema import Inventory, LlamaCppPython, LlamaServer, Redis, Vllm, unit_name
 from labctl.ops import gpu_budget
 from labctl.ops.doctor import failures, run_doctor
 from labctl.ops.plan import (
@@ -39,6 +39,7 @@ from labctl.ops.plan import (
 from labctl.ops.probes import Readiness, probe, probe_all, wait_ready
 from labctl.render import render_all
 from labctl.render.layout import UNIT_DIR, Layout
+from labctl.render.apikeys import server_key_file, server_key_text
 from labctl.render.redis import auth_file as redis_auth_file
 from labctl.render.redis import auth_text as redis_auth_text
 from labctl.render.units import writable_paths
@@ -113,6 +114,18 @@ def ensure_secrets(inv: Inventory, say: Say) -> None:
             if not auth.exists() or auth.read_text() != text:
                 fsio.ensure_dir(auth.parent, 0o700)
                 fsio.atomic_write(auth, text, mode=0o600)
+    for name, svc in inv.managed().items():
+        if isinstance(svc, (LlamaServer, LlamaCppPython, Vllm)) and svc.api_key is not None:
+            ref = svc.api_key
+            env_file = Path(inv.host.expand(ref.env_file or ""))
+            if ref.generate and secrets.ensure_env_secret(env_file, ref.variable):
+                say(f"{name}: generated {ref.variable} in {env_file} (mode 0600; the value is never printed)")
+            # The server's own variable, derived again whenever the reference's value changes.
+            derived = Path(server_key_file(inv, name, svc))
+            text = server_key_text(svc.kind, secrets.read_secret(env_file, ref.variable))
+            if not derived.exists() or derived.read_text() != text:
+                fsio.ensure_dir(derived.parent, 0o700)
+                fsio.atomic_write(derived, text, mode=0o600)
     if inv.monitoring.enabled:
         path = Path(inv.host.expand(inv.monitoring.grafana.admin_password_file))
         if secrets.ensure_file_secret(path):

@@ -323,6 +323,10 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
             if ref is not None and ref.env_file:
                 path = Path(inv.host.expand(ref.env_file))
                 out.append(_env_var_check(f"{name} endpoint {key} key", path, ref.variable))
+        for ref in inv.route_keys(svc):
+            if ref.env_file and not ref.generate:
+                path = Path(inv.host.expand(ref.env_file))
+                out.append(_env_var_check(f"{name} backend key {ref.variable}", path, ref.variable))
         out.extend(_remote_only_chains(name, svc))
         env_refs = [ref.variable for ref in svc.secret_refs() if ref.env is not None]
         if env_refs and reachable:
@@ -332,6 +336,11 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
         if isinstance(svc, Redis) and svc.password.env_file:
             path = Path(inv.host.expand(svc.password.env_file))
             out.append(_secret_file_check(f"{name} password", path, svc.password.generate))
+        key = getattr(svc, "api_key", None)
+        if key is not None and key.env_file:
+            path = Path(inv.host.expand(key.env_file))
+            out.append(_secret_file_check(f"{name} api key", path, True) if key.generate else
+                       _env_var_check(f"{name} api key", path, key.variable))
 
     gpu_users = _needs_gpu(inv)
     if gpu_users:

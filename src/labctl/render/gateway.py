@@ -78,9 +78,12 @@ def litellm_params(inv: Inventory, svc: Listener, route_model: str | None) -> di
     if speaks_ollama(svc):
         # ollama_chat/ talks to /api/chat; plain ollama/ uses /api/generate and loses chat roles.
         return {"model": f"ollama_chat/{model}", "api_base": base_url(inv, svc)}
-    # llama.cpp (both servers) and vLLM speak the OpenAI API. The openai client insists on
-    # some key; these backends check none, so the value is a fixed non-secret word.
-    return {"model": f"openai/{model}", "api_base": f"{base_url(inv, svc)}/v1", "api_key": "unused"}
+    # llama.cpp (both servers) and vLLM speak the OpenAI API. A keyed backend gets its key as
+    # an os.environ/ reference (the gateway's unit loads its env file). The openai client
+    # insists on some key; an unkeyed backend checks none, so that one is a fixed word.
+    key = getattr(svc, "api_key", None)
+    return {"model": f"openai/{model}", "api_base": f"{base_url(inv, svc)}/v1",
+            "api_key": f"os.environ/{key.variable}" if key is not None else "unused"}
 
 
 def endpoint_params(endpoint: Endpoint, model: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from labctl.inventory.schema import (
     unit_name,
 )
 from labctl.render import encode, templates
+from labctl.render.apikeys import server_key_file
 from labctl.render.layout import Layout
 
 # Seconds a llama-server unit waits for its process to stop before SIGKILL.
@@ -97,7 +98,7 @@ def environment(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> 
     return env
 
 
-def environment_files(inv: Inventory, svc: ServiceBase) -> list[str]:
+def environment_files(inv: Inventory, name: str, svc: ServiceBase) -> list[str]:
     files = [inv.host.expand(p) for p in svc.environment_files]
     if isinstance(svc, RedisExporter):
         redis = inv.services.get(svc.redis)
@@ -107,6 +108,9 @@ def environment_files(inv: Inventory, svc: ServiceBase) -> list[str]:
         for ref in inv.gateway_secret_refs(svc):
             if ref.env_file:
                 files.append(inv.host.expand(ref.env_file))
+    if isinstance(svc, (LlamaServer, LlamaCppPython, Vllm)) and svc.api_key is not None:
+        # The server's own variable, derived from the reference by `labctl up` (render/apikeys).
+        files.append(server_key_file(inv, name, svc))
     return list(dict.fromkeys(files))
 
 
@@ -228,7 +232,7 @@ def render_unit(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> 
         restart_note=note,
         working_directory=layout.working_directory(name),
         environment=[encode.sd_assign(k, v) for k, v in sorted(environment(inv, name, svc, layout).items())],
-        environment_files=environment_files(inv, svc),
+        environment_files=environment_files(inv, name, svc),
         exec_start=encode.sd_exec(argv(inv, name, svc, layout)),
         # Type=exec: start completes at exec, so this bounds only a hung exec; sized from the
         # readiness deadline so a future notify-style start is not cut short.

@@ -1,0 +1,309 @@
+"""Carry a fleet's slices to its hosts with ``ansible-playbook``, and read back what happened.
+
+A run directory under the fleet's state dir (``run-up``, ``run-status``, ``run-down``) holds
+what one run needs, all generated here:
+
+- ``hosts.yml``: the Ansible inventory: every host with its connection (address, port, user)
+  and the variables the playbooks read (the slice's paths on both ends, the keys to copy,
+  the venv, how pip finds labctl). Every string goes in tagged ``!unsafe``: Ansible then
+  never evaluates a ``{{`` inside an operator's path as a template. The connection's own
+  three (an IP address, a port, a user name matching ``[a-z_][a-z0-9_-]*``) cannot hold one
+  and stay plain, so that tools reading the inventory (testinfra's ``ansible://``) get
+  strings;
+- ``slices/HOST.yaml``: each host's slice (labctl.fleet.slices);
+- ``report.json``: written by labctl's callback plugin when the run ends.
+
+Ansible's settings reach it as environment variables (no ``ansible.cfg``, whose parser would
+read a ``%`` in a path as interpolation): the SSH key, labctl's own ``known_hosts`` (a new host
+is accepted once, a changed host key refused), connection and keep-alive timeouts, one fork per
+host, and the callback. ``ansible-playbook`` runs through labctl.host.proc: argv only, with a
+timeout that kills the whole process group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from labctl import __version__, fsio
+from labctl.errors import HostNotReady, OperationFailed
+from labctl.host.proc import CommandTimeout, last_lines, run_cmd
+from labctl.inventory.fleet import KEY_DIR, FleetPlan
+from labctl.inventory.schema import Inventory
+
+PACKAGE = Path(__file__).resolve().parent
+PLAYBOOKS = PACKAGE / "playbooks"
+CALLBACKS = PACKAGE / "plugins" / "callback"
+INSTALL_HINT = "install it beside labctl on the controller: pip install 'labctl[fleet]' (ansible-core)"
+
+
+# Connection variables that validated types keep free of template syntax (ReachAddr, Port,
+# UserName): left plain for the tools that read the inventory.
+CONNECTION = ("ansible_host", "ansible_port", "ansible_user")
+
+
+class Unsafe(str):
+    """A string Ansible must take literally (its ``!unsafe`` tag)."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(Unsafe, lambda dumper, value: dumper.represent_scalar("!unsafe", str(value), style="'"))
+
+
+def unsafe(value: Any) -> Any:
+    """``value`` with every string in it tagged ``!unsafe``."""
+    if isinstance(value, str):
+        return Unsafe(value)
+    if isinstance(value, list):
+        return [unsafe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: unsafe(v) for k, v in value.items()}
+    return value
+
+
+def controller_path(path: str) -> Path:
+    """A fleet setting's path on the controller: ``~`` is the home of whoever runs labctl."""
+    return Path(os.path.expanduser(path))
+
+
+def ansible_playbook() -> str:
+    """The controller's ansible-playbook: beside this Python (labctl[fleet] installs it there), or on PATH."""
+    beside = Path(sys.executable).with_name("ansible-playbook")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("ansible-playbook")
+    if found is None:
+        raise HostNotReady(f"the fleet is applied with Ansible and ansible-playbook is not here; {INSTALL_HINT}")
+    return found
+
+
+@dataclass(frozen=True)
+class HostResult:
+    """How one host's part of a run ended."""
+
+    host: str
+    address: str
+    # ok | failed | unreachable | not run (no result: the run ended before reaching it)
+    status: str
+    error: str | None = None
+    # The JSON document labctl printed there (up/status/down --json), when it printed one.
+    report: dict[str, Any] | None = None
+    rc: int | None = None
+    stderr_tail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "address": self.address, "status": self.status, "error": self.error,
+                "rc": self.rc, "report": self.report}
+
+
+@dataclass
+class RunDir:
+    """The files of one run, under ``<fleet state dir>/run``."""
+
+    inv: Inventory
+    plan: FleetPlan
+    state_dir: Path
+    path: Path
+    slices: dict[str, Path] = field(default_factory=dict)
+    # The hosts this run acts on (all, or those named on the command line).
+    hosts: list[str] = field(default_factory=list)
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / "report.json"
+
+
+def _wheels(inv: Inventory, state_dir: Path) -> tuple[str, str, list[str]]:
+    """(wheels tarball on the controller or "", install id, pip arguments) for the hosts."""
+    assert inv.fleet is not None
+    pip = inv.fleet.pip
+    if pip.find_links is None:
+        args = ["--index-url", pip.index_url] if pip.index_url else []
+        return "", f"labctl=={__version__} index:{pip.index_url or 'default'}", args
+    source = controller_path(pip.find_links)
+    wheels = sorted(source.glob("*.whl")) if source.is_dir() else []
+    if not any(w.name.startswith(f"labctl-{__version__}-") for w in wheels):
+        raise OperationFailed(f"fleet.pip.find_links: {source} holds no labctl {__version__} wheel (the "
+                              "controller's version, which every host gets); build it with: pip wheel -w "
+                              f"{source} <labctl checkout>")
+    digest = hashlib.sha256()
+    for wheel in wheels:
+        digest.update(wheel.name.encode() + b"\0")
+        with open(wheel, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    tag = digest.hexdigest()[:16]
+    tar = state_dir / "wheels" / f"wheels-{tag}.tar"
+    if not tar.exists():
+        fsio.ensure_dir(tar.parent, 0o700)
+        for old in tar.parent.glob("wheels-*.tar"):
+            old.unlink()
+        fd, tmp = tempfile.mkstemp(dir=tar.parent, prefix=".wheels-")
+        os.close(fd)
+        with tarfile.open(tmp, "w") as out:
+            for wheel in wheels:
+                out.add(wheel, arcname=wheel.name, recursive=False)
+        os.replace(tmp, tar)
+    return str(tar), f"labctl=={__version__} wheels:{tag}", []
+
+
+def host_vars(run: RunDir, host: str, key_files: dict[str, Path], wheels: tuple[str, str, list[str]]) -> dict[str, Any]:
+    inv, fleet_host = run.inv, run.inv.hosts[host]
+    assert inv.fleet is not None
+    view = run.plan.views[host]
+    remote = view.host  # paths on the host: its user's home
+    wheels_tar, install_id, pip_args = wheels
+    wheels_dir = remote.expand("~/.cache/labctl/fleet/wheels")
+    if wheels_tar:
+        pip_args = ["--no-index", "--find-links", wheels_dir]
+    keys = [{"src": str(key_files[b]), "dest": remote.expand(f"{KEY_DIR}/{b}.env")}
+            for b in run.plan.keyed if host in run.plan.key_holders(b)]
+    slice_path = remote.expand("~/.config/labctl/fleet/inventory.yaml")
+    return {
+        "ansible_host": fleet_host.address,
+        "ansible_port": fleet_host.ssh_port,
+        "ansible_user": remote.user,
+        "labctl_address": fleet_host.address,
+        "labctl_venv": remote.expand(inv.fleet.venv),
+        "labctl_python": inv.fleet.python,
+        "labctl_spec": f"labctl=={__version__}",
+        "labctl_install_id": install_id,
+        "labctl_pip_args": pip_args,
+        "labctl_wheels_tar": wheels_tar,
+        "labctl_wheels_dir": wheels_dir,
+        "labctl_slice_src": str(run.slices[host]),
+        "labctl_slice": slice_path,
+        "labctl_dirs": [remote.expand("~/.config/labctl/fleet"), remote.expand(KEY_DIR)],
+        "labctl_keys": keys,
+        "labctl_up_timeout": inv.fleet.up_timeout_sec,
+        "labctl_status_timeout": inv.fleet.status_timeout_sec,
+    }
+
+
+def prepare(inv: Inventory, plan: FleetPlan, state_dir: Path, key_files: dict[str, Path],
+            hosts: list[str] | None = None, name: str = "run") -> RunDir:
+    """Write the run directory ``state_dir/name``: slices and the Ansible inventory (only
+    ``hosts``, if given)."""
+    from labctl.fleet.slices import slice_text
+
+    path = state_dir / name
+    fsio.ensure_dir(path / "slices", 0o700)
+    chosen = [h for h in inv.hosts if hosts is None or h in hosts]
+    run = RunDir(inv, plan, state_dir, path, hosts=chosen)
+    for host in inv.hosts:
+        run.slices[host] = path / "slices" / f"{host}.yaml"
+        fsio.atomic_write(run.slices[host], slice_text(plan.views[host], host=host), mode=0o600)
+    wheels = _wheels(inv, state_dir)
+    first, last = [], []
+    for group in plan.order():
+        (last if set(group) <= set(plan.gateway_hosts) else first).extend(h for h in group if h in chosen)
+    hosts_vars = {}
+    for h in chosen:
+        values = host_vars(run, h, key_files, wheels)
+        hosts_vars[h] = {k: v if k in CONNECTION else unsafe(v) for k, v in values.items()}
+    document = {"all": {
+        "hosts": hosts_vars,
+        "children": {"labctl_first": {"hosts": {h: None for h in first}},
+                     "labctl_last": {"hosts": {h: None for h in last}}},
+    }}
+    text = "# Generated by labctl for one fleet run; do not edit.\n" + yaml.dump(document, Dumper=_Dumper, sort_keys=False)
+    fsio.atomic_write(path / "hosts.yml", text, mode=0o600)
+    run.report_path.unlink(missing_ok=True)
+    return run
+
+
+def environment(run: RunDir, control_dir: str) -> dict[str, str]:
+    """ansible-playbook's environment: its settings as ANSIBLE_* variables, nothing inherited
+    but PATH and HOME (an operator's own ANSIBLE_* must not change what labctl runs)."""
+    inv = run.inv
+    assert inv.fleet is not None
+    known_hosts = run.state_dir / "known_hosts"
+    timeout = inv.fleet.connect_timeout_sec
+    ssh_args = ["-o", "ControlMaster=auto", "-o", "ControlPersist=60s", "-o", f"UserKnownHostsFile={known_hosts}",
+                "-o", "StrictHostKeyChecking=accept-new", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+                "-o", f"ConnectTimeout={timeout}", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", str(Path.home())),
+        "LC_ALL": "C.UTF-8",
+        "PYTHONWARNINGS": "ignore",  # the controller's libraries' deprecation notes are not the operator's news
+        "LANG": "C.UTF-8",
+        "ANSIBLE_HOME": str(run.state_dir / "ansible"),
+        "ANSIBLE_LOCAL_TEMP": str(run.state_dir / "ansible" / "tmp"),
+        "ANSIBLE_INVENTORY": str(run.path / "hosts.yml"),
+        "ANSIBLE_PRIVATE_KEY_FILE": str(controller_path(inv.fleet.ssh_key)),
+        "ANSIBLE_HOST_KEY_CHECKING": "True",
+        "ANSIBLE_SSH_ARGS": shlex.join(ssh_args),
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": control_dir,
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_TIMEOUT": str(timeout),
+        "ANSIBLE_FORKS": str(max(1, min(50, len(inv.hosts)))),
+        "ANSIBLE_CALLBACK_PLUGINS": str(CALLBACKS),
+        "ANSIBLE_CALLBACKS_ENABLED": "labctl_report",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_NOCOLOR": "True",
+        "ANSIBLE_NOCOWS": "True",
+        "ANSIBLE_DEPRECATION_WARNINGS": "False",
+        "ANSIBLE_INTERPRETER_PYTHON": "auto_silent",
+        "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
+        "LABCTL_ANSIBLE_REPORT": str(run.report_path),
+    }
+
+
+def run_playbook(run: RunDir, playbook: str, *, timeout: float, echo: Any = None) -> dict[str, HostResult]:
+    """Run one of labctl's playbooks over the run's hosts; every host's result, by name."""
+    argv = [ansible_playbook(), str(PLAYBOOKS / playbook)]
+    fsio.ensure_dir(run.state_dir / "ansible" / "tmp", 0o700)
+    control_dir = tempfile.mkdtemp(prefix="labctl-ssh-")  # short: ssh's socket paths are limited
+    try:
+        result = run_cmd(argv, check=False, timeout=timeout, env=environment(run, control_dir), echo=echo)
+    except CommandTimeout:
+        raise OperationFailed(f"ansible-playbook {playbook} did not finish within {timeout:.0f}s; "
+                              f"the hosts' last state is in {run.path}") from None
+    finally:
+        shutil.rmtree(control_dir, ignore_errors=True)
+    return read_report(run, result.rc, result.stdout + "\n" + result.stderr)
+
+
+def read_report(run: RunDir, rc: int, output: str) -> dict[str, HostResult]:
+    try:
+        document = json.loads(run.report_path.read_text())
+    except (OSError, ValueError):
+        # No report at all: Ansible stopped before any host (a bad playbook, a missing module).
+        raise OperationFailed(f"ansible-playbook exited {rc} without a report:\n"
+                              + "\n".join(f"  {line}" for line in last_lines(output, 12))) from None
+    out: dict[str, HostResult] = {}
+    for host in run.hosts:
+        address = run.inv.hosts[host].address
+        entry = document.get("hosts", {}).get(host)
+        if entry is None:
+            out[host] = HostResult(host, address, "not run", "Ansible reached no task on it")
+            continue
+        labctl = entry.get("labctl") or {}
+        report = None
+        if labctl.get("stdout"):
+            try:
+                report = json.loads(labctl["stdout"])
+            except ValueError:
+                report = None
+        status = entry.get("status", "failed")
+        error = entry.get("error")
+        if labctl and labctl.get("rc") not in (0, None) and isinstance(report, dict) and report.get("errors"):
+            error = "; ".join(str(e.get("message", e)) for e in report["errors"])
+        out[host] = HostResult(host, address, status, error if status != "ok" else None, report, labctl.get("rc"),
+                               labctl.get("stderr", ""))
+    return out
