@@ -18,17 +18,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-_state: dict[str, Any] = {"console": None, "verbose": False}
+_state: dict[str, Any] = {"live": False, "console": None, "verbose": False}
 
 
 def configure(*, live: bool, verbose: bool = False) -> None:
     """``live``: draw spinners and bars on stderr (only if it is a terminal)."""
-    console = None
-    if live and sys.stderr.isatty():
+    _state.update(live=live and sys.stderr.isatty(), console=None, verbose=verbose)
+
+
+def _console() -> Any:
+    """The stderr Console when live, made at the first spinner or bar (rich costs ~20 ms to
+    import: a command that draws none does not pay it); None when not live."""
+    if _state["console"] is None and _state["live"]:
         from rich.console import Console
 
-        console = Console(stderr=True, highlight=False)
-    _state.update(console=console, verbose=verbose)
+        _state["console"] = Console(stderr=True, highlight=False)
+    return _state["console"]
 
 
 def verbose() -> bool:
@@ -51,8 +56,8 @@ def _elapsed(start: float) -> str:
 def step(label: str) -> Iterator[Callable[[str], None]]:
     """A spinner reading ``label (elapsed)``; yields a function that changes the label's
     detail (the current sub-step)."""
-    console = _state["console"]
-    if console is None or _state["verbose"]:
+    console = None if _state["verbose"] else _console()
+    if console is None:
         yield lambda _detail: None
         return
     start, detail = time.monotonic(), [""]
@@ -78,7 +83,7 @@ def step(label: str) -> Iterator[Callable[[str], None]]:
 @contextmanager
 def download(label: str) -> Iterator[Callable[[int, int | None], None]]:
     """A bar for one transfer; yields ``update(done_bytes, total_or_None)``."""
-    console = _state["console"]
+    console = _console()
     if console is None:
         yield lambda _done, _total: None
         return

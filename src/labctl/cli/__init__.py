@@ -18,12 +18,19 @@ from rich.console import Console
 from labctl import __version__
 from labctl.errors import HostIOError, LabctlError, UsageError, os_reason
 
+# Start-up: this module and the command groups import typer and rich's Console, nothing
+# heavy. Each command imports what it needs (pydantic models, jinja2, httpx, docker, gguf,
+# rich tables) in its body; tests/unit/test_lazy_imports.py keeps it so; bench/startup.py
+# measures it. Help is typer's plain (click) formatter, rich_markup_mode=None on every
+# Typer: the rich one imports rich's markdown, syntax and panels (~70 ms) for a help page.
+
 app = typer.Typer(
     name="labctl",
     help="Run a local LLM serving stack from one inventory.yaml, as systemd user units.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,
+    rich_markup_mode=None,
 )
 out = Console(highlight=False, soft_wrap=True)
 

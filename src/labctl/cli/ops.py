@@ -10,7 +10,7 @@ import typer
 from labctl.cli import InventoryOpt, JsonOpt, _load, app, emit_json, out, print_lines
 from labctl.errors import OperationFailed
 
-gateway_app = typer.Typer(help="The LiteLLM gateway.", no_args_is_help=True)
+gateway_app = typer.Typer(help="The LiteLLM gateway.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(gateway_app, name="gateway")
 
 
@@ -46,7 +46,8 @@ def gateway_check(
     raise typer.Exit(0 if ok else OperationFailed.exit_code)
 
 
-monitoring_app = typer.Typer(help="The Prometheus + Grafana stack (docker compose).", no_args_is_help=True)
+monitoring_app = typer.Typer(help="The Prometheus + Grafana stack (docker compose).", no_args_is_help=True,
+                             rich_markup_mode=None)
 app.add_typer(monitoring_app, name="monitoring")
 
 

@@ -10,7 +10,7 @@ import typer
 from labctl.cli import JsonOpt, _say, app, emit_json, out
 
 sandbox_app = typer.Typer(help="A throwaway booted systemd machine, for hosts without a user manager.",
-                          no_args_is_help=True)
+                          no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(sandbox_app, name="sandbox")
 NameOpt = Annotated[str, typer.Option("--name", help="The machine's name.")]
 

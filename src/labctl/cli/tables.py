@@ -1,18 +1,24 @@
-"""Rich tables for the CLI (presentation only; the data comes from the core)."""
+"""Rich tables for the CLI (presentation only; the data comes from the core).
+
+The ``*_lines`` forms are plain strings: only the tables (``--wide``) and ``plain`` import
+rich's Table and Text.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rich.table import Table
-from rich.text import Text
-
+from labctl.statustext import mib as _mib
+from labctl.statustext import status_lines  # the status text lives beside the fast path (__main__)
+from labctl.statustext import uptime as _uptime
 from labctl.text import shown  # noqa: F401 - also used by the CLI's commands
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
 
     from labctl.ops.doctor import Check
     from labctl.ops.gateway_check import RouteResult
@@ -23,6 +29,8 @@ if TYPE_CHECKING:
 def plain(text: object, style: str = "") -> Text:
     """``text``, escaped by :func:`shown`, as a rich Text: printed literally, never read as
     ``[markup]`` or ``:emoji:``."""
+    from rich.text import Text
+
     return Text(shown(text), style=style)
 
 
@@ -35,21 +43,6 @@ def unfolded(table: Table, console: Console) -> Table:
     return table
 
 
-def _mib(value: int | None) -> str:
-    return "-" if value is None else f"{value / 2**20:.0f} MiB"
-
-
-def _uptime(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
 def _fold(text: str, width: int, indent: str = "", more: str = "") -> list[str]:
     """``text`` in lines of at most ``width`` columns, broken only between words (a word
     longer than a line keeps a line of its own): labctl.text.fold."""
@@ -58,53 +51,9 @@ def _fold(text: str, width: int, indent: str = "", more: str = "") -> list[str]:
     return fold(text, width, indent, more)
 
 
-def status_lines(report: StatusReport, width: int = 80) -> list[str]:
-    """The status as plain lines that fit ``width`` (80 when piped) and never break a word:
-    one summary line per service, then its details indented below it. ``--wide`` gives
-    the one-row-per-service table instead."""
-    lines = [f"labctl status ({report.seconds:.2f}s): "
-             f"{'healthy' if report.healthy else 'NOT healthy'}, {len(report.services)} service(s)"]
-    for s in report.services:
-        state = s.active_state if s.sub_state in ("-", "") else f"{s.active_state}/{s.sub_state}"
-        if s.result and s.result != "success":
-            state += f" ({s.result})"
-        probe = s.probe
-        head = (f"{'ok ' if s.healthy else 'BAD'} {s.service} ({s.kind}) {state}, "
-                f"{s.bind}:{s.port}, probe {'ok' if probe['ok'] else 'FAIL'} {probe['latency_ms']:.0f}ms")
-        lines += _fold(shown(head), width, "", "      ")
-        details = [f"probe: {probe['check']}: {probe['detail']}" if probe.get("check") else f"probe: {probe['detail']}"]
-        facts = [f"pid {s.main_pid}" if s.main_pid else "", f"up {_uptime(s.uptime_sec)}" if s.uptime_sec else "",
-                 _mib(s.memory_bytes) if s.memory_bytes is not None else "",
-                 f"restarts {s.n_restarts}" + (" (start limit hit)" if s.start_limit_hit else "") if s.n_restarts else "",
-                 f"unit {s.unit}" if s.external and s.unit != "-" else ""]
-        if any(facts):
-            details.append(", ".join(f for f in facts if f))
-        if s.model:
-            details.append(f"model: {s.model}")
-        if s.metrics:
-            details.append("metrics: " + ", ".join(f"{k.split(':', 1)[1]}={v:g}" for k, v in sorted(s.metrics.items())))
-        if s.drift != "none":
-            details.append(f"drift: {s.drift} (labctl up installs the rendered unit)")
-        if s.drop_ins:
-            details.append(f"operator drop-ins: {', '.join(s.drop_ins)}")
-        for detail in details:
-            lines += _fold(shown(detail), width, "      ", "        ")
-    for e in report.endpoints:
-        reach = ("not asked (--endpoints)" if e.probe is None else
-                 f"{'ok' if e.probe['ok'] else 'FAIL'} {e.probe['latency_ms']:.0f}ms {e.probe['detail']}")
-        lines += _fold(shown(f"    endpoint {e.name} ({e.provider}) {e.api_base}: {reach}"), width, "", "      ")
-        lines += _fold(shown(f"routes: {', '.join(e.routes) or '-'}"), width, "      ", "        ")
-    for c in report.monitoring.get("containers") or []:  # type: ignore[union-attr]
-        lines += _fold(shown(f"    container {c.get('service')}: {c.get('state')}/{c.get('health') or '-'}, "
-                             f"{c.get('image')}"), width, "", "      ")
-    if report.note:
-        lines += _fold(shown(f"note: {report.note}"), width, "", "      ")
-    if report.monitoring.get("enabled") and not report.monitoring.get("containers") and report.monitoring.get("engine"):
-        lines += _fold(shown(f"monitoring: {report.monitoring['engine']}"), width, "", "      ")
-    return lines
-
-
 def _drift_cell(drift: str, drop_ins: int) -> Text:
+    from rich.text import Text
+
     text = plain("-") if drift == "none" else plain(drift, "yellow")
     if drop_ins:
         text = Text.assemble(text, " ", plain(f"+{drop_ins} drop-in{'s' if drop_ins > 1 else ''}", "cyan"))
@@ -112,6 +61,9 @@ def _drift_cell(drift: str, drop_ins: int) -> Text:
 
 
 def status_table(report: StatusReport) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=f"labctl status ({report.seconds:.2f}s)", title_justify="left")
     for column in ("service", "kind", "unit state", "restarts", "pid", "memory", "uptime", "listen", "probe",
                    "model", "drift"):
@@ -277,6 +229,8 @@ def model_lines(entries: Sequence[ModelEntry], width: int = 80) -> list[str]:
 
 def model_table(entries: Sequence[ModelEntry]) -> Table:
     """``model list --wide``: one row per model, every column."""
+    from rich.table import Table
+
     table = Table()
     for column in ("", "file", "size", "name", "architecture", "context", "quantisation", "note"):
         table.add_column(column)
@@ -320,6 +274,8 @@ def gateway_lines(results: Sequence[RouteResult], width: int = 80) -> list[str]:
 
 def gateway_table(results: Sequence[RouteResult]) -> Table:
     """``gateway check --wide``: one row per check, every column."""
+    from rich.table import Table
+
     table = Table(title="labctl gateway check", title_justify="left")
     for column in ("check", "route", "fallback to", "status", "answered by", "backend", "fallbacks", "ms", "error"):
         table.add_column(column, overflow="fold")

@@ -5,32 +5,30 @@ one real token, because answering ``/health`` is not serving: a server can be up
 model or engine cannot produce a token (vLLM's engine dying, a model llama.cpp cannot run).
 Readiness waits use deep probes. Every probe has a timeout: a hung backend costs at most
 that timeout, never more.
+
+A probe is planned from the inventory (:func:`spec_of`: the kind's recipe, the URL, the
+names it must serve, where a key is kept, never the key itself) and run from that plan
+(:func:`run`) over a socket, one HTTP/1.1 request per connection (``Connection: close``):
+``labctl status`` runs the same plans from its snapshot without loading the inventory
+(labctl.ops.status), and pays neither httpx's import (~40 ms) nor http.client's (~15 ms,
+its email parser) for a few loopback GETs.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import socket
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    import ssl
 
-from labctl.host import secrets
-from labctl.inventory.schema import (
-    External,
-    Inventory,
-    Listener,
-    LiteLLM,
-    LlamaCppPython,
-    LlamaServer,
-    Ollama,
-    Redis,
-    RedisExporter,
-    Vllm,
-)
-from labctl.render.gateway import base_url
+    from labctl.inventory.schema import Inventory, LiteLLM
 
 
 @dataclass(frozen=True)
@@ -46,12 +44,132 @@ class ProbeResult:
         return asdict(self)
 
 
+class ProbeTimeout(Exception):
+    """The probe's deadline passed (or a read timed out within it)."""
+
+
+@dataclass(frozen=True)
+class Secret:
+    """Where a probe finds a key when it runs: an env file (or None: labctl's own
+    environment) and the variable. The value itself is never part of a plan."""
+
+    env_file: str | None
+    variable: str
+
+    def value(self) -> str | None:
+        from pathlib import Path
+
+        from labctl.host import secrets
+
+        try:
+            return secrets.env_or_file(Path(self.env_file) if self.env_file else None, self.variable)
+        except (OSError, UnicodeError):
+            return None
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One service's probe, planned from the inventory: JSON-able, no secret values.
+
+    ``recipe``: llama-server, openai-models (llama-cpp-python), vllm, ollama, external
+    (an OpenAI-compatible server labctl does not run), litellm, redis, redis-exporter, or
+    ``none:KIND`` (no probe for that kind)."""
+
+    service: str
+    recipe: str
+    url: str = ""                  # base URL (redis: unused)
+    host: str = ""                 # redis: the address to reach it on
+    port: int = 0
+    models: list[str] = field(default_factory=list)  # names it must serve (litellm: routes and aliases)
+    key: Secret | None = None      # a keyed backend's API key, the gateway's master key, Redis's password
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProbeSpec:
+        key = data.get("key")
+        return cls(**{**data, "key": Secret(**key) if key else None})
+
+
+class _Response:
+    def __init__(self, status_code: int, body: bytes) -> None:
+        self.status_code, self._body = status_code, body
+
+    @property
+    def text(self) -> str:
+        return self._body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self._body)
+
+
+MAX_ANSWER = 8 << 20  # bytes: no probe answer is near this; a runaway one is cut
+
+
+def _split(url: str) -> tuple[str, int, str]:
+    """(host, port, path with query) of a plain ``http://`` URL (labctl's own base URLs)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme != "http":
+        raise ValueError(f"not a plain http:// URL: {url[:80]!r}")
+    netloc, slash, path = rest.partition("/")
+    if netloc.startswith("["):
+        host, _, port = netloc[1:].partition("]:")
+    else:
+        host, _, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "")
+    return host, int(port or 80), "/" + path if slash else "/"
+
+
+def _connect(host: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection; the host as bytes, so an address needs no IDNA codec (~4 ms to import)."""
+    last: OSError = ConnectionRefusedError("no address")
+    for family, kind, proto, _, addr in socket.getaddrinfo(host.encode("ascii"), port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(addr)
+            return sock
+        except TimeoutError:
+            sock.close()
+            raise
+        except OSError as exc:
+            sock.close()
+            last = exc
+    raise last
+
+
+def _parse(raw: bytes) -> _Response:
+    """Status and body of one HTTP/1.x answer read to the end (the connection closed)."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(None, 2)
+    if not sep or len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        raise ValueError(f"not an HTTP answer: {lines[0][:60]!r}")
+    fields = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        fields[name.strip().lower()] = value.strip()
+    if fields.get(b"transfer-encoding", b"").lower() == b"chunked":
+        out, rest = [], body
+        while True:
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                break
+            out.append(rest[:size])
+            rest = rest[size + 2:]
+        body = b"".join(out)
+    elif b"content-length" in fields:
+        body = body[: int(fields[b"content-length"])]
+    return _Response(int(parts[1]), body)
+
+
 class _Probe:
     """One probe's requests share one deadline: a probe that asks two endpoints still
-    finishes within its timeout."""
+    finishes within its timeout. Plain ``http://`` on loopback: one connection a request."""
 
-    def __init__(self, name: str, client: httpx.Client, timeout: float) -> None:
-        self.name, self.client, self.started = name, client, time.monotonic()
+    def __init__(self, name: str, timeout: float, headers: dict[str, str] | None = None) -> None:
+        self.name, self.started, self.headers = name, time.monotonic(), dict(headers or {})
         self.deadline = self.started + timeout
         self.check: str = ""
         self.status: int | None = None
@@ -59,33 +177,115 @@ class _Probe:
     def _left(self) -> float:
         left = self.deadline - time.monotonic()
         if left <= 0:
-            raise httpx.TimeoutException("probe deadline passed")
+            raise ProbeTimeout("probe deadline passed")
         return left
 
-    def get(self, url: str, **kw: object) -> httpx.Response:
-        self.check = f"GET {httpx.URL(url).path}"
-        resp = self.client.get(url, timeout=self._left(), **kw)  # type: ignore[arg-type]
-        self.status = resp.status_code
-        return resp
+    def _request(self, method: str, url: str, headers: dict[str, str] | None, body: object) -> _Response:
+        host, port, path = _split(url)
+        self.check = f"{method} {path.split('?', 1)[0]}"
+        data = b"" if body is None else json.dumps(body).encode()
+        sent = {**self.headers, **(headers or {})}
+        if body is not None:
+            sent["Content-Type"] = "application/json"
+        head = "".join(f"{k}: {v}\r\n" for k, v in sent.items())
+        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        request = (f"{method} {path} HTTP/1.1\r\nHost: {netloc}\r\nUser-Agent: labctl\r\nAccept: */*\r\n"
+                   f"Connection: close\r\n{head}Content-Length: {len(data)}\r\n\r\n").encode() + data
+        try:
+            conn = _connect(host, port, self._left())
+        except (TimeoutError, BlockingIOError):
+            raise ProbeTimeout("connect timed out") from None
+        except OSError as exc:
+            raise ConnectionRefusedError(str(exc)) from None
+        try:
+            conn.settimeout(self._left())
+            conn.sendall(request)
+            chunks, size = [], 0
+            while True:
+                conn.settimeout(self._left())
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_ANSWER:
+                    raise ValueError(f"answer larger than {MAX_ANSWER} bytes")
+        except TimeoutError:
+            raise ProbeTimeout("read timed out") from None
+        finally:
+            conn.close()
+        out = _parse(b"".join(chunks))
+        self.status = out.status_code
+        return out
 
-    def post(self, url: str, **kw: object) -> httpx.Response:
-        self.check = f"POST {httpx.URL(url).path}"
-        resp = self.client.post(url, timeout=self._left(), **kw)  # type: ignore[arg-type]
-        self.status = resp.status_code
-        return resp
+    def get(self, url: str, headers: dict[str, str] | None = None) -> _Response:
+        return self._request("GET", url, headers, None)
+
+    def post(self, url: str, json: object = None) -> _Response:
+        return self._request("POST", url, None, json)
 
     def result(self, ok: bool, detail: str) -> ProbeResult:
         ms = round((time.monotonic() - self.started) * 1000, 1)
         return ProbeResult(self.name, ok, self.check, self.status, ms, detail)
 
 
+@functools.lru_cache(maxsize=1)
+def plain_http_tls() -> ssl.SSLContext:
+    """``verify=`` for an httpx client that only ever asks plain ``http://`` URLs (vLLM's
+    metrics, a remote endpoint's reachability). By default each client loads the CA bundle,
+    ~20 ms of CPU per client; this context loads none and keeps verification on, so an
+    https URL would fail its handshake, never pass unverified."""
+    import ssl
+
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
+def _secret_ref(inv: Inventory, ref: Any) -> Secret:
+    return Secret(inv.host.expand(ref.env_file) if ref.env_file else None, ref.variable)
+
+
 def gateway_key(inv: Inventory, gw: LiteLLM) -> str | None:
-    ref = gw.master_key
-    path = Path(inv.host.expand(ref.env_file)) if ref.env_file else None
-    try:
-        return secrets.env_or_file(path, ref.variable)
-    except OSError:
-        return None
+    return _secret_ref(inv, gw.master_key).value()
+
+
+def spec_of(inv: Inventory, name: str) -> ProbeSpec:
+    """The probe of service ``name``, planned from the inventory."""
+    from labctl.inventory.schema import (
+        External,
+        LiteLLM,
+        LlamaCppPython,
+        LlamaServer,
+        Ollama,
+        Redis,
+        RedisExporter,
+        Vllm,
+    )
+    from labctl.render.gateway import base_url, reach
+
+    svc = inv.services[name]
+    if isinstance(svc, Redis):
+        return ProbeSpec(name, "redis", host=reach(inv.bind_of(svc)), port=svc.port,
+                         key=_secret_ref(inv, svc.password))
+    url = base_url(inv, svc)
+    # A keyed backend wants its key on every request but /health (the gateway sends its own).
+    ref = getattr(svc, "api_key", None)
+    key = _secret_ref(inv, ref) if ref is not None and not isinstance(svc, LiteLLM) else None
+    if isinstance(svc, RedisExporter):
+        return ProbeSpec(name, "redis-exporter", url, key=key)
+    if isinstance(svc, LlamaServer):
+        return ProbeSpec(name, "llama-server", url, models=[svc.alias], key=key)
+    if isinstance(svc, LlamaCppPython):
+        return ProbeSpec(name, "openai-models", url, models=[svc.alias], key=key)
+    if isinstance(svc, Vllm):
+        return ProbeSpec(name, "vllm", url, models=[svc.served_model_name], key=key)
+    if isinstance(svc, Ollama) or (isinstance(svc, External) and svc.api == "ollama"):
+        return ProbeSpec(name, "ollama", url, models=list(svc.models), key=key)
+    if isinstance(svc, External):
+        return ProbeSpec(name, "external", url, models=list(svc.models), key=key)
+    if isinstance(svc, LiteLLM):
+        return ProbeSpec(name, "litellm", url, models=sorted([r.name for r in svc.routes] + list(svc.aliases)),
+                         key=_secret_ref(inv, svc.master_key))
+    return ProbeSpec(name, f"none:{svc.kind}")  # type: ignore[attr-defined]
 
 
 def _one_token(p: _Probe, url: str, model: str) -> ProbeResult | None:
@@ -122,24 +322,16 @@ def _openai_models(p: _Probe, url: str, models: list[str]) -> ProbeResult | None
     return None
 
 
-def _redis_ping(inv: Inventory, svc: Redis, p: _Probe) -> ProbeResult:
+def _redis_ping(spec: ProbeSpec, p: _Probe) -> ProbeResult:
     """AUTH then PING in Redis's protocol, on one connection, within the probe's deadline."""
-    import socket
-
-    from labctl.render.gateway import reach
-
     p.check = "AUTH + PING"
-    ref = svc.password
-    try:
-        password = secrets.env_or_file(Path(inv.host.expand(ref.env_file)) if ref.env_file else None, ref.variable)
-    except OSError:
-        password = None
+    password = spec.key.value() if spec.key else None
     if password is None:
         return p.result(False, "password not readable; cannot authenticate")
     blob = password.encode()
     command = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n*1\r\n$4\r\nPING\r\n" % (len(blob), blob)
     try:
-        with socket.create_connection((reach(inv.bind_of(svc)), svc.port), timeout=p._left()) as conn:
+        with socket.create_connection((spec.host, spec.port), timeout=p._left()) as conn:
             conn.settimeout(p._left())
             conn.sendall(command)
             answer = b""
@@ -150,8 +342,8 @@ def _redis_ping(inv: Inventory, svc: Redis, p: _Probe) -> ProbeResult:
                 answer += chunk
     except ConnectionRefusedError:
         return p.result(False, "connection refused")
-    except (socket.timeout, TimeoutError):
-        raise httpx.TimeoutException("no answer") from None
+    except TimeoutError:
+        raise ProbeTimeout("no answer") from None
     except OSError as exc:
         return p.result(False, f"{type(exc).__name__}: {str(exc)[:100]}")
     replies = answer.split(b"\r\n")
@@ -163,11 +355,11 @@ def _redis_ping(inv: Inventory, svc: Redis, p: _Probe) -> ProbeResult:
     return p.result(False, f"answered {first!r}")
 
 
-def _probe(inv: Inventory, name: str, svc: Listener, p: _Probe, deep: bool) -> ProbeResult:
-    if isinstance(svc, Redis):
-        return _redis_ping(inv, svc, p)
-    url = base_url(inv, svc)
-    if isinstance(svc, RedisExporter):
+def _probe(spec: ProbeSpec, p: _Probe, deep: bool) -> ProbeResult:
+    recipe, url = spec.recipe, spec.url
+    if recipe == "redis":
+        return _redis_ping(spec, p)
+    if recipe == "redis-exporter":
         resp = p.get(f"{url}/metrics")
         if resp.status_code != 200:
             return p.result(False, f"/metrics answered HTTP {resp.status_code}")
@@ -175,40 +367,39 @@ def _probe(inv: Inventory, name: str, svc: Listener, p: _Probe, deep: bool) -> P
         if not up:
             return p.result(False, "no redis_up in /metrics")
         return p.result(True, "ready") if up[0].split()[-1] == "1" else p.result(False, "redis_up 0: it cannot reach or log in to its Redis")
-    if isinstance(svc, LlamaServer):
+    if recipe == "llama-server":
         resp = p.get(f"{url}/health")
         if resp.status_code == 503:
             return p.result(False, "loading model")
         if resp.status_code != 200:
             return p.result(False, f"/health answered HTTP {resp.status_code}")
-        if deep and (bad := _one_token(p, url, svc.alias)):
+        if deep and (bad := _one_token(p, url, spec.models[0])):
             return bad
         return p.result(True, "ready")
-    if isinstance(svc, (LlamaCppPython, Vllm)):
-        if isinstance(svc, Vllm):
+    if recipe in ("openai-models", "vllm"):
+        if recipe == "vllm":
             resp = p.get(f"{url}/health")
             if resp.status_code != 200:
                 return p.result(False, f"/health answered HTTP {resp.status_code}")
-        served = svc.alias if isinstance(svc, LlamaCppPython) else svc.served_model_name
-        if bad := _openai_models(p, url, [served]):
+        if bad := _openai_models(p, url, spec.models):
             return bad
         # vLLM: only a token proves the engine behind the API server can serve.
-        if (deep or isinstance(svc, Vllm)) and (bad := _one_token(p, url, served)):
+        if (deep or recipe == "vllm") and (bad := _one_token(p, url, spec.models[0])):
             return bad
         return p.result(True, "ready")
-    if isinstance(svc, Ollama) or (isinstance(svc, External) and svc.api == "ollama"):
-        return _ollama_tags(p, url, list(svc.models))
-    if isinstance(svc, External):
-        if bad := _openai_models(p, url, list(svc.models)):
+    if recipe == "ollama":
+        return _ollama_tags(p, url, spec.models)
+    if recipe == "external":
+        if bad := _openai_models(p, url, spec.models):
             return bad
-        if deep and (bad := _one_token(p, url, svc.models[0])):
+        if deep and (bad := _one_token(p, url, spec.models[0])):
             return bad
         return p.result(True, "ready")
-    if isinstance(svc, LiteLLM):
+    if recipe == "litellm":
         resp = p.get(f"{url}/health/liveliness")
         if resp.status_code != 200:
             return p.result(False, f"/health/liveliness answered HTTP {resp.status_code}")
-        key = gateway_key(inv, svc)
+        key = spec.key.value() if spec.key else None
         if key is None:
             return p.result(False, "master key not readable; cannot check /v1/models")
         resp = p.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"})
@@ -216,34 +407,54 @@ def _probe(inv: Inventory, name: str, svc: Listener, p: _Probe, deep: bool) -> P
             return p.result(False, f"/v1/models answered HTTP {resp.status_code}")
         routes = sorted(m.get("id") for m in resp.json().get("data", []))
         # LiteLLM lists the aliases beside the routes.
-        want = sorted([r.name for r in svc.routes] + list(svc.aliases))
-        if routes != want:
-            return p.result(False, f"gateway lists {routes}, inventory routes and aliases are {want}")
+        if routes != spec.models:
+            return p.result(False, f"gateway lists {routes}, inventory routes and aliases are {spec.models}")
         return p.result(True, "ready")
-    return p.result(False, f"no probe for kind {svc.kind}")  # type: ignore[attr-defined]
+    return p.result(False, f"no probe for kind {recipe.removeprefix('none:')}")
+
+
+def run(spec: ProbeSpec, *, timeout: float = 5.0, deep: bool = False) -> ProbeResult:
+    """Run one planned probe, bounded by ``timeout``."""
+    headers: dict[str, str] = {}
+    if spec.key is not None and spec.recipe not in ("redis", "litellm"):
+        value = spec.key.value()
+        if value is not None:
+            headers["Authorization"] = f"Bearer {value}"
+    p = _Probe(spec.service, timeout, headers)
+    try:
+        return _probe(spec, p, deep)
+    except ProbeTimeout:
+        return p.result(False, f"no answer within {timeout:g}s")
+    except ConnectionRefusedError:
+        return p.result(False, "connection refused")
+    except (OSError, ValueError, AttributeError, TypeError, KeyError, IndexError) as exc:
+        # A refused read, a torn or malformed answer (JSON of another shape): the answer.
+        return p.result(False, f"{type(exc).__name__}: {str(exc)[:120]}")
 
 
 def probe(inv: Inventory, name: str, *, timeout: float = 5.0, deep: bool = False) -> ProbeResult:
-    svc = inv.services[name]
-    with httpx.Client(timeout=timeout, trust_env=False) as client:
-        p = _Probe(name, client, timeout)
-        try:
-            return _probe(inv, name, svc, p, deep)
-        except httpx.TimeoutException:
-            return p.result(False, f"no answer within {timeout:g}s")
-        except httpx.ConnectError:
-            return p.result(False, "connection refused")
-        except (httpx.HTTPError, ValueError) as exc:
-            return p.result(False, f"{type(exc).__name__}: {str(exc)[:120]}")
+    return run(spec_of(inv, name), timeout=timeout, deep=deep)
+
+
+def run_all(specs: list[ProbeSpec], *, timeout: float = 5.0) -> dict[str, ProbeResult]:
+    """All probes at once: the slowest bounds the total, and each is bounded by timeout."""
+    if not specs:
+        return {}
+    results: dict[str, ProbeResult] = {}
+
+    def one(spec: ProbeSpec) -> None:
+        results[spec.service] = run(spec, timeout=timeout)  # run() returns, never raises
+
+    threads = [threading.Thread(target=one, args=(spec,), daemon=True) for spec in specs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {s.service: results[s.service] for s in specs}
 
 
 def probe_all(inv: Inventory, names: list[str], *, timeout: float = 5.0) -> dict[str, ProbeResult]:
-    """All probes at once: the slowest bounds the total, and each is bounded by timeout."""
-    if not names:
-        return {}
-    with ThreadPoolExecutor(max_workers=len(names)) as pool:
-        futures = {n: pool.submit(probe, inv, n, timeout=timeout) for n in names}
-        return {n: f.result() for n, f in futures.items()}
+    return run_all([spec_of(inv, n) for n in names], timeout=timeout)
 
 
 @dataclass(frozen=True)

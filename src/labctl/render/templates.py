@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-
-import jinja2
+from typing import TYPE_CHECKING
 
 from labctl.render import encode
+
+if TYPE_CHECKING:
+    import jinja2
 
 _PACKAGED = Path(__file__).resolve().parents[1] / "templates"  # labctl/templates
 _CHECKOUT = Path(__file__).resolve().parents[3]  # src/labctl/render/ -> the checkout
@@ -27,6 +29,8 @@ def template_root() -> Path:
 
 @lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
+    import jinja2  # ~25 ms: only a command that renders pays it
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_root())),
         undefined=jinja2.StrictUndefined,  # a typo in a template is an error, not an empty string

@@ -1,0 +1,135 @@
+"""The probes' own HTTP/1.1 over a socket (labctl.ops.probes): what it sends, what it reads,
+and how it fails: refused, hung, torn, chunked, too large."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from labctl.ops import probes
+from labctl.ops.probes import ProbeSpec
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def server() -> Iterator[Callable[[Callable[[socket.socket, bytes], None]], int]]:
+    """A one-shot TCP server: ``serve(answer)`` gives its port; ``answer(conn, request)`` replies."""
+    socks: list[socket.socket] = []
+
+    def serve(answer: Callable[[socket.socket, bytes], None]) -> int:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        socks.append(listener)
+
+        def loop() -> None:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    request += chunk
+                head, _, body = request.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                while len(body) < length:
+                    body += conn.recv(65536)
+                answer(conn, head + b"\r\n\r\n" + body)
+                conn.close()
+
+        threading.Thread(target=loop, daemon=True).start()
+        return listener.getsockname()[1]
+
+    yield serve
+    for s in socks:
+        s.close()
+
+
+def llama(port: int) -> ProbeSpec:
+    return ProbeSpec("native", "llama-server", f"http://127.0.0.1:{port}", models=["native"])
+
+
+def test_a_plain_answer_and_what_was_sent(server) -> None:
+    seen: list[bytes] = []
+
+    def answer(conn: socket.socket, request: bytes) -> None:
+        seen.append(request)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n{\"status\":\"ok\"}trailing junk")
+
+    result = probes.run(llama(server(answer)), timeout=2)
+    assert (result.ok, result.check, result.status, result.detail) == (True, "GET /health", 200, "ready")
+    assert seen[0].startswith(b"GET /health HTTP/1.1\r\n")
+    assert b"\r\nConnection: close\r\n" in seen[0]
+
+
+def test_deep_probe_posts_json_for_one_token(server) -> None:
+    seen: list[bytes] = []
+
+    def answer(conn: socket.socket, request: bytes) -> None:
+        seen.append(request)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+    assert probes.run(llama(server(answer)), timeout=2, deep=True).ok
+    post = seen[1]
+    assert post.startswith(b"POST /v1/completions HTTP/1.1\r\n") and b"Content-Type: application/json" in post
+    assert post.endswith(b'"max_tokens": 1, "temperature": 0}')
+
+
+def test_chunked_answer_is_decoded(server) -> None:
+    def answer(conn: socket.socket, request: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"b\r\n{\"data\": [{\r\n10\r\n\"id\": \"bindings\"\r\n3\r\n}]}\r\n0\r\n\r\n")
+
+    spec = ProbeSpec("bindings", "openai-models", f"http://127.0.0.1:{server(answer)}", models=["bindings"])
+    result = probes.run(spec, timeout=2)
+    assert result.ok, result
+
+
+def test_refused_hung_and_garbled(server) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    refused = probes.run(llama(port), timeout=2)
+    assert (refused.ok, refused.detail) == (False, "connection refused")
+
+    hung = probes.run(llama(server(lambda conn, request: time.sleep(3))), timeout=0.5)
+    assert (hung.ok, hung.detail) == (False, "no answer within 0.5s")
+    assert hung.latency_ms < 1500
+
+    garbled = probes.run(llama(server(lambda conn, request: conn.sendall(b"SSH-2.0-OpenSSH\r\n"))), timeout=2)
+    assert not garbled.ok and garbled.detail.startswith("ValueError: not an HTTP answer")
+
+    torn = probes.run(llama(server(lambda conn, request: None)), timeout=2)  # closed without a word
+    assert not torn.ok and torn.detail.startswith("ValueError")
+
+
+def test_a_503_while_loading(server) -> None:
+    def answer(conn: socket.socket, request: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+
+    result = probes.run(llama(server(answer)), timeout=2)
+    assert (result.ok, result.status, result.detail) == (False, 503, "loading model")
+
+
+@pytest.mark.parametrize("url,split", [
+    ("http://127.0.0.1:8080", ("127.0.0.1", 8080, "/")),
+    ("http://[::1]:8000/v1/models?x=1", ("::1", 8000, "/v1/models?x=1")),
+    ("http://localhost/health", ("localhost", 80, "/health")),
+])
+def test_split(url: str, split: tuple[str, int, str]) -> None:
+    assert probes._split(url) == split
+
+
+def test_only_plain_http() -> None:
+    with pytest.raises(ValueError, match="not a plain http"):
+        probes._split("https://example.com/")
