@@ -14,7 +14,7 @@ Printed per switch: labctl's phases (``model switch --json``: gate+drain, stop, 
 first answer), the systemd Result= of each stop and the SIGKILLs the journal records
 (``State 'stop-sigterm' timed out. Killing.``), each server's load time as seen from the
 host (a watcher polls its readiness URL every 20 ms: from the first refused or 503 answer
-to the first 200), and the client's view: requests sent, failed, answered per backend
+to the first 200; less labctl's stop, that is the load time), and the client's view: requests sent, failed, answered per backend
 (``x-litellm-model-group``), p50/p95/max latency (max over every request, failed ones too).
 The floor of a switch is the new model's load time: the verdict line per switch checks
 0 failed, 0 SIGKILLs and worst latency <= the new model's load time (the slower of the two
@@ -233,11 +233,16 @@ class Watch:
 
 
 def sigkills(stack, service: str, since_realtime: float) -> list[str]:  # type: ignore[no-untyped-def]
-    """The journal's lines that say systemd SIGKILLed the unit's process since then."""
+    """The journal's lines since then that say systemd's stop timed out and it SIGKILLed the
+    unit's processes (counted: the "... with signal SIGKILL" lines, one per process)."""
     out = stack.run("journalctl", "--user", "-u", f"labctl-{service}.service", "--no-pager", "-o", "cat",
                     f"--since=@{int(since_realtime)}", check=False).stdout
     keep = ("timed out. Killing", "Killing process", "Failed with result 'timeout'")
     return [line.strip() for line in out.splitlines() if any(k in line for k in keep)]
+
+
+def kill_count(lines: list[str]) -> int:
+    return sum(1 for line in lines if "SIGKILL" in line)
 
 
 # --- set-up ----------------------------------------------------------------------------------
@@ -317,8 +322,8 @@ def report(runs: list[dict], rate: float, settle: float) -> tuple[str, bool]:
         phase_rows += [row(f"{service}: gate+drain", [dur(r, f"drain {service}") for r in runs]),
                        row(f"{service}: stop", [dur(r, f"stop {service}") for r in runs]),
                        row(f"{service}: stop result", [r["doc"].get("stops", {}).get(service, "-") for r in runs]),
-                       row(f"{service}: SIGKILLs (journal)", [len(r["kills"][service]) for r in runs], 0),
-                       row(f"{service}: load (host watch) *", [r["loads"][service] for r in runs]),
+                       row(f"{service}: SIGKILLs (journal)", [kill_count(r["kills"][service]) for r in runs], 0),
+                       row(f"{service}: down to 200 (host watch) *", [r["loads"][service] for r in runs]),
                        row(f"{service}: start to 1st answer", [dur(r, f"start+ready {service}") for r in runs])]
     phase_rows += [row("total (labctl)", [dur(r, "total") for r in runs]),
                    row("CLI wall (host)", [r["wall"] for r in runs])]
@@ -335,8 +340,11 @@ def report(runs: list[dict], rate: float, settle: float) -> tuple[str, bool]:
 
     verdicts, all_ok = [], True
     for i, (run, view) in enumerate(zip(runs, views)):
-        new_load = max((x for x in run["loads"].values() if x is not None), default=None)
-        kills = sum(len(k) for k in run["kills"].values())
+        # The new model's load time: the host saw the server down until its /health said 200;
+        # less labctl's own stop of it (its exec and load are what is left).
+        loads = [watch - (dur(run, f"stop {svc}") or 0.0) for svc, watch in run["loads"].items() if watch is not None]
+        new_load = max(loads, default=None)
+        kills = sum(kill_count(k) for k in run["kills"].values())
         bound = None if new_load is None else new_load + 1.0
         ok = (run["rc"] == 0 and run["doc"].get("outcome") == "ok" and not view["failed"] and kills == 0
               and view["worst"] is not None and bound is not None and view["worst"] <= bound)
@@ -371,7 +379,7 @@ def report(runs: list[dict], rate: float, settle: float) -> tuple[str, bool]:
                          f"{str(run['doc'].get('stderr', '')).strip()[-500:]}")
     sent = sum(v["sent"] for v in views)
     failed = sum(len(v["failed"]) for v in views)
-    kills = sum(len(k) for r in runs for k in r["kills"].values())
+    kills = sum(kill_count(k) for r in runs for k in r["kills"].values())
     worst = max((v["worst"] for v in views if v["worst"] is not None), default=None)
     totals = [t for t in (dur(r, "total") for r in runs) if t is not None]
     outcomes = [r["doc"].get("outcome") for r in runs]
@@ -434,7 +442,7 @@ def main() -> int:
                          "loads": loads, "kills": kills})
             say(f"  rc {rc}, {doc.get('outcome')}, total {doc.get('durations', {}).get('total')}s; "
                 f"{view['sent']} requests, {len(view['failed'])} failed, worst {fmt(view['worst'])}s; "
-                f"SIGKILLs {sum(len(k) for k in kills.values())}")
+                f"SIGKILLs {sum(kill_count(k) for k in kills.values())}")
             if rc != 0:
                 break  # the link is back on the old model; the alternation would be off
     finally:
