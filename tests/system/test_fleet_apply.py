@@ -276,3 +276,15 @@ def test_testinfra_reaches_every_host_through_the_ansible_inventory(fleet) -> No
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "15 passed" in summary, summary  # 5 checks on each of 3 hosts
     print(f"\ntestinfra over the fleet: {summary}")
+
+
+def test_down_stops_every_host_gateways_first(fleet) -> None:  # type: ignore[no-untyped-def]
+    lab, inventory = fleet
+    rc, report, err, seconds = labctl(lab, "down", "-i", str(inventory))
+    assert rc == 0, json.dumps(report)[-3000:] + err[-2000:]
+    assert report["action"] == "down" and all(r["status"] == "ok" for r in report["hosts"].values())
+    for host, units in UNITS.items():
+        for unit in units:
+            state = lab.machines[host].user_systemctl("is-active", unit, check=False).stdout.strip()
+            assert state in ("inactive", "failed"), (host, unit, state)
+    print(f"\nfleet down: {seconds:.1f}s")

@@ -388,3 +388,25 @@ def test_validate_and_render_a_fleet(tmp_path: Path, capsys) -> None:  # type: i
     assert (out / "gpu-a" / "systemd/user/labctl-llama-a.service").is_file()
     assert (out / "edge" / "labctl/litellm/config.yaml").is_file()
     assert not (out / "edge" / "systemd/user/labctl-llama-a.service").exists()
+
+
+def test_a_run_on_some_hosts_gives_ansible_only_those(tmp_path: Path) -> None:
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels" / f"labctl-{ansible.__version__}-py3-none-any.whl").write_bytes(b"w")
+    loaded = load_inventory(example(tmp_path))
+    state = tmp_path / "fleet-state"
+    run = ansible.prepare(loaded.inventory, loaded.fleet, state, keys.ensure_keys(state, loaded.fleet.keyed),
+                          hosts=["edge"], name="run-up")
+    document = yaml.safe_load((run.path / "hosts.yml").read_text().replace("!unsafe ", ""))
+    assert list(document["all"]["hosts"]) == ["edge"] and run.hosts == ["edge"]
+    assert document["all"]["children"]["labctl_first"]["hosts"] == {}
+    assert list(document["all"]["children"]["labctl_last"]["hosts"]) == ["edge"]
+
+
+def test_an_unknown_host_is_a_usage_error(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from labctl.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["status", "-i", str(example(tmp_path)), "--host", "gpu-z"])
+    assert info.value.code == 2
+    assert "no host named gpu-z" in capsys.readouterr().err
