@@ -4,6 +4,11 @@ Needs root plus the host packages debootstrap and systemd-container. Without the
 skip, except under CI=true, where they fail and say what to install. The rootfs is cached in
 ~/.cache/labctl/sandbox/bookworm-rootfs (LABCTL_SANDBOX_CACHE overrides): the first run
 debootstraps it (about two minutes), later runs boot in about a second.
+
+``fleet_lab`` (per module): three such machines, gpu-a, gpu-b and edge, each in a network
+namespace of its own on a private bridge network with a controller namespace
+(tests/system/fleetlab.py); ``fleet_wheelhouse`` (per session): labctl and its dependencies
+as wheels for the machines' offline pip.
 """
 
 from __future__ import annotations
@@ -61,6 +66,49 @@ def machine(sandbox_rootfs: Path):
     finally:
         m.shutdown()
         _timings.update({f"machine {k}": v for k, v in m.timings.items()})
+
+
+#: The fleet_lab fixture's machines, in order (addresses .11, .12, .13 of the lab's CIDR).
+FLEET = ("gpu-a", "gpu-b", "edge")
+
+
+@pytest.fixture(scope="module")
+def fleet_lab(sandbox_rootfs: Path):
+    """Three booted machines on a private network with a controller namespace
+    (tests/system/fleetlab.py); torn down at the end of the module, on failure and on Ctrl-C."""
+    import shutil
+
+    import fleetlab
+
+    for tool in ("ip", "ssh"):
+        if shutil.which(tool) is None:
+            _unavailable(f"missing {tool}: {fleetlab.HOST_HINT}")
+    if not fleetlab.TOOLS_DIR.is_dir():
+        _unavailable(f"{fleetlab.TOOLS_DIR} is missing: run scripts/bootstrap.sh")
+    lab = fleetlab.FleetLab(FLEET, rootfs=sandbox_rootfs)
+    lab.start()  # on any failure it tears down what it made, then raises
+    try:
+        yield lab
+    finally:
+        try:
+            lab.close()
+        finally:
+            _timings.update({f"fleet {k}": v for k, v in lab.timings.items()})
+
+
+@pytest.fixture(scope="session")
+def fleet_wheelhouse():
+    """labctl and its dependencies as wheels for the machines' Python (fleetlab.build_wheelhouse),
+    cached in ~/.cache/labctl/fleet/wheels."""
+    import fleetlab
+
+    python = fleetlab.wheelhouse_python()
+    if not python.exists():
+        _unavailable(f"{python} is missing: run scripts/bootstrap.sh")
+    wheels = fleetlab.build_wheelhouse()
+    what = "built" if wheels.built else "cache hit"
+    _timings[f"fleet wheelhouse ({what})"] = wheels.seconds
+    return wheels
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
