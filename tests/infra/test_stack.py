@@ -3,6 +3,10 @@
 The machine is a booted systemd (systemd-nspawn) reached over SSH with paramiko, as an
 operator's CI would reach a real host. testinfra's host.service() asks only the *system*
 manager, so user units are queried with `systemctl --user -M labuser@`.
+
+The VM tier runs this same suite against a qemu VM: tests/vm/test_vm_infra.py collects every
+test here and the ``host`` fixture, and there ``demo_stack`` is the VM's stack (anything with
+``name`` and ``ssh_config()`` as its machine works). Keep the checks free of nspawn specifics.
 """
 
 from __future__ import annotations
