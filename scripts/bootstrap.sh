@@ -38,6 +38,8 @@ APT_PACKAGES=(
   docker.io               # a real Docker engine for the monitoring compose tests
   iproute2 procps curl ca-certificates
   redis-server prometheus-redis-exporter   # kind: redis and redis-exporter, tested for real
+  qemu-system-x86 qemu-utils   # the VM tier (tests/vm): TCG, a qcow2 overlay per boot
+  openssh-client          # the VM tier reaches its guest over ssh
 )
 [[ $MODE == demo ]] && APT_PACKAGES=("${DEMO_APT_PACKAGES[@]}")
 missing=()
