@@ -133,3 +133,51 @@ def test_split(url: str, split: tuple[str, int, str]) -> None:
 def test_only_plain_http() -> None:
     with pytest.raises(ValueError, match="not a plain http"):
         probes._split("https://example.com/")
+
+
+def test_redis_auth_and_ping_on_one_connection(tmp_path) -> None:
+    seen: list[bytes] = []
+    env = tmp_path / "redis.env"
+    env.write_text("REDIS_PASSWORD=s3cret\n")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def once() -> None:
+        conn, _ = listener.accept()
+        data = b""
+        while data.count(b"\r\n") < 8:  # AUTH (5 lines) and PING (3 lines)
+            data += conn.recv(4096)
+        seen.append(data)
+        conn.sendall(b"+OK\r\n+PONG\r\n")
+        conn.close()
+
+    threading.Thread(target=once, daemon=True).start()
+    spec = ProbeSpec("cache", "redis", host="127.0.0.1", port=listener.getsockname()[1],
+                     key=probes.Secret(str(env), "REDIS_PASSWORD"))
+    result = probes.run(spec, timeout=2)
+    listener.close()
+    assert (result.ok, result.check, result.detail) == (True, "AUTH + PING", "ready")
+    assert seen == [b"*2\r\n$4\r\nAUTH\r\n$6\r\ns3cret\r\n*1\r\n$4\r\nPING\r\n"]
+
+
+def test_probes_run_at_once_each_bounded(server) -> None:
+    """Three hung backends cost one timeout, not three."""
+    hung = [server(lambda conn, request: time.sleep(3)) for _ in range(3)]
+    started = time.monotonic()
+    results = probes.run_all([ProbeSpec(f"s{i}", "llama-server", f"http://127.0.0.1:{p}") for i, p in enumerate(hung)],
+                             timeout=0.5)
+    assert time.monotonic() - started < 1.5
+    assert list(results) == ["s0", "s1", "s2"]
+    assert all(r.detail == "no answer within 0.5s" for r in results.values())
+
+
+def test_a_thread_hands_back_its_result_or_its_exception() -> None:
+    assert probes.in_thread(lambda: 42)() == 42
+
+    def boom() -> None:
+        raise KeyError("in the thread")
+
+    wait = probes.in_thread(boom)
+    with pytest.raises(KeyError, match="in the thread"):
+        wait()

@@ -16,23 +16,129 @@ its email parser) for a few loopback GETs.
 
 from __future__ import annotations
 
-import functools
-import json
-import socket
-import threading
+import _thread
+import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
 
+try:
+    import _socket as socket  # socket's C half: what a loopback GET needs, without socket.py's enum and selectors
+except ImportError:  # an interpreter without it
+    import socket  # type: ignore[no-redef]
+
+TYPE_CHECKING = False  # typing's own constant costs its import (~3 ms); type checkers read this one alike
 if TYPE_CHECKING:
     import ssl
+    from collections.abc import Callable
+    from typing import Any
 
     from labctl.inventory.schema import Inventory, LiteLLM
 
+# `labctl status` from its snapshot (labctl.__main__) imports this module, so it imports only
+# builtins at the top: no dataclasses (~8 ms with inspect, ast, dis), typing, functools,
+# threading, socket.py or json; json is imported by the probes that read a JSON answer.
 
-@dataclass(frozen=True)
-class ProbeResult:
+
+class Record:
+    """A frozen record: ``__slots__`` fields in order, defaults (``_defaults``: a value, or
+    in ``_factories`` a callable that makes a fresh one), equality and repr by value, and
+    :meth:`as_dict` as ``dataclasses.asdict`` gives it. What ``@dataclass(frozen=True)``
+    gave these classes, without importing dataclasses."""
+
+    __slots__: tuple[str, ...] = ()
+    _defaults: dict[str, object] = {}
+    _factories: dict[str, Callable[[], object]] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        fields = self.__slots__
+        if len(args) > len(fields):
+            raise TypeError(f"{type(self).__name__}() takes {len(fields)} arguments, {len(args)} given")
+        values = dict(zip(fields, args))
+        for name, value in kwargs.items():
+            if name not in fields or name in values:
+                raise TypeError(f"{type(self).__name__}() got an unexpected or repeated argument {name!r}")
+            values[name] = value
+        for name in fields:
+            if name in values:
+                value = values[name]
+            elif name in self._factories:
+                value = self._factories[name]()
+            elif name in self._defaults:
+                value = self._defaults[name]
+            else:
+                raise TypeError(f"{type(self).__name__}() missing argument {name!r}")
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}: {type(self).__name__} is frozen")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}: {type(self).__name__} is frozen")
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self.__slots__)})"
+
+    def fields(self) -> dict[str, object]:
+        """The fields as ``dataclasses.asdict`` gives them: nested records as dicts, lists,
+        tuples and dicts copied."""
+        return {name: _plain(getattr(self, name)) for name in self.__slots__}
+
+    def as_dict(self) -> dict[str, object]:
+        return self.fields()
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, Record):
+        return value.fields()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def in_thread(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """Run ``fn`` in a thread now; the returned call waits for its result (or raises its
+    exception). ``_thread``, a builtin: threading and concurrent.futures cost the snapshot
+    path their imports. Like a daemon thread, it does not hold up the interpreter's exit."""
+    box: list[Any] = []
+    done = _thread.allocate_lock()
+    done.acquire()
+
+    def target() -> None:
+        try:
+            box.append((True, fn()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
+            box.append((False, exc))
+        finally:
+            done.release()
+
+    _thread.start_new_thread(target, ())
+
+    def result() -> Any:
+        with done:
+            ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+    return result
+
+
+class ProbeResult(Record):
+    __slots__ = ("service", "ok", "check", "status", "latency_ms", "detail")
     service: str
     ok: bool
     check: str        # what was asked, e.g. "GET /health"
@@ -40,51 +146,65 @@ class ProbeResult:
     latency_ms: float
     detail: str       # one line: "ready", "loading model", "connection refused", ...
 
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
-
 
 class ProbeTimeout(Exception):
     """The probe's deadline passed (or a read timed out within it)."""
 
 
-@dataclass(frozen=True)
-class Secret:
+def env_file_values(text: str) -> dict[str, str]:
+    """``VAR=value`` lines as labctl.host.secrets.read_env_file reads them (a test holds the
+    two alike): that module's imports (secrets, pathlib, tempfile) cost the snapshot path."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[key.strip()] = value
+    return out
+
+
+class Secret(Record):
     """Where a probe finds a key when it runs: an env file (or None: labctl's own
     environment) and the variable. The value itself is never part of a plan."""
 
+    __slots__ = ("env_file", "variable")
     env_file: str | None
     variable: str
 
     def value(self) -> str | None:
-        from pathlib import Path
-
-        from labctl.host import secrets
-
+        """labctl.host.secrets.env_or_file's answer: the file's value (None when the file
+        is missing or unreadable), else this process' environment's."""
+        if self.env_file is None:
+            return os.environ.get(self.variable)
         try:
-            return secrets.env_or_file(Path(self.env_file) if self.env_file else None, self.variable)
+            with open(self.env_file, encoding="utf-8") as fh:
+                text = fh.read()
         except (OSError, UnicodeError):
             return None
+        return env_file_values(text).get(self.variable)
 
 
-@dataclass(frozen=True)
-class ProbeSpec:
+class ProbeSpec(Record):
     """One service's probe, planned from the inventory: JSON-able, no secret values.
 
     ``recipe``: llama-server, openai-models (llama-cpp-python), vllm, ollama, external
     (an OpenAI-compatible server labctl does not run), litellm, redis, redis-exporter, or
     ``none:KIND`` (no probe for that kind)."""
 
+    __slots__ = ("service", "recipe", "url", "host", "port", "models", "key")
     service: str
     recipe: str
-    url: str = ""                  # base URL (redis: unused)
-    host: str = ""                 # redis: the address to reach it on
-    port: int = 0
-    models: list[str] = field(default_factory=list)  # names it must serve (litellm: routes and aliases)
-    key: Secret | None = None      # a keyed backend's API key, the gateway's master key, Redis's password
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+    url: str                  # base URL (redis: unused)
+    host: str                 # redis: the address to reach it on
+    port: int
+    models: list[str]         # names it must serve (litellm: routes and aliases)
+    key: Secret | None        # a keyed backend's API key, the gateway's master key, Redis's password
+    _defaults = {"url": "", "host": "", "port": 0, "key": None}
+    _factories = {"models": list}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProbeSpec:
@@ -101,6 +221,8 @@ class _Response:
         return self._body.decode("utf-8", errors="replace")
 
     def json(self) -> Any:
+        import json  # only the probes that read a JSON answer pay it
+
         return json.loads(self._body)
 
 
@@ -123,7 +245,7 @@ def _split(url: str) -> tuple[str, int, str]:
 def _connect(host: str, port: int, timeout: float) -> socket.socket:
     """A TCP connection; the host as bytes, so an address needs no IDNA codec (~4 ms to import)."""
     last: OSError = ConnectionRefusedError("no address")
-    for family, kind, proto, _, addr in socket.getaddrinfo(host.encode("ascii"), port, type=socket.SOCK_STREAM):
+    for family, kind, proto, _, addr in socket.getaddrinfo(host.encode("ascii"), port, 0, socket.SOCK_STREAM):
         sock = socket.socket(family, kind, proto)
         sock.settimeout(timeout)
         try:
@@ -183,7 +305,12 @@ class _Probe:
     def _request(self, method: str, url: str, headers: dict[str, str] | None, body: object) -> _Response:
         host, port, path = _split(url)
         self.check = f"{method} {path.split('?', 1)[0]}"
-        data = b"" if body is None else json.dumps(body).encode()
+        if body is None:
+            data = b""
+        else:
+            import json  # a deep probe's POST only
+
+            data = json.dumps(body).encode()
         sent = {**self.headers, **(headers or {})}
         if body is not None:
             sent["Content-Type"] = "application/json"
@@ -229,15 +356,19 @@ class _Probe:
         return ProbeResult(self.name, ok, self.check, self.status, ms, detail)
 
 
-@functools.lru_cache(maxsize=1)
+_TLS: list[ssl.SSLContext] = []
+
+
 def plain_http_tls() -> ssl.SSLContext:
     """``verify=`` for an httpx client that only ever asks plain ``http://`` URLs (vLLM's
     metrics, a remote endpoint's reachability). By default each client loads the CA bundle,
     ~20 ms of CPU per client; this context loads none and keeps verification on, so an
     https URL would fail its handshake, never pass unverified."""
-    import ssl
+    if not _TLS:  # two threads may both make one: either will do
+        import ssl
 
-    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        _TLS.append(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+    return _TLS[0]
 
 
 def _secret_ref(inv: Inventory, ref: Any) -> Secret:
@@ -331,7 +462,8 @@ def _redis_ping(spec: ProbeSpec, p: _Probe) -> ProbeResult:
     blob = password.encode()
     command = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n*1\r\n$4\r\nPING\r\n" % (len(blob), blob)
     try:
-        with socket.create_connection((spec.host, spec.port), timeout=p._left()) as conn:
+        conn = _connect(spec.host, spec.port, p._left())
+        try:
             conn.settimeout(p._left())
             conn.sendall(command)
             answer = b""
@@ -340,6 +472,8 @@ def _redis_ping(spec: ProbeSpec, p: _Probe) -> ProbeResult:
                 if not chunk:
                     break
                 answer += chunk
+        finally:
+            conn.close()
     except ConnectionRefusedError:
         return p.result(False, "connection refused")
     except TimeoutError:
@@ -436,29 +570,25 @@ def probe(inv: Inventory, name: str, *, timeout: float = 5.0, deep: bool = False
     return run(spec_of(inv, name), timeout=timeout, deep=deep)
 
 
+def start_all(specs: list[ProbeSpec], *, timeout: float = 5.0) -> Callable[[], dict[str, ProbeResult]]:
+    """Start every probe now, each in its own thread; the returned call waits for them all
+    (the slowest bounds the total, and each is bounded by timeout). The caller does its own
+    waiting meanwhile (status: ``systemctl --user show``)."""
+    waits = [(spec.service, in_thread(lambda spec=spec: run(spec, timeout=timeout))) for spec in specs]
+    return lambda: {service: wait() for service, wait in waits}
+
+
 def run_all(specs: list[ProbeSpec], *, timeout: float = 5.0) -> dict[str, ProbeResult]:
     """All probes at once: the slowest bounds the total, and each is bounded by timeout."""
-    if not specs:
-        return {}
-    results: dict[str, ProbeResult] = {}
-
-    def one(spec: ProbeSpec) -> None:
-        results[spec.service] = run(spec, timeout=timeout)  # run() returns, never raises
-
-    threads = [threading.Thread(target=one, args=(spec,), daemon=True) for spec in specs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return {s.service: results[s.service] for s in specs}
+    return start_all(specs, timeout=timeout)()
 
 
 def probe_all(inv: Inventory, names: list[str], *, timeout: float = 5.0) -> dict[str, ProbeResult]:
     return run_all([spec_of(inv, n) for n in names], timeout=timeout)
 
 
-@dataclass(frozen=True)
-class Readiness:
+class Readiness(Record):
+    __slots__ = ("service", "ready", "seconds", "last", "reason")
     service: str
     ready: bool
     seconds: float
