@@ -6,9 +6,12 @@ Base layer: it formats any object shaped like labctl.ops.status.StatusReport.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing's own constant costs its import; type checkers read this one alike
+if TYPE_CHECKING:
+    from typing import Any
 
-from labctl.text import fold, shown
+# Imported by the snapshot path: no re, textwrap or typing at the top. labctl.text's shown()
+# and fold() are called only for text they would change (a test holds the two alike).
 
 
 def mib(value: int | None) -> str:
@@ -26,8 +29,57 @@ def uptime(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def shown(text: str) -> str:
+    """labctl.text.shown: text that is all printable (no control, separator, bidi or
+    surrogate character: the common case) is shown as it is, without importing re."""
+    if text.isprintable():
+        return text
+    from labctl.text import shown as escaped
+
+    return escaped(text)
+
+
 def _fold(text: str, width: int, indent: str = "", more: str = "") -> list[str]:
-    return fold(text, width, indent, more)
+    """labctl.text.fold (textwrap, breaking only at spaces) for printable text, whose only
+    blank is the space (every other is a control or separator): the same greedy lines,
+    without importing textwrap and re."""
+    if not text.isprintable():
+        from labctl.text import fold
+
+        return fold(text, width, indent, more)
+    width = max(width, 20)
+    # textwrap's chunks: words and runs of spaces, in order.
+    chunks: list[str] = []
+    i = 0
+    while i < len(text):
+        j = i
+        if text[i] == " ":
+            while j < len(text) and text[j] == " ":
+                j += 1
+        else:
+            while j < len(text) and text[j] != " ":
+                j += 1
+        chunks.append(text[i:j])
+        i = j
+    chunks.reverse()
+    lines: list[str] = []
+    while chunks:
+        prefix = more if lines else indent
+        room = width - len(prefix)
+        if chunks[-1][0] == " " and lines:  # a line after the first starts at a word
+            chunks.pop()
+        line: list[str] = []
+        size = 0
+        while chunks and size + len(chunks[-1]) <= room:
+            size += len(chunks[-1])
+            line.append(chunks.pop())
+        if chunks and len(chunks[-1]) > room and not line:
+            line.append(chunks.pop())  # a word longer than a line: a line of its own, whole
+        if line and line[-1][0] == " ":
+            line.pop()
+        if line:
+            lines.append(prefix + "".join(line))
+    return lines or [indent.rstrip()]
 
 
 def status_lines(report: Any, width: int = 80) -> list[str]:

@@ -2,7 +2,8 @@
 
 Each case runs labctl in a fresh interpreter and lists the modules it imported. What a
 help page or `version` must not pull in: pydantic (~60-90 ms), jinja2, httpx, yaml, rich's
-tables, markdown and typer's rich help formatter.
+tables, markdown and typer's rich help formatter. What `labctl status` from its snapshot must
+not pull in: see LEAN_OUT below.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +75,67 @@ def test_every_command_group_uses_the_plain_help_formatter() -> None:
     groups = [app, *(g.typer_instance for g in app.registered_groups)]
     assert len(groups) > 1
     assert [g.info.name or "labctl" for g in groups if g.rich_markup_mode is not None] == []
+
+
+# --- `labctl status` from its snapshot (labctl.__main__): builtins, its own modules, little else
+
+# What the snapshot path keeps out (each a measured cost on top of the interpreter's start):
+# dataclasses (inspect, ast, dis, tokenize), typing, hashlib (OpenSSL), subprocess (signal,
+# selectors, threading), socket.py (enum, selectors), threading, logging, textwrap, pathlib,
+# and labctl's modules that bring them (its host layer, labctl.text). json and re too, as
+# long as no probe has a JSON answer to read (llama-server's /health) and --json is not asked.
+LEAN_OUT = ("dataclasses", "inspect", "typing", "hashlib", "_hashlib", "subprocess", "socket", "selectors",
+            "threading", "logging", "textwrap", "pathlib", "labctl.text", "labctl.host", "labctl.fsio")
+NO_JSON_OUT = ("json", "re", "enum", "functools", "collections")
+
+
+def fast_status(tmp_path: Path, kinds: dict[str, str], *args: str, prelude: str = "") -> tuple[str, set[str]]:
+    """``labctl status`` of an inventory of stand-in servers (``kinds``: name -> kind), from its
+    snapshot (a stand-in systemctl answering): (stdout, modules imported)."""
+    from test_status_snapshot import serve, systemctl_path
+    from test_status_snapshot import labctl as run_status
+
+    servers = serve(kinds)
+    try:
+        rows = "\n".join(f"  {n}: {{kind: {k}, binary: /bin/true, port: {s.server_address[1]}, alias: {n}, "
+                         f"n_gpu_layers: 0}}" if k == "llama-server" else
+                         f"  {n}: {{kind: {k}, runtime: {{python: {sys.executable}}}, port: {s.server_address[1]}, "
+                         f"alias: {n}, n_gpu_layers: 0}}" for (n, k), s in zip(kinds.items(), servers.values()))
+        inventory = tmp_path / "inventory.yaml"
+        inventory.write_text(f"version: 1\nhost: {{user: labuser, gpu: false, home: {tmp_path}/home, "
+                             f"models_dir: {tmp_path}/home/models}}\nservices:\n{rows}\nmonitoring: {{enabled: false}}\n")
+        env = {"PATH": systemctl_path(tmp_path, "answers"), "HOME": str(tmp_path / "me"), "COLUMNS": "80"}
+        code, _, _ = run_status(inventory, snapshot=False, env=env)  # the full CLI keeps the snapshot
+        assert code == 0
+        code, out, modules = run_status(inventory, *args, snapshot=True, env=env, prelude=prelude)
+        assert code == 0, out
+    finally:
+        for s in servers.values():
+            s.shutdown()
+    assert "labctl.ops.status" in modules and "labctl.cli" not in modules  # it ran from the snapshot
+    return out, set(modules)
+
+
+def found(modules: set[str], names: tuple[str, ...]) -> list[str]:
+    """The modules that are one of ``names`` or inside one."""
+    return sorted(m for m in modules if any(m == n or m.startswith(n + ".") for n in names))
+
+
+def test_status_from_its_snapshot_imports_only_builtins_and_its_own(tmp_path: Path) -> None:
+    out, modules = fast_status(tmp_path, {"native": "llama-server"})
+    assert out.startswith("labctl status (") and "ok  native (llama-server) active/running" in out
+    assert found(modules, LEAN_OUT + NO_JSON_OUT) == []
+
+
+def test_status_reads_json_answers_with_json_and_nothing_else_heavy(tmp_path: Path) -> None:
+    """A llama-cpp-python probe reads /v1/models: json is imported for it (and --json), only."""
+    out, modules = fast_status(tmp_path, {"native": "llama-server", "bindings": "llama-cpp-python"}, "--json")
+    assert '"healthy": true' in out and "json" in modules
+    assert found(modules, LEAN_OUT) == []
+
+
+def test_the_snapshot_check_sees_what_a_prelude_imports(tmp_path: Path) -> None:
+    """Control: the same harness reports a lean module that something imported."""
+    _, modules = fast_status(tmp_path, {"native": "llama-server"},
+                             prelude="import dataclasses, json, subprocess, socket, labctl.text")
+    assert {"dataclasses", "json", "re", "subprocess", "socket", "labctl.text"} <= set(found(modules, LEAN_OUT + NO_JSON_OUT))

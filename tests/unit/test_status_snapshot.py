@@ -1,15 +1,29 @@
 """`labctl status` from its snapshot (labctl.__main__, labctl.ops.status): the same answer
-as the full CLI, made without importing typer, pydantic, yaml, jinja2, httpx or rich, and
-never from a stale plan (the inventory's bytes, labctl's files, the environment)."""
+as the full CLI, made without importing typer, pydantic, yaml, jinja2, httpx or rich (nor
+dataclasses, typing, hashlib, subprocess, socket.py or threading: test_lazy_imports), and
+never from a stale, foreign or damaged plan (the inventory's bytes, labctl's files, the
+environment, the file's owner and shape).
+
+The services are stand-in HTTP servers and ``systemctl`` is a stand-in script on PATH
+(answering ``show`` as a user manager with the units running does, failing as one with no
+bus does, or missing): both paths spawn the same one. Real systemd and the real servers
+are bench/startup.py --machine's, which compares the two outputs on a booted machine."""
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
+import marshal
 import os
+import random
+import re
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -59,14 +73,52 @@ class Stub(BaseHTTPRequestHandler):
         return self.answer(404, {"error": self.path})
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Path]:
-    """A CPU-demo-like inventory whose three services answer (stand-in HTTP servers)."""
+# A stand-in for `systemctl --user show --property=... UNIT...`: one block per labctl unit,
+# as a user manager with them running prints it (no ActiveEnterTimestampMonotonic: the
+# uptime would differ between two runs).
+SYSTEMCTL_ANSWERS = r"""#!/bin/sh
+[ "$1 $2" = "--user show" ] || { echo "stand-in: only --user show" >&2; exit 64; }
+for unit in "$@"; do
+  case "$unit" in labctl-*)
+    printf 'Id=%s\nLoadState=loaded\nActiveState=active\nSubState=running\nUnitFileState=enabled\n' "$unit"
+    printf 'NRestarts=2\nMainPID=4242\nMemoryCurrent=536870912\nResult=success\nExecMainStatus=0\n'
+    printf 'NeedDaemonReload=no\nDropInPaths=/home/me/.config/systemd/user/%s.d/50-op.conf\n\n' "$unit"
+  esac
+done
+"""
+SYSTEMCTL_NO_BUS = """#!/bin/sh
+echo "Failed to connect to bus: No medium found" >&2
+exit 1
+"""
+
+
+def systemctl_path(tmp_path: Path, behaviour: str) -> str:
+    """A PATH whose ``systemctl`` answers, fails (no bus) or is missing (``behaviour``; the
+    stand-in's printf and echo are the shell's own)."""
+    bindir = tmp_path / f"bin-{behaviour}"
+    bindir.mkdir(exist_ok=True)
+    if behaviour == "missing":
+        return str(bindir)
+    script = bindir / "systemctl"
+    script.write_text(SYSTEMCTL_ANSWERS if behaviour == "answers" else SYSTEMCTL_NO_BUS)
+    script.chmod(0o755)
+    return f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+
+
+def serve(kinds: dict[str, str]) -> dict[str, ThreadingHTTPServer]:
+    """Stand-in servers, one per service name, answering as its kind's probe expects."""
     servers = {}
-    for name, kind in (("native", "llama-server"), ("bindings", "llama-cpp-python"), ("gateway", "litellm")):
+    for name, kind in kinds.items():
         handler = type(f"Stub_{name}", (Stub,), {"kind": kind})
         servers[name] = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
         threading.Thread(target=servers[name].serve_forever, daemon=True).start()
+    return servers
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Path]:
+    """A CPU-demo-like inventory whose three services answer (stand-in HTTP servers)."""
+    servers = serve({"native": "llama-server", "bindings": "llama-cpp-python", "gateway": "litellm"})
     home = tmp_path / "home"
     secrets = home / ".config" / "labctl" / "secrets"
     secrets.mkdir(parents=True)
@@ -93,17 +145,21 @@ monitoring: {{enabled: false}}
         s.shutdown()
 
 
-def labctl(inventory: Path, *args: str, snapshot: bool, env: dict[str, str]) -> tuple[int, str, list[str]]:
-    """``labctl status -i INV ARGS`` in a fresh interpreter: (exit code, stdout, modules it imported)."""
-    code = ("import atexit, json, sys\n"
-            "atexit.register(lambda: sys.stderr.write('\\nMODULES ' + json.dumps(sorted(sys.modules)) + '\\n'))\n"
-            "sys.argv = ['labctl', *json.loads(sys.argv[1])]\n"
+def labctl(inventory: Path, *args: str, snapshot: bool, env: dict[str, str],
+           prelude: str = "") -> tuple[int, str, list[str]]:
+    """``labctl status -i INV ARGS`` in a fresh interpreter: (exit code, stdout, modules it
+    imported). The harness itself imports nothing but atexit (a builtin), then ``prelude``."""
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: sys.stderr.write('\\nMODULES ' + repr(sorted(sys.modules)) + '\\n'))\n"
+            f"{prelude}\n"
+            "sys.argv = ['labctl', *sys.argv[1:]]\n"
             "from labctl.__main__ import main\n"
             "main()\n")
     run_env = {**env, **({} if snapshot else {"LABCTL_NO_SNAPSHOT": "1"})}
-    res = subprocess.run([sys.executable, "-c", code, json.dumps(["status", "-i", str(inventory), *args])],
+    res = subprocess.run([sys.executable, "-c", code, "status", "-i", str(inventory), *args],
                          capture_output=True, text=True, timeout=60, check=False, env=run_env)
-    modules = json.loads(res.stderr.rsplit("MODULES ", 1)[1])
+    assert "MODULES " in res.stderr, res.stderr[-2000:]
+    modules = ast.literal_eval(res.stderr.rsplit("MODULES ", 1)[1].strip())
     return res.returncode, res.stdout, modules
 
 
@@ -115,60 +171,153 @@ def same_report(text: str) -> dict:
     return doc
 
 
+def timeless(text: str) -> list[str]:
+    return [re.sub(r"\(\d+\.\d+s\)|\d+ms", "T", line) for line in text.splitlines()]
+
+
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path / "me"), "COLUMNS": "80"}
+    return {"PATH": systemctl_path(tmp_path, "answers"), "HOME": str(tmp_path / "me"), "COLUMNS": "80"}
 
 
-def test_the_snapshot_answers_as_the_full_cli_without_the_heavy_imports(stack: Path, env: dict[str, str]) -> None:
+HEAVY = ("typer", "pydantic", "yaml", "jinja2", "httpx", "rich")
+
+
+@pytest.mark.parametrize("systemctl", ["answers", "fails", "missing"])
+def test_the_snapshot_answers_as_the_full_cli_without_the_heavy_imports(
+        stack: Path, env: dict[str, str], tmp_path: Path, systemctl: str) -> None:
+    env = {**env, "PATH": systemctl_path(tmp_path, systemctl)}
     rc_full, full, full_modules = labctl(stack, "--json", snapshot=False, env=env)
     assert "typer" in full_modules and "pydantic" in full_modules  # the full CLI: it parsed the inventory
     rc_fast, fast, fast_modules = labctl(stack, "--json", snapshot=True, env=env)
+    assert "labctl.ops.status" in fast_modules and "labctl.cli" not in fast_modules  # it took the fast path
     assert rc_fast == rc_full
     assert same_report(fast) == same_report(full)
-    probes = {s["service"]: s["probe"] for s in json.loads(fast)["services"]}
+    doc = json.loads(fast)
+    probes = {s["service"]: s["probe"] for s in doc["services"]}
     assert all(p["ok"] for p in probes.values()), probes  # the stand-ins answered every probe
     assert probes["gateway"]["check"] == "GET /v1/models"
-    heavy = [m for m in fast_modules if m.split(".")[0] in ("typer", "pydantic", "yaml", "jinja2", "httpx", "rich")
+    native = next(s for s in doc["services"] if s["service"] == "native")
+    if systemctl == "answers":  # the facts came through: state, PID, memory, restarts, drop-ins
+        assert (rc_fast, doc["note"], native["active_state"], native["main_pid"], native["memory_bytes"]) == (
+            0, "", "active", 4242, 512 * 2**20)
+        assert native["n_restarts"] == 2 and native["drop_ins"] == [
+            "/home/me/.config/systemd/user/labctl-native.service.d/50-op.conf"]
+    else:  # the same note, made the same way
+        assert rc_fast == 1 and native["active_state"] == "unknown"
+        assert doc["note"] == ("unit states unavailable: cannot run systemctl: No such file or directory"
+                               if systemctl == "missing" else "unit states unavailable: systemctl --user show "
+                               "--property=Id,LoadState,ActiveState,SubState,UnitFileState,NRestarts,MainPID,"
+                               "MemoryCurrent,ActiveEnterTimestamp,ActiveEnterTimestampMon... exited 1: "
+                               "Failed to connect to bus: No medium found")
+    heavy = [m for m in fast_modules if m.split(".")[0] in HEAVY
              or m in ("labctl.cli", "labctl.inventory.schema", "labctl.inventory.load")]
     assert heavy == []
     # The text form, too.
     _, full_text, _ = labctl(stack, snapshot=False, env=env)
     _, fast_text, fast_text_modules = labctl(stack, snapshot=True, env=env)
-    assert "labctl.cli" not in fast_text_modules
-
-    def timeless(text: str) -> list[str]:
-        import re
-
-        return [re.sub(r"\(\d+\.\d+s\)|\d+ms", "T", line) for line in text.splitlines()]
-
+    assert "labctl.cli" not in fast_text_modules and "labctl.ops.status" in fast_text_modules
     assert timeless(fast_text) == timeless(full_text)
+    assert "ok  native (llama-server) " in fast_text if systemctl == "answers" else "BAD native" in fast_text
 
 
 def test_the_snapshot_keeps_no_secret(stack: Path, env: dict[str, str]) -> None:
     labctl(stack, snapshot=False, env=env)
     (snapshot,) = (Path(env["HOME"]) / ".cache" / "labctl" / "status").iterdir()
-    assert KEY not in snapshot.read_text()
+    data = snapshot.read_bytes()
+    assert data.startswith(status.SNAPSHOT_MAGIC)
+    assert KEY.encode() not in data and KEY.encode("utf-16-le") not in data
     assert oct(snapshot.stat().st_mode & 0o777) == "0o600"
 
 
-@pytest.mark.parametrize("change", ["inventory", "code", "environment", "torn"])
-def test_a_stale_or_torn_snapshot_is_never_used(stack: Path, change: str, monkeypatch, tmp_path: Path) -> None:
+@pytest.fixture
+def saved(stack: Path, monkeypatch, tmp_path: Path) -> Path:
+    """The snapshot of ``stack``, as the full CLI keeps it; its path."""
     monkeypatch.setenv("HOME", str(tmp_path / "me"))
     from labctl.inventory.load import load_inventory
 
     status.save_snapshot(stack, status.plan_of(load_inventory(stack).inventory))
     assert status.load_snapshot(stack) is not None
+    (path,) = (tmp_path / "me" / ".cache" / "labctl" / "status").iterdir()
+    return path
+
+
+@pytest.mark.parametrize("change", ["inventory", "code", "environment", "torn", "group-writable", "json"])
+def test_a_stale_or_torn_snapshot_is_never_used(stack: Path, saved: Path, change: str, monkeypatch) -> None:
     if change == "inventory":
         stack.write_text(stack.read_text() + "# a comment changes the bytes\n")
     elif change == "code":
         monkeypatch.setattr(status, "_code_stamp", lambda: "another labctl")
     elif change == "environment":
         monkeypatch.setenv("LABCTL_SOMETHING", "new")
-    else:
-        path = next((tmp_path / "me" / ".cache" / "labctl" / "status").iterdir())
-        path.write_text(path.read_text()[:100])
+    elif change == "torn":
+        saved.write_bytes(saved.read_bytes()[:100])
+    elif change == "group-writable":
+        saved.chmod(0o620)
+    else:  # the JSON snapshot of an earlier labctl, under the new name
+        saved.write_text(json.dumps({"key": status.snapshot_key(stack), "plan": {}}))
     assert status.load_snapshot(stack) is None
+
+
+def test_a_damaged_snapshot_is_never_used(stack: Path, saved: Path) -> None:
+    """Any byte changed, or the file cut anywhere: the checksum says so; nothing raises."""
+    good = saved.read_bytes()
+    rng = random.Random(13)
+    positions = sorted(set(rng.sample(range(len(good)), 60)) | {0, len(status.SNAPSHOT_MAGIC) + 3, len(good) - 1})
+    for pos in positions:
+        saved.write_bytes(good[:pos] + bytes([good[pos] ^ (1 << rng.randrange(8))]) + good[pos + 1:])
+        assert status.load_snapshot(stack) is None, pos
+        saved.write_bytes(good[:pos])
+        assert status.load_snapshot(stack) is None, pos
+    saved.write_bytes(good)
+    assert status.load_snapshot(stack) is not None  # control: the intact file is used
+
+
+def reseal(path: Path, doc: object) -> None:
+    """``doc`` written as a snapshot with a valid checksum: only its shape can refuse it."""
+    payload = marshal.dumps(doc, 2)
+    path.write_bytes(status.SNAPSHOT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+
+
+def test_a_snapshot_of_another_shape_is_never_used(stack: Path, saved: Path) -> None:
+    payload = saved.read_bytes().partition(b"\n")[2]
+    doc = marshal.loads(payload)
+    reseal(saved, doc)
+    assert status.load_snapshot(stack) == doc["plan"]  # control: resealing keeps a good one good
+
+    def changed(edit) -> object:  # type: ignore[no-untyped-def]
+        copy = marshal.loads(payload)
+        edit(copy["plan"])
+        return copy
+
+    native = next(i for i, r in enumerate(doc["plan"]["services"]) if r["name"] == "native")
+    bad = {
+        "a code object": lambda p: p.update(services=[compile("1", "x", "eval")]),
+        "a tuple": lambda p: p.update(managed=tuple(p["managed"])),
+        "bytes": lambda p: p["services"][native].update(unit=b"labctl-native.service"),
+        "no probe": lambda p: p["services"][native].pop("probe"),
+        "a probe of another name": lambda p: p["services"][native]["probe"].update(service="other"),
+        "a probe field too many": lambda p: p["services"][native]["probe"].update(shell="rm -rf ~"),
+        "a unit not managed": lambda p: p.update(managed=[]),
+        "a port as text": lambda p: p["services"][native].update(port="8080"),
+        "a model as a number": lambda p: p["services"][native].update(model_link=7),
+        "an endpoint without routes": lambda p: p["endpoints"].append({"name": "x", "provider": "y", "api_base": "z"}),
+        "not a dict": lambda p: p.clear() or p.update(services=None),
+    }
+    for why, edit in bad.items():
+        reseal(saved, changed(edit))
+        assert status.load_snapshot(stack) is None, why
+    reseal(saved, [doc])
+    assert status.load_snapshot(stack) is None
+
+
+def test_a_snapshot_of_another_owner_is_never_used(stack: Path, saved: Path) -> None:
+    if os.getuid() != 0:
+        pytest.skip("chown to another user needs root")  # the unit tier runs as root in CI
+    os.chown(saved, 65534, 65534)
+    assert status.load_snapshot(stack) is None
+    os.chown(saved, 0, 0)
+    assert status.load_snapshot(stack) is not None
 
 
 def test_an_edited_labctl_file_changes_the_code_stamp(tmp_path: Path, monkeypatch) -> None:
@@ -211,3 +360,133 @@ def test_width_is_the_one_rich_gives_the_full_cli(environ: dict[str, str], monke
     for var, value in environ.items():
         monkeypatch.setenv(var, value)
     assert width() == Console(highlight=False, soft_wrap=True).width
+
+
+# --- the snapshot path's own copies of what it does not import, held to the originals ------
+
+
+def test_sha256_hex_is_hashlibs() -> None:
+    for data in (b"", b"abc", os.urandom(10_000)):
+        assert status.sha256_hex(data) == hashlib.sha256(data).hexdigest()
+
+
+SHOW_OUTPUT = """Id=labctl-native.service
+LoadState=loaded
+ActiveState=active
+SubState=running
+UnitFileState=enabled
+NRestarts=3
+MainPID=4242
+MemoryCurrent=18446744073709551615
+ActiveEnterTimestamp=Sun 2026-12-06 05:00:00 UTC
+ActiveEnterTimestampMonotonic=123456789
+InvocationID=abc
+Result=success
+ExecMainStatus=0
+NeedDaemonReload=yes
+DropInPaths=/a/50-x.conf /a/60-y.conf
+
+LoadState=not-found
+ActiveState=inactive
+SubState=dead
+MemoryCurrent=[not set]
+MainPID=
+
+"""
+
+
+@pytest.mark.parametrize("output", [SHOW_OUTPUT, SHOW_OUTPUT.split("\n\n")[0], "", "\n\n\nId=x\nActiveState=failed\n"])
+def test_show_is_parsed_as_host_systemd_parses_it(output: str) -> None:
+    from labctl.host import systemd
+
+    assert status.SHOW_PROPERTIES == systemd.SHOW_PROPERTIES
+    units = ["labctl-native.service", "labctl-gone.service", "labctl-third.service"]
+    ours, theirs = status.parse_show(output, units), systemd.parse_show(output, units)
+    assert list(ours) == list(theirs) == units
+    for unit in units:
+        assert {f: getattr(ours[unit], f) for f in status._Facts.__slots__} == theirs[unit].as_dict()
+
+
+def test_env_files_are_read_as_host_secrets_reads_them(tmp_path: Path) -> None:
+    from labctl.host import secrets
+    from labctl.ops.probes import Secret, env_file_values
+
+    text = ("# comment\n\nA=1\n B = two \nC='quoted'\nD=\"dq\"\nE='\nF=x=y\nG\n=nokey\nH=\"mismatched'\n"
+            "I=\r\nJ=caf\u00e9\r\n   # indented comment\nA=again\n")
+    path = tmp_path / "x.env"
+    path.write_bytes(text.encode())
+    assert env_file_values(path.read_text()) == secrets.read_env_file(path)
+    for var in ("A", "B", "F", "J", "MISSING"):
+        assert Secret(str(path), var).value() == secrets.env_or_file(path, var)
+    assert Secret(str(tmp_path / "absent.env"), "A").value() is None
+    path.write_bytes(b"A=\xff\n")
+    assert Secret(str(path), "A").value() is None  # unreadable as UTF-8: no key, as before
+
+
+def test_status_text_folds_and_shows_as_labctl_text_does() -> None:
+    from labctl import statustext, text
+
+    rng = random.Random(7)
+    pieces = ["a", "word", "http://127.0.0.1:8080/v1/models", "x" * 30, " ", "  ", "\u00a0", "\t", "\n", "\x1b[2J",
+              "\u202e", "\u3000", "-", "caf\u00e9", "\u2028", "\ud800", "\x85", ""]
+    for _ in range(3000):
+        raw = "".join(rng.choice(pieces) for _ in range(rng.randrange(0, 25)))
+        assert statustext.shown(raw) == text.shown(raw), repr(raw)
+        width, indent, more = rng.choice([20, 33, 60, 80]), rng.choice(["", "      "]), rng.choice(["", "        "])
+        for candidate in (raw, text.shown(raw)):
+            assert statustext._fold(candidate, width, indent, more) == text.fold(candidate, width, indent, more), (
+                repr(candidate), width)
+
+
+def test_records_behave_as_the_frozen_dataclasses_they_replace() -> None:
+    from labctl.ops.probes import ProbeResult, ProbeSpec, Secret
+
+    spec = ProbeSpec("g", "litellm", "http://127.0.0.1:4000", models=["a"], key=Secret(None, "K"))
+    assert spec.as_dict() == {"service": "g", "recipe": "litellm", "url": "http://127.0.0.1:4000", "host": "",
+                              "port": 0, "models": ["a"], "key": {"env_file": None, "variable": "K"}}
+    assert ProbeSpec.from_dict(spec.as_dict()) == spec and spec != ProbeSpec("g", "litellm")
+    assert spec.as_dict()["models"] is not spec.models  # a copy, as asdict gives
+    assert ProbeSpec("a", "redis").models == [] and ProbeSpec("a", "redis").models is not ProbeSpec("b", "x").models
+    with pytest.raises(AttributeError):
+        spec.url = "http://elsewhere"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        ProbeSpec("a", "redis", shell="x")  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        ProbeSpec("a")  # type: ignore[call-arg]
+    result = ProbeResult("n", True, "GET /health", 200, 1.5, "ready")
+    assert repr(result) == ("ProbeResult(service='n', ok=True, check='GET /health', status=200, latency_ms=1.5, "
+                            "detail='ready')")
+    assert hash(result) == hash(ProbeResult("n", True, "GET /health", 200, 1.5, "ready"))
+    row = status.ServiceStatus(
+        service="n", kind="llama-server", unit="u", active_state="active", sub_state="running", enabled="enabled",
+        n_restarts=0, result="success", start_limit_hit=False, main_pid=1, memory_bytes=None, uptime_sec=None,
+        bind="127.0.0.1", port=1, probe=result.as_dict(), model=None, drift="none")
+    assert row.metrics == {} and row.drop_ins == [] and row.external is False and row.healthy
+    assert list(row.as_dict()) == [*status.ServiceStatus.__slots__, "healthy"]
+
+
+def test_a_hung_systemctl_is_killed_with_its_session(tmp_path: Path, monkeypatch) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "systemctl").write_text(f"#!/bin/sh\nsleep 60 &\necho $! > {tmp_path}/child\nsleep 60\n")
+    (bindir / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setattr(status, "SHOW_TIMEOUT", 0.5)
+    started = time.monotonic()
+    facts, note = status.start_show(["labctl-native.service"])()
+    assert time.monotonic() - started < 5
+    assert note.startswith("unit states unavailable: systemctl --user show --property=Id,")
+    assert note.endswith(": timed out after 0.5s")
+    assert facts["labctl-native.service"].active_state == "unknown"
+    child = int((tmp_path / "child").read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # killed with the session (a zombie until its new parent reaps it)
+        try:
+            with open(f"/proc/{child}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"systemctl's child {child} still runs")

@@ -1,7 +1,8 @@
 """``labctl status``: the truth about each service, gathered concurrently.
 
-Unit facts come from ``systemctl --user show``; probes run in parallel, each bounded by its
-timeout, so one hung backend costs one timeout and not a sum of them.
+Unit facts come from ``systemctl --user show`` (:func:`start_show`), which runs while the
+probes do; probes run in parallel, each bounded by its timeout, so one hung backend costs one
+timeout and not a sum of them.
 
 External services are probed like the rest but have no unit of labctl's: their row says
 "external" (with the state of the unit that runs them, when the inventory names it).
@@ -9,8 +10,8 @@ The gateway's remote endpoints are listed, and asked only with ``--endpoints``: 
 reachability check costs a round trip to a provider, so it is never paid by default.
 
 What status needs from the inventory is a *plan* (:func:`plan_of`: each service's unit,
-address, probe recipe, model link and the hash of its rendered unit), JSON with no secret
-in it. :func:`gather_plan` runs a plan; ``labctl status`` keeps the last plan as a snapshot
+address, probe recipe, model link and the hash of its rendered unit): dicts, lists,
+strings and numbers, with no secret in it. :func:`gather_plan` runs a plan; ``labctl status`` keeps the last plan as a snapshot
 in ``~/.cache/labctl/status/`` keyed by the inventory's bytes, labctl's own files and the
 environment it read, so the next status of the same inventory runs without parsing it
 (no pydantic, jinja2, yaml or typer: ``labctl.__main__``), while any change to any of them
@@ -19,28 +20,44 @@ makes a new plan from the inventory.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
 
+from labctl.ops.probes import ProbeSpec, Record, in_thread, start_all
+
+TYPE_CHECKING = False  # typing's own constant costs its import; type checkers read this one alike
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
+    from typing import Any
 
     from labctl.host.systemd import UnitFacts, UserManager
     from labctl.inventory.schema import Endpoint, Inventory, Vllm
     from labctl.ops.probes import ProbeResult
 
-# Imports here are the snapshot path's cost (labctl.__main__): the host and probe modules
-# are imported by gather_plan, the systemctl call first, so its run overlaps the rest.
+# `labctl status` from its snapshot (labctl.__main__) imports this module and labctl.ops.probes
+# and little else: builtins at the top (no dataclasses, typing, json, hashlib, subprocess,
+# threading); the host modules, httpx and the inventory's are imported where they are used,
+# on the full path. tests/unit/test_lazy_imports.py holds it to that.
+
+try:  # CPython's own SHA-256 (3.12+: _sha2, 3.11: _sha256): hashlib would load OpenSSL (~2 ms)
+    from _sha2 import sha256 as _sha256  # type: ignore[import-not-found]
+except ImportError:
+    try:
+        from _sha256 import sha256 as _sha256  # type: ignore[import-not-found,no-redef]
+    except ImportError:
+        from hashlib import sha256 as _sha256  # type: ignore[assignment]
 
 
-@dataclass(frozen=True)
-class ServiceStatus:
+def sha256_hex(data: bytes) -> str:
+    """hashlib.sha256(data).hexdigest(), without loading OpenSSL (a test holds them equal)."""
+    return _sha256(data).hexdigest()  # type: ignore[no-any-return]
+
+
+class ServiceStatus(Record):
+    __slots__ = ("service", "kind", "unit", "active_state", "sub_state", "enabled", "n_restarts", "result",
+                 "start_limit_hit", "main_pid", "memory_bytes", "uptime_sec", "bind", "port", "probe", "model",
+                 "drift", "metrics", "external", "drop_ins")
     service: str
     kind: str
     unit: str
@@ -58,9 +75,11 @@ class ServiceStatus:
     probe: dict[str, object]
     model: str | None
     drift: str               # "none", "changed", "not installed"
-    metrics: dict[str, float] = field(default_factory=dict)
-    external: bool = False   # run by someone else: no labctl unit, never started or stopped by labctl
-    drop_ins: list[str] = field(default_factory=list)  # the operator's overrides of the unit (DropInPaths)
+    metrics: dict[str, float]
+    external: bool           # run by someone else: no labctl unit, never started or stopped by labctl
+    drop_ins: list[str]      # the operator's overrides of the unit (DropInPaths)
+    _defaults = {"external": False}
+    _factories = {"metrics": dict, "drop_ins": list}
 
     @property
     def healthy(self) -> bool:
@@ -69,13 +88,13 @@ class ServiceStatus:
         return running and bool(self.probe.get("ok"))
 
     def as_dict(self) -> dict[str, object]:
-        return {**asdict(self), "healthy": self.healthy}
+        return {**self.fields(), "healthy": self.healthy}
 
 
-@dataclass(frozen=True)
-class EndpointStatus:
+class EndpointStatus(Record):
     """A remote endpoint of the gateway. ``probe`` is None unless reachability was asked."""
 
+    __slots__ = ("name", "provider", "api_base", "routes", "probe")
     name: str
     provider: str
     api_base: str
@@ -87,16 +106,18 @@ class EndpointStatus:
         return self.probe is None or bool(self.probe.get("ok"))
 
     def as_dict(self) -> dict[str, object]:
-        return {**asdict(self), "healthy": self.healthy}
+        return {**self.fields(), "healthy": self.healthy}
 
 
-@dataclass(frozen=True)
-class StatusReport:
+class StatusReport(Record):
+    __slots__ = ("services", "monitoring", "seconds", "note", "endpoints")
     services: list[ServiceStatus]
     monitoring: dict[str, object]
     seconds: float
-    note: str = ""
-    endpoints: list[EndpointStatus] = field(default_factory=list)
+    note: str
+    endpoints: list[EndpointStatus]
+    _defaults = {"note": ""}
+    _factories = {"endpoints": list}
 
     @property
     def healthy(self) -> bool:
@@ -125,7 +146,7 @@ def _drift(plan_svc: dict[str, Any]) -> str:
             installed = fh.read()
     except FileNotFoundError:
         return "not installed"
-    return "none" if hashlib.sha256(installed).hexdigest() == plan_svc["unit_sha256"] else "changed"
+    return "none" if sha256_hex(installed) == plan_svc["unit_sha256"] else "changed"
 
 
 VLLM_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc")
@@ -180,7 +201,7 @@ def reach_endpoint(name: str, endpoint: Endpoint, timeout: float) -> ProbeResult
     return result(True, resp.status_code, f"reachable (HTTP {resp.status_code})")
 
 
-def _external_facts(externals: list[dict[str, Any]], user_env: dict[str, str]) -> dict[str, UnitFacts]:
+def _external_facts(externals: list[dict[str, Any]], env: dict[str, str]) -> dict[str, UnitFacts]:
     """The units that run external services, read from their own manager."""
     from labctl.host.proc import CommandFailed
     from labctl.host.systemd import show_units
@@ -190,14 +211,14 @@ def _external_facts(externals: list[dict[str, Any]], user_env: dict[str, str]) -
         units = sorted({e["ext_unit"] for e in externals if e["ext_unit"] and (e["ext_scope"] == "user") == user})
         try:
             out.update({f"{'user' if user else 'system'}:{u}": f
-                        for u, f in show_units(units, user=user, env=user_env).items()})
+                        for u, f in show_units(units, user=user, env=env).items()})
         except CommandFailed:
             pass  # shown as "unknown"
     return out
 
 
 def plan_of(inv: Inventory) -> dict[str, Any]:
-    """Everything status needs from the inventory, as JSON (no secret values)."""
+    """Everything status needs from the inventory, as plain data (no secret values)."""
     from pathlib import Path
 
     from labctl.inventory.schema import (
@@ -223,7 +244,7 @@ def plan_of(inv: Inventory) -> dict[str, Any]:
             text = render_unit(inv, name, svc, layout)
             row.update(external=False, kind=svc.kind, unit=unit_name(name),
                        unit_path=str(Path(layout.config_root) / layout.unit(name)),
-                       unit_sha256=hashlib.sha256(text.encode()).hexdigest(),
+                       unit_sha256=sha256_hex(text.encode()),
                        vllm=isinstance(svc, Vllm))
             if isinstance(svc, (LlamaServer, LlamaCppPython)):
                 row["model_link"] = str(inv.model_path(svc))
@@ -256,60 +277,205 @@ def gather(inv: Inventory, *, manager: UserManager | None = None, probe_timeout:
     return gather_plan(plan, manager=manager, probe_timeout=probe_timeout, jobs=jobs)
 
 
-def _in_thread(fn: Callable[[], Any]) -> Callable[[], Any]:
-    """Run ``fn`` in a thread now; the returned call waits for its result (or raises its
-    exception). Threads, not concurrent.futures: that import costs the snapshot path."""
-    box: dict[str, Any] = {}
+# --- the unit facts: one `systemctl --user show`, spawned here ------------------------------
 
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-
-    def result() -> Any:
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
-
-    return result
+# labctl.host.systemd's, which the snapshot path does not import (its dataclasses and
+# labctl.host.proc's subprocess and logging): a test holds this copy and _Facts.parse to it.
+SHOW_PROPERTIES = (
+    "Id", "LoadState", "ActiveState", "SubState", "UnitFileState", "NRestarts", "MainPID",
+    "MemoryCurrent", "ActiveEnterTimestamp", "ActiveEnterTimestampMonotonic", "InvocationID", "Result",
+    "ExecMainStatus", "NeedDaemonReload", "DropInPaths",
+)
+SHOW_TIMEOUT = 30.0  # labctl.host.systemd.show_units's
+_UINT64_MAX = str(2**64 - 1)  # systemd's "no value" in numeric properties such as MemoryCurrent
 
 
-def _unit_facts(manager: UserManager | None, units: list[str],
-                externals: list[dict[str, Any]]) -> tuple[dict[str, UnitFacts], str, dict[str, UnitFacts]]:
-    """(facts of ``units`` from the user manager, a note when it did not answer, the facts
-    of the units that run external services, from their own managers)."""
-    from labctl.host.proc import CommandFailed
-    from labctl.host.systemd import UnitFacts, UserManager
+class _Facts:
+    """labctl.host.systemd.UnitFacts's fields, parsed the same way from ``show``'s output."""
 
-    manager = manager or UserManager()
-    ext = _in_thread(lambda: _external_facts(externals, manager.env)) if externals else dict
+    __slots__ = ("unit", "load_state", "active_state", "sub_state", "unit_file_state", "n_restarts", "main_pid",
+                 "memory_bytes", "active_enter_timestamp", "active_enter_monotonic_usec", "invocation_id",
+                 "result", "exec_main_status", "need_daemon_reload", "drop_in_paths")
+
+    def __init__(self, unit: str, props: dict[str, str]) -> None:
+        def num(key: str) -> int:
+            value = props.get(key, "")
+            return int(value) if value.isdigit() and value != _UINT64_MAX else 0
+
+        memory = props.get("MemoryCurrent", "")
+        self.unit = unit
+        self.load_state = props.get("LoadState", "not-found")
+        self.active_state = props.get("ActiveState", "inactive")
+        self.sub_state = props.get("SubState", "dead")
+        self.unit_file_state = props.get("UnitFileState", "")
+        self.n_restarts = num("NRestarts")
+        self.main_pid = num("MainPID")
+        self.memory_bytes = int(memory) if memory.isdigit() and memory != _UINT64_MAX else None
+        self.active_enter_timestamp = props.get("ActiveEnterTimestamp", "")
+        self.active_enter_monotonic_usec = num("ActiveEnterTimestampMonotonic")
+        self.invocation_id = props.get("InvocationID", "")
+        self.result = props.get("Result", "")
+        self.exec_main_status = num("ExecMainStatus")
+        self.need_daemon_reload = props.get("NeedDaemonReload", "no") == "yes"
+        self.drop_in_paths = tuple(props.get("DropInPaths", "").split())
+
+
+def parse_show(output: str, units: list[str]) -> dict[str, _Facts]:
+    """labctl.host.systemd.parse_show: one block per unit, in argument order, separated by
+    blank lines (the Id property is absent for unknown units on some versions)."""
+    blocks: list[dict[str, str]] = [{}]
+    for line in output.splitlines():
+        if not line.strip():
+            if blocks[-1]:
+                blocks.append({})
+            continue
+        key, _, value = line.partition("=")
+        blocks[-1][key] = value
+    blocks = [b for b in blocks if b]
+    facts = {unit: _Facts(unit, props) for unit, props in zip(units, blocks)}
+    for unit in units:
+        facts.setdefault(unit, _Facts(unit, {}))
+    return facts
+
+
+_UNKNOWN = {"LoadState": "unknown", "ActiveState": "unknown", "SubState": "unknown"}
+
+
+def user_env() -> dict[str, str]:
+    """labctl.host.systemd.UserManager's environment: this one, with XDG_RUNTIME_DIR (without
+    it ``systemctl --user`` fails with "No medium found")."""
+    env = dict(os.environ)
+    env.setdefault("XDG_RUNTIME_DIR", f"/run/user/{os.getuid()}")
+    return env
+
+
+def _spawn(argv: list[str], env: dict[str, str]) -> tuple[int, int, int]:
+    """(pid, its stdout, its stderr) of ``argv`` started in a session of its own, stdin
+    /dev/null. Our other descriptors are close-on-exec (Python opens them so)."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
     try:
-        return manager.show(units), "", ext()
+        pid = os.posix_spawnp(argv[0], argv, env, setsid=True, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, out_w, 1),
+            (os.POSIX_SPAWN_DUP2, err_w, 2),
+        ])
+    except BaseException:
+        os.close(out_r)
+        os.close(err_r)
+        raise
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+    return pid, out_r, err_r
+
+
+def _collect(pid: int, out_fd: int, err_fd: int, timeout: float) -> tuple[int | None, bytes, bytes]:
+    """(exit code as subprocess gives it, stdout, stderr) of a spawned process, read until
+    both pipes close and it exits; (None, ...) when ``timeout`` passed first: its session
+    was killed, as labctl.host.proc.run_cmd kills one."""
+    import select
+
+    deadline = time.monotonic() + timeout
+    chunks: dict[int, list[bytes]] = {out_fd: [], err_fd: []}
+    poller = select.poll()
+    for fd in chunks:
+        poller.register(fd, select.POLLIN)
+    left_open = len(chunks)
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                import signal
+
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                os.waitpid(pid, 0)
+                return None, b"", b""
+            if left_open:
+                for fd, _ in poller.poll(left * 1000):
+                    data = os.read(fd, 65536)
+                    if data:
+                        chunks[fd].append(data)
+                    else:
+                        poller.unregister(fd)
+                        left_open -= 1
+                continue
+            # Both pipes closed: it is exiting, which takes microseconds.
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status), b"".join(chunks[out_fd]), b"".join(chunks[err_fd])
+            time.sleep(0.0002)
+    finally:
+        os.close(out_fd)
+        os.close(err_fd)
+
+
+def start_show(units: list[str]) -> Callable[[], tuple[dict[str, Any], str]]:
+    """``systemctl --user show`` of ``units``, started now; the returned call waits for it:
+    (facts of each unit, "" or a note on why they are unknown).
+
+    This is the one process labctl starts without labctl.host.proc.run_cmd, the chokepoint:
+    it keeps that function's rules (an argv, never a shell; a session of its own; stdin
+    /dev/null; the same timeout, which kills the session; the same messages, from its own
+    helpers when it fails), while `labctl status` from its snapshot pays neither the
+    subprocess module (~5 ms with signal, selectors and threading) nor logging, and runs
+    its probes while systemctl works."""
+    if not units:
+        return lambda: ({}, "")
+    argv = ["systemctl", "--user", "show", "--property=" + ",".join(SHOW_PROPERTIES), *units]
+
+    def unknown(why: str) -> tuple[dict[str, Any], str]:
+        return {u: _Facts(u, _UNKNOWN) for u in units}, f"unit states unavailable: {why}"
+
+    try:
+        pid, out_fd, err_fd = _spawn(argv, user_env())
+    except OSError as exc:
+        why = f"cannot run {argv[0]}: {exc.strerror or exc}"
+        return lambda: unknown(why)
+
+    def wait() -> tuple[dict[str, Any], str]:
+        rc, out, err = _collect(pid, out_fd, err_fd, SHOW_TIMEOUT)
+        if rc == 0:
+            return parse_show(out.decode(errors="replace"), units), ""
+        from labctl.host.proc import one_line, short
+
+        if rc is None:
+            return unknown(f"{short(argv)}: timed out after {SHOW_TIMEOUT:g}s")
+        stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+        return unknown(f"{short(argv)} exited {rc}: {one_line(stderr) or one_line(stdout) or 'no output'}")
+
+    return wait
+
+
+def _manager_show(manager: UserManager, units: list[str]) -> tuple[dict[str, Any], str]:
+    from labctl.host.proc import CommandFailed
+
+    try:
+        return manager.show(units), ""
     except CommandFailed as exc:
         # No user manager here (or it does not answer): report what the probes see.
-        unknown = {"LoadState": "unknown", "ActiveState": "unknown", "SubState": "unknown"}
-        return {u: UnitFacts.parse(u, unknown) for u in units}, f"unit states unavailable: {exc}", ext()
+        return {u: _Facts(u, _UNKNOWN) for u in units}, f"unit states unavailable: {exc}"
 
 
 def gather_plan(plan: dict[str, Any], *, manager: UserManager | None = None, probe_timeout: float = 3.0,
                 jobs: dict[str, Callable[[], object]] | None = None) -> StatusReport:
-    """Run a plan: ``systemctl --user show`` of the managed units, the external units'
-    managers, every probe and ``jobs`` at once; then one row per service."""
+    """Run a plan: ``systemctl --user show`` of the managed units (``manager``'s, when given),
+    the external units' managers, every probe and ``jobs`` at once; then one row per service."""
     start = time.monotonic()
     rows = plan["services"]
+    units = plan["managed"]
+    # systemctl first: it runs while the probes do.
+    own = start_show(units) if manager is None else in_thread(lambda: _manager_show(manager, units))
     externals = [r for r in rows if r["external"]]
-    facts_r = _in_thread(lambda: _unit_facts(manager, plan["managed"], externals))  # first: systemctl runs meanwhile
-    from labctl.ops.probes import ProbeSpec, run_all
-
-    specs = [ProbeSpec.from_dict(r["probe"]) for r in rows]
-    probes_r = _in_thread(lambda: run_all(specs, timeout=probe_timeout))
-    job_r = {k: _in_thread(fn) for k, fn in (jobs or {}).items()}
-    facts, note, ext_facts = facts_r()
+    env = user_env() if manager is None else manager.env
+    ext = in_thread(lambda: _external_facts(externals, env)) if externals else dict
+    probes_r = start_all([ProbeSpec.from_dict(r["probe"]) for r in rows], timeout=probe_timeout)
+    job_r = {k: in_thread(fn) for k, fn in (jobs or {}).items()}
+    facts, note = own()
+    ext_facts = ext()
     probes: dict[str, ProbeResult] = probes_r()
     done = {k: r() for k, r in job_r.items()}
     now_usec = time.monotonic() * 1e6
@@ -328,24 +494,21 @@ def gather_plan(plan: dict[str, Any], *, manager: UserManager | None = None, pro
             start_limit_hit=f.result == "start-limit-hit", main_pid=f.main_pid, memory_bytes=f.memory_bytes,
             uptime_sec=round(uptime, 1) if uptime is not None else None, bind=row["bind"], port=row["port"],
             probe=probes[name].as_dict(), model=_model(row), drift=_drift(row),
-            metrics=done.get(f"metrics:{name}", {}), drop_ins=list(f.drop_in_paths),  # type: ignore[arg-type]
+            metrics=done.get(f"metrics:{name}", {}), drop_ins=list(f.drop_in_paths),
         ))
     endpoint_rows = [EndpointStatus(e["name"], e["provider"], e["api_base"], e["routes"],
                                     done[f"reach:{e['name']}"].as_dict() if f"reach:{e['name']}" in done else None)
                      for e in plan["endpoints"]]
     monitoring = done.get("monitoring") or {"enabled": plan["monitoring"]}
-    return StatusReport(services, monitoring, round(time.monotonic() - start, 3), note,  # type: ignore[arg-type]
-                        endpoint_rows)
+    return StatusReport(services, monitoring, round(time.monotonic() - start, 3), note, endpoint_rows)
 
 
 def _external_row(row: dict[str, Any], ext_facts: dict[str, UnitFacts], probe: ProbeResult,
                   now_usec: float) -> ServiceStatus:
-    from labctl.host.systemd import UnitFacts
-
     unit, scope = row["ext_unit"], row["ext_scope"]
-    f = ext_facts.get(f"{scope}:{unit}") if unit else None
+    f: Any = ext_facts.get(f"{scope}:{unit}") if unit else None
     if unit and f is None:
-        f = UnitFacts.parse(unit, {"LoadState": "unknown", "ActiveState": "unknown", "SubState": "unknown"})
+        f = _Facts(unit, _UNKNOWN)
     uptime = None
     if f is not None and f.active_state == "active" and f.active_enter_monotonic_usec:
         uptime = round((now_usec - f.active_enter_monotonic_usec) / 1e6, 1)
@@ -378,6 +541,14 @@ def _monitoring(inv: Inventory) -> dict[str, object]:
 # --- the snapshot: the last plan, for a status that skips the inventory ----------------------
 
 SNAPSHOT_DIR = "~/.cache/labctl/status"
+# The file: a first line (this, then the SHA-256 of the rest), then the document in marshal's
+# format 2 (a builtin module, where json would cost the snapshot path its import; format 2
+# has no back-references, so the same document gives the same bytes). It is the user's own
+# 0600 cache, and still never trusted: a file of another owner or writable by others is not
+# read, a damaged one (any byte) fails its checksum, and a document of any other shape than
+# a plan's (_plan_ok) is not used.
+SNAPSHOT_MAGIC = b"labctl status snapshot 2 "
+_MARSHAL_FORMAT = 2
 _KEY_ENV = ("HOME", "USER", "LOGNAME", "XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR")
 
 
@@ -389,7 +560,7 @@ def _code_stamp() -> str:
     package = os.path.dirname(os.path.realpath(labctl.__file__))
     checkout = os.path.dirname(os.path.dirname(package))
     roots = [package] + [os.path.join(checkout, d) for d in ("units", "compose")]  # a checkout's templates
-    digest = hashlib.sha256(labctl.__version__.encode())
+    parts = [labctl.__version__, "\n"]
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
@@ -397,24 +568,24 @@ def _code_stamp() -> str:
                 if fname.endswith((".pyc", ".pyo")):
                     continue
                 st = os.stat(os.path.join(dirpath, fname))
-                digest.update(f"{dirpath}/{fname}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+                parts.append(f"{dirpath}/{fname}\0{st.st_size}\0{st.st_mtime_ns}\n")
+    return sha256_hex("".join(parts).encode())
 
 
 def snapshot_key(inventory: Path | str) -> dict[str, Any]:
     """What a plan was made from: the inventory's bytes, labctl's files, the environment
     that loading and rendering read."""
     with open(inventory, "rb") as fh:
-        digest = hashlib.sha256(fh.read()).hexdigest()
+        digest = sha256_hex(fh.read())
     return {"inventory": os.path.realpath(inventory), "sha256": digest,
             "code": _code_stamp(), "uid": os.getuid(),
             "env": {k: v for k, v in sorted(os.environ.items())
                     if (k in _KEY_ENV or k.startswith("LABCTL_")) and k != "LABCTL_NO_SNAPSHOT"}}
 
 
-def _snapshot_path(inventory: Path | str) -> str:
-    name = hashlib.sha256(os.path.realpath(inventory).encode()).hexdigest()[:24]
-    return os.path.join(os.path.expanduser(SNAPSHOT_DIR), f"{name}.json")
+def _snapshot_path(inventory: Path | str, suffix: str = ".snapshot") -> str:
+    name = sha256_hex(os.path.realpath(inventory).encode())[:24]
+    return os.path.join(os.path.expanduser(SNAPSHOT_DIR), f"{name}{suffix}")
 
 
 def snapshot_fits(plan: dict[str, Any]) -> bool:
@@ -424,32 +595,109 @@ def snapshot_fits(plan: dict[str, Any]) -> bool:
 
 def save_snapshot(inventory: Path | str, plan: dict[str, Any]) -> None:
     """Keep ``plan`` for the next status of this inventory (best effort: a cache)."""
+    import marshal
+
     from labctl import fsio
 
     try:
-        text = json.dumps({"key": snapshot_key(inventory), "plan": plan}, sort_keys=True)
+        payload = marshal.dumps({"key": snapshot_key(inventory), "plan": plan}, _MARSHAL_FORMAT)
+        data = SNAPSHOT_MAGIC + sha256_hex(payload).encode() + b"\n" + payload
         path = _snapshot_path(inventory)
         try:
-            with open(path, encoding="utf-8") as fh:
-                if fh.read() == text:
+            with open(path, "rb") as fh:
+                if fh.read() == data:
                     return
-        except (OSError, UnicodeError):
+        except OSError:
             pass
         from pathlib import Path
 
         fsio.ensure_dir(Path(path).parent, 0o700)
-        fsio.atomic_write(Path(path), text, mode=0o600)
+        fsio.atomic_write(Path(path), data, mode=0o600)
+        try:
+            os.unlink(_snapshot_path(inventory, ".json"))  # the JSON snapshot of labctl 3d9305c
+        except OSError:
+            pass
     except (OSError, ValueError):
         pass
 
 
+def _plain_data(value: object, depth: int = 0) -> bool:
+    """Only what a plan is made of: dicts with str keys, lists, str, int, float, bool, None
+    (marshal can also give bytes, tuples, sets and code objects)."""
+    if value is None or type(value) in (str, int, float, bool):
+        return True
+    if depth > 8:
+        return False
+    if type(value) is list:
+        return all(_plain_data(v, depth + 1) for v in value)  # type: ignore[attr-defined]
+    if type(value) is dict:
+        return all(type(k) is str and _plain_data(v, depth + 1) for k, v in value.items())  # type: ignore[attr-defined]
+    return False
+
+
+_NONE = type(None)
+_ROW = {"name": str, "bind": str, "port": int, "probe": dict, "external": bool}
+_MANAGED = {"kind": str, "unit": str, "unit_path": str, "unit_sha256": str, "vllm": bool}
+_EXTERNAL = {"kind": str, "ext_unit": (str, _NONE), "ext_scope": str, "model": str}
+_PROBE = {"service": str, "recipe": str, "url": str, "host": str, "port": int, "models": list, "key": (dict, _NONE)}
+_SECRET = {"env_file": (str, _NONE), "variable": str}
+_ENDPOINT = {"name": str, "provider": str, "api_base": str, "routes": list}
+
+
+def _has(doc: object, spec: dict[str, Any], exact: bool = False) -> bool:
+    return (isinstance(doc, dict) and all(k in doc and isinstance(doc[k], t) for k, t in spec.items())
+            and (not exact or len(doc) == len(spec)))
+
+
+def _strs(value: list[Any]) -> bool:
+    return all(isinstance(v, str) for v in value)
+
+
+def _plan_ok(plan: object) -> bool:
+    """Whether ``plan`` has the shape plan_of gives, so that gather_plan runs it whole."""
+    if not _has(plan, {"services": list, "managed": list, "endpoints": list, "monitoring": bool}):
+        return False
+    assert isinstance(plan, dict)
+    managed = plan["managed"]
+    if not _strs(managed):
+        return False
+    for row in plan["services"]:
+        if not _has(row, _ROW) or not _has(row["probe"], _PROBE, exact=True):
+            return False
+        probe = row["probe"]
+        if probe["service"] != row["name"] or not _strs(probe["models"]):
+            return False
+        if probe["key"] is not None and not _has(probe["key"], _SECRET, exact=True):
+            return False
+        if row["external"]:
+            if not _has(row, _EXTERNAL):
+                return False
+        elif not (_has(row, _MANAGED) and row["unit"] in managed
+                  and (_has(row, {"model_link": str}) or _has(row, {"model": (str, _NONE)}))):
+            return False
+    return all(_has(e, _ENDPOINT) and _strs(e["routes"]) for e in plan["endpoints"])
+
+
 def load_snapshot(inventory: Path | str) -> dict[str, Any] | None:
-    """The plan kept for ``inventory`` if it was made from exactly what is here now."""
+    """The plan kept for ``inventory`` if it was made from exactly what is here now, by this
+    user, and has the shape of a plan; else None (the full CLI makes a new one)."""
+    import marshal
+
     try:
-        with open(_snapshot_path(inventory), encoding="utf-8") as fh:
-            doc = json.loads(fh.read())
-        if doc.get("key") != snapshot_key(inventory) or not snapshot_fits(doc["plan"]):
+        with open(_snapshot_path(inventory), "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if st.st_uid != os.getuid() or st.st_mode & 0o022:
+                return None
+            data = fh.read()
+        head, _, payload = data.partition(b"\n")
+        if head != SNAPSHOT_MAGIC + sha256_hex(payload).encode():
             return None
-        return doc["plan"]  # type: ignore[no-any-return]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # UnicodeError is a ValueError
+        doc = marshal.loads(payload)
+        if not _plain_data(doc) or not isinstance(doc, dict) or doc.get("key") != snapshot_key(inventory):
+            return None
+        plan = doc.get("plan")
+        if not _plan_ok(plan) or not snapshot_fits(plan):  # type: ignore[arg-type]
+            return None
+        return plan  # type: ignore[no-any-return]
+    except (OSError, ValueError, EOFError, TypeError, KeyError, AttributeError):  # UnicodeError is a ValueError
         return None
