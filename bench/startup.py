@@ -23,6 +23,15 @@ of the median to the row's floor:
   a TCP connect and one GET of the path labctl's probe asks first, for every service at
   once.
 
+Then, for ``status``: whether the snapshot path prints what the full CLI prints (text and
+``--json``, with the figures that change between two calls masked: times, latencies, uptime,
+memory), and where the snapshot path's time goes: medians of --runs instrumented runs of the
+steps labctl.__main__ takes, as times from the start of its Python code (its imports, after
+``import re`` as pip's console script does; the snapshot read and found intact, when
+systemctl starts; found fresh, when the probes start; systemctl's answer; the slowest probe's,
+about; the report; the text), and the rest of the wall time: the interpreter's start and exit
+(a full exit here: the command itself skips the interpreter's teardown).
+
 The children get a private bytecode cache (PYTHONPYCACHEPREFIX in a temporary directory,
 warmed by one untimed run of each row), as an installed labctl has one; --as-is keeps this
 environment as it is (with PYTHONDONTWRITEBYTECODE=1 every labctl module is compiled again
@@ -33,9 +42,11 @@ tests).
 from __future__ import annotations
 
 import argparse
+import ast
 import getpass
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -145,6 +156,85 @@ def status_floor(inventory: Path, env: dict[str, str]) -> tuple[Callable[[], obj
     return show, probe_round, f"{len(targets)} service(s), {refused} refusing connections"
 
 
+def masked_json(text: str) -> object:
+    doc = json.loads(text)
+    doc["seconds"] = 0
+    for s in doc["services"]:
+        s["probe"]["latency_ms"] = s["uptime_sec"] = s["memory_bytes"] = 0
+    return doc
+
+
+def masked_text(text: str) -> list[str]:
+    return [re.sub(r"\(\d+\.\d+s\)|\d+ms|up \w+|\d+ MiB", "#", line) for line in text.splitlines()]
+
+
+def same_output(inventory: Path, env: dict[str, str]) -> str:
+    """Whether ``labctl status`` from its snapshot prints what the full CLI prints."""
+    said = []
+    for form, args, masked in (("text", [], masked_text), ("--json", ["--json"], masked_json)):
+        out = {}
+        for path, extra in (("full", {"LABCTL_NO_SNAPSHOT": "1"}), ("snapshot", {})):
+            res = subprocess.run([LABCTL, "status", "-i", str(inventory), *args], capture_output=True, text=True,
+                                 env={**env, **extra}, check=False)
+            out[path] = (res.returncode, masked(res.stdout))
+        said.append(f"{form} {'the same' if out['full'] == out['snapshot'] else 'DIFFERENT'}")
+        if out["full"] != out["snapshot"]:
+            print(f"status {form}, full:\n{out['full']}\nfrom its snapshot:\n{out['snapshot']}", file=sys.stderr)
+    return ", ".join(said)
+
+
+# The steps of labctl.__main__'s fast path, timed (stderr: a dict of seconds from its start).
+PHASES = r"""
+import sys, time
+t0 = time.perf_counter()
+import re  # pip's console script imports it before labctl
+from labctl.__main__ import _inventory, _status_args, width
+from labctl.ops import status
+marks = {"imports done": time.perf_counter()}
+def timed(name, fn, wait=False):
+    def call(*args, **kwargs):
+        result = fn(*args, **kwargs)
+        if not wait:
+            marks[name] = time.perf_counter()
+            return result
+        def done():
+            got = result()
+            marks[name] = time.perf_counter()
+            return got
+        return done
+    return call
+status.read_snapshot = timed("snapshot read and checked intact", status.read_snapshot)
+status.snapshot_key = timed("snapshot checked fresh (probes start)", status.snapshot_key)
+status.start_show = timed("systemctl answered", status.start_show, wait=True)
+opts = _status_args(sys.argv[1:])
+report = status.status_from_snapshot(_inventory(opts["inventory"]), probe_timeout=float(opts["timeout"]))
+marks["report built"] = time.perf_counter()
+from labctl.statustext import status_lines
+sys.stdout.write("".join(line + "\n" for line in status_lines(report, width())))
+sys.stdout.flush()
+marks["text printed"] = time.perf_counter()
+slowest = max(s.probe["latency_ms"] for s in report.services) / 1000
+marks["slowest probe answered (about)"] = marks["snapshot checked fresh (probes start)"] + slowest
+sys.stderr.write(repr({name: at - t0 for name, at in sorted(marks.items(), key=lambda kv: kv[1])}))
+"""
+
+
+def phases(inventory: Path, env: dict[str, str], runs: int) -> dict[str, float]:
+    """Medians in ms of the snapshot path's steps over ``runs`` fresh interpreters."""
+    out: dict[str, list[float]] = {}
+    for _ in range(runs):
+        start = time.perf_counter()
+        res = subprocess.run([PYTHON, "-c", PHASES, "-i", str(inventory)], capture_output=True, text=True, env=env,
+                             check=False)
+        wall = time.perf_counter() - start
+        got = ast.literal_eval(res.stderr.strip().splitlines()[-1])
+        got["interpreter start and exit (the rest)"] = wall - got["text printed"]
+        got["wall"] = wall
+        for name, value in got.items():
+            out.setdefault(name, []).append(value * 1000)
+    return {name: statistics.median(values) for name, values in out.items()}
+
+
 def on_machine(runs: int) -> int:
     """Boot the CPU demo on a systemd machine (tests/stack.boot_stack, as the system tests
     and bench/model_switch.py do), run this script inside it as labuser with labctl's venv
@@ -208,6 +298,8 @@ def main() -> None:
             rows["systemctl --user show"] = show
         times = interleaved(rows, args.runs)
         times["bare probe round"] = timed(probe_round, args.runs)
+        same = same_output(inventory, env)
+        steps = phases(inventory, env, args.runs)
     med = {name: statistics.median(t) * 1000 for name, t in times.items()}
     floor = {name: med["python -c pass"] for name in ("python -c 'import labctl.cli'", "labctl --help",
                                                      "labctl version")}
@@ -224,6 +316,10 @@ def main() -> None:
     print(f"status floor = {parts} = {status_floor_ms:.1f} ms"
           + ("" if show is not None else "; no user manager answers here, so systemctl's share is "
              "left out of the floor (status's own call fails fast)"))
+    print(f"status from its snapshot prints what the full CLI prints: {same} (times, uptime, memory masked)")
+    print("status from its snapshot, step by step (medians, ms from the start of its Python code):")
+    for name, ms in steps.items():
+        print(f"  {name:48} {ms:6.1f}")
 
 
 if __name__ == "__main__":
