@@ -148,9 +148,13 @@ monitoring: {{enabled: false}}
 def labctl(inventory: Path, *args: str, snapshot: bool, env: dict[str, str],
            prelude: str = "") -> tuple[int, str, list[str]]:
     """``labctl status -i INV ARGS`` in a fresh interpreter: (exit code, stdout, modules it
-    imported). The harness itself imports nothing but atexit (a builtin), then ``prelude``."""
-    code = ("import atexit, sys\n"
-            "atexit.register(lambda: sys.stderr.write('\\nMODULES ' + repr(sorted(sys.modules)) + '\\n'))\n"
+    imported). The harness itself imports nothing but atexit (a builtin) and os (loaded at start),
+    then ``prelude``."""
+    code = ("import atexit, os, sys\n"
+            "dump = lambda: sys.stderr.write('\\nMODULES ' + repr(sorted(sys.modules)) + '\\n')\n"
+            "atexit.register(dump)\n"
+            "exit_now = os._exit  # the fast path's exit skips atexit\n"
+            "os._exit = lambda code: (dump(), sys.stderr.flush(), exit_now(code))\n"
             f"{prelude}\n"
             "sys.argv = ['labctl', *sys.argv[1:]]\n"
             "from labctl.__main__ import main\n"
@@ -257,6 +261,14 @@ def test_a_stale_or_torn_snapshot_is_never_used(stack: Path, saved: Path, change
     else:  # the JSON snapshot of an earlier labctl, under the new name
         saved.write_text(json.dumps({"key": status.snapshot_key(stack), "plan": {}}))
     assert status.load_snapshot(stack) is None
+    assert status.status_from_snapshot(stack, probe_timeout=1) is None  # (systemctl may have run: read-only)
+
+
+def test_status_from_a_fresh_snapshot(stack: Path, saved: Path, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", systemctl_path(tmp_path, "answers"))
+    report = status.status_from_snapshot(stack, probe_timeout=2)
+    assert report is not None and report.healthy and report.note == ""
+    assert [s.service for s in report.services] == ["native", "bindings", "gateway"]
 
 
 def test_a_damaged_snapshot_is_never_used(stack: Path, saved: Path) -> None:
@@ -299,6 +311,7 @@ def test_a_snapshot_of_another_shape_is_never_used(stack: Path, saved: Path) -> 
         "a probe of another name": lambda p: p["services"][native]["probe"].update(service="other"),
         "a probe field too many": lambda p: p["services"][native]["probe"].update(shell="rm -rf ~"),
         "a unit not managed": lambda p: p.update(managed=[]),
+        "a unit like an option": lambda p: p["managed"].append("--host=elsewhere"),
         "a port as text": lambda p: p["services"][native].update(port="8080"),
         "a model as a number": lambda p: p["services"][native].update(model_link=7),
         "an endpoint without routes": lambda p: p["endpoints"].append({"name": "x", "provider": "y", "api_base": "z"}),

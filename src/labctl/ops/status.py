@@ -465,12 +465,19 @@ def gather_plan(plan: dict[str, Any], *, manager: UserManager | None = None, pro
     """Run a plan: ``systemctl --user show`` of the managed units (``manager``'s, when given),
     the external units' managers, every probe and ``jobs`` at once; then one row per service."""
     start = time.monotonic()
-    rows = plan["services"]
     units = plan["managed"]
     # systemctl first: it runs while the probes do.
     own = start_show(units) if manager is None else in_thread(lambda: _manager_show(manager, units))
-    externals = [r for r in rows if r["external"]]
     env = user_env() if manager is None else manager.env
+    return _run_plan(plan, start, own, env, probe_timeout, jobs)
+
+
+def _run_plan(plan: dict[str, Any], start: float, own: Callable[[], tuple[dict[str, Any], str]],
+              env: dict[str, str], probe_timeout: float,
+              jobs: dict[str, Callable[[], object]] | None) -> StatusReport:
+    """gather_plan, once ``own`` (the wait for the managed units' facts) has started."""
+    rows = plan["services"]
+    externals = [r for r in rows if r["external"]]
     ext = in_thread(lambda: _external_facts(externals, env)) if externals else dict
     probes_r = start_all([ProbeSpec.from_dict(r["probe"]) for r in rows], timeout=probe_timeout)
     job_r = {k: in_thread(fn) for k, fn in (jobs or {}).items()}
@@ -659,7 +666,7 @@ def _plan_ok(plan: object) -> bool:
         return False
     assert isinstance(plan, dict)
     managed = plan["managed"]
-    if not _strs(managed):
+    if not _strs(managed) or any(not u or u.startswith("-") for u in managed):  # systemctl's arguments
         return False
     for row in plan["services"]:
         if not _has(row, _ROW) or not _has(row["probe"], _PROBE, exact=True):
@@ -681,6 +688,42 @@ def _plan_ok(plan: object) -> bool:
 def load_snapshot(inventory: Path | str) -> dict[str, Any] | None:
     """The plan kept for ``inventory`` if it was made from exactly what is here now, by this
     user, and has the shape of a plan; else None (the full CLI makes a new one)."""
+    kept = read_snapshot(inventory)
+    try:
+        return kept[1] if kept is not None and kept[0] == snapshot_key(inventory) else None
+    except OSError:  # the inventory went away
+        return None
+
+
+def status_from_snapshot(inventory: Path | str, *, probe_timeout: float = 3.0) -> StatusReport | None:
+    """``labctl status`` from the snapshot of ``inventory``, or None when there is none fit to
+    use (labctl.__main__ then runs the full CLI).
+
+    systemctl starts as soon as the file is read and found intact, this user's and of a
+    plan's shape, and runs while the slower check that the plan is still fresh (labctl's
+    files, the inventory's bytes, the environment) is made; the probes start only once it
+    is (they send keys). A plan no longer fresh costs one read-only ``systemctl show`` of
+    the units it named, whose answer is dropped."""
+    kept = read_snapshot(inventory)
+    if kept is None:
+        return None
+    key, plan = kept
+    start = time.monotonic()
+    own = start_show(plan["managed"])
+    try:
+        fresh = key == snapshot_key(inventory)
+    except OSError:  # the inventory went away
+        fresh = False
+    if not fresh:
+        own()  # reap it
+        return None
+    return _run_plan(plan, start, own, user_env(), probe_timeout, None)
+
+
+def read_snapshot(inventory: Path | str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(key, plan) of the snapshot kept for ``inventory`` if the file is this user's, not
+    writable by others, intact, and holds a plan's shape; None otherwise. Whether the plan
+    is still fresh is the caller's check (its key against snapshot_key)."""
     import marshal
 
     try:
@@ -693,11 +736,11 @@ def load_snapshot(inventory: Path | str) -> dict[str, Any] | None:
         if head != SNAPSHOT_MAGIC + sha256_hex(payload).encode():
             return None
         doc = marshal.loads(payload)
-        if not _plain_data(doc) or not isinstance(doc, dict) or doc.get("key") != snapshot_key(inventory):
+        if not _plain_data(doc) or not isinstance(doc, dict) or not isinstance(doc.get("key"), dict):
             return None
         plan = doc.get("plan")
         if not _plan_ok(plan) or not snapshot_fits(plan):  # type: ignore[arg-type]
             return None
-        return plan  # type: ignore[no-any-return]
+        return doc["key"], plan  # type: ignore[return-value]
     except (OSError, ValueError, EOFError, TypeError, KeyError, AttributeError):  # UnicodeError is a ValueError
         return None
