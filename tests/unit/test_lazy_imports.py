@@ -82,8 +82,8 @@ def test_every_command_group_uses_the_plain_help_formatter() -> None:
 # What the snapshot path keeps out (each a measured cost on top of the interpreter's start):
 # dataclasses (inspect, ast, dis, tokenize), typing, hashlib (OpenSSL), subprocess (signal,
 # selectors, threading), socket.py (enum, selectors), threading, logging, textwrap, pathlib,
-# and labctl's modules that bring them (its host layer, labctl.text). json and re too, as
-# long as no probe has a JSON answer to read (llama-server's /health) and --json is not asked.
+# and labctl's modules that bring them (its host layer, labctl.text). json and re too, unless
+# --json is asked (JSON answers are read with json's C scanner, _json).
 LEAN_OUT = ("dataclasses", "inspect", "typing", "hashlib", "_hashlib", "subprocess", "socket", "selectors",
             "threading", "logging", "textwrap", "pathlib", "labctl.text", "labctl.host", "labctl.fsio")
 NO_JSON_OUT = ("json", "re", "enum", "functools", "collections")
@@ -122,13 +122,14 @@ def found(modules: set[str], names: tuple[str, ...]) -> list[str]:
 
 
 def test_status_from_its_snapshot_imports_only_builtins_and_its_own(tmp_path: Path) -> None:
-    out, modules = fast_status(tmp_path, {"native": "llama-server"})
+    """llama-cpp-python's probe reads a JSON answer (/v1/models): with _json, not json."""
+    out, modules = fast_status(tmp_path, {"native": "llama-server", "bindings": "llama-cpp-python"})
     assert out.startswith("labctl status (") and "ok  native (llama-server) active/running" in out
+    assert "ok  bindings (llama-cpp-python) active/running" in out and "_json" in modules
     assert found(modules, LEAN_OUT + NO_JSON_OUT) == []
 
 
-def test_status_reads_json_answers_with_json_and_nothing_else_heavy(tmp_path: Path) -> None:
-    """A llama-cpp-python probe reads /v1/models: json is imported for it (and --json), only."""
+def test_status_json_imports_json_and_nothing_else_heavy(tmp_path: Path) -> None:
     out, modules = fast_status(tmp_path, {"native": "llama-server", "bindings": "llama-cpp-python"}, "--json")
     assert '"healthy": true' in out and "json" in modules
     assert found(modules, LEAN_OUT) == []

@@ -181,3 +181,32 @@ def test_a_thread_hands_back_its_result_or_its_exception() -> None:
     wait = probes.in_thread(boom)
     with pytest.raises(KeyError, match="in the thread"):
         wait()
+
+
+def outcome(fn, data: bytes) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    try:
+        return "value", repr(fn(data))
+    except Exception as exc:  # noqa: BLE001 - the error is the outcome compared
+        return type(exc).__name__, str(exc)
+
+
+def test_json_answers_are_read_as_json_loads_reads_them() -> None:
+    """probes.json_loads (json's own C scanner, without importing json) against json.loads:
+    the same value or the same error, for answers well-formed or not."""
+    import json
+    import random
+
+    samples = [b'{"data": [{"id": "bindings"}, {"id": "native"}]}', b'{"models": [{"name": "a:latest"}]}',
+               b' \t\r\n[1, 2.5, -3e2, 1E400, true, false, null, "\\u00e9\\n", {}]\n ', b"NaN", b'{"a": -Infinity}',
+               b'"str"', b"12 ", b"", b"   ", b"{", b'{"a": 1} trailing', b'{"a": 1}{"b": 2}', b"\xff", b"[1,]",
+               b'{"a" 1}', b'"\x01 control"', b"\x00", "\ufeff{}".encode(), '{"a": "é"}'.encode("utf-16"),
+               '{"a": "é"}'.encode("utf-16-le"), '{"a": 1}'.encode("utf-32"), b'"\\ud800"', b"1" * 5000,
+               b"[" * 50 + b"]" * 50, b'{"\\u00e9": "caf\xc3\xa9"}']
+    rng = random.Random(11)
+    good = samples[0]
+    for _ in range(400):  # damaged answers: a byte changed, cut, or added
+        pos = rng.randrange(len(good))
+        samples += [good[:pos] + bytes([rng.randrange(256)]) + good[pos + 1:], good[:pos],
+                    good[:pos] + bytes([rng.randrange(256)]) + good[pos:]]
+    for data in samples:
+        assert outcome(probes.json_loads, data) == outcome(json.loads, data), data
