@@ -491,7 +491,21 @@ def test_a_hung_systemctl_is_killed_with_its_session(tmp_path: Path, monkeypatch
     assert note.startswith("unit states unavailable: systemctl --user show --property=Id,")
     assert note.endswith(": timed out after 0.5s")
     assert facts["labctl-native.service"].active_state == "unknown"
-    child = int((tmp_path / "child").read_text())
+    assert_killed(int((tmp_path / "child").read_text()))
+    # A stale snapshot's systemctl is not waited for: stopped at once.
+    monkeypatch.setattr(status, "SHOW_TIMEOUT", 30.0)
+    (tmp_path / "child").unlink()
+    wait = status.start_show(["labctl-native.service"])
+    child = tmp_path / "child"
+    while not (child.exists() and child.read_text().strip()) and time.monotonic() - started < 10:
+        time.sleep(0.02)
+    started = time.monotonic()
+    wait(stop=True)
+    assert time.monotonic() - started < 2
+    assert_killed(int((tmp_path / "child").read_text()))
+
+
+def assert_killed(child: int) -> None:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:  # killed with the session (a zombie until its new parent reaps it)
         try:

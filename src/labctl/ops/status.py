@@ -280,7 +280,8 @@ def gather(inv: Inventory, *, manager: UserManager | None = None, probe_timeout:
 # --- the unit facts: one `systemctl --user show`, spawned here ------------------------------
 
 # labctl.host.systemd's, which the snapshot path does not import (its dataclasses and
-# labctl.host.proc's subprocess and logging): a test holds this copy and _Facts.parse to it.
+# labctl.host.proc's subprocess and logging): a test holds this copy, parse_show and _Facts
+# to the originals.
 SHOW_PROPERTIES = (
     "Id", "LoadState", "ActiveState", "SubState", "UnitFileState", "NRestarts", "MainPID",
     "MemoryCurrent", "ActiveEnterTimestamp", "ActiveEnterTimestampMonotonic", "InvocationID", "Result",
@@ -413,9 +414,10 @@ def _collect(pid: int, out_fd: int, err_fd: int, timeout: float) -> tuple[int | 
         os.close(err_fd)
 
 
-def start_show(units: list[str]) -> Callable[[], tuple[dict[str, Any], str]]:
+def start_show(units: list[str]) -> Callable[..., tuple[dict[str, Any], str]]:
     """``systemctl --user show`` of ``units``, started now; the returned call waits for it:
-    (facts of each unit, "" or a note on why they are unknown).
+    (facts of each unit, "" or a note on why they are unknown); ``wait(stop=True)`` kills
+    it instead (its answer no longer wanted).
 
     This is the one process labctl starts without labctl.host.proc.run_cmd, the chokepoint:
     it keeps that function's rules (an argv, never a shell; a session of its own; stdin
@@ -424,7 +426,7 @@ def start_show(units: list[str]) -> Callable[[], tuple[dict[str, Any], str]]:
     subprocess module (~5 ms with signal, selectors and threading) nor logging, and runs
     its probes while systemctl works."""
     if not units:
-        return lambda: ({}, "")
+        return lambda stop=False: ({}, "")
     argv = ["systemctl", "--user", "show", "--property=" + ",".join(SHOW_PROPERTIES), *units]
 
     def unknown(why: str) -> tuple[dict[str, Any], str]:
@@ -434,10 +436,10 @@ def start_show(units: list[str]) -> Callable[[], tuple[dict[str, Any], str]]:
         pid, out_fd, err_fd = _spawn(argv, user_env())
     except OSError as exc:
         why = f"cannot run {argv[0]}: {exc.strerror or exc}"
-        return lambda: unknown(why)
+        return lambda stop=False: unknown(why)
 
-    def wait() -> tuple[dict[str, Any], str]:
-        rc, out, err = _collect(pid, out_fd, err_fd, SHOW_TIMEOUT)
+    def wait(stop: bool = False) -> tuple[dict[str, Any], str]:
+        rc, out, err = _collect(pid, out_fd, err_fd, 0 if stop else SHOW_TIMEOUT)
         if rc == 0:
             return parse_show(out.decode(errors="replace"), units), ""
         from labctl.host.proc import one_line, short
@@ -702,8 +704,8 @@ def status_from_snapshot(inventory: Path | str, *, probe_timeout: float = 3.0) -
     systemctl starts as soon as the file is read and found intact, this user's and of a
     plan's shape, and runs while the slower check that the plan is still fresh (labctl's
     files, the inventory's bytes, the environment) is made; the probes start only once it
-    is (they send keys). A plan no longer fresh costs one read-only ``systemctl show`` of
-    the units it named, whose answer is dropped."""
+    is (they send keys). A plan no longer fresh costs the start of one read-only
+    ``systemctl show`` of the units it named, killed at once."""
     kept = read_snapshot(inventory)
     if kept is None:
         return None
@@ -715,7 +717,7 @@ def status_from_snapshot(inventory: Path | str, *, probe_timeout: float = 3.0) -
     except OSError:  # the inventory went away
         fresh = False
     if not fresh:
-        own()  # reap it
+        own(stop=True)
         return None
     return _run_plan(plan, start, own, user_env(), probe_timeout, None)
 
