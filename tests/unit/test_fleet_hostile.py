@@ -16,7 +16,6 @@ refuse-or-accept half only: a test must not write where a hostile path points.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -29,6 +28,9 @@ from typing import Any
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+# The same walkers as the single-host property (one definition of each).
+from test_hostile_render import set_at, shape, string_leaves
 
 from labctl import __version__
 from labctl.errors import InputError, InvalidInventory
@@ -77,24 +79,7 @@ SEEDS = ["a\nb: c", "{{ lookup('pipe', 'id') }}", "{% raw %}", "!unsafe x", "&an
          "127.0.0.1", "::1", "10.77.0.11%eth0", "fe80::1", "10.0.0.0/8", "8.8.8.0/24", "gpu-a", "x" * 300]
 
 
-def leaves(node: Any, loc: tuple = ()) -> list[tuple]:
-    if isinstance(node, dict):
-        return [leaf for k, v in node.items() for leaf in leaves(v, loc + (k,))]
-    if isinstance(node, list):
-        return [leaf for i, v in enumerate(node) for leaf in leaves(v, loc + (i,))]
-    return [loc] if isinstance(node, str) else []
-
-
-LEAVES = leaves(FLEET_FULL)
-
-
-def set_at(doc: dict, loc: tuple, value: str) -> dict:
-    doc = copy.deepcopy(doc)
-    node = doc
-    for part in loc[:-1]:
-        node = node[part]
-    node[loc[-1]] = value
-    return doc
+LEAVES = string_leaves(FLEET_FULL)
 
 
 class _Tagged(yaml.SafeLoader):
@@ -114,14 +99,6 @@ def strings(node: Any) -> list[Any]:
     if isinstance(node, list):
         return [s for v in node for s in strings(v)]
     return [node] if isinstance(node, str) else []
-
-
-def shape(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: shape(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [shape(v) for v in node]
-    return type(node).__name__
 
 
 def prepared(tmp: Path, loaded: Any) -> dict[str, Any]:
@@ -185,7 +162,7 @@ def check_random(tmp: Path, loc: tuple, value: str) -> None:
 
 
 def test_every_fleet_string_field_is_exercised() -> None:
-    from test_hostile_render import model_field_of, schema_string_fields  # noqa: F401 - same walker
+    from test_hostile_render import schema_string_fields
 
     fields = {f for f in schema_string_fields(schema.Inventory) if f.split(".")[0] in ("Fleet", "FleetHost", "FleetPip")}
     covered = {_fleet_field(loc) for loc in LEAVES}
