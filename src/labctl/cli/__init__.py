@@ -428,8 +428,9 @@ def status(
     A fleet inventory: every host's status at once, one row per service with its host."""
     loaded = _load(inventory, fleet=True)
     if loaded.fleet is not None:
-        if wide or endpoints:
-            raise UsageError("--wide and --endpoints are for one host's status: run `labctl status` on that host")
+        if wide or endpoints or probe_timeout != 3.0:
+            raise UsageError("--wide, --endpoints and --probe-timeout are for one host's status: run `labctl status` "
+                             "on that host (a fleet's status is bounded by fleet.status_timeout_sec)")
         from labctl.cli.fleet import is_healthy, status_lines
         from labctl.fleet import apply as fleet
 
