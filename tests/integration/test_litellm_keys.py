@@ -138,17 +138,26 @@ def test_litellm_validates_what_labctl_renders(litellm_python, tmp_path) -> None
     """LiteLLM's own loader (``--validate_config``, which builds the Router from the file)
     accepts the rendered configs, and refuses a value labctl cannot judge (a misspelled
     routing strategy), which is why it runs beside labctl's key checks."""
+    from labctl.render import gate
+
     paths = [ROOT / "inventory.yaml", *sorted((ROOT / "examples").glob("*/inventory.yaml"))]
+    # The config loads labctl's drain gate from its own directory (labctl.render.gate).
+    (tmp_path / gate.MODULE_FILE).write_text(gate.MODULE)
     for path in paths:
-        inv = load_inventory(str(path), text=path.read_text()).inventory
-        text = gateway.render_gateway(inv)
-        if text is None:
-            continue
-        env = {ref.variable: "sk-labctl-test" for gw in inv.gateways().values() for ref in gw.secret_refs()}
-        config = tmp_path / f"{path.parent.name}.yaml"
-        config.write_text(text)
-        proc = validate_config(litellm_python, config, env)
-        assert proc.returncode == 0 and "config OK" in proc.stdout, (path, proc.stdout[-1500:], proc.stderr[-1500:])
+        loaded = load_inventory(str(path), text=path.read_text())
+        # A fleet: the gateway's config is rendered from its host's view.
+        views = loaded.fleet.views if loaded.fleet is not None else {"": loaded.inventory}
+        for host, inv in views.items():
+            text = gateway.render_gateway(inv)
+            if text is None:
+                continue
+            env = {ref.variable: "sk-labctl-test" for gw in inv.gateways().values()
+                   for ref in inv.gateway_secret_refs(gw) if ref.variable}
+            config = tmp_path / f"{path.parent.name}{'-' + host if host else ''}.yaml"
+            config.write_text(text)
+            proc = validate_config(litellm_python, config, env)
+            assert proc.returncode == 0 and "config OK" in proc.stdout, (path, host, proc.stdout[-1500:],
+                                                                         proc.stderr[-1500:])
     root = (tmp_path / f"{ROOT.name}.yaml").read_text()  # the root inventory's render
     assert "routing_strategy: simple-shuffle" in root
     bad = tmp_path / "bad.yaml"
