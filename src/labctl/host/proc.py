@@ -10,7 +10,8 @@ import shlex
 import signal
 import subprocess
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 from labctl.errors import OperationFailed
@@ -127,3 +128,41 @@ def _stream(proc: subprocess.Popen[bytes], data: bytes | None, echo: Callable[[s
     proc.wait(timeout=timeout)
     reader.join(timeout=5)
     return b"".join(chunks)
+
+
+@contextlib.contextmanager
+def serve(argv: Sequence[str | os.PathLike[str]], *, output: str | os.PathLike[str],
+          env: Mapping[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a program that keeps running (a server) for the duration of the ``with``: argv
+    only, its own session, stdin ``/dev/null``, stdout and stderr into the file ``output``.
+    On leaving, its whole process group gets SIGTERM, then SIGKILL after 5 s, and is reaped."""
+    args = [os.fspath(a) for a in argv]
+    log.debug("serve: %s", shlex.join(args))
+    with open(output, "wb") as sink:
+        try:
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+                                    env=dict(env) if env is not None else None, start_new_session=True)
+        except OSError as exc:
+            raise CommandFailed(f"cannot run {args[0]}: {exc.strerror or exc}") from exc
+    try:
+        yield proc
+    finally:
+        _end_group(proc)
+
+
+def _end_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to ``proc``'s group, SIGKILL after 5 s, then reap. The leader is only reaped
+    after the group's SIGKILL (waitid WNOWAIT until then), so its PID, the group's id, cannot
+    have been given to another process when the group is signalled."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            break
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
