@@ -203,7 +203,29 @@ print(json.dumps(results))
 '''
 
 
-def test_a_backend_host_powered_off_mid_load(fleet) -> None:  # type: ignore[no-untyped-def]
+def evidence(lab, host: str, unit: str) -> str:  # type: ignore[no-untyped-def]
+    """What a failed assertion shows of ``unit`` on ``host``: its state and its last journal lines."""
+    machine = lab.machines[host]
+    if not machine.running:
+        return f"{host} is not running"
+    show = machine.user_systemctl("show", "-p", "ActiveState,SubState,Result,NRestarts,ExecMainStatus,InvocationID",
+                                  unit).stdout
+    journal = machine.run(["journalctl", "--user", "-u", unit, "-n", "40", "--no-pager", "-o", "short-monotonic"],
+                          user="labuser", check=False).stdout
+    return f"\n--- {host} {unit}\n{show}\n{journal}"
+
+
+@pytest.fixture
+def gpu_a_back_on(fleet):  # type: ignore[no-untyped-def]
+    """Whatever the test's outcome, gpu-a runs again after it, so that the tests after it
+    check the fleet, not the aftermath of this one's failure."""
+    yield
+    lab, _inventory = fleet
+    if not lab.machines["gpu-a"].running:
+        lab.power_on("gpu-a")
+
+
+def test_a_backend_host_powered_off_mid_load(fleet, gpu_a_back_on) -> None:  # type: ignore[no-untyped-def]
     lab, inventory = fleet
     healthy_before = {k: v for k, v in invocations(lab).items() if not k.startswith("gpu-a/")}
     load: dict[str, Any] = {}
@@ -226,7 +248,8 @@ def test_a_backend_host_powered_off_mid_load(fleet) -> None:  # type: ignore[no-
     worst = max(r[1] for r in results)
     print(f"\npower-off mid-load: {len(results)} requests, {len(failed)} failed, {len(fell_back)} through the "
           f"fallback, worst {worst:.2f}s; poweroff took {power_off:.1f}s")
-    assert len(results) >= 10 and not failed, failed[:5]
+    assert len(results) >= 10 and not failed, (failed[:5], evidence(lab, "edge", "labctl-gateway.service"),
+                                               evidence(lab, "gpu-b", "labctl-llama-b.service"))
     assert fell_back, "no request fell back: gpu-a was not down during the load"
 
     # status names the dead host, within its bounds (connect 5 s + status 30 s + start-up)
