@@ -62,6 +62,18 @@ def test_processes_run_the_units_command_lines(running_stack) -> None:
     assert [str(p) for p in gateway.environment_files] == [str(running_stack.key_file)]
 
 
+def test_the_gateway_runs_on_asyncio_not_uvloop(running_stack) -> None:
+    """labctl.render.litellm_launch: the real LiteLLM, started by the unit's launcher, has not
+    loaded uvloop (the stock entry point does, whenever uvloop is installed, as it is here)."""
+    server = running_stack.servers["gateway"]
+    assert server.unit.argv[1].endswith("/labctl_litellm.py")
+    maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
+    assert "uvloop" not in maps
+    python = Path(server.unit.argv[0])
+    assert subprocess.run([str(python), "-c", "import uvloop"], capture_output=True).returncode == 0, \
+        "uvloop is not installed in the gateway's venv: this test would prove nothing"
+
+
 # --- routes -------------------------------------------------------------------------------
 
 

@@ -153,8 +153,13 @@ def make_plan(inv: Inventory, rendered: dict[str, str], installed: dict[str, str
         if change == "update":
             restart[unit] = "unit file changed"
         svc = inv.services[name]
-        if isinstance(svc, LiteLLM) and layout.litellm_config in changed:
-            restart.setdefault(unit, "gateway config changed")
+        if isinstance(svc, LiteLLM):
+            # The config, and what it loads or is started by beside it (drain gate, launcher).
+            gateway_files = sorted(p for p in changed if p.startswith(layout.litellm_file("")))
+            if layout.litellm_config in changed:
+                restart.setdefault(unit, "gateway config changed")
+            elif gateway_files:
+                restart.setdefault(unit, f"{gateway_files[0].rsplit('/', 1)[1]} changed")
         if layout.redis_config(name) in changed:
             restart.setdefault(unit, "redis config changed")
         # A restarted backend restarts what depends on it, so the gateway re-reads it.

@@ -25,10 +25,11 @@ def render_all(inv: "Inventory") -> dict[str, str]:
     files = render_units(inv, layout)
     gateway = render_gateway(inv)
     if gateway is not None:
-        from labctl.render import gate
+        from labctl.render import gate, litellm_launch
 
         files[layout.litellm_config] = gateway
-        files[layout.litellm_config.rsplit("/", 1)[0] + "/" + gate.MODULE_FILE] = gate.MODULE
+        files[layout.litellm_file(gate.MODULE_FILE)] = gate.MODULE
+        files[layout.litellm_file(litellm_launch.MODULE_FILE)] = litellm_launch.MODULE
     files.update(render_redis(inv, layout))
     files.update(render_monitoring(inv, layout))
     return dict(sorted(files.items()))

@@ -38,6 +38,10 @@ class Layout:
     def installed(self, relpath: str) -> PurePosixPath:
         return PurePosixPath(self.config_root) / relpath
 
+    def litellm_file(self, name: str) -> str:
+        """A file the gateway's config loads or is started by, beside it (relative path)."""
+        return self.litellm_config.rsplit("/", 1)[0] + "/" + name
+
     def unit(self, service: str) -> str:
         return f"{UNIT_DIR}/{unit_name(service)}"
 

@@ -64,7 +64,10 @@ def argv(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> list[st
         args = [host.expand(svc.binary), f"-redis.addr=redis://{host_port(reach(inv.bind_of(redis)), redis.port)}",
                 f"-web.listen-address={host_port(bind, svc.port)}"]
     elif isinstance(svc, LiteLLM):
-        args = [svc.runtime.interpreter(host), "-m", "litellm.proxy.proxy_cli",
+        from labctl.render import litellm_launch
+
+        # proxy_cli's own entry point, on asyncio rather than uvloop (labctl.render.litellm_launch)
+        args = [svc.runtime.interpreter(host), str(layout.installed(layout.litellm_file(litellm_launch.MODULE_FILE))),
                 "--config", str(layout.installed(layout.litellm_config)), "--host", bind, "--port", port]
     else:  # pragma: no cover - the schema admits no other kind
         raise TypeError(f"unknown service kind {type(svc).__name__}")
