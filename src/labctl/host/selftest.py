@@ -2,8 +2,9 @@
 
 A wheel's native code is compiled for some instruction set. One built with ``-march=native``
 on an AVX-512/AMX machine installs everywhere, and then dies with SIGILL on a CPU without
-those instructions, at its first model load. The unit would then crash-loop and ``up`` would
-report a readiness timeout that says nothing of the cause. So ``up`` tries a newly installed
+those instructions, at its first model load. ``up`` would then start the rest of the stack,
+stop the crash-looping unit and report an exit status (4) that says nothing of the cause, the
+journal's ``status=4/ILL`` beneath it unexplained. So ``up`` tries a newly installed
 program once, before trusting it: a generated tiny model (F32, half a megabyte), loaded on
 the CPU, asked for one token, within a bound. A program that dies of a signal is refused
 with a line that says which signal and what it usually means.
