@@ -8,6 +8,7 @@ import logging
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -128,6 +129,13 @@ def _stream(proc: subprocess.Popen[bytes], data: bytes | None, echo: Callable[[s
     proc.wait(timeout=timeout)
     reader.join(timeout=5)
     return b"".join(chunks)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free right now, for a server about to be started on it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

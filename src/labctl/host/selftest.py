@@ -19,13 +19,12 @@ from __future__ import annotations
 import http.client
 import json
 import signal
-import socket
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from labctl.host.proc import CommandFailed, last_lines, serve
+from labctl.host.proc import CommandFailed, free_port, last_lines, serve
 
 #: What a death by each signal usually means for a freshly installed native program.
 SIGNAL_MEANING = {
@@ -43,12 +42,6 @@ class Verdict:
     seconds: float
     why: str = ""
     log_tail: tuple[str, ...] = ()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _request(port: int, method: str, path: str, body: dict[str, object] | None, timeout: float) -> int:
@@ -82,7 +75,7 @@ def llama_server_runs(program: str | Path, *, timeout: float = 120.0) -> Verdict
     with tempfile.TemporaryDirectory(prefix="labctl-selftest-") as tmp:
         model = write_tiny_gguf(Path(tmp) / "selftest.gguf", name="labctl-selftest")
         output = Path(tmp) / "server.log"
-        port = _free_port()
+        port = free_port()
         argv = [str(program), "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
                 "--ctx-size", "256", "--threads", "1", "--parallel", "1", "--n-gpu-layers", "0"]
         try:

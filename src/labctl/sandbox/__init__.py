@@ -66,10 +66,10 @@ from labctl.sandbox.base import (
     default_cache_dir,
     missing_host_tools,
 )
+from labctl.host.proc import free_port
 from labctl.sandbox.host import (
     PipSettings,
     apt_mirror,
-    free_port,
     host_has_user_manager,
     host_pip_settings,
 )

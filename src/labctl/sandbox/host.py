@@ -128,13 +128,6 @@ def host_pip_settings() -> PipSettings:
 
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 free right now (the sandbox shares the host's ports)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
