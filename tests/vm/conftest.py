@@ -36,10 +36,14 @@ READY_TIMEOUT = 900
 WHEELS = "/home/labuser/wheels"
 
 
-def vm_inventory(ports: dict[str, int]) -> str:
-    """The CPU demo (as the nspawn tier runs it) plus Redis as the gateway's cache, and
-    `ballast`: a Redis under a small MemoryMax= that the limits test makes allocate past it."""
+def vm_inventory(ports: dict[str, int], llama_server: str) -> str:
+    """The CPU demo (as the nspawn tier runs it, with the llama-server that serves on the
+    guest's CPU) plus Redis as the gateway's cache, and `ballast`: a Redis under a small
+    MemoryMax= that the limits test makes allocate past it."""
     text = demo_inventory(ports)
+    host_binary = f"    binary: {TOOLS_DIR}/llama-server/bin/llama-server\n"
+    assert host_binary in text
+    text = text.replace(host_binary, f"    binary: {llama_server}\n", 1)
     for old in ("    ready_timeout_sec: 120\n", "    ready_timeout_sec: 180\n"):
         text = text.replace(old, f"    ready_timeout_sec: {READY_TIMEOUT}\n")
     extra = (
@@ -66,9 +70,42 @@ def require_vm_tools() -> None:
     for tool in HOST_TOOLS:
         if shutil.which(tool) is None:
             missing(tool, QEMU_HINT if tool.startswith("qemu") else "run scripts/bootstrap.sh")
-    for rel in ("llama-server/bin/llama-server", "llama-cpp-python/bin/python", "litellm/bin/python"):
+    for rel in ("llama-server/bin/llama-server", *GUEST_LLAMA_SERVERS, "llama-cpp-python/bin/python",
+                "litellm/bin/python"):
         if not (TOOLS_DIR / rel).exists():
             missing(str(TOOLS_DIR / rel), "run scripts/bootstrap.sh")
+
+
+#: Candidates for the guest's llama-server after the host's own (tools dir relative): the
+#: host's is chosen because it serves on the *host's* CPU, and may use AVX-512 or AMX, which
+#: qemu's emulated CPU has not (it then dies of SIGILL at its first model load).
+GUEST_LLAMA_SERVERS = ("llama-server-avx2/bin/llama-server",)
+
+
+def guest_llama_server(vm) -> str:  # type: ignore[no-untyped-def]
+    """The first llama-server that serves on the guest's CPU, tried there with labctl's own
+    self-test (a tiny model, one token: labctl.host.selftest), as `up` tries a program it
+    installed: a binary is tried on the CPU it will run on."""
+    tried = []
+    for rel in ("llama-server/bin/llama-server", *GUEST_LLAMA_SERVERS):
+        program = str(TOOLS_DIR / rel)
+        t0 = time.monotonic()
+        res = vm.run([f"{VENV}/bin/python", "-c", SELFTEST, program], user="labuser", check=False, timeout=600,
+                     cwd=HOME)
+        verdict = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else f"no verdict (rc {res.rc})"
+        record(f"guest llama-server self-test: {rel}", time.monotonic() - t0)
+        if res.rc == 0 and verdict == "ok":
+            note(f"guest llama-server: {rel}" + (f" (not: {'; '.join(tried)})" if tried else ""))
+            return program
+        tried.append(f"{rel}: {verdict} {res.stderr.strip()[-300:]}".strip())
+    raise AssertionError("no llama-server candidate serves on the guest's CPU:\n" + "\n".join(tried))
+
+
+SELFTEST = """import sys
+from labctl.host.selftest import llama_server_runs
+v = llama_server_runs(sys.argv[1], timeout=300)
+print("ok" if v.ok else v.why + " | " + " / ".join(v.log_tail[-2:]))
+"""
 
 
 def wheelhouse(cache: Path) -> Path:
@@ -158,7 +195,7 @@ def demo_stack(vm_machine) -> Stack:
     vm.copy_in(model, f"{HOME}/models/tiny.gguf", owner="labuser")
     vm.run(["ln", "-sfn", "tiny.gguf", f"{HOME}/models/current.gguf"], user="labuser")
     ports = {n: free_port() for n in ("native", "bindings", "gateway", "cache", "ballast")}
-    text = vm_inventory(ports)
+    text = vm_inventory(ports, guest_llama_server(vm))
     vm.write_text(INVENTORY, text, owner="labuser")
     assert_home_owned_by_labuser(vm)
     t0 = time.monotonic()

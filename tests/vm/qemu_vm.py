@@ -66,8 +66,10 @@ VM_PACKAGES: tuple[str, ...] = (*PACKAGES, "linux-image-amd64", "initramfs-tools
 VM_FORMAT = 3
 #: Bump when the tools image's recipe changes (its content is stamped by a listing).
 TOOLS_FORMAT = 1
-#: The tool venvs the VM's stack runs (examples/cpu-demo/inventory-tools.yaml).
-TOOLS_NEEDED = ("llama-server", "llama-cpp-python", "litellm")
+#: The tool venvs the VM's stack runs (examples/cpu-demo/inventory-tools.yaml), and the
+#: AVX2 build of llama-server: the host's may need instructions qemu's CPU lacks (conftest
+#: tries both in the guest and runs the first that serves there).
+TOOLS_NEEDED = ("llama-server", "llama-server-avx2", "llama-cpp-python", "litellm")
 TOOLS_LABEL = "labctl-tools"
 HOST_TOOLS = "qemu-system-x86_64", "qemu-img", "mkfs.ext4", "ssh", "debootstrap"
 QEMU_HINT = "apt-get install -y --no-install-recommends qemu-system-x86 qemu-utils (scripts/bootstrap.sh does)"
