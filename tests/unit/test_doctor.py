@@ -78,3 +78,27 @@ def test_manager_environment_names_never_keeps_values() -> None:
             return CommandResult(0, "PATH=/usr/bin\nCLOUD_KEY=sk-secret\n", "")
 
     assert Fake(env={}).environment_names() == {"PATH", "CLOUD_KEY"}
+
+
+def test_localhost_that_does_not_resolve_fails_with_the_fix(tmp_path: Path) -> None:
+    """A host without a localhost entry (a minimal container with an empty /etc/hosts), for
+    real: the resolver of this machine, in a mount namespace where /etc/hosts is empty."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from labctl.ops.doctor import localhost_check
+
+    assert localhost_check().status == "ok"  # this machine's /etc/hosts has it
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        import pytest
+
+        pytest.skip("an empty /etc/hosts needs a mount namespace (root, unshare)")
+    empty = tmp_path / "hosts"
+    empty.write_text("")
+    code = "from labctl.ops.doctor import localhost_check; c = localhost_check(); print(c.status, '|', c.fix)"
+    done = subprocess.run(["unshare", "--mount", "sh", "-c", f'mount --bind "$1" /etc/hosts && exec "$2" -c "$3"',
+                           "sh", str(empty), sys.executable, code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "fail | add the line '127.0.0.1 localhost' to /etc/hosts"

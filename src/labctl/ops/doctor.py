@@ -301,6 +301,8 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
                    Check(f"{name} working directory", "warn", f"{wd} does not exist yet",
                          "labctl up creates it before the unit starts"))
 
+    if inv.gateways():
+        out.append(localhost_check())
     for name, svc in inv.gateways().items():
         python = Path(svc.runtime.interpreter(inv.host))
         if svc.prometheus_metrics and python.exists():
@@ -362,6 +364,21 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
                              "exporter's /:/host:ro,rslave bind", "mount --make-rshared /, or set "
                              "monitoring.node_exporter.enabled: false"))
     return out
+
+
+def localhost_check(resolve=None) -> Check:  # type: ignore[no-untyped-def]
+    """LiteLLM's proxy (1.106) checks its port by connecting to the name "localhost" and
+    crashes at start when that does not resolve (a minimal container without /etc/hosts)."""
+    import socket
+
+    resolve = resolve or socket.getaddrinfo
+    try:
+        resolve("localhost", None, 0, socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        return Check("localhost", "fail", f"the name localhost does not resolve here ({exc}); LiteLLM's proxy "
+                     "looks its port up by that name and exits at start", "add the line '127.0.0.1 localhost' "
+                     "to /etc/hosts")
+    return Check("localhost", "ok", "the name localhost resolves (LiteLLM's proxy needs it)")
 
 
 def root_is_shared(mountinfo: str | None = None) -> bool:
