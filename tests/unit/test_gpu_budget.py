@@ -144,3 +144,26 @@ def test_the_nvidia_smi_reader_where_a_gpu_exists() -> None:
     assert memory is not None
     total, used = memory
     assert total > 0 and 0 <= used <= total
+
+
+def test_fractions_of_one_gpu_over_one_are_refused_whatever_its_size(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Two vLLMs at 0.6 each claim 1.2 GPUs: wrong on every GPU, so no capacity is needed to
+    refuse it (the operators' vllm-qwen and vllm-dolphin, both enabled)."""
+    text = stack(tmp_path, gib=None, util=0.6).replace("  ollama: {kind: ollama, models: [llama3.1:8b]}\n",
+                        "  ollama: {kind: ollama, models: [llama3.1:8b]}\n"
+                        "  dolphin: {kind: vllm, runtime: {python: /bin/true}, port: 8002, model: org/d, "
+                        "served_model_name: d, gpu_memory_utilization: 0.6}\n")
+    budget = compute(load_inventory("inventory.yaml", text=text).inventory, measure=False)
+    assert budget.capacity is None and budget.fraction == pytest.approx(1.2) and not budget.fits
+    assert "adds up to 1.20 of one GPU (coder 0.6, dolphin 0.6)" in budget.summary()
+    path = tmp_path / "inventory.yaml"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "-i", str(path)])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2
+    assert line.startswith(f"{path}:11: services.dolphin.gpu_memory_utilization: gpu_memory_utilization adds up "
+                           "to 1.20 of one GPU"), line
+    # At 0.5 each they fit together (the size still unknown: the bytes are not checked).
+    ok = compute(load_inventory("inventory.yaml", text=text.replace("0.6", "0.5")).inventory, measure=False)
+    assert ok.fits and "and 1.00 of the GPU; not checked" in ok.summary()

@@ -116,7 +116,8 @@ def _validate_fleet(loaded: Any, *, check_files: bool, force: bool, as_json: boo
     for name, view in plan.views.items():
         budget = gpu_budget.compute(view, measure=False) if gpu_budget.applies(view) else None
         if budget is not None and not budget.fits and not force:
-            loc = ("hosts", name, "gpu_memory_gib") if inv.hosts[name].gpu_memory_gib is not None else ("hosts", name)
+            loc = (gpu_budget.refusal_field(view, budget) if budget.fraction > 1.0 else ("hosts", name, "gpu_memory_gib")
+                   if inv.hosts[name].gpu_memory_gib is not None else ("hosts", name))
             raise loaded.source.error(loc, f"{budget.summary()}; lower gpu_memory_utilization or n_gpu_layers, or "
                                            "pass --force; nothing was changed")
         hosts[name] = {"address": inv.hosts[name].address,

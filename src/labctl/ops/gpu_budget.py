@@ -52,27 +52,40 @@ class Budget:
     capacity: int | None     # bytes
     source: str              # "host.gpu_memory_gib", "nvidia-smi", or why there is none
     notes: list[str] = field(default_factory=list)
+    # Services that take a fraction of the whole GPU, whatever its size (vLLM's
+    # gpu_memory_utilization): more than 1.0 together fits no GPU, known size or not.
+    fractions: dict[str, float] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
         return sum(s.bytes or 0 for s in self.shares)
 
     @property
+    def fraction(self) -> float:
+        return sum(self.fractions.values())
+
+    @property
     def fits(self) -> bool:
-        return self.capacity is None or self.total <= self.capacity
+        return self.fraction <= 1.0 and (self.capacity is None or self.total <= self.capacity)
 
     def summary(self) -> str:
+        if self.fraction > 1.0:
+            parts = ", ".join(f"{name} {f:g}" for name, f in self.fractions.items())
+            return (f"gpu_memory_utilization adds up to {self.fraction:.2f} of one GPU ({parts}): more than any "
+                    "GPU holds, whatever its size")
         parts = ", ".join(f"{s.service} {s.bytes / GIB:.2f}" for s in self.shares if s.bytes)
         least = "at least " if any(s.bytes is None for s in self.shares) else ""
         need = f"the stack needs {least}{self.total / GIB:.2f} GiB of GPU memory ({parts or 'nothing counted'})"
         if self.capacity is None:
-            return f"{need}; not checked ({self.source})"
+            share = f", and {self.fraction:.2f} of the GPU" if self.fractions else ""
+            return f"{need}{share}; not checked ({self.source})"
         verb = "fits in" if self.fits else "does not fit in"
         return f"{need}, which {verb} {self.capacity / GIB:.2f} GiB ({self.source})"
 
     def as_dict(self) -> dict[str, object]:
         return {"shares": [s.as_dict() for s in self.shares], "total": self.total, "capacity": self.capacity,
-                "source": self.source, "fits": self.fits, "notes": list(self.notes)}
+                "source": self.source, "fits": self.fits, "notes": list(self.notes),
+                "fractions": dict(self.fractions)}
 
 
 def _llama_share(inv: Inventory, name: str, svc: LlamaServer | LlamaCppPython) -> Share:
@@ -131,10 +144,12 @@ def compute(inv: Inventory, *, measure: bool = True) -> Budget:
     else:
         capacity, source = None, "no host.gpu_memory_gib and no nvidia-smi"
     shares: list[Share] = []
+    fractions: dict[str, float] = {}
     for name, svc in inv.managed().items():
         if isinstance(svc, (LlamaServer, LlamaCppPython)):
             shares.append(_llama_share(inv, name, svc))
         elif isinstance(svc, Vllm) and svc.device == "cuda":
+            fractions[name] = svc.gpu_memory_utilization
             if total is None:
                 shares.append(Share(name, svc.kind, None, f"{svc.gpu_memory_utilization:g} of an unknown GPU size"))
             else:
@@ -143,7 +158,7 @@ def compute(inv: Inventory, *, measure: bool = True) -> Budget:
         elif isinstance(svc, Ollama) and inv.host.gpu:
             shares.append(Share(name, svc.kind, None, "loads models on demand and evicts them itself: not counted"))
             notes.append(f"{name}: Ollama's models are not counted; leave it room (OLLAMA_MAX_LOADED_MODELS)")
-    return Budget(shares, capacity, source, notes)
+    return Budget(shares, capacity, source, notes, fractions)
 
 
 def applies(inv: Inventory) -> bool:
@@ -155,10 +170,16 @@ def enforce(loaded, budget: Budget, *, force: bool) -> None:  # type: ignore[no-
     unless forced."""
     if budget.fits or force:
         return
-    inv = loaded.inventory
-    loc = ("host", "gpu_memory_gib") if inv.host.gpu_memory_gib is not None else ("host",)
-    raise loaded.source.error(loc, f"{budget.summary()}; lower gpu_memory_utilization or n_gpu_layers, or pass "
-                                   "--force; nothing was changed")
+    raise loaded.source.error(refusal_field(loaded.inventory, budget), f"{budget.summary()}; lower "
+                              "gpu_memory_utilization or n_gpu_layers, or pass --force; nothing was changed")
+
+
+def refusal_field(inv: Inventory, budget: Budget) -> tuple:
+    """Where a budget that does not fit points: the last fraction that tips it over 1.0, or
+    the capacity the inventory gives (the host, when it gives none)."""
+    if budget.fraction > 1.0:
+        return ("services", list(budget.fractions)[-1], "gpu_memory_utilization")
+    return ("host", "gpu_memory_gib") if inv.host.gpu_memory_gib is not None else ("host",)
 
 
 def table(budget: Budget, width: int = 80) -> list[str]:
