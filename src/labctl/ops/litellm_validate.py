@@ -13,6 +13,7 @@ the operator's.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from labctl.host.proc import CommandFailed, CommandTimeout, run_cmd
 from labctl.inventory.schema import Inventory, LiteLLM
-from labctl.render import gate
+from labctl.render import gate, litellm_keys
 from labctl.render.layout import Layout
 from labctl.render.units import environment
 
@@ -81,3 +82,57 @@ def field_of(gw: LiteLLM, detail: str) -> tuple[str, ...]:
             if re.search(rf"\b{re.escape(key)}\b", detail):
                 return (section, key)
     return ()
+
+
+# Run by a LiteLLM venv's own interpreter: it prints the key sets of the LiteLLM installed there.
+ASK = r"""
+import ast, inspect, json, re
+from importlib.metadata import version
+from pathlib import Path
+import litellm
+from litellm.constants import ROUTER_SETTINGS_MANAGED_OUTSIDE_CONFIG
+from litellm.proxy._types import ConfigGeneralSettings
+from litellm.types.router import LiteLLM_Params, ModelInfo
+from litellm.types import utils as tutils
+
+root = Path(litellm.__file__).parent
+args = set(litellm.Router.get_valid_args()) - set(ROUTER_SETTINGS_MANAGED_OUTSIDE_CONFIG) - {"self"}
+providers = sorted({str(getattr(p, "value", p)) for p in litellm.provider_list})
+# litellm_settings: the proxy sets each key as an attribute of the litellm module, after
+# handling some itself (the keys compared in its litellm_settings loop).
+settings = {k for k, v in vars(litellm).items() if not k.startswith("_")
+            and not (inspect.ismodule(v) or inspect.isroutine(v) or inspect.isclass(v))}
+tree = ast.parse((root / "proxy" / "proxy_server.py").read_text())
+for node in ast.walk(tree):
+    if isinstance(node, ast.For) and ast.unparse(node.iter) == "litellm_settings.items()":
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Compare) and isinstance(sub.left, ast.Name) and sub.left.id == "key":
+                for comp in sub.comparators:
+                    for c in ast.walk(comp):
+                        if isinstance(c, ast.Constant) and isinstance(c.value, str):
+                            settings.add(c.value)
+general = set(ConfigGeneralSettings.model_fields)
+pat = re.compile(r"general_settings(?:\.get\(\s*|\[\s*)[\"']([A-Za-z0-9_]+)[\"']")
+for path in (root / "proxy").rglob("*.py"):
+    general |= set(pat.findall(path.read_text(errors="replace")))
+# A deployment's litellm_params: its own fields, completion()'s parameters, and the
+# OpenAI client's request options, which LiteLLM forwards.
+params = (set(LiteLLM_Params.model_fields) | {"extra_body", "extra_headers", "extra_query"}
+          | {p for p in inspect.signature(litellm.completion).parameters if p not in ("kwargs", "args")})
+info = (set(ModelInfo.model_fields) | set(getattr(tutils.ModelInfoBase, "__annotations__", {}))
+        | set(getattr(tutils.ModelInfo, "__annotations__", {})))
+print(json.dumps({"version": version("litellm"), "router_settings": sorted(args), "providers": providers,
+                  "litellm_settings": sorted(settings), "general_settings": sorted(general),
+                  "litellm_params": sorted(params), "model_info": sorted(info)}))
+"""
+
+
+def ask(python: str | Path, *, timeout: float = 300) -> litellm_keys.KeySets:
+    """The key sets of the LiteLLM installed for ``python`` (a venv's interpreter), asked of
+    it: it imports LiteLLM, so it takes seconds. Raises CommandFailed when that fails."""
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    res = run_cmd([str(python), "-c", ASK], timeout=timeout, env=env)
+    try:
+        return litellm_keys.KeySets.from_dict(json.loads(res.stdout.strip().splitlines()[-1]))
+    except (IndexError, ValueError, KeyError, TypeError):
+        raise CommandFailed(f"{python} printed no key lists") from None
