@@ -55,3 +55,18 @@ def test_outage_inventory_refused_by_validate_and_up(tmp_path, capsys):
             main([command, "-i", str(path)])
         assert exit_info.value.code == 2
         assert capsys.readouterr().err == expected
+
+
+@pytest.mark.parametrize("command", [["logs", "nosuch"], ["edit", "nosuch"]])
+def test_logs_and_edit_name_the_inventory_they_read_without_i(tmp_path, monkeypatch, capsys, command):
+    """Run without -i, the message names the file found (./inventory.yaml), never "None"."""
+    from invtext import BASE
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LABCTL_INVENTORY", raising=False)
+    (tmp_path / "inventory.yaml").write_text(BASE)
+    with pytest.raises(SystemExit) as exit_info:
+        main(command)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "None" not in err and "inventory.yaml" in err and "'nosuch'" in err, err

@@ -470,9 +470,10 @@ def logs(
     from labctl.host.systemd import UserManager
     from labctl.inventory.schema import External, unit_name
 
-    inv = _load(inventory).inventory
+    loaded = _load(inventory)
+    inv = loaded.inventory
     if service not in inv.services:
-        raise UsageError(f"no service named {service!r} in {inventory} (have: {', '.join(inv.services)})")
+        raise UsageError(f"no service named {service!r} in {loaded.path} (have: {', '.join(inv.services)})")
     manager = UserManager()
     svc = inv.services[service]
     if isinstance(svc, External):
@@ -495,10 +496,11 @@ def edit_unit(
     from labctl.host.systemd import UserManager
     from labctl.inventory.schema import unit_name
 
-    inv = _load(inventory).inventory
+    loaded = _load(inventory)
+    inv = loaded.inventory
     if service not in inv.managed(disabled=True):
         what = "is external: labctl runs no unit for it" if service in inv.services else "is no service"
-        raise UsageError(f"{service!r} {what} in {inventory}")
+        raise UsageError(f"{service!r} {what} in {loaded.path}")
     manager = UserManager()
     argv = ["systemctl", "--user", "edit", unit_name(service)]
     sys.stdout.flush()
