@@ -16,7 +16,7 @@ import stat
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import yaml
@@ -176,6 +176,7 @@ HOSTILE += [
     ("rule_tests", lambda d: put(d / "priv.yml", RULES, 0o600) and put(d / "t.yml", "rule_files: [priv.yml]\ntests: []\n"),
      "rule_files[0]: the rule file it tests is refused: " + "{d}/priv.yml is private to its owner"),
     ("rule_tests", lambda d: put(d / "t.yml", "rule_files: ['/etc/*']\ntests: []\n"), "does not follow globs"),
+    ("rule_tests", lambda d: put(d / "t.yml", 'rule_files: ["a\\nb.yml"]\ntests: []\n'), "must be a file name"),
     ("rule_tests", lambda d: put(d / "t.yml", RULE_TEST.replace("'90x10'", f"'{SECRET}'")),
      "tests[0].input_series[0].values: the value looks like an API token"),
     ("dashboards", lambda d: put(d / "d.json", nested_json(2000)), ":1: nested deeper than 64 levels"),
@@ -290,13 +291,14 @@ def test_control_copying_as_written_publishes_a_private_file(tmp_path: Path, cap
 
 
 @pytest.mark.parametrize("guard,hostile,message", [
-    ("SPECIAL_ROOTS", "/proc/self/status", "not a Prometheus rule file"),
+    ("SPECIAL_ROOTS", "/proc/self/status", "holds more than its size"),
     ("_scan", "secret", "SECRET"),
 ])
 def test_control_each_guard_is_what_refuses(tmp_path: Path, monkeypatch, guard: str, hostile: str,
                                             message: str) -> None:
-    """Take one guard away and its case gets further: /proc is then read (and refused only
-    because its text is not rules), a secret-looking value is then installed."""
+    """Take one guard away and its case gets further: /proc is then opened (and refused by
+    the next guard, procfs's size-0 mark, which also stands for a procfs mounted elsewhere),
+    a secret-looking value is then installed."""
     path = put(tmp_path / "r.yml", RULES.replace("https://runbooks.example.com/gpu-hot", SECRET)) \
         if hostile == "secret" else Path(hostile)
     with pytest.raises(operator_files.Refused):
@@ -367,8 +369,66 @@ def test_litellm_settings_refuse_non_finite_numbers(tmp_path: Path, capsys, yaml
     assert f".{where}.{key}: holds " in line and "which is not a finite number" in line, line
 
 
+def test_control_pydantic_json_values_take_non_finite_numbers() -> None:
+    """What the settings' check stands in front of: pydantic's JsonValue alone takes them."""
+    from pydantic import ConfigDict, JsonValue, TypeAdapter
+
+    loose = TypeAdapter(dict[str, JsonValue], config=ConfigDict(strict=True))
+    assert math.isinf(loose.validate_python({"k": [math.inf]})["k"][0])  # type: ignore[index]
+
+
 def test_finite_settings_still_render() -> None:
     text = edit(("        service: native\n", "        service: native\n        litellm_params: {rpm: 60, stream_timeout: 12.5}\n"))
     files = render_all(load_inventory("inventory.yaml", text=text).inventory)
     config = yaml.safe_load(files["labctl/litellm/config.yaml"])
     assert {"rpm": 60, "stream_timeout": 12.5}.items() <= config["model_list"][0]["litellm_params"].items()
+
+
+def _float_fields() -> list[tuple[str, object]]:
+    """Every field of the schema whose type can hold a float (directly or in JSON data)."""
+    from typing import Annotated, get_args
+
+    from pydantic import BaseModel, JsonValue
+
+    from labctl.inventory import schema
+
+    def types_in(ann: object) -> Iterator[object]:
+        yield ann
+        for arg in get_args(ann):
+            yield from types_in(arg)
+
+    out, seen, todo = [], set(), [schema.Inventory]
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            found = list(types_in(field.annotation))
+            if float in found or JsonValue in found:
+                # pydantic keeps a field's constraints beside its type: put them back.
+                annotation = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+                out.append((f"{model.__name__}.{name}", annotation))
+            todo += [t for t in found if isinstance(t, type) and issubclass(t, BaseModel)]
+    return out
+
+
+@pytest.mark.parametrize("name,annotation", _float_fields(), ids=[n for n, _ in _float_fields()])
+def test_no_schema_field_takes_a_non_finite_number(name: str, annotation: object) -> None:
+    """Whatever a number field reaches (argv, a unit, LiteLLM's config), .nan and .inf are
+    refused at validation: each field's finite shape is accepted, its non-finite one not."""
+    from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+    adapter = TypeAdapter(annotation, config=ConfigDict(strict=True))
+    shapes = [lambda x: x, lambda x: {"k": x}, lambda x: {"k": [1, {"deep": x}]}]
+    accepted = 0
+    for shape in shapes:
+        try:
+            adapter.validate_python(shape(0.5))
+        except ValidationError:
+            continue
+        accepted += 1
+        for bad in (math.nan, math.inf, -math.inf):
+            with pytest.raises(ValidationError):
+                adapter.validate_python(shape(bad))
+    assert accepted, f"{name}: no shape of a finite number is accepted; extend the shapes"

@@ -11,7 +11,8 @@ inventory can name any file its operator can read (a 0600 secrets file,
 
 - a regular file: its resolved path outside /proc, /sys and /dev (whose files stat as
   regular files of size 0 and hold a process's environment, or never end), opened without
-  blocking (a FIFO) and read to at most :data:`MAX_BYTES`;
+  blocking (a FIFO), read to at most :data:`MAX_BYTES`, and holding no more than its size
+  says (procfs mounted elsewhere);
 - readable by others already: a file private to its owner (0600, 0640) would be published
   by its 0644 copy (only the file's own mode counts: a home directory closed to others is
   the usual place for world-readable files);
@@ -43,6 +44,7 @@ from labctl import fsio, secretscan
 from labctl.errors import InputError, os_reason
 from labctl.inventory import yamlsrc
 from labctl.render import encode
+from labctl.text import first_unsafe
 
 MAX_BYTES = 4 * 2**20
 # A Grafana dashboard nests about a dozen levels; json.loads recurses once per level and
@@ -91,9 +93,14 @@ def read(path: str) -> str:
         chunks, total = [], 0
         while chunk := os.read(fd, 65536):
             total += len(chunk)
-            if total > MAX_BYTES:  # grown while read
+            if total > MAX_BYTES:
                 raise Refused(f"{path} is more than {MAX_BYTES} bytes ({MAX_BYTES >> 20} MiB)")
             chunks.append(chunk)
+        if total > info.st_size:
+            # procfs's mark, wherever it is mounted (a container's /host/proc): a file
+            # of size 0 that holds a process's state. Or a file growing while read.
+            raise Refused(f"{path} holds more than its size ({info.st_size} bytes) says: a kernel file or one being "
+                          "written, not a file of the operator's")
     except OSError as exc:
         raise Refused(f"{path} {_os_problem(exc)}") from None
     finally:
@@ -252,8 +259,8 @@ def rule_test(path: str) -> None:
     if not isinstance(files, list):
         raise refuse(("rule_files",), "must be a list of rule files")
     for i, name in enumerate(files):
-        if not isinstance(name, str) or not name:
-            raise refuse(("rule_files", i), "must be a file name")
+        if not isinstance(name, str) or not name or first_unsafe(name):
+            raise refuse(("rule_files", i), "must be a file name (text without control characters)")
         if _GLOB.search(name):
             raise refuse(("rule_files", i), "name each rule file: labctl checks every file promtool reads, and "
                                             "does not follow globs")
