@@ -432,3 +432,14 @@ def test_no_schema_field_takes_a_non_finite_number(name: str, annotation: object
             with pytest.raises(ValidationError):
                 adapter.validate_python(shape(bad))
     assert accepted, f"{name}: no shape of a finite number is accepted; extend the shapes"
+
+
+@pytest.mark.xfail(strict=True, reason="secretscan._URL_CREDS_RE is quadratic on long runs of scheme characters "
+                                       "with word boundaries ('a.a.a...'): a 4 MiB dashboard of one such string "
+                                       "would take hours. Fixed in the scanner, not here (its owner extends it); "
+                                       "remove this mark then.")
+def test_scanning_a_long_string_in_a_named_file_is_linear(tmp_path: Path) -> None:
+    path = put(tmp_path / "d.json", json.dumps({"panels": [], "text": "a." * 10_000}))
+    started = time.monotonic()
+    operator_files.dashboard(str(path))
+    assert time.monotonic() - started < 0.5
