@@ -173,3 +173,64 @@ def test_stopped_backend_goes_down(prometheus: Prometheus, running_stack) -> Non
         assert alerts[0]["state"] == "pending", json.dumps(alerts)
     finally:
         running_stack.start("native")
+
+
+RULES = """\
+groups:
+  - name: operator
+    interval: 1m
+    rules:
+      - record: job:up:sum
+        expr: sum by (job) (up)
+      - alert: GpuHot
+        expr: nvidia_gpu_temperature_celsius > 85
+        for: 5m
+        labels: {severity: warning}
+        annotations:
+          summary: "GPU {{ $labels.gpu }} is at {{ $value }} C"
+          description: |
+            A GPU has been above 85 C for five minutes.
+            VALUE = {{ $value }}\t(tab-separated)
+"""
+
+
+def test_an_operators_rule_file_written_again_loads_whole(prometheus_binary: str, tmp_path: Path) -> None:
+    """The operator's rule file is installed written again from its data (not copied):
+    a real Prometheus loads it from the rendered tree with every rule, label and
+    annotation as the operator wrote them, line breaks and tabs in a description kept."""
+    from invtext import edit
+
+    source = tmp_path / "gpu-rules.yml"
+    source.write_text(RULES)
+    source.chmod(0o644)
+    port = helpers.free_port()
+    inventory = edit(("monitoring:\n  enabled: true\n",
+                      f"monitoring:\n  enabled: true\n  evaluation_interval: 1s\n  prometheus: {{port: {port}}}\n"
+                      f"  rule_files: [{source}]\n"))
+    files = render_all(load_inventory("inventory.yaml", text=inventory).inventory)
+    installed = files[f"{PROMETHEUS_DIR}/rules/operator-0-gpu-rules.yml"]
+    assert installed != RULES and yaml.safe_load(installed) == yaml.safe_load(RULES)
+    for rel, text in files.items():
+        if rel.startswith(PROMETHEUS_DIR):
+            (tmp_path / "config" / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "config" / rel).write_text(text)
+    log = tmp_path / "prometheus.log"
+    proc = helpers.start_process([
+        prometheus_binary, f"--config.file={tmp_path / 'config' / PROMETHEUS_DIR / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address={helpers.LOOPBACK}:{port}",
+    ], log_path=log, cwd=tmp_path)
+    server = Prometheus(f"http://{helpers.LOOPBACK}:{port}", proc, log, files)
+    try:
+        helpers.wait_http(server.url + "/-/ready", timeout=60, proc=proc)
+        groups = wait_for("the operator's group is loaded", lambda: [
+            g for g in server.api("/rules")["groups"] if g["name"] == "operator"], context=server.context)
+        wanted = yaml.safe_load(RULES)["groups"][0]
+        assert groups[0]["interval"] == 60
+        rules = {r["name"]: r for r in groups[0]["rules"]}
+        assert set(rules) == {"job:up:sum", "GpuHot"}
+        hot = next(r for r in wanted["rules"] if r.get("alert") == "GpuHot")
+        assert rules["GpuHot"]["annotations"] == hot["annotations"]
+        assert "\t(tab-separated)\n" in rules["GpuHot"]["annotations"]["description"]
+        assert rules["GpuHot"]["labels"] == hot["labels"] and rules["GpuHot"]["duration"] == 300
+    finally:
+        helpers.stop_process(proc)

@@ -239,7 +239,8 @@ def test_every_string_field_of_the_schema_is_exercised() -> None:
                     # is the same NAME pattern as routes[].service, which is exercised.
                     "RedisCache.service",
                     # Paths of the operator's own files: their contents are tested in
-                    # test_open_monitoring (a FULL without files on disk cannot name one).
+                    # test_open_monitoring and test_operator_files (a FULL without files on
+                    # disk cannot name one; test_written_files renders FULL with them).
                     "Monitoring.rule_files", "Monitoring.rule_tests", "Monitoring.dashboards",
                     "Relabel.action", "ScrapeJob.scheme",
                     # A program's runtime is always a venv labctl provisions: python cannot be set.

@@ -80,7 +80,8 @@ def test_extra_jobs_labels_rules_and_dashboards_render_and_parse_back(tmp_path: 
                    "relabel_configs": [{"action": "replace", "source_labels": ["__address__"], "regex": "(.*):.*",
                                         "target_label": "instance", "replacement": "$1"}],
                    "metric_relabel_configs": [{"action": "drop", "source_labels": ["__name__"], "regex": "go_.*"}]}
-    assert files[f"{base}/prometheus/rules/operator-0-rules.yml"] == RULES
+    # Written again from its data: the same rules, not the same bytes.
+    assert yaml.safe_load(files[f"{base}/prometheus/rules/operator-0-rules.yml"]) == yaml.safe_load(RULES)
     assert yaml.safe_load(files[f"{base}/grafana/dashboards/operator-0-gpu.json"])["uid"] == "op-gpu"
     # Still exactly one provisioned datasource, the default.
     (ds,) = yaml.safe_load(files[f"{base}/grafana/provisioning/datasources/labctl.yaml"])["datasources"]

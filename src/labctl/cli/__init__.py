@@ -155,14 +155,16 @@ def render(
         from labctl.fleet.slices import slice_text
 
         files = {}
+        private: set[str] = set()  # an inventory slice: owner only, as the fleet's own copies are
         for host, view in loaded.fleet.views.items():
             files[f"{host}/inventory.yaml"] = slice_text(view, host=host)
+            private.add(f"{host}/inventory.yaml")
             files.update({f"{host}/{rel}": content for rel, content in render_all(view).items()})
     else:
-        files = render_all(loaded.inventory)
+        files, private = render_all(loaded.inventory), set()
     try:
         for rel, content in files.items():
-            fsio.atomic_write(out_dir / rel, content)
+            fsio.atomic_write(out_dir / rel, content, mode=0o600 if rel in private else None)
     except OSError as exc:
         # --out is the operator's argument: a file in the way, a read-only or full disk.
         raise UsageError(f"--out {out_dir}: cannot write {exc.filename or out_dir}: {os_reason(exc)}") from None

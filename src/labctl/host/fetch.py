@@ -276,10 +276,13 @@ def _fetch_path(ctx: _Ctx, models_dir: Path, dest: Path, expected: str | None) -
     with _temp_beside(dest) as tmp:
         # A copy, not a hardlink: the operator's file stays theirs to change or delete
         # without reaching into a model a server has loaded.
-        sha = _copy_hashing(source, tmp, ctx.progress)
+        # No wider than the operator's file, from its first byte: a private one stays
+        # private, as a hardlink would.
+        mode = stat.S_IMODE(st.st_mode) | 0o600
+        sha = _copy_hashing(source, tmp, ctx.progress, mode)
         _verify(ctx, f"path {source}", expected, sha)
         _require_gguf(ctx, tmp, f"path {source}")
-        _commit(tmp, dest)
+        _commit(tmp, dest, mode)
     _stamp(models_dir, ctx.src.file, sha)
     return sha
 
@@ -646,11 +649,12 @@ def _hash_file(path: Path, progress: _Progress | None) -> tuple[str, int]:
     return hasher.hexdigest(), size
 
 
-def _copy_hashing(source: Path, tmp: Path, progress: _Progress | None) -> str:
-    """Copy ``source`` to the new file ``tmp`` (0644, fsynced); return its sha256."""
+def _copy_hashing(source: Path, tmp: Path, progress: _Progress | None, mode: int = fsio.FILE_MODE) -> str:
+    """Copy ``source`` to the new file ``tmp`` (0644, or narrower by ``mode``; fsynced);
+    return its sha256."""
     hasher, size = hashlib.sha256(), 0
     total = os.stat(source).st_size
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, fsio.FILE_MODE & ~fsio.umask())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, fsio.FILE_MODE & ~fsio.umask() & mode)
     with os.fdopen(fd, "wb") as out, open(source, "rb") as fh:
         while chunk := fh.read(_CHUNK):
             out.write(chunk)
@@ -680,8 +684,8 @@ def _temp_beside(dest: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _commit(tmp: Path, dest: Path) -> None:
-    os.chmod(tmp, fsio.FILE_MODE & ~fsio.umask())
+def _commit(tmp: Path, dest: Path, mode: int = fsio.FILE_MODE) -> None:
+    os.chmod(tmp, fsio.FILE_MODE & ~fsio.umask() & mode)
     os.replace(tmp, dest)
     fsio.fsync_dir(dest.parent)
 

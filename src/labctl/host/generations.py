@@ -67,7 +67,9 @@ def snapshot(state_dir: Path, files: dict[str, str], inventory_text: str | None,
     for rel, content in files.items():
         target = tmp / "files" / rel
         fsio.ensure_dir(target.parent)
-        target.write_text(content)
+        # Owner only, like everything here: a file an older labctl installed may hold what
+        # today's checks would refuse.
+        fsio.atomic_write(target, content, mode=0o600)
     fsio.ensure_dir(tmp, 0o700)
     if inventory_text is not None:
         fsio.atomic_write(tmp / "inventory.yaml", inventory_text, mode=0o600)

@@ -542,9 +542,9 @@ def _chains(src: Source, base: tuple, chains: dict[str, list[str]], routes: set[
 
 def _monitoring(inv: Inventory, src: Source) -> Iterator[InputError]:
     """The operator's scrape jobs, rule files and dashboards: names that cannot shadow
-    labctl's, files that are there and (dashboards) JSON objects not claiming labctl's uid."""
-    import json
-
+    labctl's, and files that labctl can install or promtool read without publishing
+    anything (labctl.render.operator_files, whose checks the renderer runs again)."""
+    from labctl.render import operator_files as opfiles
     from labctl.render.monitoring import scrape_jobs
 
     mon = inv.monitoring
@@ -565,29 +565,12 @@ def _monitoring(inv: Inventory, src: Source) -> Iterator[InputError]:
                                 f"action {rule.action} needs target_label")
     if not mon.enabled:
         return
-    for field_name in ("rule_files", "rule_tests", "dashboards"):
+    for field_name, check in opfiles.CHECKS.items():
         for i, path in enumerate(getattr(mon, field_name)):
-            real = Path(inv.host.expand(path))
-            loc = ("monitoring", field_name, i)
             try:
-                info = real.stat()
-            except OSError:
-                yield src.error(loc, f"{real} does not exist")
-                continue
-            if not real.is_file() or info.st_size > 4 * 2**20:
-                yield src.error(loc, f"{real} is not a regular file of at most 4 MiB")
-                continue
-            if field_name != "dashboards":
-                continue
-            try:
-                doc = json.loads(real.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, ValueError) as exc:
-                yield src.error(loc, f"{real} is not JSON ({type(exc).__name__})")
-                continue
-            if not isinstance(doc, dict) or "panels" not in doc:
-                yield src.error(loc, f"{real} is not a Grafana dashboard (a JSON object with panels)")
-            elif doc.get("uid") == "labctl-overview":
-                yield src.error(loc, f"{real} takes labctl's own dashboard uid 'labctl-overview'")
+                check(inv.host.expand(path))
+            except opfiles.Refused as exc:
+                yield src.error(("monitoring", field_name, i), str(exc))
 
 
 def _images(inv: Inventory, src: Source) -> Iterator[InputError]:

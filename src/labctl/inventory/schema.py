@@ -18,6 +18,7 @@ Cross-checks that need the whole document (ports, routes, fallbacks, ...) live i
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from pathlib import PurePosixPath
 from typing import Annotated, Literal, Union
@@ -595,7 +596,25 @@ ApiBase = Annotated[str, AfterValidator(_check_api_base)]
 # A LiteLLM setting passed through as written: its key is checked against what the pinned
 # LiteLLM reads (labctl.inventory.checks, labctl.render.litellm_keys), its value is plain YAML data.
 SettingKey = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
-Settings = dict[SettingKey, JsonValue]
+
+
+def _check_finite(value: JsonValue) -> JsonValue:
+    """YAML reads ``.nan`` and ``.inf`` as floats; JSON, LiteLLM's other config format, has
+    no such number, and no setting means one."""
+    stack: list[JsonValue] = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            raise ValueError(f"holds {node}, which is not a finite number; a setting takes a plain number")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return value
+
+
+_check_finite.doc = "finite numbers"  # type: ignore[attr-defined]
+Settings = dict[SettingKey, Annotated[JsonValue, AfterValidator(_check_finite)]]
 
 
 class Endpoint(Strict):

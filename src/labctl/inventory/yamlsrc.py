@@ -83,8 +83,9 @@ _FLOW_TOKENS = re.compile(r"""[\[\]{}"'#\n]""")
 
 
 class _Builder:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, line_breaks: bool = False) -> None:
         self.path = path
+        self.line_breaks = line_breaks
         self.lines: dict[Loc, int] = {}
         # Used only for its scalar constructors; it never reads a stream.
         self.scalars = yaml.SafeLoader("")
@@ -118,7 +119,8 @@ class _Builder:
             return items
         value = self.build_scalar(node, loc)
         if isinstance(value, str):
-            self.check_text(node, loc, value)
+            # Same length, so a reported position stays right.
+            self.check_text(node, loc, value.replace("\n", " ").replace("\t", " ") if self.line_breaks else value)
         return value
 
     def check_text(self, node: yaml.Node, loc: Loc, value: str, what: str = "") -> None:
@@ -332,13 +334,16 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
-def load(path: Path, text: str | None = None) -> Source:
-    """Parse ``path`` (or ``text`` attributed to it). Raises InputError, never yaml.YAMLError."""
+def load(path: Path, text: str | None = None, *, max_bytes: int = MAX_BYTES, line_breaks: bool = False) -> Source:
+    """Parse ``path`` (or ``text`` attributed to it). Raises InputError, never yaml.YAMLError.
+
+    ``max_bytes`` bounds ``text``; ``line_breaks`` lets string values (never keys) hold line
+    feeds and tabs, for files whose consumer reads them as text (an alert's description)."""
     path = Path(path)
     if text is None:
         text = _read(path)
-    elif len(text.encode("utf-8", errors="surrogatepass")) > MAX_BYTES:
-        raise InputError(str(path), 0, "(file)", f"is more than {MAX_BYTES} bytes")
+    elif len(text.encode("utf-8", errors="surrogatepass")) > max_bytes:
+        raise InputError(str(path), 0, "(file)", f"is more than {max_bytes} bytes")
     deepest, line = _flow_depth(text)
     if deepest > MAX_DEPTH:
         raise InputError(str(path), line, "(document)", f"brackets nested deeper than {MAX_DEPTH} levels")
@@ -358,7 +363,7 @@ def load(path: Path, text: str | None = None) -> Source:
         raise InputError(str(path), nodes[1].start_mark.line + 1, "(document)",
                          "more than one YAML document; labctl reads exactly one")
     _expanded_size(nodes[0], path)
-    builder = _Builder(path)
+    builder = _Builder(path, line_breaks)
     data = builder.build(nodes[0], ())
     return Source(path=path, data=data, lines=builder.lines)
 

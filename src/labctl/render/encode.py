@@ -31,6 +31,7 @@ such input first): :class:`EncodeError` is raised and nothing is written.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, Iterable
 
@@ -177,34 +178,44 @@ def yaml_comment(value: str) -> Encoded:
     return Encoded(value)
 
 
-def yaml_document(data: Any) -> str:
-    """A whole YAML document from plain data (the LiteLLM config), by PyYAML's emitter,
-    which quotes and escapes as needed; every string is checked first, and the result is
-    parsed back and compared, so what LiteLLM reads is what labctl meant."""
-    _check_tree(data, "")
+def yaml_document(data: Any, *, line_breaks: bool = False) -> str:
+    """A whole YAML document from plain data (the LiteLLM config, an operator's rule file),
+    by PyYAML's emitter, which quotes and escapes as needed; every string and number is
+    checked first, and the result is parsed back and compared, so what the consumer reads
+    is what labctl meant. ``line_breaks``: strings may hold line feeds and tabs (a rule's
+    description), which the emitter writes inside quotes."""
+    _check_tree(data, "", line_breaks)
     text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=False, width=1 << 16)
     if yaml.safe_load(text) != data:
         raise EncodeError("YAML: the document does not read back as written")
     return text
 
 
-def _check_tree(node: Any, where: str) -> None:
+def _check_tree(node: Any, where: str, line_breaks: bool = False) -> None:
     if isinstance(node, dict):
         for key, value in node.items():
             _check_tree(key, where)
-            _check_tree(value, f"{where}.{key}")
+            _check_tree(value, f"{where}.{key}", line_breaks)
     elif isinstance(node, list):
         for i, item in enumerate(node):
-            _check_tree(item, f"{where}[{i}]")
+            _check_tree(item, f"{where}[{i}]", line_breaks)
     elif isinstance(node, str):
-        _refuse_unsafe(node, where or "YAML")
+        _refuse_unsafe(node.replace("\n", " ").replace("\t", " ") if line_breaks else node, where or "YAML")
         if any(0xD800 <= ord(ch) <= 0xDFFF for ch in node):
             raise EncodeError(f"{where}: a lone surrogate cannot be written")
+    elif isinstance(node, float) and not math.isfinite(node):
+        # .nan never reads back equal, and no consumer of labctl's files means .inf.
+        raise EncodeError(f"{where}: {node} is not a finite number")
 
 
 def json_document(data: Any) -> str:
-    """JSON (Grafana dashboards): ASCII-only escapes, so no byte of a value can be a line break."""
-    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=True) + "\n"
+    """JSON (Grafana dashboards): ASCII-only escapes, so no byte of a value can be a line
+    break; NaN and Infinity, which json.dumps would write though JSON has no such number,
+    are refused."""
+    try:
+        return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=True, allow_nan=False) + "\n"
+    except ValueError as exc:
+        raise EncodeError(f"JSON: {exc}") from None
 
 
 # --- PromQL (inside the rules file's YAML scalars) -----------------------------------

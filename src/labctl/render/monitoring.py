@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from labctl import secretscan
 from labctl.inventory.schema import (
     External,
     Inventory,
@@ -19,6 +19,7 @@ from labctl.inventory.schema import (
     Vllm,
 )
 from labctl.render import encode, templates
+from labctl.render import operator_files as opfiles
 from labctl.render.gateway import host_port, reach
 from labctl.render.layout import Layout
 
@@ -181,7 +182,7 @@ def dashboard(inv: Inventory) -> str:
                 x, y = 0, y + 6
         y += 6
     doc = {
-        "uid": "labctl-overview", "title": "labctl: LLM serving stack", "tags": ["labctl"],
+        "uid": opfiles.DASHBOARD_UID, "title": "labctl: LLM serving stack", "tags": ["labctl"],
         "schemaVersion": 39, "version": 1, "editable": False, "timezone": "browser",
         "refresh": "30s", "time": {"from": "now-6h", "to": "now"}, "panels": panels,
         "templating": {"list": []}, "annotations": {"list": []},
@@ -191,31 +192,28 @@ def dashboard(inv: Inventory) -> str:
 
 def operator_files(inv: Inventory, base: str) -> dict[str, str]:
     """The operator's rule files and dashboards, installed beside labctl's under names that
-    cannot collide with them (``operator-N-STEM``). Rule files are copied as written
-    (promtool checks them at pre-flight); a dashboard is parsed and written again as JSON
-    (labctl.inventory.checks has refused one that is not a JSON object, or takes labctl's uid)."""
+    cannot collide with them (``operator-N-STEM``), each written again from its checked
+    data (labctl.render.operator_files; labctl.inventory.checks has refused a bad one, so a
+    refusal here means the file changed since)."""
     from pathlib import PurePosixPath
 
     from labctl.errors import HostIOError
 
     mon = inv.monitoring
     out: dict[str, str] = {}
-    for kind, paths, suffix, folder in (("rule file", mon.rule_files, ".yml", "prometheus/rules"),
-                                        ("dashboard", mon.dashboards, ".json", "grafana/dashboards")):
+    for emit, paths, suffix, folder in ((opfiles.rule_file, mon.rule_files, ".yml", "prometheus/rules"),
+                                        (opfiles.dashboard, mon.dashboards, ".json", "grafana/dashboards")):
         for i, path in enumerate(paths):
             real = inv.host.expand(path)
             try:
-                with open(real, encoding="utf-8") as fh:
-                    text = fh.read(MAX_OPERATOR_FILE + 1)
-            except (OSError, UnicodeDecodeError) as exc:
-                raise HostIOError(f"{real}: the {kind} cannot be read ({type(exc).__name__})") from None
+                text = emit(real)
+            except opfiles.Refused as exc:
+                raise HostIOError(str(exc)) from None
             stem = re.sub(r"[^A-Za-z0-9_-]", "_", PurePosixPath(real).stem)[:64]
-            name = f"{base}/{folder}/operator-{i}-{stem}{suffix}"
-            out[name] = encode.json_document(json.loads(text)) if suffix == ".json" else text
+            if secretscan.value_problem(stem):  # a file name is shown by plan too
+                stem = "file"
+            out[f"{base}/{folder}/operator-{i}-{stem}{suffix}"] = text
     return out
-
-
-MAX_OPERATOR_FILE = 4 * 2**20
 
 
 def render_monitoring(inv: Inventory, layout: Layout) -> dict[str, str]:

@@ -6,6 +6,7 @@ checkout (editable install, tests) has them at the repository's top level.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,6 +63,8 @@ def _only_encoded(value: object) -> object:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, float):
+        if not math.isfinite(value):  # "nan" or "inf" in a YAML file reads as a string, or not at all
+            raise encode.EncodeError(f"template printed {value}, which is not a finite number")
         return value
     raise TypeError(f"template printed a raw {type(value).__name__} ({str(value)[:40]!r}); "
                     "pass it through an encoder filter")
