@@ -9,7 +9,9 @@ what one run needs, all generated here:
   never evaluates a ``{{`` inside an operator's path as a template. The connection's own
   three (an IP address, a port, a user name matching ``[a-z_][a-z0-9_-]*``) cannot hold one
   and stay plain, so that tools reading the inventory (testinfra's ``ansible://``) get
-  strings;
+  strings; so do the strings Ansible would read back as another type (see :func:`unsafe`).
+  What the playbooks decide on is a plain typed value (``labctl_ship_wheels``), never the
+  length or truth of a string;
 - ``slices/HOST.yaml``: each host's slice (labctl.fleet.slices);
 - ``ansible.cfg``: empty, named by ``ANSIBLE_CONFIG``: otherwise Ansible reads an
   ``ansible.cfg`` from the current directory (a repository that ships the inventory could
@@ -71,9 +73,19 @@ class _Dumper(yaml.SafeDumper):
 _Dumper.add_representer(Unsafe, lambda dumper, value: dumper.represent_scalar("!unsafe", str(value), style="'"))
 
 
+# ansible-core 2.19 reads a ``!unsafe`` scalar by resolving its text again as if it were
+# plain: ``!unsafe ''`` is null, ``!unsafe 'true'`` a bool, ``!unsafe '1:20'`` the int 80,
+# and ``!unsafe '='`` fails the whole inventory. Such text holds no template syntax.
+_RESOLVER = yaml.resolver.Resolver()
+_STR = "tag:yaml.org,2002:str"
+
+
 def unsafe(value: Any) -> Any:
-    """``value`` with every string in it tagged ``!unsafe``."""
+    """``value`` with every string in it tagged ``!unsafe``, but those that Ansible would read
+    back as another type (they stay plain quoted strings, which is what they are)."""
     if isinstance(value, str):
+        if _RESOLVER.resolve(yaml.ScalarNode, value, (True, False)) != _STR:
+            return value
         return Unsafe(value)
     if isinstance(value, list):
         return [unsafe(v) for v in value]
@@ -194,6 +206,7 @@ def host_vars(run: RunDir, host: str, key_files: dict[str, Path], wheels: tuple[
         "labctl_spec": f"labctl=={__version__}",
         "labctl_install_id": install_id,
         "labctl_pip_args": pip_args,
+        "labctl_ship_wheels": bool(wheels_tar),
         "labctl_wheels_tar": hand_over(wheels_tar, ANSIBLE) if wheels_tar else "",
         "labctl_wheels_dir": wheels_dir,
         "labctl_slice_src": hand_over(run.slices[host], ANSIBLE),
