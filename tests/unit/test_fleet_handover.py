@@ -32,18 +32,18 @@ from typing import Any
 
 import pytest
 import yaml
-from test_fleet_hostile import ALL, ARGV, CONTROLLER, FLEET_FULL, HARMLESS, HOST, HOSTILE, REACHES
+from test_fleet_hostile import ARGV, CONTROLLER, FLEET_FULL, HARMLESS, HOST, HOSTILE, REACHES
 from test_hostile_render import set_at, string_leaves
 
 from labctl import __version__, handover
 from labctl.cli import main
 from labctl.errors import InputError, InvalidInventory
 from labctl.fleet import ansible, keys
-from labctl.inventory import schema
 from labctl.inventory.load import load_inventory
 from labctl.render.encode import EncodeError
 
 ERROR_LINE = re.compile(r"^(?P<file>[^\n]+):(?P<line>\d+): (?P<path>\S[^\n]*?): (?P<msg>[^\n]+)$")
+
 
 def hostile_value(loc: tuple[str, ...], text: str) -> str:
     base = FLEET_FULL
@@ -158,6 +158,9 @@ def test_the_hand_over_refuses_it_too(tmp_path: Path, text: str, who: set[str]) 
         weird = tmp_path / f"st{text}ate"
         with pytest.raises(EncodeError):
             ansible.environment(ansible.RunDir(inv, plan, weird, weird / "run-up"), "/tmp")
+        with pytest.raises(EncodeError):
+            ansible.prepare(inv, plan, weird, {}, name="run-up")
+        assert not weird.exists()
         key = inv.model_copy(update={"fleet": inv.fleet.model_copy(update={"ssh_key": str(weird)})})
         with pytest.raises(EncodeError):
             ansible.environment(ansible.RunDir(key, plan, run.state_dir, run.path), "/tmp")
@@ -303,21 +306,28 @@ def test_a_comma_in_ansible_inventory_reads_a_second_inventory_and_dash_i_does_n
 
 FAKE_SSH = """#!{python}
 import json, os, sys
-with open(os.environ["LABCTL_TEST_SSH_ARGV"], "a") as out:
+with open(os.path.join(os.path.dirname(sys.argv[0]), "ssh-argv.jsonl"), "a") as out:
     out.write(json.dumps(sys.argv[1:]) + "\\n")
 sys.exit(255)
 """
 
 
-def _ssh_config(tmp: Path, run: ansible.RunDir, env: dict[str, str]) -> dict[str, list[str]]:
-    """Ansible's ssh command line for gpu-a (recorded by a stand-in ssh), read back by the real ``ssh -G``."""
-    ssh = require_ssh()
+def _fake_ssh(tmp: Path) -> Path:
+    """A stand-in ssh that records its argv (in ``tmp/bin/ssh-argv.jsonl``) and fails as an
+    unreachable host does; the directory to put first on PATH."""
     bin_dir = tmp / "bin"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "ssh").write_text(FAKE_SSH.format(python=sys.executable))
     (bin_dir / "ssh").chmod(0o755)
-    record = tmp / "ssh-argv.jsonl"
-    env = {**env, "PATH": f"{bin_dir}:{env['PATH']}", "LABCTL_TEST_SSH_ARGV": str(record)}
+    return bin_dir
+
+
+def _ssh_config(tmp: Path, run: ansible.RunDir, env: dict[str, str]) -> dict[str, list[str]]:
+    """Ansible's ssh command line for gpu-a (recorded by a stand-in ssh), read back by the real ``ssh -G``."""
+    ssh = require_ssh()
+    bin_dir = _fake_ssh(tmp)
+    record = bin_dir / "ssh-argv.jsonl"
+    env = {**env, "PATH": f"{bin_dir}:{env['PATH']}"}
     subprocess.run([_tool("ansible"), "gpu-a", *ansible.inventory_args(run), "-m", "ansible.builtin.ping"], env=env,
                    cwd=run.path, capture_output=True, text=True, timeout=120)
     argv = json.loads(record.read_text().splitlines()[0])
@@ -343,6 +353,24 @@ def test_ssh_reads_exactly_labctls_key_and_known_hosts(tmp_path: Path) -> None:
     config = _ssh_config(tmp_path, run, env)
     assert config["identityfile"] == [str(tmp_path / f"k{HARMLESS}ey")]
     assert config["userknownhostsfile"] == [str(run.state_dir / "known_hosts")]
+
+
+def test_labctls_own_run_reaches_every_host_through_its_own_files(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """run_playbook itself (argv, -i, environment, working directory), started from a
+    directory holding decoys: every host is tried over ssh with labctl's key (the stand-in
+    ssh refuses: unreachable), no decoy host appears, the decoy's script never runs."""
+    run, env, _ = _handed(tmp_path, _strange(tmp_path))
+    monkeypatch.chdir(_repo(tmp_path))
+    bin_dir = _fake_ssh(tmp_path)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    results = ansible.run_playbook(run, "status.yml", timeout=120)
+    assert {h: r.status for h, r in results.items()} == {h: "unreachable" for h in run.inv.hosts}
+    report = json.loads(run.report_path.read_text())
+    assert set(report["hosts"]) == set(run.inv.hosts)
+    tried = [json.loads(line) for line in (bin_dir / "ssh-argv.jsonl").read_text().splitlines()]
+    assert {argv[-2] for argv in tried} == {h.address for h in run.inv.hosts.values()}
+    assert all(f'IdentityFile="{tmp_path}/k{HARMLESS}ey"' in argv for argv in tried)
+    assert not (tmp_path / "DECOY-RAN").exists()
 
 
 def test_control_without_the_guard_ssh_expands_a_token_and_ansible_a_variable(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -224,7 +224,8 @@ def prepare(inv: Inventory, plan: FleetPlan, state_dir: Path, key_files: dict[st
     ``hosts``, if given)."""
     from labctl.fleet.slices import slice_text
 
-    path = state_dir / name
+    # Before anything is written there: every file of the run is handed to Ansible or ssh.
+    path = Path(hand_over(state_dir / name, ANSIBLE, SSH))
     fsio.ensure_dir(path / "slices", 0o700)
     chosen = [h for h in inv.hosts if hosts is None or h in hosts]
     run = RunDir(inv, plan, state_dir, path, hosts=chosen)
