@@ -431,3 +431,18 @@ def test_control_without_the_guard_a_module_expands_home(tmp_path: Path, monkeyp
     _on_host(tmp_path, home)
     assert not (Path(home) / ".config" / "labctl" / "fleet" / "inventory.yaml").exists()
     assert (Path(f"{tmp_path}/ho{tmp_path}/h") / ".config" / "labctl" / "fleet" / "inventory.yaml").is_file()
+
+
+def test_a_home_that_ansible_would_misread_is_named_before_anything_is_written(tmp_path: Path, capsys,
+                                                                               monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The inventory's ``~/`` passed validation; this controller's $HOME holds a comma: exit 3,
+    one line, and no state dir is made there."""
+    home = tmp_path / "ho,me"
+    monkeypatch.setenv("HOME", str(home))
+    path = write(tmp_path, FLEET_FULL)
+    with pytest.raises(SystemExit) as info:
+        main(["status", "-i", str(path)])
+    assert info.value.code == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be handed to Ansible and ssh" in err[0] and "$HOME" in err[0], err
+    assert not home.exists()

@@ -38,6 +38,8 @@ import shutil
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ from labctl.handover import ANSIBLE, HOST, SSH, hand_over
 from labctl.host.proc import CommandTimeout, last_lines, run_cmd
 from labctl.inventory.fleet import KEY_DIR, FleetPlan
 from labctl.inventory.schema import Inventory
+from labctl.render.encode import EncodeError
 
 PACKAGE = Path(__file__).resolve().parent
 PLAYBOOKS = PACKAGE / "playbooks"
@@ -97,6 +100,17 @@ def unsafe(value: Any) -> Any:
 def controller_path(path: str) -> Path:
     """A fleet setting's path on the controller: ``~`` is the home of whoever runs labctl."""
     return Path(os.path.expanduser(path))
+
+
+@contextmanager
+def from_this_controller() -> Iterator[None]:
+    """Hand-overs whose paths the inventory did not spell alone: the inventory passed
+    validation, so a refusal here comes from this controller ($HOME under a ``~/``, $TMPDIR,
+    where labctl is installed), and nothing has been written for Ansible yet."""
+    try:
+        yield
+    except EncodeError as exc:
+        raise HostNotReady(f"{exc} (this controller's $HOME, $TMPDIR or labctl's install directory)") from None
 
 
 def ansible_playbook() -> str:
@@ -303,14 +317,15 @@ def environment(run: RunDir, control_dir: str) -> dict[str, str]:
 
 def run_playbook(run: RunDir, playbook: str, *, timeout: float, echo: Any = None) -> dict[str, HostResult]:
     """Run one of labctl's playbooks over the run's hosts; every host's result, by name."""
-    argv = [ansible_playbook(), *inventory_args(run), hand_over(PLAYBOOKS / playbook, ANSIBLE)]
-    fsio.ensure_dir(run.state_dir / "ansible" / "tmp", 0o700)
     control_dir = tempfile.mkdtemp(prefix="labctl-ssh-")  # short: ssh's socket paths are limited
     try:
+        with from_this_controller():
+            argv = [ansible_playbook(), *inventory_args(run), hand_over(PLAYBOOKS / playbook, ANSIBLE)]
+            env = environment(run, control_dir)
+        fsio.ensure_dir(run.state_dir / "ansible" / "tmp", 0o700)
         # In the run directory: nothing Ansible resolves against the current directory is
         # the operator's (a repository's ansible.cfg, a relative path).
-        result = run_cmd(argv, check=False, timeout=timeout, env=environment(run, control_dir), cwd=run.path,
-                         echo=echo)
+        result = run_cmd(argv, check=False, timeout=timeout, env=env, cwd=run.path, echo=echo)
     except CommandTimeout:
         raise OperationFailed(f"ansible-playbook {playbook} did not finish within {timeout:.0f}s; "
                               f"the hosts' last state is in {run.path}") from None
