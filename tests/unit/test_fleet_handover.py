@@ -402,7 +402,11 @@ HOST_PLAY = """
 def _on_host(tmp: Path, home: str) -> None:
     data = _strange(tmp)
     data["hosts"]["gpu-a"]["home"] = home
-    data["fleet"]["python"] = sys.executable
+    # argv[0] only, taken literally (expand_argument_vars: false): a $HOME in it stays itself
+    python = Path(f"{tmp}/bin$HOME%d/python")
+    python.parent.mkdir(parents=True)
+    python.symlink_to(sys.executable)
+    data["fleet"]["python"] = str(python)
     run, env, argv = _handed(tmp, data)
     play = tmp / "play.yml"
     play.write_text(HOST_PLAY)
@@ -415,7 +419,8 @@ def _on_host(tmp: Path, home: str) -> None:
 
 def test_the_hosts_modules_use_exactly_the_paths_labctl_means(tmp_path: Path) -> None:
     """What only the controller's consumers misread is carried to a host's modules as it is
-    (a space or a quote too, but a hardened unit's ReadWritePaths= refuses them in a home)."""
+    (a space or a quote too, but a hardened unit's ReadWritePaths= refuses them in a home),
+    and fleet.python, argv[0] only, even with a $HOME in it."""
     home = f"{tmp_path}/ho,:%d%%#x{{{{x}}}}{HARMLESS}me"
     _on_host(tmp_path, home)
     config = Path(home) / ".config" / "labctl" / "fleet"

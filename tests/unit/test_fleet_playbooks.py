@@ -198,3 +198,18 @@ def _read_back(tmp: Path, hosts: Path) -> dict[str, Any]:
                                "ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED": "True"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout)["_meta"]["hostvars"]["h"]
+
+
+def test_every_command_takes_its_argv_literally() -> None:
+    """ansible.builtin.command expands $VAR and ~ in each argv word unless told not to
+    (expand_argument_vars, default true): every command task of the playbooks says false
+    and gives argv, never a command line."""
+    commands = [(book.name, task) for book in sorted(ansible.PLAYBOOKS.glob("*.yml"))
+                for task in tasks(yaml.safe_load(book.read_text())) if "ansible.builtin.command" in task]
+    assert commands
+    for book, task in commands:
+        args = task["ansible.builtin.command"]
+        assert args.get("expand_argument_vars") is False and "argv" in args and "cmd" not in args, (book, task)
+    assert not [(book.name, task) for book in ansible.PLAYBOOKS.glob("*.yml")
+                for task in tasks(yaml.safe_load(book.read_text()))
+                if {"command", "shell", "ansible.builtin.shell", "ansible.builtin.raw", "raw"} & set(task)]
