@@ -293,8 +293,8 @@ def test_keys_are_generated_once_mode_0600(tmp_path: Path) -> None:
 
 def test_ansible_reads_the_inventory_labctl_writes(tmp_path: Path) -> None:
     run, env = _prepared(tmp_path)
-    proc = subprocess.run([_ansible("ansible-inventory"), "--list"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([_ansible("ansible-inventory"), *ansible.inventory_args(run), "--list"], env=env,
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     listing = json.loads(proc.stdout)
     assert listing["labctl_first"]["hosts"] == ["gpu-a", "gpu-b"]
@@ -319,7 +319,8 @@ def test_a_template_in_an_operators_path_stays_literal(tmp_path: Path) -> None:
         d["fleet"]["venv"] = "~/venv-{{ lookup('env','HOME') }}"
 
     run, env = _prepared(tmp_path, hostile)
-    proc = subprocess.run([_ansible("ansible"), "gpu-a", "-m", "ansible.builtin.debug", "-a", "var=labctl_venv",
+    proc = subprocess.run([_ansible("ansible"), "gpu-a", *ansible.inventory_args(run), "-m", "ansible.builtin.debug",
+                           "-a", "var=labctl_venv",
                            "-e", "ansible_connection=local"], env={**env, "ANSIBLE_STDOUT_CALLBACK": "default"},
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -329,7 +330,8 @@ def test_a_template_in_an_operators_path_stays_literal(tmp_path: Path) -> None:
 @pytest.mark.parametrize("playbook", ["up.yml", "status.yml", "down.yml"])
 def test_playbooks_pass_ansibles_syntax_check(tmp_path: Path, playbook: str) -> None:
     run, env = _prepared(tmp_path)
-    proc = subprocess.run([_ansible("ansible-playbook"), "--syntax-check", str(ansible.PLAYBOOKS / playbook)],
+    proc = subprocess.run([_ansible("ansible-playbook"), *ansible.inventory_args(run), "--syntax-check",
+                           str(ansible.PLAYBOOKS / playbook)],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

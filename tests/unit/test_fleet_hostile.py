@@ -6,7 +6,12 @@ the inventory is refused (exit 2, one ``file:line: path: message`` line per prob
 
 - every host's slice loads back, through the same loader, to exactly that host's view;
 - the Ansible inventory labctl writes has the structure it has without the hostile value,
-  with every string tagged ``!unsafe`` (so Ansible never templates it), the value intact;
+  with every string tagged ``!unsafe`` (so Ansible never templates it) but those Ansible
+  would read back as another type (empty, ``true``...: plain, and no template fits them),
+  the value intact;
+- a field whose value reaches Ansible or ssh (REACHES) holds nothing its consumer would
+  read as something else (MISREAD, written from ansible-core's code and ssh_config(5));
+  test_fleet_handover proves the table against the real consumers;
 - and, for the accepted examples together, ``ansible-inventory`` reads each file back to
   the same values.
 
@@ -19,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -74,9 +78,58 @@ FLEET_FULL: dict[str, Any] = {
 
 # Written on the controller only (never into a slice or a host's files).
 CONTROLLER_SIDE = {("fleet", "ssh_key"), ("fleet", "state_dir"), ("fleet", "pip", "find_links")}
+
+# Who reads a field's value once labctl hands it over (test_fleet_handover keeps it complete).
+CONTROLLER = "Ansible's path settings and ssh's options on the controller"
+HOST = "Ansible's modules on a host"
+ARGV = "a command's argv on a host (expand_argument_vars: false)"
+REACHES: dict[tuple[str, ...], str] = {
+    ("fleet", "state_dir"): CONTROLLER,
+    ("fleet", "ssh_key"): CONTROLLER,
+    ("fleet", "venv"): HOST,
+    ("hosts", "gpu-a", "home"): HOST,
+    ("host", "home"): HOST,
+    ("fleet", "python"): ARGV,
+}
+ALL = {CONTROLLER, HOST, ARGV}
+_SPACE = " \t\n\r\v\f"
+# What each consumer reads as something else than the one file (besides the control characters
+# every inventory string refuses): ansible-core 2.19's config.manager.resolve_path ({{CWD}}),
+# utils.path.unfrackpath ($VAR, ~), its pathlist (,) and pathspec (:) types; ssh_config(5)'s
+# tokens (%), ${VAR}, ~, comments (#), quoting and whitespace; a module's path argument
+# (expandvars, expanduser) and command's creates/removes (glob). A ~ is only ever the leading ~/.
+MISREAD: dict[str, str] = {CONTROLLER: ",:$%#{}~\"'\\" + _SPACE, HOST: "$*?[]~", ARGV: ""}
+# Text put inside a path, and the consumers that would read it as something else.
+HOSTILE: list[tuple[str, set[str]]] = [
+    (",", {CONTROLLER}),  # ANSIBLE_INVENTORY (and -i naming a missing file) is split at ','
+    (":", {CONTROLLER}),  # the plugin paths derived from ANSIBLE_HOME are split at ':'
+    ("$HOME", {CONTROLLER, HOST}),  # unfrackpath; a module's path argument
+    ("${HOME}", {CONTROLLER, HOST}),  # the same, and ssh's ${VAR}
+    ("{{CWD}}", {CONTROLLER}),  # config.manager.resolve_path
+    ("%d", {CONTROLLER}),  # ssh's tokens
+    ("%%", {CONTROLLER}),
+    ("#x", {CONTROLLER}),  # ssh's comment
+    (" #x", {CONTROLLER}),
+    (" ", {CONTROLLER}),  # ssh: several files
+    ("\t", ALL),
+    ("\n", ALL),
+    ("/~/", {CONTROLLER, HOST}),  # a ~ that starts a path after any split
+    ('"', {CONTROLLER}),  # ssh's quoting (Ansible writes IdentityFile="...")
+    ("'", {CONTROLLER}),
+    ("\\", {CONTROLLER}),
+    ("*", {HOST}),  # command's creates/removes are glob patterns
+    ("?", {HOST}),
+    ("[ab]", {HOST}),
+]
+# Characters no consumer above reads: a path holding them is carried as it is.
+HARMLESS = "@+=é-._"
+
 SEEDS = ["a\nb: c", "{{ lookup('pipe', 'id') }}", "{% raw %}", "!unsafe x", "&anchor", "*alias", "x # y", "'", '"',
          "$(id)", "`id`", ";id", "%h", "~/x", "/a//b/./c/", "a\rb", "a\x00b", "\u2028", "10.77.0.255", "0.0.0.0",
          "127.0.0.1", "::1", "10.77.0.11%eth0", "fe80::1", "10.0.0.0/8", "8.8.8.0/24", "gpu-a", "x" * 300]
+# Paths that Ansible or ssh would read as something else, in both spellings: every one in
+# every field of REACHES, and among the random examples in any field.
+PATH_SEEDS = [*(f"{base}a{text}b" for base in ("/srv/", "~/") for text, _ in HOSTILE), f"~/a{HARMLESS}b"]
 
 
 LEAVES = string_leaves(FLEET_FULL)
@@ -91,6 +144,12 @@ class Unsafe(str):
 
 
 _Tagged.add_constructor("!unsafe", lambda loader, node: Unsafe(loader.construct_scalar(node)))
+
+
+def _a_string_to_yaml(text: str) -> bool:
+    """Whether YAML's implicit resolution (which ansible-core 2.19 applies again to an
+    ``!unsafe`` scalar) keeps ``text`` a string."""
+    return yaml.resolver.Resolver().resolve(yaml.ScalarNode, text, (True, False)) == "tag:yaml.org,2002:str"
 
 
 def strings(node: Any) -> list[Any]:
@@ -130,6 +189,10 @@ def check(tmp: Path, loc: tuple, value: str) -> None:
             assert m and m.group("file") == str(path), repr(line)
         return
     assert loaded.fleet is not None
+    if loc in REACHES:
+        rest = value.removeprefix("~/")
+        misread = sorted(set(rest) & set(MISREAD[REACHES[loc]]))
+        assert not misread, f"{loc}={value!r} was accepted, and {REACHES[loc]} reads {misread} as something else"
     for host, view in loaded.fleet.views.items():
         target = tmp / f"slice-{host}.yaml"
         target.write_text(slice_text(view, host=host))
@@ -148,15 +211,19 @@ def check(tmp: Path, loc: tuple, value: str) -> None:
         assert re.fullmatch(r"[0-9A-Fa-f.:]+", host_vars["ansible_host"]), host_vars["ansible_host"]
         assert re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", host_vars["ansible_user"]), host_vars["ansible_user"]
         assert isinstance(host_vars["ansible_port"], int)
+        assert isinstance(host_vars["labctl_ship_wheels"], bool)
         rest = {k: v for k, v in host_vars.items() if k not in ansible.CONNECTION}
         every = strings(rest)
-        assert every and all(isinstance(s, Unsafe) for s in every), "a string reached Ansible without !unsafe"
+        assert every and all(isinstance(s, Unsafe) or not _a_string_to_yaml(s) for s in every), \
+            "a string reached Ansible without !unsafe"
+        assert all(_a_string_to_yaml(s) for s in every if isinstance(s, Unsafe)), \
+            "an !unsafe string Ansible reads back as another type (2.19 resolves its text again)"
     ACCEPTED.append((tmp / "state" / "run-up" / "hosts.yml").read_text())
 
 
 @settings(max_examples=EXAMPLES, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(loc=st.sampled_from(LEAVES), value=st.one_of(st.sampled_from(SEEDS), st.text(max_size=40)))
+@given(loc=st.sampled_from(LEAVES), value=st.one_of(st.sampled_from(SEEDS + PATH_SEEDS), st.text(max_size=40)))
 def check_random(tmp: Path, loc: tuple, value: str) -> None:
     check(tmp, loc, value)
 
@@ -184,6 +251,10 @@ def test_hostile_strings_in_a_fleet_are_refused_or_carried_faithfully(tmp_path: 
     for loc in LEAVES:
         for value in SEEDS:
             check(tmp_path, loc, value)
+    for loc in REACHES:
+        assert loc in LEAVES, loc
+        for value in PATH_SEEDS:
+            check(tmp_path, loc, value)
     assert len(ACCEPTED) >= 50, f"only {len(ACCEPTED)} examples were accepted: the faithful half is barely tested"
     # Ansible itself reads a sample of them back.
     tool = Path(sys.executable).with_name("ansible-inventory")
@@ -205,8 +276,14 @@ def test_hostile_strings_in_a_fleet_are_refused_or_carried_faithfully(tmp_path: 
                     assert shown == value, (host, key)
 
 
-def test_a_hostile_state_dir_stays_one_ssh_argument(tmp_path: Path) -> None:
-    """The known_hosts path travels in ANSIBLE_SSH_ARGS, which Ansible splits like a shell."""
+def test_a_hostile_state_dir_never_reaches_ssh(tmp_path: Path) -> None:
+    """The known_hosts path travels in ANSIBLE_SSH_ARGS, which Ansible splits like a shell and
+    ssh reads as options: a state dir (one that skipped validation) that would change them
+    is refused at the hand-over, before anything is written for Ansible."""
+    import pytest
+
+    from labctl.render.encode import EncodeError
+
     path = tmp_path / "inventory.yaml"
     path.write_text(yaml.safe_dump(FLEET_FULL))
     loaded = load_inventory(path)
@@ -215,11 +292,13 @@ def test_a_hostile_state_dir_stays_one_ssh_argument(tmp_path: Path) -> None:
     (tmp_path / "w" / f"labctl-{__version__}-py3-none-any.whl").write_bytes(b"w")
     fleet = loaded.inventory.fleet.model_copy(update={"pip": schema.FleetPip(find_links=str(tmp_path / "w"))})
     inv = loaded.inventory.model_copy(update={"fleet": fleet})
-    run = ansible.prepare(inv, loaded.fleet, weird, {b: keys.key_file(weird, b) for b in loaded.fleet.keyed},
-                          name="run-status")
-    args = shlex.split(ansible.environment(run, "/tmp")["ANSIBLE_SSH_ARGS"])
-    assert f"UserKnownHostsFile={weird}/known_hosts" in args
-    assert "ProxyCommand=x" not in args and not any(a.startswith("-o ProxyCommand") for a in args)
+    with pytest.raises(EncodeError, match="cannot be handed to Ansible"):
+        ansible.prepare(inv, loaded.fleet, weird, {b: keys.key_file(weird, b) for b in loaded.fleet.keyed},
+                        name="run-status")
+    assert not weird.exists()
+    run = ansible.RunDir(inv, loaded.fleet, weird, weird / "run-status")
+    with pytest.raises(EncodeError, match="cannot be handed to ssh"):
+        ansible.environment(run, "/tmp")
 
 
 def test_the_property_can_fail(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -229,3 +308,20 @@ def test_the_property_can_fail(tmp_path: Path, monkeypatch) -> None:  # type: ig
     monkeypatch.setattr(ansible, "unsafe", lambda value: value)
     with pytest.raises(AssertionError, match="without !unsafe|changed the Ansible inventory"):
         check(tmp_path, ("fleet", "venv"), "~/{{ lookup('pipe', 'id') }}")
+
+
+def test_the_property_catches_a_path_its_consumer_misreads(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Without labctl.handover's refusals, a hostile path in every field that reaches Ansible
+    or ssh is accepted, and the property says so."""
+    import pytest
+
+    from labctl import handover
+
+    for consumer in handover.READS:
+        monkeypatch.setitem(handover.READS, consumer, ())
+    for loc, who in REACHES.items():
+        if who == ARGV:
+            continue
+        text = next(t for t, readers in HOSTILE if readers == {who} or readers == {CONTROLLER, HOST})
+        with pytest.raises(AssertionError, match="reads .* as something else"):
+            check(tmp_path, loc, f"/srv/a{text}b")

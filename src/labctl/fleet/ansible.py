@@ -9,15 +9,23 @@ what one run needs, all generated here:
   never evaluates a ``{{`` inside an operator's path as a template. The connection's own
   three (an IP address, a port, a user name matching ``[a-z_][a-z0-9_-]*``) cannot hold one
   and stay plain, so that tools reading the inventory (testinfra's ``ansible://``) get
-  strings;
+  strings; so do the strings Ansible would read back as another type (see :func:`unsafe`).
+  What the playbooks decide on is a plain typed value (``labctl_ship_wheels``), never the
+  length or truth of a string;
 - ``slices/HOST.yaml``: each host's slice (labctl.fleet.slices);
+- ``ansible.cfg``: empty, named by ``ANSIBLE_CONFIG``: otherwise Ansible reads an
+  ``ansible.cfg`` from the current directory (a repository that ships the inventory could
+  ship one, whose ``vault_password_file`` is a script Ansible runs) or the operator's own;
 - ``report.json``: written by labctl's callback plugin when the run ends.
 
-Ansible's settings reach it as environment variables (no ``ansible.cfg``, whose parser would
-read a ``%`` in a path as interpolation): the SSH key, labctl's own ``known_hosts`` (a new host
-is accepted once, a changed host key refused), connection and keep-alive timeouts, one fork per
-host, and the callback. ``ansible-playbook`` runs through labctl.host.proc: argv only, with a
-timeout that kills the whole process group.
+Ansible's settings reach it as environment variables (never in ``ansible.cfg``, whose parser
+would read a ``%`` in a path as interpolation): the SSH key, labctl's own ``known_hosts`` (a
+new host is accepted once, a changed host key refused), connection and keep-alive timeouts,
+one fork per host, and the callback; only the YAML inventory plugin, and an inventory it
+cannot parse is an error. Every path among them, and every path in ``hosts.yml``, goes
+through labctl.handover, which refuses what Ansible or ssh would read as anything but that
+one file. ``ansible-playbook`` runs through labctl.host.proc: argv only (the inventory as
+``-i``), in the run directory, with a timeout that kills the whole process group.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ import shutil
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,9 +48,11 @@ import yaml
 
 from labctl import __version__, fsio
 from labctl.errors import HostNotReady, OperationFailed
+from labctl.handover import ANSIBLE, HOST, SSH, hand_over
 from labctl.host.proc import CommandTimeout, last_lines, run_cmd
 from labctl.inventory.fleet import KEY_DIR, FleetPlan
 from labctl.inventory.schema import Inventory
+from labctl.render.encode import EncodeError
 
 PACKAGE = Path(__file__).resolve().parent
 PLAYBOOKS = PACKAGE / "playbooks"
@@ -64,9 +76,19 @@ class _Dumper(yaml.SafeDumper):
 _Dumper.add_representer(Unsafe, lambda dumper, value: dumper.represent_scalar("!unsafe", str(value), style="'"))
 
 
+# ansible-core 2.19 reads a ``!unsafe`` scalar by resolving its text again as if it were
+# plain: ``!unsafe ''`` is null, ``!unsafe 'true'`` a bool, ``!unsafe '1:20'`` the int 80,
+# and ``!unsafe '='`` fails the whole inventory. Such text holds no template syntax.
+_RESOLVER = yaml.resolver.Resolver()
+_STR = "tag:yaml.org,2002:str"
+
+
 def unsafe(value: Any) -> Any:
-    """``value`` with every string in it tagged ``!unsafe``."""
+    """``value`` with every string in it tagged ``!unsafe``, but those that Ansible would read
+    back as another type (they stay plain quoted strings, which is what they are)."""
     if isinstance(value, str):
+        if _RESOLVER.resolve(yaml.ScalarNode, value, (True, False)) != _STR:
+            return value
         return Unsafe(value)
     if isinstance(value, list):
         return [unsafe(v) for v in value]
@@ -78,6 +100,17 @@ def unsafe(value: Any) -> Any:
 def controller_path(path: str) -> Path:
     """A fleet setting's path on the controller: ``~`` is the home of whoever runs labctl."""
     return Path(os.path.expanduser(path))
+
+
+@contextmanager
+def from_this_controller() -> Iterator[None]:
+    """Hand-overs whose paths the inventory did not spell alone: the inventory passed
+    validation, so a refusal here comes from this controller ($HOME under a ``~/``, $TMPDIR,
+    where labctl is installed), and nothing has been written for Ansible yet."""
+    try:
+        yield
+    except EncodeError as exc:
+        raise HostNotReady(f"{exc} (this controller's $HOME, $TMPDIR or labctl's install directory)") from None
 
 
 def ansible_playbook() -> str:
@@ -166,28 +199,33 @@ def host_vars(run: RunDir, host: str, key_files: dict[str, Path], wheels: tuple[
     assert inv.fleet is not None
     view = run.plan.views[host]
     remote = view.host  # paths on the host: its user's home
+
+    def on_host(path: str) -> str:
+        return hand_over(remote.expand(path), HOST)
+
     wheels_tar, install_id, pip_args = wheels
-    wheels_dir = remote.expand("~/.cache/labctl/fleet/wheels")
+    wheels_dir = on_host("~/.cache/labctl/fleet/wheels")
     if wheels_tar:
         pip_args = ["--no-index", "--find-links", wheels_dir]
-    keys = [{"src": str(key_files[b]), "dest": remote.expand(f"{KEY_DIR}/{b}.env")}
+    keys = [{"src": hand_over(key_files[b], ANSIBLE), "dest": on_host(f"{KEY_DIR}/{b}.env")}
             for b in run.plan.keyed if host in run.plan.key_holders(b)]
-    slice_path = remote.expand("~/.config/labctl/fleet/inventory.yaml")
     return {
         "ansible_host": fleet_host.address,
         "ansible_port": fleet_host.ssh_port,
         "ansible_user": remote.user,
         "labctl_address": fleet_host.address,
-        "labctl_venv": remote.expand(inv.fleet.venv),
+        "labctl_venv": on_host(inv.fleet.venv),
+        # argv[0] only: the playbooks' command tasks take argv literally (expand_argument_vars: false)
         "labctl_python": inv.fleet.python,
         "labctl_spec": f"labctl=={__version__}",
         "labctl_install_id": install_id,
         "labctl_pip_args": pip_args,
-        "labctl_wheels_tar": wheels_tar,
+        "labctl_ship_wheels": bool(wheels_tar),
+        "labctl_wheels_tar": hand_over(wheels_tar, ANSIBLE) if wheels_tar else "",
         "labctl_wheels_dir": wheels_dir,
-        "labctl_slice_src": str(run.slices[host]),
-        "labctl_slice": slice_path,
-        "labctl_dirs": [remote.expand("~/.config/labctl/fleet"), remote.expand(KEY_DIR)],
+        "labctl_slice_src": hand_over(run.slices[host], ANSIBLE),
+        "labctl_slice": on_host("~/.config/labctl/fleet/inventory.yaml"),
+        "labctl_dirs": [on_host("~/.config/labctl/fleet"), on_host(KEY_DIR)],
         "labctl_keys": keys,
         "labctl_up_timeout": inv.fleet.up_timeout_sec,
         "labctl_status_timeout": inv.fleet.status_timeout_sec,
@@ -200,7 +238,8 @@ def prepare(inv: Inventory, plan: FleetPlan, state_dir: Path, key_files: dict[st
     ``hosts``, if given)."""
     from labctl.fleet.slices import slice_text
 
-    path = state_dir / name
+    # Before anything is written there: every file of the run is handed to Ansible or ssh.
+    path = Path(hand_over(state_dir / name, ANSIBLE, SSH))
     fsio.ensure_dir(path / "slices", 0o700)
     chosen = [h for h in inv.hosts if hosts is None or h in hosts]
     run = RunDir(inv, plan, state_dir, path, hosts=chosen)
@@ -222,16 +261,24 @@ def prepare(inv: Inventory, plan: FleetPlan, state_dir: Path, key_files: dict[st
     }}
     text = "# Generated by labctl for one fleet run; do not edit.\n" + yaml.dump(document, Dumper=_Dumper, sort_keys=False)
     fsio.atomic_write(path / "hosts.yml", text, mode=0o600)
+    fsio.atomic_write(path / "ansible.cfg", "", mode=0o600)
     run.report_path.unlink(missing_ok=True)
     return run
 
 
+def inventory_args(run: RunDir) -> list[str]:
+    """The run's inventory for an Ansible command line: ``-i`` names one source, read as
+    that one file (``ANSIBLE_INVENTORY`` is a list, split at commas)."""
+    return ["-i", hand_over(run.path / "hosts.yml", ANSIBLE)]
+
+
 def environment(run: RunDir, control_dir: str) -> dict[str, str]:
     """ansible-playbook's environment: its settings as ANSIBLE_* variables, nothing inherited
-    but PATH and HOME (an operator's own ANSIBLE_* must not change what labctl runs)."""
+    but PATH and HOME (an operator's own ANSIBLE_* or ansible.cfg must not change what labctl
+    runs). The inventory is not among them: see :func:`inventory_args`."""
     inv = run.inv
     assert inv.fleet is not None
-    known_hosts = run.state_dir / "known_hosts"
+    known_hosts = hand_over(run.state_dir / "known_hosts", SSH)
     timeout = inv.fleet.connect_timeout_sec
     ssh_args = ["-o", "ControlMaster=auto", "-o", "ControlPersist=60s", "-o", f"UserKnownHostsFile={known_hosts}",
                 "-o", "StrictHostKeyChecking=accept-new", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
@@ -242,17 +289,21 @@ def environment(run: RunDir, control_dir: str) -> dict[str, str]:
         "LC_ALL": "C.UTF-8",
         "PYTHONWARNINGS": "ignore",  # the controller's libraries' deprecation notes are not the operator's news
         "LANG": "C.UTF-8",
-        "ANSIBLE_HOME": str(run.state_dir / "ansible"),
-        "ANSIBLE_LOCAL_TEMP": str(run.state_dir / "ansible" / "tmp"),
-        "ANSIBLE_INVENTORY": str(run.path / "hosts.yml"),
-        "ANSIBLE_PRIVATE_KEY_FILE": str(controller_path(inv.fleet.ssh_key)),
+        "ANSIBLE_CONFIG": hand_over(run.path / "ansible.cfg", ANSIBLE),
+        "ANSIBLE_HOME": hand_over(run.state_dir / "ansible", ANSIBLE),
+        "ANSIBLE_LOCAL_TEMP": hand_over(run.state_dir / "ansible" / "tmp", ANSIBLE),
+        "ANSIBLE_INVENTORY_ENABLED": "yaml",
+        "ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED": "True",
+        # Ansible reads it as a path setting and writes it into ssh's IdentityFile="..."
+        "ANSIBLE_PRIVATE_KEY_FILE": hand_over(controller_path(inv.fleet.ssh_key), ANSIBLE, SSH),
         "ANSIBLE_HOST_KEY_CHECKING": "True",
         "ANSIBLE_SSH_ARGS": shlex.join(ssh_args),
-        "ANSIBLE_SSH_CONTROL_PATH_DIR": control_dir,
+        # ssh's ControlPath is written beneath it
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": hand_over(control_dir, ANSIBLE, SSH),
         "ANSIBLE_PIPELINING": "True",
         "ANSIBLE_TIMEOUT": str(timeout),
         "ANSIBLE_FORKS": str(max(1, min(50, len(inv.hosts)))),
-        "ANSIBLE_CALLBACK_PLUGINS": str(CALLBACKS),
+        "ANSIBLE_CALLBACK_PLUGINS": hand_over(CALLBACKS, ANSIBLE),
         "ANSIBLE_CALLBACKS_ENABLED": "labctl_report",
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_NOCOLOR": "True",
@@ -266,11 +317,15 @@ def environment(run: RunDir, control_dir: str) -> dict[str, str]:
 
 def run_playbook(run: RunDir, playbook: str, *, timeout: float, echo: Any = None) -> dict[str, HostResult]:
     """Run one of labctl's playbooks over the run's hosts; every host's result, by name."""
-    argv = [ansible_playbook(), str(PLAYBOOKS / playbook)]
-    fsio.ensure_dir(run.state_dir / "ansible" / "tmp", 0o700)
     control_dir = tempfile.mkdtemp(prefix="labctl-ssh-")  # short: ssh's socket paths are limited
     try:
-        result = run_cmd(argv, check=False, timeout=timeout, env=environment(run, control_dir), echo=echo)
+        with from_this_controller():
+            argv = [ansible_playbook(), *inventory_args(run), hand_over(PLAYBOOKS / playbook, ANSIBLE)]
+            env = environment(run, control_dir)
+        fsio.ensure_dir(run.state_dir / "ansible" / "tmp", 0o700)
+        # In the run directory: nothing Ansible resolves against the current directory is
+        # the operator's (a repository's ansible.cfg, a relative path).
+        result = run_cmd(argv, check=False, timeout=timeout, env=env, cwd=run.path, echo=echo)
     except CommandTimeout:
         raise OperationFailed(f"ansible-playbook {playbook} did not finish within {timeout:.0f}s; "
                               f"the hosts' last state is in {run.path}") from None

@@ -24,7 +24,8 @@ from typing import Any, Callable
 
 from labctl import fsio, progress
 from labctl.fleet import keys
-from labctl.fleet.ansible import HostResult, RunDir, controller_path, prepare, run_playbook
+from labctl.fleet.ansible import HostResult, RunDir, controller_path, from_this_controller, prepare, run_playbook
+from labctl.handover import ANSIBLE, SSH, hand_over
 from labctl.host.lock import host_lock
 from labctl.inventory.load import Loaded
 
@@ -53,7 +54,8 @@ class FleetReport:
 def _state_dir(loaded: Loaded) -> Path:
     inv = loaded.inventory
     assert inv.fleet is not None
-    path = controller_path(inv.fleet.state_dir)
+    with from_this_controller():
+        path = Path(hand_over(controller_path(inv.fleet.state_dir), ANSIBLE, SSH))
     fsio.ensure_dir(path, 0o700)
     return path
 

@@ -29,6 +29,7 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from labctl import handover
 from labctl.errors import InputError
 from labctl.inventory.schema import (
     External,
@@ -170,6 +171,9 @@ def _fleet_rules(inv: Inventory, src: Source) -> Iterator[InputError]:
                                           "binds to its host's address by itself")
     if inv.host.private_network is not None:
         yield src.error(("host", "private_network"), "in a fleet, the private network is fleet.network")
+    problem = inv.host.home and handover.inventory_path_problem(inv.host.home, handover.HOST)
+    if problem:
+        yield src.error(("host", "home"), f"{problem} (in a fleet, host.home is a path on the hosts)")
     if len(owner) < len(inv.services):
         return
     if inv.monitoring.enabled and monitoring_host(inv, owner) is None:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
+from labctl import handover
 from labctl.render.encode import sd_text_problem
 from labctl.text import unsafe_message
 
@@ -212,6 +213,24 @@ def _check_host_name(value: str) -> str:
     return value
 
 
+def _check_controller_path(value: str) -> str:
+    """A fleet's path on the controller, which labctl hands to Ansible's settings and ssh's
+    options (labctl.handover)."""
+    normal = _check_path(value)
+    problem = handover.inventory_path_problem(normal, handover.ANSIBLE, handover.SSH)
+    if problem:
+        raise ValueError(problem)
+    return normal
+
+
+def _check_host_path(value: str) -> str:
+    """A fleet's path on a host, which Ansible's modules read there (labctl.handover)."""
+    problem = handover.inventory_path_problem(value, handover.HOST)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 # What docs/inventory.md says of each checked string type (labctl.inventory.docgen).
 for _check, _doc in ((_check_path, "absolute or `~/` path"), (_check_abs_path, "absolute path"),
                      (_check_exec_path, "absolute or `~/` path, no quotes or `\\`"), (_check_bind, "IP address, no scope id"),
@@ -222,10 +241,17 @@ for _check, _doc in ((_check_path, "absolute or `~/` path"), (_check_abs_path, "
                      (_check_vllm_model, "path or Hugging Face repo id"),
                      (_check_word, "text without control characters"),
                      (_check_pip_spec, "pip requirement spec"), (_check_host_name, "IP address or host name"),
-                     (_check_network, "private network, CIDR (10.77.0.0/24)")):
+                     (_check_network, "private network, CIDR (10.77.0.0/24)"),
+                     (_check_controller_path, "absolute or `~/` path; no whitespace, quotes, `\\` or `,:$%#{}` "
+                                              "and no `~` but the leading one"),
+                     (_check_host_path, "no `$`, `*?[]` or `~` but the leading one")):
     _check.doc = _doc  # type: ignore[attr-defined]
 
 PathStr = Annotated[str, AfterValidator(_check_path)]
+# A fleet's paths: on the controller, handed to Ansible and ssh; on a host, to Ansible's modules.
+ControllerPath = Annotated[str, AfterValidator(_check_controller_path)]
+HostPathStr = Annotated[str, AfterValidator(_check_path), AfterValidator(_check_host_path)]
+HostAbsPath = Annotated[str, AfterValidator(_check_abs_path), AfterValidator(_check_host_path)]
 AbsPath = Annotated[str, AfterValidator(_check_abs_path)]
 ExecPath = Annotated[str, AfterValidator(_check_exec_path)]
 BindAddr = Annotated[str, AfterValidator(_check_bind)]
@@ -939,7 +965,7 @@ class FleetHost(Strict):
     ssh_port: Port = 22
     # The SSH login, and the user whose manager runs the services (host.user unless set).
     user: UserName | None = None
-    home: AbsPath | None = None
+    home: HostAbsPath | None = None
     gpu: bool | None = None
     gpu_memory_gib: Annotated[float, Field(gt=0, le=4096)] | None = None
     services: Annotated[list[Annotated[str, Field(pattern=NAME_RE)]], Field(min_length=1)]
@@ -970,12 +996,12 @@ class Fleet(Strict):
     # half authorised for each host's user), and the fleet's state: the backends' keys, the
     # known_hosts file (a new host's key is accepted once, a changed one refused), each
     # run's Ansible files and report.
-    ssh_key: PathStr = "~/.ssh/id_ed25519"
-    state_dir: PathStr = "~/.local/state/labctl/fleet"
+    ssh_key: ControllerPath = "~/.ssh/id_ed25519"
+    state_dir: ControllerPath = "~/.local/state/labctl/fleet"
     pip: FleetPip = FleetPip()
     # On each host (~ is that host's user's home): the venv labctl is installed into, made
     # with that Python.
-    venv: PathStr = "~/.local/share/labctl/venv"
+    venv: HostPathStr = "~/.local/share/labctl/venv"
     python: ExecPath = "/usr/bin/python3"
     # Bounds: an SSH connection, a host's whole `labctl up`, a host's `labctl status`.
     connect_timeout_sec: Annotated[int, Field(ge=1, le=300)] = 10
