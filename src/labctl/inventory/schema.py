@@ -27,6 +27,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, mo
 
 from labctl.render.encode import sd_text_problem
 from labctl.text import unsafe_message
+from labctl.unitcmd import unit_name_problem
 
 NAME_RE = r"^[a-z0-9][a-z0-9-]{0,39}$"
 ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -198,6 +199,17 @@ _HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0
                           r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
+def _check_service_unit(value: str) -> str:
+    """A service unit of someone else's, by systemd's unit-name rules (labctl.unitcmd): it
+    reaches systemctl's and journalctl's argv."""
+    problem = unit_name_problem(value)
+    if problem:
+        raise ValueError(problem)
+    if not value.endswith(".service"):
+        raise ValueError("must be a service unit (NAME.service)")
+    return value
+
+
 def _check_host_name(value: str) -> str:
     if "%" in value:
         raise ValueError("must be a plain IP address or host name; an IPv6 scope id is not allowed")
@@ -221,7 +233,8 @@ for _check, _doc in ((_check_path, "absolute or `~/` path"), (_check_abs_path, "
                      (_check_vllm_model, "path or Hugging Face repo id"),
                      (_check_word, "text without control characters"),
                      (_check_pip_spec, "pip requirement spec"), (_check_host_name, "IP address or host name"),
-                     (_check_network, "private network, CIDR (10.77.0.0/24)")):
+                     (_check_network, "private network, CIDR (10.77.0.0/24)"),
+                     (_check_service_unit, "systemd service unit name")):
     _check.doc = _doc  # type: ignore[attr-defined]
 
 PathStr = Annotated[str, AfterValidator(_check_path)]
@@ -550,7 +563,7 @@ class External(Listener):
     # The model names it serves: routes name one of them, the probe checks it lists them.
     models: Annotated[list[ModelName], Field(min_length=1)]
     # The systemd unit that runs it, if any, for `labctl status` to show (read, never changed).
-    unit: Annotated[str, Field(pattern=r"^[A-Za-z0-9:_.@-]{1,240}\.service$")] | None = None
+    unit: Annotated[str, AfterValidator(_check_service_unit)] | None = None
     # Which manager runs that unit: the system's (an Ollama package's ollama.service) or
     # this user's.
     unit_scope: Literal["system", "user"] = "system"
