@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-from labctl.render.encode import sd_text_problem
+from labctl.render.encode import SD_GLOB, SIZE_MAX, sd_text_problem
+from labctl.render.encode import size_bytes as mem_bytes
 from labctl.text import unsafe_message
 from labctl.unitcmd import unit_name_problem
 
@@ -79,10 +80,36 @@ def _check_path(value: str) -> str:
     return normal
 
 
+# The one normaliser, for a path that arrives as another field's text (OLLAMA_MODELS, an
+# environment value that labctl also lists in ReadWritePaths=).
+check_path = _check_path
+
+
 def _check_abs_path(value: str) -> str:
     if not value.startswith("/"):
         raise ValueError("must be an absolute path")
     return _check_path(value)
+
+
+# A path that reaches a wildcard pattern: systemd globs every EnvironmentFile= path, Redis a
+# config path with *, ? or [ (labctl.render.encode), and such a path names other files or none.
+def _check_env_file(value: str) -> str:
+    """A file a unit loads with EnvironmentFile= (an env file of secrets or settings), or
+    beside which labctl derives one (a backend's key file, Redis's requirepass include)."""
+    normal = _check_path(value)
+    if SD_GLOB & set(normal):
+        raise ValueError("must not hold *, ?, [ or \\: systemd reads an EnvironmentFile= path as a wildcard "
+                         "pattern (and redis-server an include), which names other files or none")
+    return normal
+
+
+def _check_home(value: str) -> str:
+    """host.home: every ~/ path and labctl's config root are below it."""
+    normal = _check_abs_path(value)
+    if SD_GLOB & set(normal):
+        raise ValueError("must not hold *, ?, [ or \\: the paths labctl puts below it (EnvironmentFile=, "
+                         "redis-server's config and include) would be read as wildcard patterns")
+    return normal
 
 
 def _check_exec_path(value: str) -> str:
@@ -234,12 +261,16 @@ for _check, _doc in ((_check_path, "absolute or `~/` path"), (_check_abs_path, "
                      (_check_word, "text without control characters"),
                      (_check_pip_spec, "pip requirement spec"), (_check_host_name, "IP address or host name"),
                      (_check_network, "private network, CIDR (10.77.0.0/24)"),
-                     (_check_service_unit, "systemd service unit name")):
+                     (_check_service_unit, "systemd service unit name"),
+                     (_check_env_file, "absolute or `~/` path, no `*?[\\`"),
+                     (_check_home, "absolute path, no `*?[\\`")):
     _check.doc = _doc  # type: ignore[attr-defined]
 
 PathStr = Annotated[str, AfterValidator(_check_path)]
 AbsPath = Annotated[str, AfterValidator(_check_abs_path)]
 ExecPath = Annotated[str, AfterValidator(_check_exec_path)]
+EnvFilePath = Annotated[str, AfterValidator(_check_env_file)]
+HomePath = Annotated[str, AfterValidator(_check_home)]
 BindAddr = Annotated[str, AfterValidator(_check_bind)]
 ReachAddr = Annotated[str, AfterValidator(_check_reach_addr)]
 Text = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_check_text)]
@@ -267,7 +298,7 @@ class SecretRef(Strict):
     ``env``: a variable already present in the user manager's environment.
     """
 
-    env_file: PathStr | None = None
+    env_file: EnvFilePath | None = None
     var: EnvName | None = None
     env: EnvName | None = None
     generate: bool = False
@@ -296,14 +327,17 @@ class RestartPolicy(Strict):
     stop_timeout_sec: Annotated[int, Field(ge=1, le=3600)] = 10
 
 
+def _check_mem_size(value: str) -> str:
+    """A size systemd can hold (labctl.render.encode.SIZE_MAX): it ignores a larger MemoryMax=."""
+    if mem_bytes(value) > SIZE_MAX:
+        raise ValueError(f"is more than systemd can hold: at most {SIZE_MAX} bytes (2^64-2, "
+                         "e.g. 17179869183G or 16777215T)")
+    return value
+
+
+_check_mem_size.doc = "at most 2^64-2 bytes"  # type: ignore[attr-defined]
 # systemd's byte sizes: a number, optionally K, M, G or T (powers of 1024).
-MemSize = Annotated[str, Field(pattern=r"^[1-9][0-9]{0,12}[KMGT]?$")]
-_MEM_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
-
-def mem_bytes(size: str) -> int:
-    unit = size[-1] if size[-1] in "KMGT" else ""
-    return int(size.removesuffix(unit)) * _MEM_UNITS[unit]
+MemSize = Annotated[str, Field(pattern=r"^[1-9][0-9]{0,12}[KMGT]?$"), AfterValidator(_check_mem_size)]
 
 
 class Limits(Strict):
@@ -335,7 +369,7 @@ class Defaults(RestartPolicy):
 
 class Host(Strict):
     user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
-    home: AbsPath | None = None
+    home: HomePath | None = None
     models_dir: PathStr = "~/models"
     current_link: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+\.gguf$")] = "current.gguf"
     # A models library beside models_dir (library/<dir>/<file>.gguf): current.gguf may point
@@ -386,7 +420,7 @@ class ServiceBase(Listener):
     bind: BindAddr | None = None
     extra_args: list[Word] = []
     environment: dict[EnvName, Word] = {}
-    environment_files: list[PathStr] = []
+    environment_files: list[EnvFilePath] = []
     restart: RestartPolicy | None = None
     # The sandboxing set (defaults.hardening unless set here) and resource limits, each
     # field overriding defaults.limits.
@@ -933,7 +967,7 @@ class FleetHost(Strict):
     ssh_port: Port = 22
     # The SSH login, and the user whose manager runs the services (host.user unless set).
     user: UserName | None = None
-    home: AbsPath | None = None
+    home: HomePath | None = None
     gpu: bool | None = None
     gpu_memory_gib: Annotated[float, Field(gt=0, le=4096)] | None = None
     services: Annotated[list[Annotated[str, Field(pattern=NAME_RE)]], Field(min_length=1)]
