@@ -542,7 +542,9 @@ def consumers_read_as_written(inv: schema.Inventory, files: dict[str, str], what
             continue
         for d in unitfile.directives(text):
             if d.key in ("EnvironmentFile", "WorkingDirectory", "ReadWritePaths"):
-                paths = unitfile.plain(d.value).split() if d.key == "ReadWritePaths" else [unitfile.plain(d.value)]
+                # a path list splits at systemd's whitespace only (not at U+3000, as str.split would)
+                paths = (re.split(f"[{unitfile.WHITESPACE}]+", unitfile.plain(d.value)) if d.key == "ReadWritePaths"
+                         else [unitfile.plain(d.value)])
                 for path in paths:
                     assert normalised(path), f"{what}: {rel}: {d.key}={path!r} must be normalised"
                     assert d.key != "EnvironmentFile" or not SD_GLOB & set(path), \
