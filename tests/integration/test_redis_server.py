@@ -5,11 +5,20 @@ Redis itself reads the config back (``CONFIG GET``): every value is what the inv
 said, a directory with a space and a quote included; the password reaches it only through
 the derived 0600 file; labctl's probe authenticates; RDB persistence survives a restart.
 The gateway's cache through it is proven on the booted machine (tests/system/test_redis_cache.py).
+
+Paths Redis reads as patterns (issue 23): Redis globs a config path holding ``*``, ``?`` or
+``[``, on its command line and in an ``include``, and silently skips a pattern that matches
+nothing. Controls start it on such paths (labctl's guards removed): it then runs without its
+password, or with another file's, or with another config; labctl refuses each such input at
+the field that brought the character, and its encoder refuses the path again. Sizes: the
+largest maxmemory labctl accepts reads back exactly; the suffix form Redis was given before
+failed (``1tb``) or wrapped to no limit (``17179869184gb``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import time
@@ -19,11 +28,13 @@ import helpers
 import pytest
 from tools import require_command
 
+from labctl.errors import InvalidInventory
 from labctl.host.secrets import read_secret
 from labctl.inventory.load import load_inventory
 from labctl.ops.apply import ensure_secrets
 from labctl.ops.probes import probe
-from labctl.render import render_all
+from labctl.render import encode, render_all
+from labctl.render import redis as redis_render
 from labctl.render.layout import Layout
 from labctl.render.redis import auth_file
 from labctl.render.units import argv
@@ -63,7 +74,10 @@ def start(inv, layout: Layout, log: Path) -> subprocess.Popen:  # type: ignore[n
 def render_and_install(text: str):  # type: ignore[no-untyped-def]
     """The inventory, its layout and render, with the Redis config where the unit reads it
     and the secrets `up` would create (env file, derived requirepass include)."""
-    inv = load_inventory("inventory.yaml", text=text).inventory
+    return install(load_inventory("inventory.yaml", text=text).inventory)
+
+
+def install(inv):  # type: ignore[no-untyped-def]
     layout = Layout.of(inv)
     files = render_all(inv)
     conf = Path(layout.config_root) / layout.redis_config("cache")
@@ -173,3 +187,142 @@ def test_the_exporter_reads_redis_with_the_password_from_the_env_file(tmp_path: 
         assert not result.ok and "redis_up 0" in result.detail, result
     finally:
         helpers.stop_process(redis)
+
+
+# --- paths Redis reads as patterns ----------------------------------------------------------
+
+
+def ping_without_password(port: int) -> str:
+    cli = require_command("redis-cli", "apt-get install redis-server")
+    res = subprocess.run([cli, "-h", "127.0.0.1", "-p", str(port), "PING"], capture_output=True, text=True,
+                         timeout=30, env={k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"})
+    return res.stdout.strip()
+
+
+def wait_port(port: int, deadline: float = 20.0) -> None:
+    end = time.monotonic() + deadline
+    while ping_without_password(port) == "" and time.monotonic() < end:
+        time.sleep(0.2)
+
+
+def refused(text: str, field: str) -> str:
+    with pytest.raises(InvalidInventory) as info:
+        load_inventory("inventory.yaml", text=text)
+    (line,) = info.value.lines()
+    assert f": {field}: must not hold *, ?, [ or \\: " in line, line
+    return line
+
+
+def without_the_guards(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(redis_render, "redis_path", lambda path: path)
+    monkeypatch.setattr(encode, "redis_path", lambda path: path)
+
+
+def with_secrets_in(text: str, env_file: str) -> str:
+    return text.replace("    maxmemory: 64M\n", f"    maxmemory: 64M\n    password: {{env_file: '{env_file}', "
+                                                   "var: REDIS_PASSWORD, generate: true}\n")
+
+
+def test_a_glob_in_the_include_path_would_start_redis_without_its_password(tmp_path: Path, monkeypatch) -> None:
+    binary = require_command("redis-server", "apt-get install redis-server")
+    home, port = tmp_path / "home", helpers.free_port()
+    text = INVENTORY.format(home=home, state=f"{home}/state", binary=binary, port=port)
+    hostile = with_secrets_in(text, "~/.config/labctl/sec[r]ets/redis.env")
+    line = refused(hostile, "services.cache.password.env_file")
+    assert line.startswith("inventory.yaml:11: "), line
+    # The same inventory past the schema: the encoder refuses the include.
+    inv = load_inventory("inventory.yaml", text=with_secrets_in(text, "~/.config/labctl/secrets/redis.env")).inventory
+    svc = inv.services["cache"]
+    bad = svc.model_copy(update={"password": svc.password.model_copy(
+        update={"env_file": "~/.config/labctl/sec[r]ets/redis.env"})})
+    inv = inv.model_copy(update={"services": {**inv.services, "cache": bad}})
+    with pytest.raises(encode.EncodeError):
+        render_all(inv)
+
+    # Control: with the guards removed, Redis globs the include, matches nothing, skips it.
+    without_the_guards(monkeypatch)
+    inv, layout, files, _ = install(inv)
+    include = files[layout.redis_config("cache")].splitlines()[-1]
+    assert include == f'include "{home}/.config/labctl/sec[r]ets/cache-requirepass.conf"'
+    assert Path(auth_file(inv, "cache", bad)).is_file()  # the file labctl meant is there
+    proc = start(inv, layout, tmp_path / "redis.log")
+    try:
+        wait_port(port)
+        assert ping_without_password(port) == "PONG", helpers.tail(tmp_path / "redis.log")
+    finally:
+        helpers.stop_process(proc)
+    # ... and where the pattern does match, Redis takes another file's password.
+    other = home / ".config/labctl/secrets/cache-requirepass.conf"
+    other.parent.mkdir(parents=True)
+    other.write_text('requirepass "someone-elses"\n')
+    password = read_secret(Path(inv.host.expand(bad.password.env_file)), "REDIS_PASSWORD")
+    proc = start(inv, layout, tmp_path / "redis2.log")
+    try:
+        wait_port(port)
+        assert redis_cli(port, "someone-elses", "PING") == "PONG"
+        assert redis_cli(port, password, "PING").startswith(("WRONGPASS", "NOAUTH", "AUTH failed"))
+    finally:
+        helpers.stop_process(proc)
+
+
+def test_a_glob_in_home_would_start_redis_on_another_config(tmp_path: Path, monkeypatch) -> None:
+    """host.home is where Redis's config path on its command line starts."""
+    binary = require_command("redis-server", "apt-get install redis-server")
+    port, decoy_port = helpers.free_port(), helpers.free_port()
+    home = tmp_path / "ho[m]e"
+    text = INVENTORY.format(home=home, state=f"{tmp_path}/state", binary=binary, port=port)
+    line = refused(text, "host.home")
+    assert line.startswith("inventory.yaml:2: "), line
+    inv = load_inventory("inventory.yaml", text=text.replace(str(home), str(tmp_path / "meant"))).inventory
+    inv = inv.model_copy(update={"host": inv.host.model_copy(update={"home": str(home)})})
+    with pytest.raises(encode.EncodeError):
+        render_all(inv)
+
+    # Control: with the guards removed, Redis globs its own config path and reads another.
+    without_the_guards(monkeypatch)
+    inv, layout, _, _ = install(inv)
+    command = argv(inv, "cache", inv.services["cache"], layout)
+    assert command[1] == f"{home}/.config/labctl/redis/cache.conf" and Path(command[1]).is_file()
+    decoy = tmp_path / "home/.config/labctl/redis/cache.conf"
+    decoy.parent.mkdir(parents=True)
+    decoy.write_text(f"bind 127.0.0.1\nport {decoy_port}\nsave \"\"\n")
+    proc = start(inv, layout, tmp_path / "redis.log")
+    try:
+        wait_port(decoy_port)
+        assert ping_without_password(decoy_port) == "PONG", helpers.tail(tmp_path / "redis.log")
+        assert ping_without_password(port) == ""  # nothing on the port labctl configured
+    finally:
+        helpers.stop_process(proc)
+
+
+# --- sizes ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size, bytes_", [("17179869183G", 17179869183 * 2**30), ("16777215T", 16777215 * 2**40)])
+def test_the_largest_maxmemory_labctl_accepts_reads_back(tmp_path: Path, size: str, bytes_: int) -> None:
+    binary = require_command("redis-server", "apt-get install redis-server")
+    home, port = tmp_path / "home", helpers.free_port()
+    text = INVENTORY.format(home=home, state=f"{home}/state", binary=binary, port=port)
+    inv, layout, _, _ = render_and_install(text.replace("maxmemory: 64M", f"maxmemory: {size}"))
+    password = read_secret(Path(inv.host.expand(inv.services["cache"].password.env_file)), "REDIS_PASSWORD")
+    conf = Path(layout.config_root) / layout.redis_config("cache")
+    proc = start(inv, layout, tmp_path / "redis.log")
+    try:
+        assert wait_ready(inv).ok, helpers.tail(tmp_path / "redis.log")
+        assert redis_cli(port, password, "CONFIG", "GET", "maxmemory").splitlines()[-1] == str(bytes_)
+    finally:
+        helpers.stop_process(proc)
+    # Control: the suffix form labctl wrote before. Redis knows no "tb" (it will not start),
+    # and wraps a "gb" past 64 bits to 0, no limit.
+    for old, expected in (("1tb", None), ("17179869184gb", "0")):
+        conf.write_text(re.sub(r"(?m)^maxmemory .*$", f"maxmemory {old}", conf.read_text()))
+        proc = start(inv, layout, tmp_path / f"redis-{old}.log")
+        try:
+            if expected is None:
+                assert proc.wait(timeout=20) != 0
+                assert "FATAL CONFIG FILE ERROR" in helpers.tail(tmp_path / f"redis-{old}.log")
+            else:
+                assert wait_ready(inv).ok
+                assert redis_cli(port, password, "CONFIG", "GET", "maxmemory").splitlines()[-1] == expected
+        finally:
+            helpers.stop_process(proc)

@@ -191,4 +191,4 @@ def test_logs_of_an_external_need_its_unit(tmp_path: Path, capsys) -> None:  # t
     from labctl.host.systemd import UserManager
 
     argv = UserManager().journal_argv("ollama.service", 5, False, user=False)
-    assert argv[:3] == ["journalctl", "--unit", "ollama.service"]
+    assert argv[:2] == ["journalctl", "--unit=ollama.service"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from invtext import BASE, edit
+from invtext import BASE, edit, with_service
 
 from labctl import fsio
 from labctl.cli import main
@@ -201,6 +201,41 @@ def test_compose_comment_cannot_break_the_file(tmp_path) -> None:
     compose = render_all(load_inventory(path).inventory)["labctl/monitoring/compose.yaml"]
     assert set(yaml.safe_load(compose)) == {"name", "services", "secrets", "volumes"}
     assert "(/srv/x #: include)" in compose
+
+
+# --- what systemctl, systemd and redis-server would read otherwise (issue 23) -----------------
+# test_unit_argv, test_paths_and_sizes and the property hold the classes; these pin what an
+# operator sees for one case of each.
+
+EXTERNAL = "  theirs:\n    kind: external\n    api: openai\n    port: 8090\n    models: [x]\n    unit: {v}\n"
+OLLAMA = "  ol:\n    kind: ollama\n    port: 11434\n    models: [a]\n    environment: {{OLLAMA_MODELS: {v}}}\n"
+REDIS = "  cache:\n    kind: redis\n    port: 6390\n    maxmemory: {v}\n"
+
+
+@pytest.mark.parametrize("text, where, message", [
+    (with_service(EXTERNAL.format(v="-Hattacker.example.service")), "37: services.theirs.unit",
+     "must not start with '-' (systemctl and journalctl would read it as an option)"),
+    (with_service(EXTERNAL.format(v="'ollama@.service'")), "37: services.theirs.unit", "is a template"),
+    (edit(("    ctx_size: 2048\n", "    ctx_size: 2048\n    environment_files: ['~/.config/sec[r]ets/x.env']\n")),
+     "13: services.native.environment_files[0]", "must not hold *, ?, [ or \\: systemd reads an EnvironmentFile="),
+    (edit(("  gpu: false\n", "  gpu: false\n  home: /home/lab*\n")), "5: host.home", "must not hold *, ?, [ or \\"),
+    (with_service(REDIS.format(v="1G") + "    password: {env_file: '~/s?crets/r.env', var: REDIS_PASSWORD}\n"),
+     "36: services.cache.password.env_file", "must not hold *, ?, [ or \\"),
+    (with_service(OLLAMA.format(v="models")), "36: services.ol.environment.OLLAMA_MODELS",
+     "must be an absolute path or start with ~/"),
+    (with_service(OLLAMA.format(v="/srv/../models")), "36: services.ol.environment.OLLAMA_MODELS",
+     "must not contain '..'"),
+    (with_service(REDIS.format(v="17179869184G")), "35: services.cache.maxmemory",
+     "is more than systemd can hold: at most 18446744073709551614 bytes"),
+    (edit(("    ctx_size: 2048\n", "    ctx_size: 2048\n    limits: {memory_max: 16777216T}\n")),
+     "13: services.native.limits.memory_max", "is more than systemd can hold"),
+])
+def test_what_a_consumer_would_read_otherwise_is_one_line_at_its_field(tmp_path, capsys, text, where,
+                                                                      message) -> None:
+    code, out, err, path = validate(tmp_path, capsys, text, "--json")
+    assert code == 2 and json.loads(out)["ok"] is False
+    line = one_error(err, path)
+    assert line.startswith(f"{path}:{where}: {message}"), line
 
 
 # --- secrets -------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ FULL = {
                   "description": "vllm", "extra_args": ["--max-num-seqs", "4"], "environment": {"X_MODE": "a"},
                   "environment_files": ["~/.config/vllm.env"], "read_write_paths": ["~/vllm-scratch"]},
         "ollama": {"kind": "ollama", "bind": "127.0.0.1", "binary": "/usr/local/bin/ollama", "port": 11434, "models": ["llama3.1:8b"],
-                   "description": "ollama", "environment": {"OLLAMA_KEEP_ALIVE": "5m"},
+                   "description": "ollama", "environment": {"OLLAMA_KEEP_ALIVE": "5m", "OLLAMA_MODELS": "~/ollama-models"},
                    "extra_args": ["--verbose"], "environment_files": ["~/.config/ollama.env"],
                    "read_write_paths": ["/srv/ollama"]},
         "theirs": {"kind": "external", "api": "openai", "address": "127.0.0.1", "port": 8090, "models": ["theirs"],
@@ -264,6 +264,11 @@ SEEDS = [
     "$HOME", "${PATH}", "-", "@", "+", " lead", "trail ", "/a//b/./c/", "~/", "~/x", "/", "#comment", "[section]",
     "key: value", "- item", "{a: b}", "&anchor", "*alias", "!!python/object:os.system", "é", "/srv/😀",
     "Bearer abcdefghijklmnop", "sk-abcdefghijklmnop", "https://u:p@host/x",
+    # glob(3) in a path systemd or Redis expands; an option where a unit name goes; sizes
+    # at and past what systemd holds (issue 23).
+    "~/.config/sec[r]ets/x.env", "/srv/*.env", "~/a?b", "/srv/a\\b", "-Hx.service", "--user", "x@.service",
+    "@x.service", "x.socket", "a" * 250 + ".service", "17179869183G", "17179869184G", "16777216T", "/srv/../x",
+    "relative", "",
 ]
 
 
@@ -342,6 +347,36 @@ def comment_atoms(text: str) -> set[str]:
     return {line.split("#", 1)[1].strip() for line in text.splitlines() if "#" in line}
 
 
+def redis_words(line: str) -> list[str]:
+    """A redis.conf line split as Redis's sdssplitargs splits what labctl writes: bare words,
+    and double-quoted strings with \\\\, \\" and \\xHH escapes."""
+    words, i = [], 0
+    while i < len(line):
+        if line[i] == " ":
+            i += 1
+            continue
+        if line[i] != '"':
+            end = line.find(" ", i)
+            end = len(line) if end < 0 else end
+            words.append(line[i:end])
+            i = end
+            continue
+        out, i = bytearray(), i + 1
+        while line[i] != '"':
+            if line[i] == "\\" and line[i + 1] == "x":
+                out.append(int(line[i + 2:i + 4], 16))
+                i += 4
+            elif line[i] == "\\":
+                out += line[i + 1].encode()
+                i += 2
+            else:
+                out += line[i].encode()
+                i += 1
+        words.append(out.decode("utf-8", "surrogatepass"))
+        i += 1
+    return words
+
+
 def read_back(files: dict[str, str]) -> tuple[dict[str, Any], set[str]]:
     structure: dict[str, Any] = {}
     atoms: set[str] = set()
@@ -359,6 +394,10 @@ def read_back(files: dict[str, str]) -> tuple[dict[str, Any], set[str]]:
                 atoms |= {a.replace("$$", "$") for a in yaml_atoms(data)}
         elif rel.endswith(".json"):
             structure[rel] = shape(json.loads(text))
+        elif rel.endswith(".conf"):  # redis.conf: one directive per line, its name first
+            lines = [redis_words(line) for line in text.splitlines() if line and not line.startswith("#")]
+            structure[rel] = [words[0] for words in lines]
+            atoms |= {word for words in lines for word in words[1:]}
     return structure, atoms
 
 
@@ -393,6 +432,10 @@ def expected_forms(inv: schema.Inventory, loc: tuple, value: str) -> list[str]:
         forms += [f"{prefix}/{value}" for prefix in ("openai", "ollama_chat")]
     if loc[:3] == ("services", "theirs", "models"):
         forms.append(f"openai/{value}")
+    if loc[-1] == "maxmemory":  # Redis: in bytes (it has no T, and wraps past 64 bits)
+        forms.append(str(size_bytes(value)))
+    if loc[-1] == "OLLAMA_MODELS":  # a path: expanded and normalised, as ReadWritePaths= lists it
+        forms.append(inv.host.expand(schema.check_path(value)))
     if loc == ("services", "theirs", "address"):
         forms.append(f"http://{value}:8090/v1" if ":" not in value else f"http://[{value}]:8090/v1")
     if loc[-1] == "bind":
@@ -436,6 +479,7 @@ def check_one(tmp: Path, loc: tuple, value: str) -> None:
             assert m and m.group("file") == str(path), repr(line)
         return
     files = render_all(loaded.inventory)
+    consumers_read_as_written(loaded.inventory, files, f"{loc}={value!r}")
     structure, atoms = read_back(files)
     assert structure == base_structure(), f"{loc}={value!r} changed the structure of a rendered file"
     said = get_at(loaded.inventory, loc)
@@ -452,6 +496,70 @@ def check_one(tmp: Path, loc: tuple, value: str) -> None:
     ACCEPTED.append((loc, said, files))
 
 
+# What systemd, redis-server and systemctl read differently from the text (issue 23), each
+# written here again as the consumer's own rule, so that the oracle is not the guard it tests.
+SD_GLOB = set("*?[\\")      # glob(3): systemd expands every EnvironmentFile= path
+REDIS_GLOB = set("*?[")      # Redis globs a config path holding one (its argv's, an include)
+SD_SIZE_LIMIT = 2**64 - 1    # systemd: a size is a uint64 and this one is "infinity"
+# systemd's unit_name_is_valid, a service (no template), and no leading "-" (an option)
+UNIT_NAME = re.compile(r"^(?=.{1,255}$)(?!-)[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\@-]+)?\.service$")
+
+
+def size_bytes(size: str) -> int:
+    """systemd's parse_size for the forms labctl writes (a number, K, M, G or T: base 1024)."""
+    m = re.fullmatch(r"([0-9]+)([KMGT]?)", size)
+    assert m, f"{size!r} is no size"
+    return int(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " ")
+
+
+def normalised(path: str) -> bool:
+    """systemd ignores a unit path with ``..`` or a relative one, and rewrites ``//``, ``/./``."""
+    return path.startswith("/") and all(part not in ("", ".", "..") for part in path[1:].split("/"))
+
+
+def consumers_read_as_written(inv: schema.Inventory, files: dict[str, str], what: str) -> None:
+    """Each value reaches its consumer as what it says: no EnvironmentFile= or Redis config
+    path that is a wildcard pattern, no unit path systemd would ignore or rewrite, no size
+    systemd or Redis cannot hold, and no external unit that systemctl would read as an option."""
+    from labctl.render.layout import Layout
+    from labctl.unitcmd import journalctl_argv, show_argv
+
+    layout = Layout.of(inv)
+    for name, svc in inv.managed().items():
+        if isinstance(svc, schema.Redis):
+            unit = files[layout.unit(name)]
+            start = next(d.value for d in unitfile.directives(unit) if d.key == "ExecStart")
+            config = unitfile.exec_argv(start)[1]
+            assert not REDIS_GLOB & set(config), f"{what}: redis-server globs its config path {config!r}"
+            lines = files[layout.redis_config(name)].splitlines()
+            assert lines[-1].startswith('include "') and not REDIS_GLOB & set(lines[-1]), \
+                f"{what}: {lines[-1]!r} is a wildcard pattern to redis-server"
+            for line in lines:
+                if line.startswith("maxmemory "):
+                    assert line.split()[1].isdigit() and int(line.split()[1]) < SD_SIZE_LIMIT, \
+                        f"{what}: {line!r} is past 64 bits"
+    for rel, text in files.items():
+        if not rel.endswith(".service"):
+            continue
+        for d in unitfile.directives(text):
+            if d.key in ("EnvironmentFile", "WorkingDirectory", "ReadWritePaths"):
+                # a path list splits at systemd's whitespace only (not at U+3000, as str.split would)
+                paths = (re.split(f"[{unitfile.WHITESPACE}]+", unitfile.plain(d.value)) if d.key == "ReadWritePaths"
+                         else [unitfile.plain(d.value)])
+                for path in paths:
+                    assert normalised(path), f"{what}: {rel}: {d.key}={path!r} must be normalised"
+                    assert d.key != "EnvironmentFile" or not SD_GLOB & set(path), \
+                        f"{what}: {rel}: EnvironmentFile={path!r} is a wildcard pattern to systemd"
+            if d.key in ("MemoryMax", "MemoryHigh"):
+                assert size_bytes(d.value) < SD_SIZE_LIMIT, f"{what}: {rel}: systemd ignores {d.key}={d.value}"
+    for name, svc in inv.services.items():
+        if isinstance(svc, schema.External) and svc.unit is not None:
+            show, logs = show_argv([svc.unit], user=False), journalctl_argv(svc.unit, user=False)
+            assert "--" in show and show.index("--") < show.index(svc.unit), f"{what}: {show} reads it as an option"
+            assert f"--unit={svc.unit}" in logs and svc.unit not in logs, f"{what}: {logs} reads it as an option"
+            assert UNIT_NAME.match(svc.unit), f"{what}: {svc.unit!r} is no unit name labctl may hand systemctl"
+
+
 def test_hostile_strings_are_refused_or_rendered_faithfully(tmp_path: Path) -> None:
     ACCEPTED.clear()
     check_one(tmp_path)  # type: ignore[call-arg]
@@ -465,7 +573,16 @@ AUDIT_FIELDS = [("services", "native", "alias"), ("services", "native", "descrip
                 ("host", "bind"), ("host", "home"), ("services", "native", "binary"), ("host", "state_dir"),
                 ("monitoring", "grafana", "admin_password_file"), ("services", "coder", "model"),
                 ("services", "coder", "served_model_name"), ("services", "bindings", "model"),
-                ("services", "gateway", "routes", 0, "name"), ("services", "ollama", "models", 0)]
+                ("services", "gateway", "routes", 0, "name"), ("services", "ollama", "models", 0),
+                # issue 23: what reaches systemctl's argv, Redis's config paths, EnvironmentFile=,
+                # ReadWritePaths= and the size directives
+                ("services", "theirs", "unit"), ("services", "cache", "password", "env_file"),
+                ("services", "native", "api_key", "env_file"), ("services", "native", "environment_files", 0),
+                ("services", "gateway", "master_key", "env_file"),
+                ("services", "gateway", "endpoints", "cloud", "api_key", "env_file"),
+                ("services", "ollama", "environment", "OLLAMA_MODELS"), ("services", "ollama", "read_write_paths", 0),
+                ("services", "native", "limits", "memory_max"), ("services", "native", "limits", "memory_high"),
+                ("services", "cache", "maxmemory")]
 
 
 def test_audit_classes(tmp_path: Path) -> None:
@@ -486,6 +603,67 @@ def test_the_property_can_fail(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setitem(templates.environment().filters, "sd_text", lambda value: encode.Encoded(value))
     with pytest.raises((AssertionError, unitfile.UnitSyntax)):
         check_one.hypothesis.inner_test(tmp_path, ("services", "native", "description"), "100%h")  # type: ignore[attr-defined]
+
+
+# The guards of issue 23, each as (where it is, the field and value it stops): the schema's
+# refusal and the encoder's (or argv builder's), so that a control removes both.
+GUARDS = {
+    "EnvironmentFile= glob": ([("labctl.inventory.schema.SD_GLOB", frozenset()),
+                               ("labctl.render.encode.SD_GLOB", frozenset())],
+                              ("services", "native", "environment_files", 0), "~/.config/sec[r]ets/x.env",
+                              "is a wildcard pattern to systemd"),
+    "redis include glob": ([("labctl.inventory.schema.SD_GLOB", frozenset()),
+                            ("labctl.render.encode.REDIS_GLOB", frozenset()),
+                            ("labctl.render.encode.SD_GLOB", frozenset())],
+                           ("services", "cache", "password", "env_file"), "~/.config/sec[r]ets/redis.env",
+                           "is a wildcard pattern to redis-server"),
+    "redis argv glob": ([("labctl.inventory.schema.SD_GLOB", frozenset()),
+                         ("labctl.render.encode.REDIS_GLOB", frozenset()),
+                         ("labctl.render.encode.SD_GLOB", frozenset())],
+                        ("host", "home"), "/home/lab*", "redis-server globs its config path"),
+    "memory size": ([("labctl.inventory.schema.SIZE_MAX", 10**30), ("labctl.render.encode.SIZE_MAX", 10**30)],
+                    ("services", "native", "limits", "memory_max"), "17179869184G", "systemd ignores MemoryMax"),
+    "redis maxmemory": ([("labctl.inventory.schema.SIZE_MAX", 10**30), ("labctl.render.encode.SIZE_MAX", 10**30)],
+                        ("services", "cache", "maxmemory"), "16777216T", "past 64 bits"),
+    "unit name": ([("labctl.inventory.schema.unit_name_problem", lambda name: None),
+                   ("labctl.unitcmd.unit_name_problem", lambda name: None)],
+                  ("services", "theirs", "unit"), "-Hx.service", "is no unit name"),
+    "OLLAMA_MODELS path": ([("labctl.inventory.checks.check_path", lambda value: value),
+                            ("labctl.render.units.check_path", lambda value: value),
+                            ("labctl.render.encode.path_problem", lambda value: None)],
+                           ("services", "ollama", "environment", "OLLAMA_MODELS"), "/srv/../models",
+                           "must be normalised"),
+}
+
+
+@pytest.mark.parametrize("guard", list(GUARDS))
+def test_each_guard_of_issue_23_is_what_the_property_relies_on(tmp_path: Path, monkeypatch, guard: str) -> None:
+    """Control: the hostile value is refused with the guards in place; with them removed it
+    is accepted, and the property's consumer check catches what systemd, Redis or systemctl
+    would then read."""
+    patches, loc, value, caught = GUARDS[guard]
+    ACCEPTED.clear()
+    check_one.hypothesis.inner_test(tmp_path, loc, value)  # type: ignore[attr-defined]
+    assert not ACCEPTED, f"{loc}={value!r} was accepted"
+    for target, replacement in patches:
+        monkeypatch.setattr(target, replacement)
+    with pytest.raises(AssertionError, match=caught):
+        check_one.hypothesis.inner_test(tmp_path, loc, value)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("guard", list(GUARDS))
+def test_the_encoders_refuse_what_the_schema_would_let_through(tmp_path: Path, monkeypatch, guard: str) -> None:
+    """Defence in depth: with only the inventory's guard removed, the encoder (or the argv
+    builder) refuses the value, so a checks bug cannot ship it."""
+    from labctl.render.encode import EncodeError
+    from labctl.unitcmd import UnitNameError
+
+    patches, loc, value, _ = GUARDS[guard]
+    for target, replacement in patches:
+        if target.startswith("labctl.inventory."):
+            monkeypatch.setattr(target, replacement)
+    with pytest.raises((EncodeError, UnitNameError)):
+        check_one.hypothesis.inner_test(tmp_path, loc, value)  # type: ignore[attr-defined]
 
 
 # --- the ecosystems' own validators over every accepted example ---------------------------

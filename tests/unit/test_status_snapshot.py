@@ -408,9 +408,10 @@ MainPID=
 
 @pytest.mark.parametrize("output", [SHOW_OUTPUT, SHOW_OUTPUT.split("\n\n")[0], "", "\n\n\nId=x\nActiveState=failed\n"])
 def test_show_is_parsed_as_host_systemd_parses_it(output: str) -> None:
+    from labctl import unitcmd
     from labctl.host import systemd
 
-    assert status.SHOW_PROPERTIES == systemd.SHOW_PROPERTIES
+    assert systemd.SHOW_PROPERTIES is unitcmd.SHOW_PROPERTIES and status.show_argv is unitcmd.show_argv
     units = ["labctl-native.service", "labctl-gone.service", "labctl-third.service"]
     ours, theirs = status.parse_show(output, units), systemd.parse_show(output, units)
     assert list(ours) == list(theirs) == units

@@ -497,6 +497,7 @@ def edit_unit(
     """Override a setting of a service's unit with a drop-in (systemctl --user edit); labctl keeps it."""
     from labctl.host.systemd import UserManager
     from labctl.inventory.schema import unit_name
+    from labctl.unitcmd import systemctl_argv
 
     loaded = _load(inventory)
     inv = loaded.inventory
@@ -504,7 +505,7 @@ def edit_unit(
         what = "is external: labctl runs no unit for it" if service in inv.services else "is no service"
         raise UsageError(f"{service!r} {what} in {loaded.path}")
     manager = UserManager()
-    argv = ["systemctl", "--user", "edit", unit_name(service)]
+    argv = systemctl_argv("edit", unit_name(service))
     sys.stdout.flush()
     os.execvpe(argv[0], argv, manager.env)
 

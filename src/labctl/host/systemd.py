@@ -11,12 +11,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from labctl.host.proc import CommandFailed, CommandResult, run_cmd
+from labctl.unitcmd import SHOW_PROPERTIES, journalctl_argv, show_argv, systemctl_argv  # noqa: F401
 
-SHOW_PROPERTIES = (
-    "Id", "LoadState", "ActiveState", "SubState", "UnitFileState", "NRestarts", "MainPID",
-    "MemoryCurrent", "ActiveEnterTimestamp", "ActiveEnterTimestampMonotonic", "InvocationID", "Result",
-    "ExecMainStatus", "NeedDaemonReload", "DropInPaths",
-)
 # systemd prints this for "no value" in numeric properties such as MemoryCurrent.
 _UINT64_MAX = str(2**64 - 1)
 
@@ -117,14 +113,13 @@ def show_units(units: Sequence[str], *, user: bool, env: dict[str, str] | None =
     privilege): how labctl looks at a unit it does not run."""
     if not units:
         return {}
-    scope = ["--user"] if user else []
-    res = run_cmd(["systemctl", *scope, "show", "--property=" + ",".join(SHOW_PROPERTIES), *units],
-                  timeout=30, env=env)
+    res = run_cmd(show_argv(units, user=user), timeout=30, env=env)
     return parse_show(res.stdout, units)
 
 
 class UserManager:
-    """``systemctl --user`` / ``journalctl --user`` for the current user."""
+    """``systemctl --user`` / ``journalctl --user`` for the current user. Every argv comes
+    from labctl.unitcmd, which puts unit names where no option parser reads them."""
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         base = dict(os.environ if env is None else env)
@@ -132,8 +127,8 @@ class UserManager:
         base.setdefault("XDG_RUNTIME_DIR", f"/run/user/{os.getuid()}")
         self.env = base
 
-    def systemctl(self, *args: str, check: bool = True, timeout: float = 90) -> CommandResult:
-        return run_cmd(["systemctl", "--user", *args], check=check, timeout=timeout, env=self.env)
+    def systemctl(self, verb: str, *units: str, check: bool = True, timeout: float = 90) -> CommandResult:
+        return run_cmd(systemctl_argv(verb, *units), check=check, timeout=timeout, env=self.env)
 
     def reachable(self) -> tuple[bool, str]:
         try:
@@ -192,13 +187,14 @@ class UserManager:
         return own + self._journal(unit, "systemd", manager_lines)
 
     def _journal(self, unit: str, identifier: str, lines: int) -> list[str]:
-        res = run_cmd(["journalctl", "--user", "--unit", unit, f"SYSLOG_IDENTIFIER={identifier}", "-n", str(lines),
-                       "--no-pager", "-o", "cat"], check=False, timeout=30, env=self.env)
+        argv = journalctl_argv(unit, options=["-n", str(lines), "--no-pager", "-o", "cat"],
+                               matches=[f"SYSLOG_IDENTIFIER={identifier}"])
+        res = run_cmd(argv, check=False, timeout=30, env=self.env)
         out = [line for line in res.stdout.splitlines() if line.strip() and not line.startswith("-- ")]
         return out[-lines:]
 
     def journal_argv(self, unit: str, lines: int, follow: bool, *, user: bool = True) -> list[str]:
         """``user=False``: a system unit's journal (an external service's; reading it may
         need the adm or systemd-journal group, which journalctl itself says)."""
-        argv = ["journalctl", *(["--user"] if user else []), "--unit", unit, "-n", str(lines), "--no-pager"]
-        return argv + ["--follow"] if follow else argv
+        options = ["-n", str(lines), "--no-pager", *(["--follow"] if follow else [])]
+        return journalctl_argv(unit, user=user, options=options)

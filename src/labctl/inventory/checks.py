@@ -30,6 +30,7 @@ from labctl.inventory.schema import (
     RedisExporter,
     ServiceBase,
     Vllm,
+    check_path,
     mem_bytes,
 )
 from labctl.inventory.yamlsrc import Source
@@ -186,6 +187,12 @@ def _environment(inv: Inventory, src: Source) -> Iterator[InputError]:
             yield src.error(loc, message)
         if isinstance(svc, Ollama) and "OLLAMA_HOST" in svc.environment:
             yield src.error(base + ("OLLAMA_HOST",), "OLLAMA_HOST is set by labctl from bind and port")
+        if isinstance(svc, Ollama) and "OLLAMA_MODELS" in svc.environment:
+            # A path like any path field: the unit lists it in ReadWritePaths=, labctl creates it.
+            try:
+                check_path(svc.environment["OLLAMA_MODELS"])
+            except ValueError as exc:
+                yield src.error(base + ("OLLAMA_MODELS",), str(exc))
 
 
 PIP_SECRET_HINT = ("secrets must not be inline (unit files are world-readable and argv is public): put it in "
@@ -308,9 +315,9 @@ def _externals(inv: Inventory, src: Source) -> Iterator[InputError]:
 
 
 def _hardening(inv: Inventory, src: Source) -> Iterator[InputError]:
-    from labctl.render.encode import PATH_WORD_UNSAFE
+    from labctl.render.encode import PATH_WORD_UNSAFE, EncodeError
     from labctl.render.layout import Layout
-    from labctl.render.units import writable_paths
+    from labctl.render.units import writable_sources
 
     layout = Layout.of(inv)
     for name, svc in inv.managed(disabled=True).items():
@@ -322,12 +329,19 @@ def _hardening(inv: Inventory, src: Source) -> Iterator[InputError]:
                                  "throttling would never start before the OOM kill")
         if not inv.hardened(svc):
             continue
-        for path in writable_paths(inv, name, svc, layout):
-            if PATH_WORD_UNSAFE & set(path):
-                where = [("services", name, "read_write_paths", i) for i, p in enumerate(svc.read_write_paths)
-                         if inv.host.expand(p) == path] or [("host", "state_dir")]
-                yield src.error(where[0], f"{path} holds whitespace, a quote or a backslash, which a hardened unit's "
-                                          "ReadWritePaths= cannot list; rename it, or set hardening: false")
+        try:
+            sources = writable_sources(inv, name, svc, layout)
+        except EncodeError:
+            continue  # OLLAMA_MODELS is no path: _environment says so
+        seen: set[str] = set()
+        for path, said, loc in sources:
+            if path in seen or not PATH_WORD_UNSAFE & set(path):
+                continue
+            seen.add(path)
+            # A ~/ path whose own text is clean got the character from host.home.
+            where = loc if PATH_WORD_UNSAFE & set(said) else ("host", "home")
+            yield src.error(where, f"{path} holds whitespace, a quote or a backslash, which a hardened unit's "
+                                   "ReadWritePaths= cannot list; rename it, or set hardening: false")
 
 
 def _backend_model(svc: ServiceBase) -> str | None:

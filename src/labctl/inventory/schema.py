@@ -27,8 +27,10 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from labctl import handover
-from labctl.render.encode import sd_text_problem
+from labctl.render.encode import SD_GLOB, SIZE_MAX, sd_text_problem
+from labctl.render.encode import size_bytes as mem_bytes
 from labctl.text import unsafe_message
+from labctl.unitcmd import unit_name_problem
 
 NAME_RE = r"^[a-z0-9][a-z0-9-]{0,39}$"
 ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -80,10 +82,36 @@ def _check_path(value: str) -> str:
     return normal
 
 
+# The one normaliser, for a path that arrives as another field's text (OLLAMA_MODELS, an
+# environment value that labctl also lists in ReadWritePaths=).
+check_path = _check_path
+
+
 def _check_abs_path(value: str) -> str:
     if not value.startswith("/"):
         raise ValueError("must be an absolute path")
     return _check_path(value)
+
+
+# A path that reaches a wildcard pattern: systemd globs every EnvironmentFile= path, Redis a
+# config path with *, ? or [ (labctl.render.encode), and such a path names other files or none.
+def _check_env_file(value: str) -> str:
+    """A file a unit loads with EnvironmentFile= (an env file of secrets or settings), or
+    beside which labctl derives one (a backend's key file, Redis's requirepass include)."""
+    normal = _check_path(value)
+    if SD_GLOB & set(normal):
+        raise ValueError("must not hold *, ?, [ or \\: systemd reads an EnvironmentFile= path as a wildcard "
+                         "pattern (and redis-server an include), which names other files or none")
+    return normal
+
+
+def _check_home(value: str) -> str:
+    """host.home: every ~/ path and labctl's config root are below it."""
+    normal = _check_abs_path(value)
+    if SD_GLOB & set(normal):
+        raise ValueError("must not hold *, ?, [ or \\: the paths labctl puts below it (EnvironmentFile=, "
+                         "redis-server's config and include) would be read as wildcard patterns")
+    return normal
 
 
 def _check_exec_path(value: str) -> str:
@@ -200,6 +228,17 @@ _HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0
                           r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
+def _check_service_unit(value: str) -> str:
+    """A service unit of someone else's, by systemd's unit-name rules (labctl.unitcmd): it
+    reaches systemctl's and journalctl's argv."""
+    problem = unit_name_problem(value)
+    if problem:
+        raise ValueError(problem)
+    if not value.endswith(".service"):
+        raise ValueError("must be a service unit (NAME.service)")
+    return value
+
+
 def _check_host_name(value: str) -> str:
     if "%" in value:
         raise ValueError("must be a plain IP address or host name; an IPv6 scope id is not allowed")
@@ -244,16 +283,20 @@ for _check, _doc in ((_check_path, "absolute or `~/` path"), (_check_abs_path, "
                      (_check_network, "private network, CIDR (10.77.0.0/24)"),
                      (_check_controller_path, "absolute or `~/` path; no whitespace, quotes, `\\` or `,:$%#{}` "
                                               "and no `~` but the leading one"),
-                     (_check_host_path, "no `$`, `*?[]` or `~` but the leading one")):
+                     (_check_host_path, "no `$`, `*?[]` or `~` but the leading one"),
+                     (_check_service_unit, "systemd service unit name"),
+                     (_check_env_file, "absolute or `~/` path, no `*?[\\`"),
+                     (_check_home, "absolute path, no `*?[\\`")):
     _check.doc = _doc  # type: ignore[attr-defined]
 
 PathStr = Annotated[str, AfterValidator(_check_path)]
 # A fleet's paths: on the controller, handed to Ansible and ssh; on a host, to Ansible's modules.
 ControllerPath = Annotated[str, AfterValidator(_check_controller_path)]
 HostPathStr = Annotated[str, AfterValidator(_check_path), AfterValidator(_check_host_path)]
-HostAbsPath = Annotated[str, AfterValidator(_check_abs_path), AfterValidator(_check_host_path)]
 AbsPath = Annotated[str, AfterValidator(_check_abs_path)]
 ExecPath = Annotated[str, AfterValidator(_check_exec_path)]
+EnvFilePath = Annotated[str, AfterValidator(_check_env_file)]
+HomePath = Annotated[str, AfterValidator(_check_home)]
 BindAddr = Annotated[str, AfterValidator(_check_bind)]
 ReachAddr = Annotated[str, AfterValidator(_check_reach_addr)]
 Text = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_check_text)]
@@ -281,7 +324,7 @@ class SecretRef(Strict):
     ``env``: a variable already present in the user manager's environment.
     """
 
-    env_file: PathStr | None = None
+    env_file: EnvFilePath | None = None
     var: EnvName | None = None
     env: EnvName | None = None
     generate: bool = False
@@ -310,14 +353,17 @@ class RestartPolicy(Strict):
     stop_timeout_sec: Annotated[int, Field(ge=1, le=3600)] = 10
 
 
+def _check_mem_size(value: str) -> str:
+    """A size systemd can hold (labctl.render.encode.SIZE_MAX): it ignores a larger MemoryMax=."""
+    if mem_bytes(value) > SIZE_MAX:
+        raise ValueError(f"is more than systemd can hold: at most {SIZE_MAX} bytes (2^64-2, "
+                         "e.g. 17179869183G or 16777215T)")
+    return value
+
+
+_check_mem_size.doc = "at most 2^64-2 bytes"  # type: ignore[attr-defined]
 # systemd's byte sizes: a number, optionally K, M, G or T (powers of 1024).
-MemSize = Annotated[str, Field(pattern=r"^[1-9][0-9]{0,12}[KMGT]?$")]
-_MEM_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
-
-def mem_bytes(size: str) -> int:
-    unit = size[-1] if size[-1] in "KMGT" else ""
-    return int(size.removesuffix(unit)) * _MEM_UNITS[unit]
+MemSize = Annotated[str, Field(pattern=r"^[1-9][0-9]{0,12}[KMGT]?$"), AfterValidator(_check_mem_size)]
 
 
 class Limits(Strict):
@@ -349,7 +395,7 @@ class Defaults(RestartPolicy):
 
 class Host(Strict):
     user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
-    home: AbsPath | None = None
+    home: HomePath | None = None
     models_dir: PathStr = "~/models"
     current_link: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+\.gguf$")] = "current.gguf"
     # A models library beside models_dir (library/<dir>/<file>.gguf): current.gguf may point
@@ -400,7 +446,7 @@ class ServiceBase(Listener):
     bind: BindAddr | None = None
     extra_args: list[Word] = []
     environment: dict[EnvName, Word] = {}
-    environment_files: list[PathStr] = []
+    environment_files: list[EnvFilePath] = []
     restart: RestartPolicy | None = None
     # The sandboxing set (defaults.hardening unless set here) and resource limits, each
     # field overriding defaults.limits.
@@ -577,7 +623,7 @@ class External(Listener):
     # The model names it serves: routes name one of them, the probe checks it lists them.
     models: Annotated[list[ModelName], Field(min_length=1)]
     # The systemd unit that runs it, if any, for `labctl status` to show (read, never changed).
-    unit: Annotated[str, Field(pattern=r"^[A-Za-z0-9:_.@-]{1,240}\.service$")] | None = None
+    unit: Annotated[str, AfterValidator(_check_service_unit)] | None = None
     # Which manager runs that unit: the system's (an Ollama package's ollama.service) or
     # this user's.
     unit_scope: Literal["system", "user"] = "system"
@@ -965,7 +1011,8 @@ class FleetHost(Strict):
     ssh_port: Port = 22
     # The SSH login, and the user whose manager runs the services (host.user unless set).
     user: UserName | None = None
-    home: HostAbsPath | None = None
+    # A host's home: handed to Ansible's modules there, and every ~/ path of its slice below it.
+    home: Annotated[str, AfterValidator(_check_home), AfterValidator(_check_host_path)] | None = None
     gpu: bool | None = None
     gpu_memory_gib: Annotated[float, Field(gt=0, le=4096)] | None = None
     services: Annotated[list[Annotated[str, Field(pattern=NAME_RE)]], Field(min_length=1)]

@@ -24,6 +24,7 @@ import os
 import time
 
 from labctl.ops.probes import ProbeSpec, Record, in_thread, start_all
+from labctl.unitcmd import show_argv, unit_name_problem
 
 TYPE_CHECKING = False  # typing's own constant costs its import; type checkers read this one alike
 if TYPE_CHECKING:
@@ -279,14 +280,9 @@ def gather(inv: Inventory, *, manager: UserManager | None = None, probe_timeout:
 
 # --- the unit facts: one `systemctl --user show`, spawned here ------------------------------
 
-# labctl.host.systemd's, which the snapshot path does not import (its dataclasses and
-# labctl.host.proc's subprocess and logging): a test holds this copy, parse_show and _Facts
-# to the originals.
-SHOW_PROPERTIES = (
-    "Id", "LoadState", "ActiveState", "SubState", "UnitFileState", "NRestarts", "MainPID",
-    "MemoryCurrent", "ActiveEnterTimestamp", "ActiveEnterTimestampMonotonic", "InvocationID", "Result",
-    "ExecMainStatus", "NeedDaemonReload", "DropInPaths",
-)
+# labctl.host.systemd's parse_show and UnitFacts are copied here, as the snapshot path does not
+# import that module (its dataclasses and labctl.host.proc's subprocess and logging): a test
+# holds parse_show and _Facts to the originals. The argv is labctl.unitcmd's, as everywhere.
 SHOW_TIMEOUT = 30.0  # labctl.host.systemd.show_units's
 _UINT64_MAX = str(2**64 - 1)  # systemd's "no value" in numeric properties such as MemoryCurrent
 
@@ -427,7 +423,7 @@ def start_show(units: list[str]) -> Callable[..., tuple[dict[str, Any], str]]:
     its probes while systemctl works."""
     if not units:
         return lambda stop=False: ({}, "")
-    argv = ["systemctl", "--user", "show", "--property=" + ",".join(SHOW_PROPERTIES), *units]
+    argv = show_argv(units)
 
     def unknown(why: str) -> tuple[dict[str, Any], str]:
         return {u: _Facts(u, _UNKNOWN) for u in units}, f"unit states unavailable: {why}"
@@ -668,7 +664,7 @@ def _plan_ok(plan: object) -> bool:
         return False
     assert isinstance(plan, dict)
     managed = plan["managed"]
-    if not _strs(managed) or any(not u or u.startswith("-") for u in managed):  # systemctl's arguments
+    if not _strs(managed) or any(unit_name_problem(u) for u in managed):  # systemctl's operands
         return False
     for row in plan["services"]:
         if not _has(row, _ROW) or not _has(row["probe"], _PROBE, exact=True):
@@ -679,7 +675,7 @@ def _plan_ok(plan: object) -> bool:
         if probe["key"] is not None and not _has(probe["key"], _SECRET, exact=True):
             return False
         if row["external"]:
-            if not _has(row, _EXTERNAL):
+            if not _has(row, _EXTERNAL) or (row["ext_unit"] is not None and unit_name_problem(row["ext_unit"])):
                 return False
         elif not (_has(row, _MANAGED) and row["unit"] in managed
                   and (_has(row, {"model_link": str}) or _has(row, {"model": (str, _NONE)}))):

@@ -17,7 +17,15 @@ systemd unit files (systemd.syntax(7), systemd.service(5)):
 - paths (``WorkingDirectory=``, ``EnvironmentFile=``) and free text (``Description=``) are
   taken as they are, after specifiers: nothing can quote a trailing ``\\`` or edge spaces,
   so such values are refused (at load time by the inventory schema, which calls the
-  ``*_problem`` functions here, and again here).
+  ``*_problem`` functions here, and again here); a path that is not normalised is ignored
+  (``..``) or rewritten, so only normalised absolute paths are written;
+- ``EnvironmentFile=`` is a wildcard pattern: systemd expands it with glob(3)
+  (exec_context_load_environment), where ``*``, ``?``, ``[`` and the escape ``\\`` are
+  special, so a path holding one names other files, or none (:data:`SD_GLOB`).
+
+redis-server's config files (:func:`redis_path`): Redis 7 globs a config file's path that
+holds ``*``, ``?`` or ``[`` (the one on its argv and every ``include``), and skips a pattern
+that matches nothing without a word: the include that sets ``requirepass`` would be dropped.
 
 YAML (compose, Prometheus, Grafana provisioning, the LiteLLM config): scalars are written
 double-quoted with every character that could end a line (NEL, U+2028, U+2029, CR...)
@@ -111,12 +119,34 @@ def sd_text(value: str) -> Encoded:
     return Encoded(value.replace("%", "%%"))
 
 
+def path_problem(value: str) -> str | None:
+    """Why ``value`` is not an absolute, normalised path (no ``//``, ``/./``, ``..`` or
+    trailing ``/``: systemd ignores a path with ``..`` and rewrites the rest), or None."""
+    if not value.startswith("/"):
+        return "must be absolute"
+    if value != "/" and any(part in ("", ".", "..") for part in value[1:].split("/")):
+        return "must be normalised (no //, /./, /../ or trailing /)"
+    return None
+
+
 def sd_path(value: str) -> Encoded:
-    """A path directive (WorkingDirectory=, EnvironmentFile=): absolute, specifiers escaped."""
-    problem = sd_text_problem(value)
-    if problem or not value.startswith("/"):
-        raise EncodeError(f"unit path {problem or 'must be absolute'}")
+    """A path directive (WorkingDirectory=): absolute, normalised, specifiers escaped."""
+    problem = sd_text_problem(value) or path_problem(value)
+    if problem:
+        raise EncodeError(f"unit path {problem}")
     return Encoded(value.replace("%", "%%"))
+
+
+# glob(3)'s metacharacters, flags 0 (systemd's safe_glob): "\\" escapes the next character.
+SD_GLOB = frozenset("*?[\\")
+
+
+def sd_env_file(value: str) -> Encoded:
+    """An EnvironmentFile= path: sd_path's rules, and no glob(3) metacharacter, since systemd
+    loads every file the path matches as a pattern (and fails the start when none does)."""
+    if SD_GLOB & set(value):
+        raise EncodeError("EnvironmentFile: a path with *, ?, [ or \\ is a wildcard pattern to systemd")
+    return sd_path(value)
 
 
 # What a path in a path list may not hold: systemd splits the list at whitespace and reads
@@ -127,9 +157,9 @@ PATH_WORD_UNSAFE = set(" \t\"'\\")
 def sd_path_word(value: str) -> Encoded:
     """One path of a space-separated path list (ReadWritePaths=): specifiers escaped. The
     inventory checks refuse a path with whitespace, quotes or backslashes there."""
-    problem = sd_text_problem(value)
-    if problem or not value.startswith("/") or PATH_WORD_UNSAFE & set(value):
-        raise EncodeError(f"unit path list: {problem or 'a path must be absolute, without whitespace, quotes or backslashes'}")
+    problem = sd_text_problem(value) or path_problem(value)
+    if problem or PATH_WORD_UNSAFE & set(value):
+        raise EncodeError(f"unit path list: {problem or 'a path must be without whitespace, quotes or backslashes'}")
     return Encoded(value.replace("%", "%%"))
 
 
@@ -137,6 +167,55 @@ def sd_comment(value: str) -> Encoded:
     """A ``#`` comment line's text (systemd expands nothing in comments)."""
     _refuse_unsafe(value, "unit comment")
     return Encoded(value)
+
+
+# --- sizes (MemoryMax=, MemoryHigh=, Redis's maxmemory) --------------------------------
+
+SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+# systemd parses a size into 64 bits and reads 2^64-1 as "infinity": a MemoryMax= of that or
+# more is ignored with a warning. Redis wraps a maxmemory past 64 bits to 0, which is no limit.
+SIZE_MAX = 2**64 - 2
+
+
+def size_bytes(size: str) -> int:
+    """The bytes of a size as the inventory writes it: a number, optionally K, M, G or T
+    (powers of 1024, as systemd reads them)."""
+    unit = size[-1:] if size[-1:] in ("K", "M", "G", "T") else ""
+    digits = size.removesuffix(unit)
+    if not (digits.isascii() and digits.isdigit()):
+        raise EncodeError(f"size {size!r} is not a number of bytes, K, M, G or T")
+    return int(digits) * SIZE_UNITS[unit]
+
+
+def sd_size(size: str) -> Encoded:
+    """A size for MemoryMax=/MemoryHigh=, as written, when systemd can hold it."""
+    if size_bytes(size) > SIZE_MAX:
+        raise EncodeError(f"size {size} is more than systemd can hold")
+    return Encoded(size)
+
+
+# --- redis-server --------------------------------------------------------------------
+
+# What makes Redis 7 glob a config file's path (config.c, loadServerConfig).
+REDIS_GLOB = frozenset("*?[")
+
+
+def redis_path(value: str) -> str:
+    """A path redis-server opens as a config file (the argument on its command line, an
+    ``include``): absolute, normalised, and no character that makes Redis glob it."""
+    problem = path_problem(value)
+    if problem or REDIS_GLOB & set(value):
+        raise EncodeError(f"redis-server config path {problem or 'with *, ? or [ is a wildcard pattern to Redis'}")
+    return value
+
+
+def redis_size(size: str) -> str:
+    """A size for redis.conf, in bytes: Redis has no T suffix (``maxmemory 1tb`` stops it at
+    start) and wraps ``17179869184gb`` to 0, which is no limit."""
+    value = size_bytes(size)
+    if value > SIZE_MAX:
+        raise EncodeError(f"size {size} is more than redis-server can hold")
+    return str(value)
 
 
 # --- YAML ----------------------------------------------------------------------------

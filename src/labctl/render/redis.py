@@ -4,7 +4,8 @@ The rendered config holds no secret: its last line includes a 0600 file that lab
 derives from the service's env file at ``up`` (``requirepass "…"``), so the password is in
 neither argv, the unit, nor any rendered file. Every value is written as a double-quoted
 Redis string (sdssplitargs: ``\\\\``, ``\\"`` and ``\\xHH`` escapes), so no value can add a
-directive.
+directive; a path Redis opens as a config file also goes through
+labctl.render.encode.redis_path, as Redis globs one that holds ``*``, ``?`` or ``[``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from labctl.inventory.schema import Inventory, Redis
-from labctl.render.encode import Encoded
+from labctl.render.encode import Encoded, redis_path, redis_size
 from labctl.render.layout import Layout
 from labctl.text import first_unsafe
 
@@ -61,9 +62,8 @@ def config(inv: Inventory, name: str, svc: Redis, layout: Layout) -> str:
              "appendfsync everysec",
              f"maxmemory-policy {svc.maxmemory_policy}"]
     if svc.maxmemory:
-        lines.append(f"maxmemory {svc.maxmemory.lower()}b" if svc.maxmemory[-1] in "KMGT" else
-                     f"maxmemory {svc.maxmemory}")
-    lines.append(f"include {redis_str(auth_file(inv, name, svc))}")
+        lines.append(f"maxmemory {redis_size(svc.maxmemory)}")
+    lines.append(f"include {redis_str(redis_path(auth_file(inv, name, svc)))}")
     return "\n".join(lines) + "\n"
 
 

@@ -46,7 +46,8 @@ def environment() -> jinja2.Environment:
         "compose": encode.compose_str,    # ... with compose's $-interpolation escaped
         "yaml_comment": encode.yaml_comment,
         "sd_text": encode.sd_text,        # Description=
-        "sd_path": encode.sd_path,        # WorkingDirectory=, EnvironmentFile=
+        "sd_path": encode.sd_path,        # WorkingDirectory=
+        "sd_env_file": encode.sd_env_file,  # EnvironmentFile= (a wildcard pattern to systemd)
         "sd_comment": encode.sd_comment,
         "promql_name": encode.promql_name,
         "promql_str": encode.promql_str,

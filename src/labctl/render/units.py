@@ -14,6 +14,7 @@ from labctl.inventory.schema import (
     RedisExporter,
     ServiceBase,
     Vllm,
+    check_path,
     offloads,
     unit_name,
 )
@@ -56,7 +57,7 @@ def argv(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> list[st
         if svc.enforce_eager:
             args.append("--enforce-eager")
     elif isinstance(svc, Redis):
-        args = [host.expand(svc.binary), str(layout.installed(layout.redis_config(name)))]
+        args = [host.expand(svc.binary), encode.redis_path(str(layout.installed(layout.redis_config(name))))]
     elif isinstance(svc, RedisExporter):
         from labctl.render.gateway import host_port, reach
 
@@ -98,6 +99,9 @@ def environment(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> 
         env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
         env["NO_DOCS"] = "True"
     env.update(svc.environment)
+    if isinstance(svc, Ollama) and "OLLAMA_MODELS" in env:
+        # Expanded and normalised, as ReadWritePaths= lists it: Ollama itself expands no ~/.
+        env["OLLAMA_MODELS"] = ollama_models_dir(inv, svc)
     return env
 
 
@@ -144,19 +148,38 @@ def uses_gpu(inv: Inventory, svc: ServiceBase) -> bool:
     return False
 
 
-def writable_paths(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> list[str]:
-    """What a hardened service may write: its working directory (vLLM's caches live there),
-    Ollama's model store, and the operator's read_write_paths. labctl creates them."""
-    paths = [layout.working_directory(name)]
+def writable_sources(inv: Inventory, name: str, svc: ServiceBase,
+                     layout: Layout) -> list[tuple[str, str, tuple[str | int, ...]]]:
+    """What a hardened service may write, each as (path, what the inventory said, where it
+    said it): its working directory (vLLM's caches live there), Ollama's key pair and model
+    store, and the operator's read_write_paths."""
+    out: list[tuple[str, str, tuple[str | int, ...]]] = [
+        (layout.working_directory(name), inv.host.state_dir, ("host", "state_dir"))]
     if isinstance(svc, Ollama):
         # Its key pair lives in ~/.ollama whatever OLLAMA_MODELS says.
-        paths += [inv.host.expand("~/.ollama"), ollama_models_dir(inv, svc)]
-    paths += [inv.host.expand(p) for p in svc.read_write_paths]
-    return list(dict.fromkeys(paths))
+        out.append((inv.host.expand("~/.ollama"), "~/.ollama", ("host", "home")))
+        said = svc.environment.get("OLLAMA_MODELS")
+        out.append((ollama_models_dir(inv, svc), said or "~/.ollama",
+                    ("services", name, "environment", "OLLAMA_MODELS") if said else ("host", "home")))
+    out += [(inv.host.expand(p), p, ("services", name, "read_write_paths", i))
+            for i, p in enumerate(svc.read_write_paths)]
+    return out
+
+
+def writable_paths(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> list[str]:
+    """The paths of :func:`writable_sources`, once each. labctl creates them."""
+    return list(dict.fromkeys(path for path, _, _ in writable_sources(inv, name, svc, layout)))
 
 
 def ollama_models_dir(inv: Inventory, svc: Ollama) -> str:
-    return inv.host.expand(svc.environment.get("OLLAMA_MODELS", "~/.ollama"))
+    """Ollama's model store: OLLAMA_MODELS read as any path field is (absolute or ~/,
+    normalised by the schema's normaliser), since it becomes a ReadWritePaths= entry.
+    labctl.inventory.checks refuses one that is no such path."""
+    try:
+        path = check_path(svc.environment.get("OLLAMA_MODELS", "~/.ollama"))
+    except ValueError as exc:
+        raise encode.EncodeError(f"OLLAMA_MODELS {exc}") from None
+    return inv.host.expand(path)
 
 
 # The sandboxing set every hardened unit gets. PrivateUsers= is what makes the rest take
@@ -195,9 +218,9 @@ def limits(inv: Inventory, svc: ServiceBase) -> list[encode.Encoded]:
     lim = inv.limits_of(svc)
     out = []
     if lim.memory_high:
-        out.append(f"MemoryHigh={lim.memory_high}")
+        out.append(f"MemoryHigh={encode.sd_size(lim.memory_high)}")
     if lim.memory_max:
-        out.append(f"MemoryMax={lim.memory_max}")
+        out.append(f"MemoryMax={encode.sd_size(lim.memory_max)}")
     if lim.cpu_quota_percent:
         out.append(f"CPUQuota={lim.cpu_quota_percent}%")  # no specifiers in CPUQuota=
     if lim.io_weight:
