@@ -74,7 +74,10 @@ def test_a_path_its_consumer_would_misread_is_refused_at_its_field(tmp_path: Pat
         try:
             load_inventory(path)
         except (InvalidInventory, InputError) as exc:
-            assert not [line for line in exc.lines() if ": must not hold " in line], exc.lines()
+            # Another consumer's rule may refuse it (a home with '\\' is a wildcard to systemd's
+            # EnvironmentFile=), never the rule of one that reads it as written.
+            assert not [line for line in exc.lines() if ": must not hold " in line
+                        and any(why in line for _, why in handover.READS[REACHES[loc]])], exc.lines()
         return
     with pytest.raises((InvalidInventory, InputError)) as info:
         load_inventory(path)
