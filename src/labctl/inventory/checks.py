@@ -36,7 +36,7 @@ from labctl.inventory.schema import (
     mem_bytes,
 )
 from labctl.inventory.yamlsrc import Source
-from labctl.render import litellm_keys
+from labctl.render import litellm_env, litellm_keys
 from labctl.render.litellm_keys import LITELLM_VERSION
 from labctl.render.litellm_keys import PROVIDERS as LITELLM_PROVIDERS
 
@@ -476,7 +476,7 @@ PASSTHROUGH = {
                                                      "api_key": "endpoints.NAME.api_key"}),
     "model_info": (litellm_keys.MODEL_INFO, {}),
 }
-ENV_REF = "os.environ/"
+ENV_REF = litellm_env.REF
 
 
 def _passthrough(inv: Inventory, src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:
@@ -508,15 +508,18 @@ def _passthrough(inv: Inventory, src: Source, name: str, gw: LiteLLM) -> Iterato
                                       f"silently ignored{hint}")
                 continue
             # Secrets written out are secret_problems' (the whole inventory's one scan); here,
-            # what LiteLLM reads for an os.environ/ reference.
+            # what LiteLLM reads for an os.environ/ reference, wherever in a value it is.
             for leaf_loc, text in _strings(value, here):
-                if not text.startswith(ENV_REF):
+                names = litellm_env.lookups(text)
+                if not names:
                     continue
-                var = text[len(ENV_REF):]
-                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
-                    yield src.error(leaf_loc, f"{ENV_REF}{var[:40]!r} does not name an environment variable")
-                elif var == master:
-                    yield src.error(leaf_loc, f"{ENV_REF}{var} is the gateway's master key; LiteLLM would hand "
+                var = litellm_env.variable(text)
+                if var is None:
+                    yield src.error(leaf_loc, f"LiteLLM would read this {ENV_REF} reference as something other "
+                                              f"than one environment variable; write {ENV_REF}NAME at the end of "
+                                              "the value (NAME: letters, digits and _)")
+                elif master in names:
+                    yield src.error(leaf_loc, f"{ENV_REF}{master} is the gateway's master key; LiteLLM would hand "
                                               "it to whatever reads this setting")
                 elif var not in known_vars and not gw.environment_files:
                     yield src.error(leaf_loc, f"{ENV_REF}{var}: the gateway's environment will not have {var}; "
