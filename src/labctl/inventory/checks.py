@@ -509,7 +509,7 @@ def _passthrough(inv: Inventory, src: Source, name: str, gw: LiteLLM) -> Iterato
                 continue
             # Secrets written out are secret_problems' (the whole inventory's one scan); here,
             # what LiteLLM reads for an os.environ/ reference, wherever in a value it is.
-            for leaf_loc, text in _strings(value, here):
+            for leaf_loc, text in litellm_env.strings(value, here):
                 names = litellm_env.lookups(text)
                 if not names:
                     continue
@@ -524,18 +524,6 @@ def _passthrough(inv: Inventory, src: Source, name: str, gw: LiteLLM) -> Iterato
                 elif var not in known_vars and not gw.environment_files:
                     yield src.error(leaf_loc, f"{ENV_REF}{var}: the gateway's environment will not have {var}; "
                                               f"put it in a 0600 file listed in services.{name}.environment_files")
-
-
-def _strings(value: object, loc: tuple) -> Iterator[tuple[tuple, str]]:
-    """Every string leaf of a pass-through value, with its location."""
-    if isinstance(value, str):
-        yield loc, value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from _strings(v, loc + (k,))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _strings(v, loc + (i,))
 
 
 def _max_fallbacks(src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:

@@ -222,7 +222,7 @@ def verify(inv: Inventory, cfg: dict[str, Any]) -> list[str]:
     # LiteLLM reads os.environ/ anywhere in some values (litellm_env): the master key is read
     # at general_settings.master_key and nowhere else, and every reference reads one variable.
     master = str(key).removeprefix(litellm_env.REF)
-    for where, text in _strings(cfg, ()):
+    for where, text in litellm_env.strings(cfg, ()):
         if where == ("general_settings", "master_key") or not litellm_env.lookups(text):
             continue
         dotted = ".".join(map(str, where))
@@ -231,17 +231,6 @@ def verify(inv: Inventory, cfg: dict[str, Any]) -> list[str]:
         elif master in litellm_env.lookups(text):
             problems.append(f"{dotted}: reads the master key, which LiteLLM would hand to whatever reads it")
     return problems
-
-
-def _strings(node: Any, where: tuple) -> list[tuple[tuple, str]]:
-    """Every string in a config, keys aside, with where it is."""
-    if isinstance(node, str):
-        return [(where, node)]
-    if isinstance(node, dict):
-        return [leaf for k, v in node.items() for leaf in _strings(v, where + (k,))]
-    if isinstance(node, list):
-        return [leaf for i, v in enumerate(node) for leaf in _strings(v, where + (i,))]
-    return []
 
 
 def render_gateway(inv: Inventory) -> str | None:

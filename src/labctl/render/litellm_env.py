@@ -26,6 +26,7 @@ union of them, so a string is judged by every way LiteLLM could read it.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 REF = "os.environ/"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -53,3 +54,15 @@ def variable(text: str) -> str | None:
     if not names or not _NAME.fullmatch(names[0]) or any(n.startswith("oidc/") for n in names):
         return None
     return names[0]
+
+
+def strings(node: Any, where: tuple) -> list[tuple[tuple, str]]:
+    """Every string in a piece of LiteLLM config (mapping keys aside: LiteLLM reads no
+    reference there), with where it is below ``where``."""
+    if isinstance(node, str):
+        return [(where, node)]
+    if isinstance(node, dict):
+        return [leaf for k, v in node.items() for leaf in strings(v, where + (k,))]
+    if isinstance(node, list):
+        return [leaf for i, v in enumerate(node) for leaf in strings(v, where + (i,))]
+    return []
