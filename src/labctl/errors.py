@@ -7,6 +7,8 @@ Exit codes (stable, documented in docs/cli.md):
 
 from __future__ import annotations
 
+from labctl.secretscan import redact
+
 
 class LabctlError(Exception):
     """A failure that labctl explains to the operator in one line per problem."""
@@ -21,11 +23,16 @@ class LabctlError(Exception):
 
 
 class InputError(LabctlError):
-    """Something in an input file is wrong: ``file:line: dotted.path: message``."""
+    """Something in an input file is wrong: ``file:line: dotted.path: message``.
+
+    The path and message are redacted here, where every such line is made: they quote the
+    operator's keys and values (``no service named 'X'``, pydantic's echo of an input), and
+    whatever reads the error (the CLI, doctor, a fleet's report) then never sees a secret."""
 
     exit_code = 2
 
     def __init__(self, file: str, line: int, path: str, message: str) -> None:
+        path, message = redact(path), redact(message)
         self.file, self.line, self.path, self.message = file, line, path, message
         super().__init__(f"{file}:{line}: {path}: {message}")
 

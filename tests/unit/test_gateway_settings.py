@@ -115,3 +115,100 @@ def test_settings_render_where_litellm_reads_them() -> None:
     assert bindings["litellm_params"]["extra_body"] == {"cache_prompt": True}
     assert bindings["litellm_params"]["model"] == "openai/bindings"
     assert bindings["model_info"] == {"max_input_tokens": 256}
+
+
+# --- os.environ/ wherever LiteLLM reads it (labctl.render.litellm_env) ------------------------
+
+# Each place a pass-through value reaches LiteLLM: the YAML that sets it at services.gateway
+# (under the gateway, or under routes[0] for a deployment's own), and the dotted field.
+PLACES = {
+    "pass-through header": ("    general_settings:\n      pass_through_endpoints:\n        - path: /x\n"
+                            "          target: https://elsewhere.example.com/collect\n"
+                            "          headers: {{X-Upstream: '{v}'}}\n",
+                            "general_settings.pass_through_endpoints[0].headers.X-Upstream"),
+    "slack webhook": ("    general_settings:\n      alert_to_webhook_url: {{llm_exceptions: '{v}'}}\n",
+                      "general_settings.alert_to_webhook_url.llm_exceptions"),
+    "router setting": ("    router_settings:\n      redis_password: '{v}'\n", "router_settings.redis_password"),
+    "litellm setting": ("    litellm_settings:\n      xai_key: '{v}'\n", "litellm_settings.xai_key"),
+    "deployment header": ("route:litellm_params: {{extra_headers: {{X-Upstream: '{v}'}}}}",
+                          "routes[0].litellm_params.extra_headers.X-Upstream"),
+    "model info": ("route:model_info: {{base_model: '{v}'}}", "routes[0].model_info.base_model"),
+}
+MASTER = "LITELLM_MASTER_KEY"
+# Every way of writing a string LiteLLM 1.106.2 reads as the master key somewhere.
+READS_THE_MASTER_KEY = [f"os.environ/{MASTER}", f"Bearer os.environ/{MASTER}", f"x-os.environ/{MASTER}",
+                        f"os.environ/os.environ/{MASTER}", "Bearer os.environ/LITELLM_os.environ/MASTER_KEY"]
+# Ways LiteLLM reads as something other than one variable (an OIDC lookup: oidc/env/NAME
+# returns NAME's value; a name with a space in it).
+NOT_ONE_VARIABLE = [f"os.environ/oidc/env/{MASTER}", f"Token os.environ/oidc/env/{MASTER}",
+                    "oidc/env/LITELLM_MASTER_os.environ/KEY", f"os.environ/{MASTER} x"]
+
+
+def with_setting(place: str, value: str, extra: str = "") -> tuple[str, int]:
+    """BASE with ``value`` at ``place``, and the line the value is on."""
+    yaml_text, _ = PLACES[place]
+    if yaml_text.startswith("route:"):
+        line = "        " + yaml_text.removeprefix("route:").format(v=value) + "\n"
+        text = edit(("        service: native\n", "        service: native\n" + line + extra))
+        return text, text[:text.index(line)].count("\n") + 1
+    setting = yaml_text.format(v=value)
+    text, start = gateway_extra(setting + extra)
+    return text, start + setting.count("\n") - 1
+
+
+@pytest.mark.parametrize("place", list(PLACES))
+@pytest.mark.parametrize("value", READS_THE_MASTER_KEY + NOT_ONE_VARIABLE)
+def test_the_master_key_is_refused_wherever_litellm_would_read_it(tmp_path, capsys, place, value) -> None:
+    text, line = with_setting(place, value)
+    field = "services.gateway." + PLACES[place][1]
+    (error,) = errors(tmp_path, text, capsys)
+    assert error.startswith(f"{line}: {field}: "), error
+    if value in READS_THE_MASTER_KEY:
+        assert error.endswith(f"os.environ/{MASTER} is the gateway's master key; LiteLLM would hand it to whatever "
+                              "reads this setting"), error
+    else:
+        assert "LiteLLM would read this os.environ/ reference as something other than one environment variable" in error
+
+
+@pytest.mark.parametrize("place", list(PLACES))
+def test_a_reference_to_a_variable_the_gateway_has_is_read_where_it_is(place) -> None:
+    """The header form LiteLLM documents (Bearer os.environ/NAME) is fine for any other variable."""
+    text, _ = with_setting(place, "Bearer os.environ/UPSTREAM_TOKEN",
+                           extra="    environment_files: [~/.config/labctl/secrets/upstream.env]\n"
+                           if not PLACES[place][0].startswith("route:") else "")
+    if PLACES[place][0].startswith("route:"):
+        text = edit(("    fallbacks:\n", "    environment_files: [~/.config/labctl/secrets/upstream.env]\n"
+                                       "    fallbacks:\n"), base=text)
+    config = gateway.render_gateway(load_inventory("inventory.yaml", text=text).inventory) or ""
+    assert "Bearer os.environ/UPSTREAM_TOKEN" in config
+
+
+def test_a_reference_the_old_prefix_check_missed_is_refused_and_was_not(tmp_path, capsys, monkeypatch) -> None:
+    """The control: with the old rule (a reference is a value that starts with os.environ/),
+    the inventory loads and the config carries the master key's reference in a header,
+    which LiteLLM fills in and sends to the pass-through target
+    (tests/integration/test_litellm_env.py shows it on the real proxy)."""
+    from labctl.render import litellm_env
+
+    text, _ = with_setting("pass-through header", f"Bearer os.environ/{MASTER}")
+    assert len(errors(tmp_path, text, capsys)) == 1
+    monkeypatch.setattr(litellm_env, "lookups", lambda s: [s.removeprefix("os.environ/")]
+                        if s.startswith("os.environ/") else [])
+    config = yaml.safe_load(gateway.render_gateway(load_inventory("inventory.yaml", text=text).inventory) or "")
+    (endpoint,) = config["general_settings"]["pass_through_endpoints"]
+    assert endpoint["headers"] == {"X-Upstream": f"Bearer os.environ/{MASTER}"}
+
+
+def test_the_renderer_refuses_a_config_that_reads_the_master_key_elsewhere() -> None:
+    """Defence in depth: gateway.verify finds what the inventory checks should have refused."""
+    inv = load_inventory("inventory.yaml", text=BASE).inventory
+    cfg = gateway.config(inv, inv.services["gateway"])
+    assert gateway.verify(inv, cfg) == []
+    cfg["general_settings"]["pass_through_endpoints"] = [{"path": "/x", "target": "https://elsewhere.example.com",
+                                                          "headers": {"X-Up": "Bearer os.environ/LITELLM_os.environ/MASTER_KEY",
+                                                                      "X-Id": "os.environ/oidc/env/X"}}]
+    assert gateway.verify(inv, cfg) == [
+        "general_settings.pass_through_endpoints.0.headers.X-Up: reads the master key, which LiteLLM would hand to "
+        "whatever reads it",
+        "general_settings.pass_through_endpoints.0.headers.X-Id: an os.environ/ reference LiteLLM would not read as "
+        "one variable"]

@@ -10,8 +10,11 @@ import difflib
 import ipaddress
 import os
 import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
+
+from pydantic import BaseModel
 
 from labctl import secretscan
 from labctl.errors import InputError
@@ -34,7 +37,7 @@ from labctl.inventory.schema import (
     mem_bytes,
 )
 from labctl.inventory.yamlsrc import Source
-from labctl.render import litellm_keys
+from labctl.render import litellm_env, litellm_keys
 from labctl.render.litellm_keys import LITELLM_VERSION
 from labctl.render.litellm_keys import PROVIDERS as LITELLM_PROVIDERS
 
@@ -62,7 +65,7 @@ OWNED_FLAGS = {
 
 def cross_check(inv: Inventory, src: Source, *, check_files: bool = False) -> list[InputError]:
     errors: list[InputError] = []
-    for check in (_ports, _binds, _api_keys, _extra_args, _environment, _pip, _gpu_layers, _llama_ctx, _vllm,
+    for check in (_ports, _binds, _api_keys, _extra_args, _environment, _gpu_layers, _llama_ctx, _vllm,
                   _externals, _redis, _hardening, _gateways, _images, _monitoring, _models):
         errors.extend(check(inv, src))
     if check_files:
@@ -166,25 +169,11 @@ def _extra_args(inv: Inventory, src: Source) -> Iterator[InputError]:
             if flag in owned:
                 yield src.error(("services", name, "extra_args", i),
                                 f"{flag} is set by labctl from the typed field; set that field instead")
-        for i, reason in secretscan.flag_problems(list(svc.extra_args)):
-            yield src.error(("services", name, "extra_args", i), f"{reason}; {SECRET_HINT}")
-
-
-def _secret_env(values: dict[str, str], loc: tuple, hint: str = SECRET_HINT) -> Iterator[tuple[tuple, str]]:
-    for key, value in values.items():
-        if secretscan.name_is_secret(key):
-            yield loc + (key,), f"{key} names a secret; {hint}"
-        else:
-            reason = secretscan.value_problem(value)
-            if reason:
-                yield loc + (key,), f"the value {reason}; {hint}"
 
 
 def _environment(inv: Inventory, src: Source) -> Iterator[InputError]:
     for name, svc in inv.managed(disabled=True).items():
         base = ("services", name, "environment")
-        for loc, message in _secret_env(svc.environment, base):
-            yield src.error(loc, message)
         if isinstance(svc, Ollama) and "OLLAMA_HOST" in svc.environment:
             yield src.error(base + ("OLLAMA_HOST",), "OLLAMA_HOST is set by labctl from bind and port")
         if isinstance(svc, Ollama) and "OLLAMA_MODELS" in svc.environment:
@@ -195,28 +184,9 @@ def _environment(inv: Inventory, src: Source) -> Iterator[InputError]:
                 yield src.error(base + ("OLLAMA_MODELS",), str(exc))
 
 
-PIP_SECRET_HINT = ("secrets must not be inline (unit files are world-readable and argv is public): put it in "
-                   "the manager's environment (pip reads PIP_* from it)")
-
-
-def _pip(inv: Inventory, src: Source) -> Iterator[InputError]:
-    """pip_env and pip specs reach pip's environment and argv, and a stamp file: no secrets."""
-    for name, svc in inv.services.items():
-        runtime = getattr(svc, "runtime", None)
-        if runtime is None:
-            continue
-        base = ("services", name, "runtime")
-        for loc, message in _secret_env(runtime.pip_env, base + ("pip_env",), PIP_SECRET_HINT):
-            yield src.error(loc, message)
-        for i, spec in enumerate(runtime.pip):
-            reason = secretscan.value_problem(spec)
-            if reason:
-                yield src.error(base + ("pip", i), f"the spec {reason}; put index credentials in pip's own "
-                                                   "config or netrc, not in the inventory")
-
-
 def _models(inv: Inventory, src: Source) -> Iterator[InputError]:
-    """Declared models: one default at most, one file each, nothing secret in a source."""
+    """Declared models: one default at most, one file each (nothing secret in a source:
+    secret_problems)."""
     defaults = [name for name, m in inv.models.items() if m.default]
     for name in defaults[1:]:
         yield src.error(("models", name, "default"), f"only one model can be the default; {defaults[0]} already is")
@@ -230,12 +200,119 @@ def _models(inv: Inventory, src: Source) -> Iterator[InputError]:
         elif file in files:
             yield src.error(base + ("file",), f"{file} is already the file of models.{files[file]}")
         files.setdefault(file, name)
-        for key in ("url", "pip"):
-            value = getattr(model, key)
-            reason = value and secretscan.value_problem(value)
-            if reason:
-                yield src.error(base + (key,), f"the {key} {reason}; keys come from the environment "
-                                               "(HF_TOKEN) or pip's own config, not the inventory")
+
+
+# --- secrets, wherever they are pasted ---------------------------------------------------
+
+PIP_SECRET_HINT = ("secrets must not be inline (unit files are world-readable and argv is public): put it in "
+                   "the manager's environment (pip reads PIP_* from it)")
+LITELLM_SECRET_HINT = "secrets go in LiteLLM's settings only as os.environ/VAR, the value in a 0600 environment file"
+INVENTORY_SECRET_HINT = ("secrets do not belong in the inventory (it is kept in git and rendered into world-readable "
+                         "unit files, argv and configs): reference one from a 0600 file, {env_file: PATH, var: NAME}")
+LITELLM_SECTIONS = ("litellm_settings", "router_settings", "general_settings", "litellm_params", "model_info")
+# What a value is called and what the operator does instead, by the field it is under;
+# any other field gets ("value", INVENTORY_SECRET_HINT).
+SECRET_WORDING: dict[str, tuple[str, str]] = {
+    "extra_args": ("value", SECRET_HINT),
+    "environment": ("value", SECRET_HINT),
+    "pip_env": ("value", PIP_SECRET_HINT),
+    "pip": ("spec", "put index credentials in pip's own config or netrc, not in the inventory"),
+    "url": ("URL", "keys come from the environment (HF_TOKEN), not the inventory"),
+    "api_base": ("URL", "give the key as api_key, by reference"),
+    "index_url": ("URL", "put index credentials in pip's own config or netrc, not in the inventory"),
+    **{section: ("value", LITELLM_SECRET_HINT) for section in LITELLM_SECTIONS},
+}
+# Lists that are a command line: a flag names the secret the word after it is.
+ARGV_FIELDS = ("extra_args",)
+# Mappings whose keys name what their values hold: a secret-sounding name is a secret
+# pasted there, whatever the value looks like (an environment variable's name; the
+# nearest key of a LiteLLM setting).
+NAMED_FIELDS = ("environment", "pip_env", *LITELLM_SECTIONS)
+# Fields public by shape: a hex digest there (a sha256, an image's @sha256:, a Hugging Face
+# commit in a revision, a URL or a cache path, an Ollama blob's sha256-... name) is what it
+# looks like, not a key. Only that part is exempt; the value rules read the rest.
+HEX_DIGEST = re.compile(r"(?<![A-Za-z0-9])(sha256[-:])?([0-9a-f]{64}|[0-9a-f]{40})(?![A-Za-z0-9])")
+PUBLIC_BY_SHAPE = {("ModelSource", f) for f in ("sha256", "hf", "url", "path", "file", "member")} | {
+    ("LlamaServer", "model"), ("LlamaCppPython", "model"), ("Vllm", "model"),
+    ("Prometheus", "image"), ("Grafana", "image"), ("NodeExporter", "image")}
+
+
+def secret_problems(inv: Inventory, src: Source) -> list[InputError]:
+    """Every string of the validated inventory, mapping keys included, through the secret
+    rules (labctl.secretscan): a secret pasted anywhere reaches a unit file, argv, a rendered
+    config or a terminal. One walk over the model tree, so a new field is covered by itself;
+    one error per location."""
+    found: dict[tuple, str] = {}
+    for leaf in _string_leaves(inv, (), ("", ""), None, None):
+        # The value as validated, and as the operator wrote it: normalising a path can hide
+        # a shape (https://u:p@h/x as a file name becomes https:/u:p@h/x).
+        raw = _raw(src.data, leaf.loc) if not leaf.is_key else None
+        for text in (leaf.text, raw) if isinstance(raw, str) and raw != leaf.text else (leaf.text,):
+            message = _secret_message(replace(leaf, text=text))
+            if message and leaf.loc not in found:
+                found[leaf.loc] = message
+    return [src.error(loc, message) for loc, message in found.items()]
+
+
+def _raw(data: object, loc: tuple) -> object:
+    for part in loc:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    loc: tuple
+    field: tuple[str, str]  # (model, field) the string is under
+    key: str | None  # the nearest mapping key above it
+    before: str | None  # the item before it in its list (an argv's flag)
+    text: str
+    is_key: bool = False
+
+
+def _secret_message(leaf: _Leaf) -> str | None:
+    name = leaf.field[1]
+    noun, hint = SECRET_WORDING.get(name, ("value", INVENTORY_SECRET_HINT))
+    text = HEX_DIGEST.sub(" ", leaf.text) if leaf.field in PUBLIC_BY_SHAPE else leaf.text
+    if leaf.is_key:
+        reason = secretscan.value_problem(text)
+        return reason and f"the name {reason}; {hint}"
+    reference = name in LITELLM_SECTIONS and ENV_REF in text
+    if reference:
+        # What LiteLLM reads for the reference is _passthrough's to judge; the text before it is read here.
+        text = text[:text.index(ENV_REF)]
+    elif name in NAMED_FIELDS and leaf.key is not None and secretscan.name_is_secret(leaf.key):
+        return (f"{leaf.key} names a secret; {hint}" if name in ("environment", "pip_env")
+                else f"its name says it holds a secret; {hint}")
+    if name in ARGV_FIELDS:
+        reason = secretscan.arg_problem(text, leaf.before)
+        return reason and f"{reason}; {hint}"
+    reason = secretscan.value_problem(text)
+    return reason and f"the {noun} {reason}; {hint}"
+
+
+def _string_leaves(node: object, loc: tuple, field: tuple[str, str], key: str | None,
+                   before: str | None) -> Iterator[_Leaf]:
+    """Every string in the inventory's model tree: field values, list items, mapping keys
+    and values."""
+    if isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            yield from _string_leaves(getattr(node, name), loc + (name,), (type(node).__name__, name), None, None)
+    elif isinstance(node, dict):
+        for k, value in node.items():
+            yield _Leaf(loc + (k,), field, key, None, str(k), is_key=True)
+            yield from _string_leaves(value, loc + (k,), field, str(k), None)
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            previous = node[i - 1] if i else None
+            yield from _string_leaves(value, loc + (i,), field, key, previous if isinstance(previous, str) else None)
+    elif isinstance(node, str):
+        yield _Leaf(loc, field, key, before, node)
 
 
 def _gpu_layers(inv: Inventory, src: Source) -> Iterator[InputError]:
@@ -388,9 +465,6 @@ def _endpoints(src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:
         loc = ("services", name, "endpoints", key)
         if key not in used:
             yield src.error(loc, f"endpoint {key!r} is not used by any route")
-        reason = secretscan.value_problem(endpoint.api_base)
-        if reason:
-            yield src.error(loc + ("api_base",), f"the URL {reason}; give the key as api_key, by reference")
         if endpoint.provider not in LITELLM_PROVIDERS:
             close = difflib.get_close_matches(endpoint.provider, sorted(LITELLM_PROVIDERS), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -416,7 +490,7 @@ PASSTHROUGH = {
                                                      "api_key": "endpoints.NAME.api_key"}),
     "model_info": (litellm_keys.MODEL_INFO, {}),
 }
-ENV_REF = "os.environ/"
+ENV_REF = litellm_env.REF
 
 
 def _passthrough(inv: Inventory, src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:
@@ -429,7 +503,8 @@ def _passthrough(inv: Inventory, src: Source, name: str, gw: LiteLLM) -> Iterato
     # The variables the gateway's process will have: its secrets' and its environment's.
     # With environment_files, more may come from them, which only the host can tell.
     # Never the master key: LiteLLM would send it wherever the value goes (a backend, a log).
-    known_vars = ({ref.variable for ref in inv.gateway_secret_refs(gw)} | set(gw.environment)) - {gw.master_key.variable}
+    master = gw.master_key.variable
+    known_vars = ({ref.variable for ref in inv.gateway_secret_refs(gw)} | set(gw.environment)) - {master}
     for loc, section, values in places:
         valid, owned = PASSTHROUGH[section]
         for key, value in values.items():
@@ -446,36 +521,23 @@ def _passthrough(inv: Inventory, src: Source, name: str, gw: LiteLLM) -> Iterato
                 yield src.error(here, f"{key!r} is not a {section} key LiteLLM {LITELLM_VERSION} reads; it would be "
                                       f"silently ignored{hint}")
                 continue
-            for leaf_loc, leaf_key, text in _strings(value, here, key):
-                if text.startswith(ENV_REF):
-                    var = text[len(ENV_REF):]
-                    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
-                        yield src.error(leaf_loc, f"{ENV_REF}{var[:40]!r} does not name an environment variable")
-                    elif var == gw.master_key.variable:
-                        yield src.error(leaf_loc, f"{ENV_REF}{var} is the gateway's master key; LiteLLM would hand "
-                                                  "it to whatever reads this setting")
-                    elif var not in known_vars and not gw.environment_files:
-                        yield src.error(leaf_loc, f"{ENV_REF}{var}: the gateway's environment will not have {var}; "
-                                                  f"put it in a 0600 file listed in services.{name}.environment_files")
+            # Secrets written out are secret_problems' (the whole inventory's one scan); here,
+            # what LiteLLM reads for an os.environ/ reference, wherever in a value it is.
+            for leaf_loc, text in litellm_env.strings(value, here):
+                names = litellm_env.lookups(text)
+                if not names:
                     continue
-                problem = secretscan.value_problem(text)
-                reason = ("its name says it holds a secret" if secretscan.name_is_secret(leaf_key)
-                          else f"the value {problem}" if problem else None)
-                if reason:
-                    yield src.error(leaf_loc, f"{reason}; secrets go in LiteLLM's settings only as "
-                                              f"{ENV_REF}VAR, the value in a 0600 environment file")
-
-
-def _strings(value: object, loc: tuple, key: str) -> Iterator[tuple[tuple, str, str]]:
-    """Every string leaf of a pass-through value, with its location and nearest key."""
-    if isinstance(value, str):
-        yield loc, key, value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from _strings(v, loc + (k,), str(k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _strings(v, loc + (i,), key)
+                var = litellm_env.variable(text)
+                if var is None:
+                    yield src.error(leaf_loc, f"LiteLLM would read this {ENV_REF} reference as something other "
+                                              f"than one environment variable; write {ENV_REF}NAME at the end of "
+                                              "the value (NAME: letters, digits and _)")
+                elif master in names:
+                    yield src.error(leaf_loc, f"{ENV_REF}{master} is the gateway's master key; LiteLLM would hand "
+                                              "it to whatever reads this setting")
+                elif var not in known_vars and not gw.environment_files:
+                    yield src.error(leaf_loc, f"{ENV_REF}{var}: the gateway's environment will not have {var}; "
+                                              f"put it in a 0600 file listed in services.{name}.environment_files")
 
 
 def _max_fallbacks(src: Source, name: str, gw: LiteLLM) -> Iterator[InputError]:

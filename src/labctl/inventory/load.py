@@ -66,16 +66,18 @@ def load_inventory(path: Path | str, *, check_files: bool = False, text: str | N
         inventory = Inventory.model_validate(source.data)
     except ValidationError as exc:
         raise InvalidInventory(_convert(exc, source)) from None
+    # A secret anywhere in the file, fleet sections included: the whole document, once.
+    secrets = checks.secret_problems(inventory, source)
     if inventory.is_fleet:
         from labctl.inventory import fleet
 
         errors, plan = fleet.check(inventory, source, check_files=check_files)
-        if errors:
-            raise InvalidInventory(errors)
+        if secrets or errors:
+            raise InvalidInventory(secrets + errors)
         return Loaded(inventory, source, plan)
     errors = checks.cross_check(inventory, source, check_files=check_files)
-    if errors:
-        raise InvalidInventory(errors)
+    if secrets or errors:
+        raise InvalidInventory(secrets + errors)
     return Loaded(inventory, source)
 
 

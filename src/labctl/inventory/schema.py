@@ -9,7 +9,7 @@ trailing ``/`` go, as systemd would drop them) and must fit the kernel's limits.
 Every string type here refuses what its destination cannot carry faithfully (see
 labctl.render.encode): free text and paths that systemd would trim or continue, model
 names outside the characters model servers and LiteLLM agree on, and LiteLLM's
-``os.environ/`` prefix, which would make the gateway substitute a secret into a value.
+``os.environ/``, which would make the gateway substitute a secret into a value.
 
 Cross-checks that need the whole document (ports, routes, fallbacks, ...) live in
 ``labctl.inventory.checks``; this module only knows the shape of each piece.
@@ -29,6 +29,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, mo
 from labctl import handover
 from labctl.render.encode import SD_GLOB, SIZE_MAX, sd_text_problem
 from labctl.render.encode import size_bytes as mem_bytes
+from labctl.render.litellm_env import REF as LITELLM_ENV_REF
 from labctl.text import unsafe_message
 from labctl.unitcmd import unit_name_problem
 
@@ -171,14 +172,20 @@ def _check_text(value: str) -> str:
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 # A Hugging Face repository id (vLLM's model when it is not a local path).
 HF_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
-LITELLM_ENV_PREFIX = "os.environ/"
+
+
+def _check_no_env_reference(value: str) -> None:
+    """A name or URL labctl writes into the LiteLLM config is never a reference: LiteLLM
+    replaces os.environ/ with a variable's value (a key), and in some places anywhere in a
+    value (labctl.render.litellm_env). Any case: nothing legitimate looks like one."""
+    if LITELLM_ENV_REF in value.lower():
+        raise ValueError(f"must not contain {LITELLM_ENV_REF} (LiteLLM would replace it with an environment "
+                         "variable's value, such as a key)")
 
 
 def _check_model_name(value: str) -> str:
     _check_text_safe(value)
-    if value.lower().startswith(LITELLM_ENV_PREFIX):
-        raise ValueError("must not start with os.environ/ (LiteLLM would replace it with an environment "
-                         "variable's value, such as a key)")
+    _check_no_env_reference(value)
     if not MODEL_NAME_RE.match(value):
         raise ValueError("a model name is 1-128 characters of letters, digits and . _ : / @ + -, "
                          "starting with a letter or digit")
@@ -645,6 +652,7 @@ class External(Listener):
 def _check_api_base(value: str) -> str:
     """An HTTP(S) base URL with a host, nothing secret in it (no user:password@, no query)."""
     _check_text_safe(value)
+    _check_no_env_reference(value)
     parts = urlsplit(value)
     try:
         port_ok = parts.port is None or 0 < parts.port < 65536
