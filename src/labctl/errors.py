@@ -14,6 +14,10 @@ class LabctlError(Exception):
     """A failure that labctl explains to the operator in one line per problem."""
 
     exit_code = 4
+    # Whether the lines are redacted where they are made, part by part (an input error's path
+    # and message): the CLI then prints them as they are, since redacting a whole composed
+    # line would read "password: unknown key" as a secret-named pair.
+    redacted = False
 
     def lines(self) -> list[str]:
         return [f"labctl: {self}"]
@@ -30,6 +34,7 @@ class InputError(LabctlError):
     whatever reads the error (the CLI, doctor, a fleet's report) then never sees a secret."""
 
     exit_code = 2
+    redacted = True
 
     def __init__(self, file: str, line: int, path: str, message: str) -> None:
         path, message = redact(path), redact(message)
@@ -47,6 +52,7 @@ class InvalidInventory(LabctlError):
     """Several InputErrors found in one pass; each is printed on its own line."""
 
     exit_code = 2
+    redacted = True
 
     def __init__(self, errors: list[InputError]) -> None:
         self.errors = sorted(errors, key=lambda e: (e.line, e.path, e.message))

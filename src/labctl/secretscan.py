@@ -65,7 +65,10 @@ _VALUE_END = re.compile(r"[\s,;&'\"<>()\[\]]")
 _PROSE_WORDS = {"key", "pass", "auth", "token"}
 # A secret-named pair whose value says "nothing here" or points elsewhere ($VAR, ${VAR},
 # LiteLLM's os.environ/VAR) carries no secret.
-_EMPTY_VALUES = {"true", "false", "yes", "no", "on", "off", "none", "null", "0", "1"}
+# Values that set nothing secret; "unused" is the word labctl writes as the key of a backend
+# that checks none (the OpenAI client insists on some key).
+_EMPTY_VALUES = {"true", "false", "yes", "no", "on", "off", "none", "null", "0", "1", "unused"}
+_EMPTY_MAX = max(map(len, _EMPTY_VALUES))
 _REFERENCE_RE = re.compile(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|os\.environ/[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -107,7 +110,7 @@ def _secret_pairs(text: str) -> list[tuple[int, int]]:
         reference = _REFERENCE_RE.match(text, start)
         if end == start or (reference is not None and reference.end() == end):
             continue
-        if end - start <= 5 and text[start:end].lower() in _EMPTY_VALUES:
+        if end - start <= _EMPTY_MAX and text[start:end].lower() in _EMPTY_VALUES:
             continue
         if spans and start <= spans[-1][1]:
             spans[-1] = (spans[-1][0], max(spans[-1][1], end))

@@ -307,3 +307,25 @@ def test_redact_leaves_nothing_the_scanner_flags_and_touches_nothing_else(text: 
 def test_an_input_error_is_redacted_where_it_is_made() -> None:
     error = InputError("inventory.yaml", 3, "services.sk-abcdefghijklmnop", "no service named 'password=hunter2'")
     assert "abcdefghijklmnop" not in str(error) and "hunter2" not in json.dumps(error.as_dicts())
+
+
+@pytest.mark.parametrize("key", ["password", "secret", "token", "api_key"])
+def test_an_error_about_a_secret_named_key_reads_whole(tmp_path: Path, capsys, key: str) -> None:
+    """The path and the message of an input error are redacted where the error is made; the
+    line they compose is printed as it is, so "password: unknown key" is not read as a
+    secret-named pair and cut to "password: <redacted> key"."""
+    path = tmp_path / "inventory.yaml"
+    path.write_text(f"version: 1\nhost: {{user: llm}}\nservices: {{}}\n{key}: x\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "-i", str(path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"{path}:4: {key}: unknown key (allowed: defaults, fleet, host, hosts, " \
+                                      "models, monitoring, services, version)\n"
+    # The control: the composed line through the redactor is what used to be printed ("token"
+    # before a colon is prose to it).
+    assert ("<redacted>" in secretscan.redact(f"{path}:4: {key}: unknown key")) == (key != "token")
+
+
+def test_the_word_labctl_writes_for_an_unkeyed_backend_is_no_secret() -> None:
+    assert secretscan.value_problem("api_key: unused") is None
+    assert secretscan.value_problem("api_key: unused2x") is not None

@@ -253,7 +253,7 @@ def fail(error: LabctlError, as_json: bool) -> NoReturn:
         emit_json({"ok": False, "exit_code": error.exit_code, "errors": dicts})
     for line in error.lines():
         # A message can quote a file name or journal line: control characters shown, not obeyed.
-        sys.stderr.write(shown(redact(line)) + "\n")
+        sys.stderr.write(shown(line if error.redacted else redact(line)) + "\n")
     raise SystemExit(error.exit_code)
 
 

@@ -134,6 +134,14 @@ def _where(loc: tuple) -> str:
     return yamlsrc.dotted(tuple(_short(p) for p in loc))
 
 
+def _at(place: str, where: str, message: str) -> str:
+    """A problem inside a named file, for the inventory field's one line: ``FILE:LINE: message
+    (at key.path)``. The key path goes last, in parentheses: written ``key: message`` inside the
+    line, a key named password or secret would read as a secret-named pair to the redactor
+    that every error line passes through."""
+    return f"{place}: {message} (at {where})"
+
+
 def _scan(data: Any, refuse: Callable[[tuple, str], Refused]) -> None:
     """Refuse the first string (key or value) the secret scanner flags, or number that is
     not finite, in document order; iterative, so depth costs no recursion."""
@@ -171,12 +179,12 @@ def _yaml(path: str, text: str) -> yamlsrc.Source:
     try:
         return yamlsrc.load(Path(path), text, max_bytes=MAX_BYTES, line_breaks=True)
     except InputError as exc:
-        raise Refused(f"{exc.file}:{exc.line}: {exc.path}: {exc.message}") from None
+        raise Refused(_at(f"{exc.file}:{exc.line}", exc.path, exc.message)) from None
 
 
 def _refuser(source: yamlsrc.Source) -> Callable[[tuple, str], Refused]:
     def refuse(loc: tuple, message: str) -> Refused:
-        return Refused(f"{source.path}:{source.line_of(loc)}: {_where(loc)}: {message}")
+        return Refused(_at(f"{source.path}:{source.line_of(loc)}", _where(loc), message))
     return refuse
 
 
@@ -325,7 +333,7 @@ def dashboard_data(path: str) -> dict[str, Any]:
         raise Refused(f"{path} is not a Grafana dashboard (a JSON object with panels)")
     if data.get("uid") == DASHBOARD_UID:
         raise Refused(f"{path} takes labctl's own dashboard uid {DASHBOARD_UID!r}")
-    _scan(data, lambda loc, message: Refused(f"{path}: {_where(loc)}: {message}"))
+    _scan(data, lambda loc, message: Refused(_at(str(path), _where(loc), message)))
     return data
 
 
