@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 SHOW_PROPERTIES = (
     "Id", "LoadState", "ActiveState", "SubState", "UnitFileState", "NRestarts", "MainPID",
     "MemoryCurrent", "ActiveEnterTimestamp", "ActiveEnterTimestampMonotonic", "InvocationID", "Result",
-    "ExecMainStatus", "NeedDaemonReload", "DropInPaths",
+    "ExecMainCode", "ExecMainStatus", "NeedDaemonReload", "DropInPaths",
 )
 
 # systemd's unit names (src/basic/unit-name.c, unit_name_is_valid): at most 255 bytes with the

@@ -102,3 +102,18 @@ def test_localhost_that_does_not_resolve_fails_with_the_fix(tmp_path: Path) -> N
                            "sh", str(empty), sys.executable, code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "fail | add the line '127.0.0.1 localhost' to /etc/hosts"
+
+
+def test_a_process_end_is_told_in_systemds_words() -> None:
+    """How a unit's main process ended, as `systemctl show` records it (ExecMainCode and
+    ExecMainStatus): up's message for a crash loop says it, not the running try's 0."""
+    from labctl.host.systemd import UnitFacts, exit_text
+
+    assert exit_text(1, 1) == "exited with status 1 (status=1/FAILURE)"
+    assert exit_text(1, 42) == "exited with status 42"
+    assert exit_text(2, 4).startswith("killed by SIGILL (status=4/ILL: an instruction this CPU lacks")
+    assert exit_text(3, 11) == "killed by SIGSEGV (status=11/SEGV, core dumped: a crash in the program)"
+    assert exit_text(2, 9) == "killed by SIGKILL (status=9/KILL)"
+    assert exit_text(0, 0) == ""  # running, or never ran: nothing to tell
+    facts = UnitFacts.parse("x.service", {"ExecMainCode": "2", "ExecMainStatus": "4", "ActiveState": "activating"})
+    assert facts.last_exit.startswith("killed by SIGILL (status=4/ILL")

@@ -17,6 +17,16 @@ from typing import NamedTuple
 
 from labctl.errors import OperationFailed
 
+#: What a death by each signal usually means for a native program (a server that was just
+#: installed, or one systemd restarts).
+SIGNAL_MEANING = {
+    signal.SIGILL: "an instruction this CPU lacks: the build targets a newer CPU (AVX-512, AMX); "
+                   "pin a build for this CPU",
+    signal.SIGSEGV: "a crash in the program",
+    signal.SIGBUS: "a crash in the program (a bad memory access)",
+    signal.SIGABRT: "the program aborted",
+}
+
 log = logging.getLogger(__name__)
 
 

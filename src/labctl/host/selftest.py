@@ -24,17 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from labctl.host.proc import CommandFailed, free_port, last_lines, serve
-
-#: What a death by each signal usually means for a freshly installed native program.
-SIGNAL_MEANING = {
-    signal.SIGILL: "an instruction this CPU lacks: the build targets a newer CPU (AVX-512, AMX); "
-                   "pin a build for this CPU",
-    signal.SIGSEGV: "a crash in the program",
-    signal.SIGBUS: "a crash in the program (a bad memory access)",
-    signal.SIGABRT: "the program aborted",
-}
-
+from labctl.host.proc import SIGNAL_MEANING, CommandFailed, free_port, last_lines, serve
 
 @dataclass(frozen=True)
 class Verdict:

@@ -53,6 +53,15 @@ class UnitFacts:
     exec_main_status: int
     need_daemon_reload: bool
     drop_in_paths: tuple[str, ...] = ()
+    # How the main process last ended (CLD_EXITED 1, CLD_KILLED 2, CLD_DUMPED 3; 0: it has
+    # not ended, or runs): with exec_main_status, the exit code or the signal's number.
+    exec_main_code: int = 0
+
+    @property
+    def last_exit(self) -> str:
+        """The main process's last end as systemd recorded it, for a message: "killed by
+        SIGILL (status=4/ILL: ...)"; "" while it has not ended."""
+        return exit_text(self.exec_main_code, self.exec_main_status)
 
     @property
     def state(self) -> UnitState:
@@ -82,9 +91,39 @@ class UnitFacts:
             invocation_id=props.get("InvocationID", ""),
             result=props.get("Result", ""),
             exec_main_status=num("ExecMainStatus"),
+            exec_main_code=num("ExecMainCode"),
             need_daemon_reload=props.get("NeedDaemonReload", "no") == "yes",
             drop_in_paths=tuple(props.get("DropInPaths", "").split()),
         )
+
+
+# systemd's names for exit statuses (systemd.exec(5), "Process Exit Codes"): the LSB ones
+# and those systemd itself gives when it could not run the command.
+EXIT_NAMES = {0: "SUCCESS", 1: "FAILURE", 2: "INVALIDARGUMENT", 3: "NOTIMPLEMENTED", 4: "NOPERMISSION",
+              5: "NOTINSTALLED", 6: "NOTCONFIGURED", 7: "NOTRUNNING", 200: "CHDIR", 203: "EXEC", 209: "STDOUT",
+              217: "USER", 218: "CAPABILITIES", 226: "NAMESPACE", 228: "SECCOMP"}
+
+
+def exit_text(code: int, status: int) -> str:
+    """How a main process ended, in systemd's words (``status=4/ILL``), with what a signal
+    usually means; "" when it has not ended (code 0)."""
+    import signal
+
+    from labctl.host.proc import SIGNAL_MEANING
+
+    if code == 1:
+        name = EXIT_NAMES.get(status)
+        return f"exited with status {status}" + (f" (status={status}/{name})" if name else "")
+    if code in (2, 3):
+        try:
+            sig = signal.Signals(status)
+        except ValueError:
+            return f"killed by signal {status}"
+        meaning = SIGNAL_MEANING.get(sig)
+        dumped = ", core dumped" if code == 3 else ""
+        return (f"killed by {sig.name} (status={status}/{sig.name.removeprefix('SIG')}{dumped}"
+                + (f": {meaning}" if meaning else "") + ")")
+    return ""
 
 
 def parse_show(output: str, units: Sequence[str]) -> dict[str, UnitFacts]:

@@ -22,7 +22,7 @@ from labctl.host import generations, secrets
 from labctl.host.lock import host_lock
 from labctl.host.proc import CommandFailed
 from labctl.host.provision import provision
-from labctl.host.systemd import UserManager
+from labctl.host.systemd import UnitFacts, UserManager
 from labctl.inventory.load import Loaded, load_inventory
 from labctl.inventory.schema import Inventory, LlamaCppPython, LlamaServer, Redis, Vllm, unit_name
 from labctl.ops import gpu_budget
@@ -133,18 +133,25 @@ def ensure_secrets(inv: Inventory, say: Say) -> None:
 
 
 def _alive(host: Host, unit: str, baseline_restarts: int) -> Callable[[], str | None]:
+    """Why the unit cannot come up, or None. How its process ended is added by the caller,
+    from facts read while it waits to restart (a new process may be running here already,
+    and systemd's ExecMain* would then describe that one)."""
     def check() -> str | None:
         facts = host.manager.show([unit])[unit]
         if facts.active_state == "failed":
             why = "hit its start limit" if facts.result == "start-limit-hit" else f"failed ({facts.result})"
-            return f"{unit} {why}; main process exit status {facts.exec_main_status}"
+            return f"{unit} {why}"
         if facts.n_restarts > baseline_restarts:
-            return (f"{unit} keeps exiting (restarted {facts.n_restarts - baseline_restarts} time(s); "
-                    f"exit status {facts.exec_main_status})")
+            return f"{unit} keeps exiting (restarted {facts.n_restarts - baseline_restarts} time(s))"
         if facts.active_state == "inactive":
             return f"{unit} is not running ({facts.result or 'stopped'})"
         return None
     return check
+
+
+def _ended(facts: UnitFacts | None) -> str:
+    """``; its main process killed by SIGILL (status=4/ILL...)``, or "" when not known."""
+    return f"; its main process {facts.last_exit}" if facts is not None and facts.last_exit else ""
 
 
 def bring_up(host: Host, name: str, verb: str, say: Say) -> Readiness:
@@ -159,36 +166,40 @@ def bring_up(host: Host, name: str, verb: str, say: Say) -> Readiness:
         # A process that exits at once can fail the start job itself (before Type=exec
         # reports it started); Restart= then keeps trying in the background: stop that too.
         facts = host.manager.show([unit])[unit]
-        _stop_between_restarts(host, unit)
-        raise _unit_failure(host, unit, f"systemctl {verb} failed ({facts.result or 'no result'}, exit status "
-                                        f"{facts.exec_main_status}); stopped it so it does not restart in a loop"
-                            ) from None
+        ended = _stop_between_restarts(host, unit) or facts
+        raise _unit_failure(host, unit, f"systemctl {verb} failed ({facts.result or 'no result'}){_ended(ended)}; "
+                                        "stopped it so it does not restart in a loop") from None
     say(f"{verb}ed {unit}; waiting up to {svc.ready_timeout_sec}s for readiness")
     with progress.step(f"{name}: waiting for readiness"):
         result = wait_ready(host.inv, name, deadline_sec=svc.ready_timeout_sec, alive=_alive(host, unit, baseline))
     if not result.ready:
         facts = host.manager.show([unit])[unit]
         if facts.active_state == "failed" or facts.n_restarts > baseline:
-            _stop_between_restarts(host, unit)
-            raise _unit_failure(host, unit, f"{result.reason}; stopped it so it does not restart in a loop")
+            ended = _stop_between_restarts(host, unit)
+            raise _unit_failure(host, unit, f"{result.reason}{_ended(ended)}; stopped it so it does not restart "
+                                            "in a loop")
         raise _unit_failure(host, unit, result.reason)
     say(f"{name}: ready in {result.seconds}s ({result.last.check}: {result.last.detail})")
     return result
 
 
-def _stop_between_restarts(host: Host, unit: str, within: float = 10.0) -> None:
+def _stop_between_restarts(host: Host, unit: str, within: float = 10.0) -> UnitFacts | None:
     """Stop a looping unit while it waits to restart, not while a try is running: stopping
     a running process is a clean stop (Result=success), and status would then say the
-    loop succeeded. A unit that never pauses is stopped when ``within`` runs out."""
+    loop succeeded. A unit that never pauses is stopped when ``within`` runs out. Returns
+    the facts read between two tries (they say how the last process ended), or None."""
     import time
 
     deadline = time.monotonic() + within
+    between = None
     while time.monotonic() < deadline:
         facts = host.manager.show([unit])[unit]
         if facts.sub_state == "auto-restart" or facts.active_state in ("failed", "inactive"):
+            between = facts
             break
         time.sleep(0.1)
     host.manager.stop(unit)
+    return between
 
 
 def _unit_failure(host: Host, unit: str, reason: str) -> OperationFailed:

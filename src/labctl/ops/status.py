@@ -292,7 +292,7 @@ class _Facts:
 
     __slots__ = ("unit", "load_state", "active_state", "sub_state", "unit_file_state", "n_restarts", "main_pid",
                  "memory_bytes", "active_enter_timestamp", "active_enter_monotonic_usec", "invocation_id",
-                 "result", "exec_main_status", "need_daemon_reload", "drop_in_paths")
+                 "result", "exec_main_status", "exec_main_code", "need_daemon_reload", "drop_in_paths")
 
     def __init__(self, unit: str, props: dict[str, str]) -> None:
         def num(key: str) -> int:
@@ -313,6 +313,7 @@ class _Facts:
         self.invocation_id = props.get("InvocationID", "")
         self.result = props.get("Result", "")
         self.exec_main_status = num("ExecMainStatus")
+        self.exec_main_code = num("ExecMainCode")
         self.need_daemon_reload = props.get("NeedDaemonReload", "no") == "yes"
         self.drop_in_paths = tuple(props.get("DropInPaths", "").split())
 

@@ -578,9 +578,10 @@ class _Switch:
         facts = self.host.manager.show([unit])[unit]
         self.result.stops[name] = facts.result or "?"
         if facts.result not in ("success", ""):
-            self.result.notes.append(f"{name}: its stop ended with result '{facts.result}' (exit status "
-                                     f"{facts.exec_main_status}) after {self.result.durations[f'stop {name}']}s, "
-                                     "not a clean exit: in-flight requests were cut")
+            ended = f", its main process {facts.last_exit}" if facts.last_exit else ""
+            self.result.notes.append(f"{name}: its stop ended with result '{facts.result}'{ended} after "
+                                     f"{self.result.durations[f'stop {name}']}s, not a clean exit: in-flight "
+                                     "requests were cut")
             self.say(f"warning: {self.result.notes[-1]}")
         ready = bring_up(self.host, name, "start", self.say)
         self.result.durations[f"start+ready {name}"] = ready.seconds
