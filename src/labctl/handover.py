@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import os
 
-from labctl.render.encode import EncodeError
+from labctl.encode import EncodeError
 from labctl.text import describe, first_unsafe
 
 ANSIBLE = "Ansible"

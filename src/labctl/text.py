@@ -4,7 +4,7 @@ systemd ends a unit-file line at ``\\n``, ``\\r`` and NUL; YAML also breaks line
 (U+0085), U+2028 and U+2029; terminals act on ESC and the other C0/C1 controls; bidi
 overrides make text read differently from what it is. None of them has a use in an
 inventory, so the loader refuses every string (key or value) that holds one, and each
-renderer refuses them again (a renderer that meets one has a bug, see labctl.render.encode).
+renderer refuses them again (a renderer that meets one has a bug, see labctl.encode).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 LiteLLM replaces ``os.environ/NAME`` in its config with the variable's value: a whole value
 in most places, but *anywhere* in a pass-through endpoint's header (``Bearer
-os.environ/NAME``), and inside a Slack webhook URL (labctl.render.litellm_env). labctl's old
+os.environ/NAME``), and inside a Slack webhook URL (labctl.litellm_env). labctl's old
 rule looked only at values that start with ``os.environ/``, so a header could carry the
 master key to another host.
 
@@ -31,7 +31,8 @@ from invtext import BASE
 
 from labctl.errors import InvalidInventory
 from labctl.inventory.load import load_inventory
-from labctl.render import gate, gateway, litellm_env
+from labctl.render import gate, gateway
+from labctl import litellm_env
 
 pytestmark = pytest.mark.integration
 

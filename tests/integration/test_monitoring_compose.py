@@ -38,7 +38,7 @@ from labctl.inventory.load import load_inventory
 from labctl.inventory.schema import Inventory
 from labctl.ops import monitoring
 from labctl.render import render_all
-from labctl.render.layout import Layout
+from labctl.inventory.layout import Layout
 from labctl.render.monitoring import scrape_jobs
 from tests.integration import docker_engine
 

@@ -33,9 +33,10 @@ from labctl.host.secrets import read_secret
 from labctl.inventory.load import load_inventory
 from labctl.ops.apply import ensure_secrets
 from labctl.ops.probes import probe
-from labctl.render import encode, render_all
+from labctl.render import render_all
+from labctl import encode
 from labctl.render import redis as redis_render
-from labctl.render.layout import Layout
+from labctl.inventory.layout import Layout
 from labctl.render.redis import auth_file
 from labctl.render.units import argv
 

@@ -50,7 +50,7 @@ except ModuleNotFoundError:  # pytest run without the repository root on sys.pat
 
 from labctl.inventory.load import load_inventory
 from labctl.render import units
-from labctl.render.layout import Layout
+from labctl.inventory.layout import Layout
 
 pytestmark = pytest.mark.integration
 

@@ -40,7 +40,7 @@ from labctl.cli import main
 from labctl.errors import InputError, InvalidInventory
 from labctl.fleet import ansible, keys
 from labctl.inventory.load import load_inventory
-from labctl.render.encode import EncodeError
+from labctl.encode import EncodeError
 
 ERROR_LINE = re.compile(r"^(?P<file>[^\n]+):(?P<line>\d+): (?P<path>\S[^\n]*?): (?P<msg>[^\n]+)$")
 

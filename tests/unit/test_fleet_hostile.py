@@ -282,7 +282,7 @@ def test_a_hostile_state_dir_never_reaches_ssh(tmp_path: Path) -> None:
     is refused at the hand-over, before anything is written for Ansible."""
     import pytest
 
-    from labctl.render.encode import EncodeError
+    from labctl.encode import EncodeError
 
     path = tmp_path / "inventory.yaml"
     path.write_text(yaml.safe_dump(FLEET_FULL))

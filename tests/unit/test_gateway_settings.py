@@ -117,7 +117,7 @@ def test_settings_render_where_litellm_reads_them() -> None:
     assert bindings["model_info"] == {"max_input_tokens": 256}
 
 
-# --- os.environ/ wherever LiteLLM reads it (labctl.render.litellm_env) ------------------------
+# --- os.environ/ wherever LiteLLM reads it (labctl.litellm_env) ------------------------
 
 # Each place a pass-through value reaches LiteLLM: the YAML that sets it at services.gateway
 # (under the gateway, or under routes[0] for a deployment's own), and the dotted field.
@@ -188,7 +188,7 @@ def test_a_reference_the_old_prefix_check_missed_is_refused_and_was_not(tmp_path
     the inventory loads and the config carries the master key's reference in a header,
     which LiteLLM fills in and sends to the pass-through target
     (tests/integration/test_litellm_env.py shows it on the real proxy)."""
-    from labctl.render import litellm_env
+    from labctl import litellm_env
 
     text, _ = with_setting("pass-through header", f"Bearer os.environ/{MASTER}")
     assert len(errors(tmp_path, text, capsys)) == 1

@@ -143,7 +143,7 @@ def test_ipv6_scope_id_is_refused(tmp_path, capsys) -> None:
     ("        service: native\n", "        service: native\n        model: os.environ/LITELLM_MASTER_KEY\n",
      "routes[0].model"),
     ("    alias: native\n", "    alias: OS.ENVIRON/X\n", "native.alias"),
-    # Inside a value too: LiteLLM reads some values from os.environ/ on (labctl.render.litellm_env).
+    # Inside a value too: LiteLLM reads some values from os.environ/ on (labctl.litellm_env).
     ("    alias: native\n", "    alias: x-os.environ/LITELLM_MASTER_KEY\n", "native.alias"),
 ])
 def test_litellm_environment_references_cannot_be_smuggled(tmp_path, capsys, old, new, where) -> None:

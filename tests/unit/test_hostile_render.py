@@ -521,7 +521,7 @@ def consumers_read_as_written(inv: schema.Inventory, files: dict[str, str], what
     """Each value reaches its consumer as what it says: no EnvironmentFile= or Redis config
     path that is a wildcard pattern, no unit path systemd would ignore or rewrite, no size
     systemd or Redis cannot hold, and no external unit that systemctl would read as an option."""
-    from labctl.render.layout import Layout
+    from labctl.inventory.layout import Layout
     from labctl.unitcmd import journalctl_argv, show_argv
 
     layout = Layout.of(inv)
@@ -598,7 +598,8 @@ def test_audit_classes(tmp_path: Path) -> None:
 
 def test_the_property_can_fail(tmp_path: Path, monkeypatch) -> None:
     """With the unit encoder's '%' escape removed, the property must catch it."""
-    from labctl.render import encode, templates
+    from labctl.render import templates
+    from labctl import encode
 
     monkeypatch.setitem(templates.environment().filters, "sd_text", lambda value: encode.Encoded(value))
     with pytest.raises((AssertionError, unitfile.UnitSyntax)):
@@ -609,28 +610,28 @@ def test_the_property_can_fail(tmp_path: Path, monkeypatch) -> None:
 # refusal and the encoder's (or argv builder's), so that a control removes both.
 GUARDS = {
     "EnvironmentFile= glob": ([("labctl.inventory.schema.SD_GLOB", frozenset()),
-                               ("labctl.render.encode.SD_GLOB", frozenset())],
+                               ("labctl.encode.SD_GLOB", frozenset())],
                               ("services", "native", "environment_files", 0), "~/.config/sec[r]ets/x.env",
                               "is a wildcard pattern to systemd"),
     "redis include glob": ([("labctl.inventory.schema.SD_GLOB", frozenset()),
-                            ("labctl.render.encode.REDIS_GLOB", frozenset()),
-                            ("labctl.render.encode.SD_GLOB", frozenset())],
+                            ("labctl.encode.REDIS_GLOB", frozenset()),
+                            ("labctl.encode.SD_GLOB", frozenset())],
                            ("services", "cache", "password", "env_file"), "~/.config/sec[r]ets/redis.env",
                            "is a wildcard pattern to redis-server"),
     "redis argv glob": ([("labctl.inventory.schema.SD_GLOB", frozenset()),
-                         ("labctl.render.encode.REDIS_GLOB", frozenset()),
-                         ("labctl.render.encode.SD_GLOB", frozenset())],
+                         ("labctl.encode.REDIS_GLOB", frozenset()),
+                         ("labctl.encode.SD_GLOB", frozenset())],
                         ("host", "home"), "/home/lab*", "redis-server globs its config path"),
-    "memory size": ([("labctl.inventory.schema.SIZE_MAX", 10**30), ("labctl.render.encode.SIZE_MAX", 10**30)],
+    "memory size": ([("labctl.inventory.schema.SIZE_MAX", 10**30), ("labctl.encode.SIZE_MAX", 10**30)],
                     ("services", "native", "limits", "memory_max"), "17179869184G", "systemd ignores MemoryMax"),
-    "redis maxmemory": ([("labctl.inventory.schema.SIZE_MAX", 10**30), ("labctl.render.encode.SIZE_MAX", 10**30)],
+    "redis maxmemory": ([("labctl.inventory.schema.SIZE_MAX", 10**30), ("labctl.encode.SIZE_MAX", 10**30)],
                         ("services", "cache", "maxmemory"), "16777216T", "past 64 bits"),
     "unit name": ([("labctl.inventory.schema.unit_name_problem", lambda name: None),
                    ("labctl.unitcmd.unit_name_problem", lambda name: None)],
                   ("services", "theirs", "unit"), "-Hx.service", "is no unit name"),
     "OLLAMA_MODELS path": ([("labctl.inventory.checks.check_path", lambda value: value),
                             ("labctl.render.units.check_path", lambda value: value),
-                            ("labctl.render.encode.path_problem", lambda value: None)],
+                            ("labctl.encode.path_problem", lambda value: None)],
                            ("services", "ollama", "environment", "OLLAMA_MODELS"), "/srv/../models",
                            "must be normalised"),
 }
@@ -655,7 +656,7 @@ def test_each_guard_of_issue_23_is_what_the_property_relies_on(tmp_path: Path, m
 def test_the_encoders_refuse_what_the_schema_would_let_through(tmp_path: Path, monkeypatch, guard: str) -> None:
     """Defence in depth: with only the inventory's guard removed, the encoder (or the argv
     builder) refuses the value, so a checks bug cannot ship it."""
-    from labctl.render.encode import EncodeError
+    from labctl.encode import EncodeError
     from labctl.unitcmd import UnitNameError
 
     patches, loc, value, _ = GUARDS[guard]

@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 # Lowest first. A module's layer is the longest prefix of its dotted name listed here.
 LAYERS: list[tuple[str, ...]] = [
     ("labctl", "labctl.errors", "labctl.text", "labctl.fsio", "labctl.progress", "labctl.secretscan",
-     "labctl.render.encode", "labctl.render.litellm_env"),
+     "labctl.encode", "labctl.litellm_env"),
     ("labctl.inventory", "labctl.inventory.schema", "labctl.inventory.yamlsrc", "labctl.inventory.docgen",
      "labctl.inventory.fallbacks"),
     ("labctl.render",),

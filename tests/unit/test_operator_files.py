@@ -25,7 +25,8 @@ from tools import require_command
 
 from labctl.cli import main
 from labctl.inventory.load import load_inventory
-from labctl.render import encode, operator_files, render_all, templates
+from labctl.render import operator_files, render_all, templates
+from labctl import encode
 
 pytestmark = pytest.mark.unit
 

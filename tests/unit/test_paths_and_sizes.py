@@ -33,7 +33,8 @@ from tools import require_command
 from labctl.errors import InvalidInventory
 from labctl.inventory import checks, schema
 from labctl.inventory.load import load_inventory
-from labctl.render import encode, render_all, unitfile
+from labctl.render import render_all, unitfile
+from labctl import encode
 from labctl.render import units as units_mod
 
 pytestmark = pytest.mark.unit

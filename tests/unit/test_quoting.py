@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from labctl.render.encode import exec_word as quote_word, sd_assign as quote_assignment
+from labctl.encode import exec_word as quote_word, sd_assign as quote_assignment
 
 
 @pytest.mark.parametrize("word,quoted", [

@@ -189,7 +189,7 @@ def plan(
     from labctl.inventory.load import load_inventory
     from labctl.ops.plan import make_plan, operator_drop_ins, read_installed
     from labctl.render import render_all
-    from labctl.render.layout import Layout
+    from labctl.inventory.layout import Layout
     from labctl.text import fold, shown
 
     inv = _load(inventory).inventory

@@ -57,7 +57,7 @@ def monitoring_up(inventory: InventoryOpt = None, as_json: JsonOpt = False) -> N
     from labctl import fsio
     from labctl.ops import monitoring
     from labctl.render import render_all
-    from labctl.render.layout import Layout
+    from labctl.inventory.layout import Layout
 
     inv = _load(inventory).inventory
     layout = Layout.of(inv)
@@ -79,7 +79,7 @@ def monitoring_down(
 ) -> None:
     """Stop and remove the monitoring containers (data volumes stay unless --purge)."""
     from labctl.ops import monitoring
-    from labctl.render.layout import Layout
+    from labctl.inventory.layout import Layout
 
     inv = _load(inventory).inventory
     layout = Layout.of(inv)

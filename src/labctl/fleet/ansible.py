@@ -52,7 +52,7 @@ from labctl.handover import ANSIBLE, HOST, SSH, hand_over
 from labctl.host.proc import CommandTimeout, last_lines, run_cmd
 from labctl.inventory.fleet import KEY_DIR, FleetPlan
 from labctl.inventory.schema import Inventory
-from labctl.render.encode import EncodeError
+from labctl.encode import EncodeError
 
 PACKAGE = Path(__file__).resolve().parent
 PLAYBOOKS = PACKAGE / "playbooks"

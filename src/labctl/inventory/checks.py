@@ -37,7 +37,8 @@ from labctl.inventory.schema import (
     mem_bytes,
 )
 from labctl.inventory.yamlsrc import Source
-from labctl.render import litellm_env, litellm_keys
+from labctl.render import litellm_keys
+from labctl import litellm_env
 from labctl.render.litellm_keys import LITELLM_VERSION
 from labctl.render.litellm_keys import PROVIDERS as LITELLM_PROVIDERS
 
@@ -392,8 +393,8 @@ def _externals(inv: Inventory, src: Source) -> Iterator[InputError]:
 
 
 def _hardening(inv: Inventory, src: Source) -> Iterator[InputError]:
-    from labctl.render.encode import PATH_WORD_UNSAFE, EncodeError
-    from labctl.render.layout import Layout
+    from labctl.encode import PATH_WORD_UNSAFE, EncodeError
+    from labctl.inventory.layout import Layout
     from labctl.render.units import writable_sources
 
     layout = Layout.of(inv)

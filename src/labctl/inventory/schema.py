@@ -7,7 +7,7 @@ depend on the directory labctl was run from. Paths are normalised (``//``, ``/./
 trailing ``/`` go, as systemd would drop them) and must fit the kernel's limits.
 
 Every string type here refuses what its destination cannot carry faithfully (see
-labctl.render.encode): free text and paths that systemd would trim or continue, model
+labctl.encode): free text and paths that systemd would trim or continue, model
 names outside the characters model servers and LiteLLM agree on, and LiteLLM's
 ``os.environ/``, which would make the gateway substitute a secret into a value.
 
@@ -27,9 +27,9 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from labctl import handover
-from labctl.render.encode import SD_GLOB, SIZE_MAX, sd_text_problem
-from labctl.render.encode import size_bytes as mem_bytes
-from labctl.render.litellm_env import REF as LITELLM_ENV_REF
+from labctl.encode import SD_GLOB, SIZE_MAX, sd_text_problem
+from labctl.encode import size_bytes as mem_bytes
+from labctl.litellm_env import REF as LITELLM_ENV_REF
 from labctl.text import unsafe_message
 from labctl.unitcmd import unit_name_problem
 
@@ -95,7 +95,7 @@ def _check_abs_path(value: str) -> str:
 
 
 # A path that reaches a wildcard pattern: systemd globs every EnvironmentFile= path, Redis a
-# config path with *, ? or [ (labctl.render.encode), and such a path names other files or none.
+# config path with *, ? or [ (labctl.encode), and such a path names other files or none.
 def _check_env_file(value: str) -> str:
     """A file a unit loads with EnvironmentFile= (an env file of secrets or settings), or
     beside which labctl derives one (a backend's key file, Redis's requirepass include)."""
@@ -177,7 +177,7 @@ HF_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-
 def _check_no_env_reference(value: str) -> None:
     """A name or URL labctl writes into the LiteLLM config is never a reference: LiteLLM
     replaces os.environ/ with a variable's value (a key), and in some places anywhere in a
-    value (labctl.render.litellm_env). Any case: nothing legitimate looks like one."""
+    value (labctl.litellm_env). Any case: nothing legitimate looks like one."""
     if LITELLM_ENV_REF in value.lower():
         raise ValueError(f"must not contain {LITELLM_ENV_REF} (LiteLLM would replace it with an environment "
                          "variable's value, such as a key)")
@@ -361,7 +361,7 @@ class RestartPolicy(Strict):
 
 
 def _check_mem_size(value: str) -> str:
-    """A size systemd can hold (labctl.render.encode.SIZE_MAX): it ignores a larger MemoryMax=."""
+    """A size systemd can hold (labctl.encode.SIZE_MAX): it ignores a larger MemoryMax=."""
     if mem_bytes(value) > SIZE_MAX:
         raise ValueError(f"is more than systemd can hold: at most {SIZE_MAX} bytes (2^64-2, "
                          "e.g. 17179869183G or 16777215T)")

@@ -38,7 +38,7 @@ from labctl.ops.plan import (
 )
 from labctl.ops.probes import Readiness, probe, probe_all, wait_ready
 from labctl.render import render_all
-from labctl.render.layout import UNIT_DIR, Layout
+from labctl.inventory.layout import UNIT_DIR, Layout
 from labctl.render.apikeys import server_key_file, server_key_text
 from labctl.render.redis import auth_file as redis_auth_file
 from labctl.render.redis import auth_text as redis_auth_text

@@ -23,7 +23,7 @@ from labctl.inventory import checks
 from labctl.inventory.fallbacks import CATCH_ALL
 from labctl.inventory.load import Loaded
 from labctl.inventory.schema import Inventory, LiteLLM, LlamaCppPython, LlamaServer, Redis, Vllm, offloads, unit_name
-from labctl.render.layout import Layout
+from labctl.inventory.layout import Layout
 from labctl.text import shown
 
 Status = Literal["ok", "warn", "fail"]

@@ -23,7 +23,7 @@ from pathlib import Path
 from labctl.host.proc import CommandFailed, CommandTimeout, run_cmd
 from labctl.inventory.schema import Inventory, LiteLLM
 from labctl.render import gate, litellm_keys
-from labctl.render.layout import Layout
+from labctl.inventory.layout import Layout
 from labctl.render.units import environment
 
 PLACEHOLDER = "labctl-validate-placeholder"

@@ -36,7 +36,7 @@ from labctl.errors import HostNotReady, OperationFailed
 from labctl.host import secrets
 from labctl.host.proc import CommandFailed, one_line, run_cmd
 from labctl.inventory.schema import Inventory
-from labctl.render.layout import Layout
+from labctl.inventory.layout import Layout
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 PROJECT_LABEL = "com.docker.compose.project"

@@ -15,7 +15,7 @@ from typing import Literal
 from labctl import fsio
 from labctl.host.systemd import UnitState
 from labctl.inventory.schema import Inventory, LiteLLM, RedisExporter, unit_name
-from labctl.render.layout import UNIT_DIR, Layout
+from labctl.inventory.layout import UNIT_DIR, Layout
 from labctl.render.units import dependencies
 
 

@@ -230,7 +230,7 @@ def plan_of(inv: Inventory) -> dict[str, Any]:
         unit_name,
     )
     from labctl.ops.probes import spec_of
-    from labctl.render.layout import Layout
+    from labctl.inventory.layout import Layout
     from labctl.render.units import render_unit
 
     layout = Layout.of(inv)

@@ -386,7 +386,7 @@ def gate_installed(inv: Inventory) -> bool:
     """Whether the installed gateway config loads the drain gate (a config installed by an
     older labctl does not, until the next ``labctl up``)."""
     from labctl.render.gate import CALLBACK
-    from labctl.render.layout import Layout
+    from labctl.inventory.layout import Layout
 
     layout = Layout.of(inv)
     try:

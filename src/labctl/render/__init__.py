@@ -1,8 +1,8 @@
 """Renderers: pure, deterministic functions from a validated inventory to files.
 
-``render_all`` returns ``{path relative to the config root: content}``; see labctl.render.layout.
+``render_all`` returns ``{path relative to the config root: content}``; see labctl.inventory.layout.
 How each value is written into each kind of file is decided in one place,
-labctl.render.encode, which the inventory schema also uses to refuse what cannot be written.
+labctl.encode, which the inventory schema also uses to refuse what cannot be written.
 This package's top level imports nothing else, so the schema can import the encoders.
 """
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 def render_all(inv: "Inventory") -> dict[str, str]:
     from labctl.render.gateway import render_gateway
-    from labctl.render.layout import Layout
+    from labctl.inventory.layout import Layout
     from labctl.render.monitoring import render_monitoring
     from labctl.render.redis import render_redis
     from labctl.render.units import render_units

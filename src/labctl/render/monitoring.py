@@ -18,10 +18,11 @@ from labctl.inventory.schema import (
     RedisExporter,
     Vllm,
 )
-from labctl.render import encode, templates
+from labctl.render import templates
+from labctl import encode
 from labctl.render import operator_files as opfiles
 from labctl.render.gateway import host_port, reach
-from labctl.render.layout import Layout
+from labctl.inventory.layout import Layout
 
 # LiteLLM's Prometheus callback metric families (measured on litellm 1.106; see
 # docs/monitoring.md). Alert rules and dashboards refer to them by these names only, and

@@ -43,7 +43,7 @@ from typing import Any, Callable
 from labctl import fsio, secretscan
 from labctl.errors import InputError, os_reason
 from labctl.inventory import yamlsrc
-from labctl.render import encode
+from labctl import encode
 from labctl.text import first_unsafe
 
 MAX_BYTES = 4 * 2**20

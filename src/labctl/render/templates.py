@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from labctl.render import encode
+from labctl import encode
 
 if TYPE_CHECKING:
     import jinja2
@@ -40,7 +40,7 @@ def environment() -> jinja2.Environment:
         trim_blocks=False,
         finalize=_only_encoded,
     )
-    # One filter per destination (labctl.render.encode); a template prints nothing else.
+    # One filter per destination (labctl.encode); a template prints nothing else.
     env.filters.update({
         "yaml": encode.yaml_str,          # a YAML double-quoted scalar
         "compose": encode.compose_str,    # ... with compose's $-interpolation escaped

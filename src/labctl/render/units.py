@@ -18,13 +18,14 @@ from labctl.inventory.schema import (
     offloads,
     unit_name,
 )
-from labctl.render import encode, templates
+from labctl.render import templates
+from labctl import encode
 from labctl.render.apikeys import server_key_file
-from labctl.render.layout import Layout
+from labctl.inventory.layout import Layout
 
 # Seconds a llama-server unit waits for its process to stop before SIGKILL.
 LLAMA_SERVER_STOP_SEC = 5
-# How values are written into a unit (quoting, %, $, line ends): labctl.render.encode.
+# How values are written into a unit (quoting, %, $, line ends): labctl.encode.
 
 
 def argv(inv: Inventory, name: str, svc: ServiceBase, layout: Layout) -> list[str]:
