@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.render import render_all
 
 

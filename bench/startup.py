@@ -122,7 +122,7 @@ def status_floor(inventory: Path, env: dict[str, str]) -> tuple[Callable[[], obj
     """(``systemctl --user show`` of the inventory's units, or None without a user manager;
     one bare probe round; a note on what the round asks)."""
     from labctl.host.systemd import SHOW_PROPERTIES, UserManager
-    from labctl.inventory.load import load_inventory
+    from labctl.load import load_inventory
     from labctl.inventory.schema import unit_name
 
     inv = load_inventory(inventory).inventory

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from labctl.host.gguf_writer import write_tiny_gguf
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.ops.status import gather
 
 TOOLS = Path(os.environ.get("LABCTL_TOOLS", "/opt/labctl-tools"))

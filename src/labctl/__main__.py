@@ -43,7 +43,7 @@ def _status_args(args: list[str]) -> dict[str, object] | None:
 
 
 def _inventory(given: object) -> str | None:
-    """The file the full CLI would read (labctl.inventory.load.find_inventory's order)."""
+    """The file the full CLI would read (labctl.load.find_inventory's order)."""
     if given:
         return str(given)
     applied = os.path.join(os.path.expanduser("~"), ".local", "state", "labctl", "applied-inventory.yaml")

@@ -200,6 +200,20 @@ def sd_size(size: str) -> Encoded:
 REDIS_GLOB = frozenset("*?[")
 
 
+def redis_str(value: str) -> Encoded:
+    """A redis.conf value as one double-quoted Redis string (sdssplitargs: ``\\\\``,
+    ``\\"`` and ``\\xHH`` escapes): no value can end its line or add a directive."""
+    out = []
+    for ch in value:
+        if ch in '\\"':
+            out.append("\\" + ch)
+        elif ch.isascii() and ch.isprintable():
+            out.append(ch)
+        else:
+            out += [f"\\x{b:02x}" for b in ch.encode("utf-8", "surrogatepass")]
+    return Encoded('"' + "".join(out) + '"')
+
+
 def redis_path(value: str) -> str:
     """A path redis-server opens as a config file (the argument on its command line, an
     ``include``): absolute, normalised, and no character that makes Redis glob it."""

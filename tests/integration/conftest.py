@@ -30,8 +30,9 @@ import tools
 
 from labctl.host.gguf_writer import write_tiny_gguf
 from labctl.host.secrets import ensure_env_secret, read_env_file, read_secret
-from labctl.inventory.load import load_inventory
-from labctl.inventory.schema import Inventory, LiteLLM
+from labctl.load import load_inventory
+from labctl.inventory.schema import Inventory
+from labctl.kinds.litellm import LiteLLM
 from labctl.ops.gateway_check import litellm_supports_prometheus
 from labctl.render import render_all
 

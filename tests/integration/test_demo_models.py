@@ -350,7 +350,7 @@ def test_the_gpu_budget_matches_what_llama_server_allocates(
     buffer is a flat estimate)."""
     import re
 
-    from labctl.inventory.load import load_inventory
+    from labctl.load import load_inventory
     from labctl.ops.gpu_budget import COMPUTE_BUFFER_MIB, compute
 
     model = model_dir / "gemma.gguf"

@@ -23,9 +23,9 @@ import yaml
 from invtext import BASE, edit
 
 from labctl.errors import OperationFailed
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.ops.gateway_check import RouteResult, all_ok, check_gateway, litellm_supports_prometheus
-from labctl.render import monitoring
+from labctl.kinds import litellm as litellm_kind
 from labctl.render.monitoring import backend_panels
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,7 @@ def test_processes_run_the_units_command_lines(running_stack) -> None:
 
 
 def test_the_gateway_runs_on_asyncio_not_uvloop(running_stack) -> None:
-    """labctl.render.litellm_launch: the real LiteLLM, started by the unit's launcher, has not
+    """labctl.kinds.litellm.launch: the real LiteLLM, started by the unit's launcher, has not
     loaded uvloop (the stock entry point does, whenever uvloop is installed, as it is here)."""
     server = running_stack.servers["gateway"]
     assert server.unit.argv[1].endswith("/labctl_litellm.py")
@@ -213,8 +213,8 @@ def test_every_metric_labctl_uses_is_exposed(running_stack) -> None:
     for expr in re.findall(r"^\s*expr: (.*)$", rules, flags=re.MULTILINE):
         for name in promql_metrics(expr):
             needed.setdefault(name, "alert rules")
-    for name in (monitoring.LITELLM_REQUESTS, monitoring.LITELLM_FALLBACKS):
-        needed.setdefault(name, "labctl.render.monitoring")
+    for name in (litellm_kind.REQUESTS_METRIC, litellm_kind.FALLBACKS_METRIC):
+        needed.setdefault(name, "labctl.kinds.litellm")
     assert {"llamacpp:requests_processing", "llamacpp:tokens_predicted_total",
             "llamacpp:prompt_tokens_total"} <= set(needed)
 
@@ -232,8 +232,8 @@ def test_every_metric_labctl_uses_is_exposed(running_stack) -> None:
             types.update(more_types)
         missing = {name: where for name, where in needed.items() if name not in samples}
         # The latency constant names a histogram family; its series are _bucket/_sum/_count.
-        if types.get(monitoring.LITELLM_LATENCY) != "histogram":
-            missing[monitoring.LITELLM_LATENCY] = "labctl.render.monitoring (histogram)"
+        if types.get(litellm_kind.LATENCY_METRIC) != "histogram":
+            missing[litellm_kind.LATENCY_METRIC] = "labctl.kinds.litellm (histogram)"
         # LiteLLM updates its counters after the answer is sent: give it a moment.
         if not missing or time.monotonic() > deadline:
             break

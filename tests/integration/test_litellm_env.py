@@ -30,8 +30,9 @@ import yaml
 from invtext import BASE
 
 from labctl.errors import InvalidInventory
-from labctl.inventory.load import load_inventory
-from labctl.render import gate, gateway
+from labctl.load import load_inventory
+from labctl.kinds.litellm import gate
+from labctl.kinds.litellm import config as gateway
 from labctl import litellm_env
 
 pytestmark = pytest.mark.integration

@@ -1,6 +1,6 @@
 """labctl's record of what LiteLLM reads is the installed LiteLLM's own answer.
 
-``labctl/data/litellm/VERSION.json`` (labctl.render.litellm_keys) holds the lists taken from the
+``labctl/data/litellm/VERSION.json`` (labctl.kinds.litellm.keys) holds the lists taken from the
 pinned LiteLLM; this test asks the installed one again (labctl.ops.litellm_validate.ask:
 ``Router.get_valid_args()`` minus the settings the proxy manages outside the config file,
 exactly the filter the proxy applies to ``router_settings``; ``litellm.provider_list``; ...)
@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.ops import litellm_validate
-from labctl.render import gateway, litellm_keys
+from labctl.kinds.litellm import config as gateway
+from labctl.kinds.litellm import gateway_secret_refs
+from labctl.kinds.litellm import keys as litellm_keys
 
 pytestmark = pytest.mark.integration
 
@@ -70,10 +72,10 @@ def test_litellm_validates_what_labctl_renders(litellm_python, tmp_path) -> None
     """LiteLLM's own loader (``--validate_config``, which builds the Router from the file)
     accepts the rendered configs, and refuses a value labctl cannot judge (a misspelled
     routing strategy), which is why it runs beside labctl's key checks."""
-    from labctl.render import gate
+    from labctl.kinds.litellm import gate
 
     paths = [ROOT / "inventory.yaml", *sorted((ROOT / "examples").glob("*/inventory.yaml"))]
-    # The config loads labctl's drain gate from its own directory (labctl.render.gate).
+    # The config loads labctl's drain gate from its own directory (labctl.kinds.litellm.gate).
     (tmp_path / gate.MODULE_FILE).write_text(gate.MODULE)
     for path in paths:
         loaded = load_inventory(str(path), text=path.read_text())
@@ -84,7 +86,7 @@ def test_litellm_validates_what_labctl_renders(litellm_python, tmp_path) -> None
             if text is None:
                 continue
             env = {ref.variable: "sk-labctl-test" for gw in inv.gateways().values()
-                   for ref in inv.gateway_secret_refs(gw) if ref.variable}
+                   for ref in gateway_secret_refs(inv, gw) if ref.variable}
             config = tmp_path / f"{path.parent.name}{'-' + host if host else ''}.yaml"
             config.write_text(text)
             proc = validate_config(litellm_python, config, env)
@@ -122,3 +124,4 @@ def test_up_asks_the_gateways_own_litellm(litellm_python, tmp_path) -> None:
     verdict = litellm_validate.validate(inv, "gateway", gw, bad)
     assert verdict.refused and "Invalid routing_strategy" in verdict.detail, verdict
     assert litellm_validate.field_of(gw, verdict.detail) == ("router_settings", "routing_strategy")
+

@@ -34,7 +34,7 @@ except ModuleNotFoundError:  # pytest run without the repository root on sys.pat
     from tests import helpers, invtext
 from labctl import fsio
 from labctl.errors import HostNotReady, OperationFailed
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.inventory.schema import Inventory
 from labctl.ops import monitoring
 from labctl.render import render_all

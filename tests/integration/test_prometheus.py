@@ -20,7 +20,7 @@ import helpers
 import pytest
 import yaml
 
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.ops.gateway_check import all_ok, check_gateway
 from labctl.render import render_all
 from labctl.render.monitoring import backend_panels, scrape_jobs

@@ -10,7 +10,7 @@ import pytest
 
 from labctl.errors import MultiLineFailure, OperationFailed
 from labctl.host.provision import STAMP, provision
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 
 
 def inventory(tmp_path: Path, spec: str) -> object:

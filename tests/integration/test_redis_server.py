@@ -30,14 +30,14 @@ from tools import require_command
 
 from labctl.errors import InvalidInventory
 from labctl.host.secrets import read_secret
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.ops.apply import ensure_secrets
 from labctl.ops.probes import probe
 from labctl.render import render_all
 from labctl import encode
-from labctl.render import redis as redis_render
+from labctl.kinds import redis as redis_render
 from labctl.inventory.layout import Layout
-from labctl.render.redis import auth_file
+from labctl.kinds.redis import auth_file
 from labctl.render.units import argv
 
 pytestmark = pytest.mark.integration

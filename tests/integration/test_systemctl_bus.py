@@ -26,7 +26,7 @@ from tools import require_command
 from labctl import unitcmd
 from labctl.host import systemd
 from labctl.host.proc import CommandFailed
-from labctl.inventory import schema
+from labctl import fields
 from labctl.ops import status
 
 pytestmark = pytest.mark.integration
@@ -129,7 +129,7 @@ def asked(log: str, member: str, unit: str) -> bool:
 def test_the_manager_is_asked_about_the_unit_even_one_that_looks_like_an_option(bus: Bus, monkeypatch,
                                                                                 call: str) -> None:
     monkeypatch.setattr(unitcmd, "unit_name_problem", lambda name: None)
-    monkeypatch.setattr(schema, "unit_name_problem", lambda name: None)
+    monkeypatch.setattr(fields, "unit_name_problem", lambda name: None)
     run, members = CALLS[call]
     try:
         run(bus.env, HOSTILE)

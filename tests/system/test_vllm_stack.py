@@ -85,7 +85,7 @@ def test_status_shows_vllm_healthy_with_metrics(vllm_stack: Stack) -> None:
 
 def test_prometheus_scrapes_vllm_metrics(vllm_stack: Stack) -> None:
     """Debian's real Prometheus on the host, with labctl's rendered prometheus.yml."""
-    from labctl.inventory.load import load_inventory
+    from labctl.load import load_inventory
     from labctl.render import render_all
     from labctl.sandbox import free_port
 

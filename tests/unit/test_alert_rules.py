@@ -20,7 +20,7 @@ import yaml
 from invtext import BASE
 from tools import require_command
 
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.render import render_all
 
 RULES = "labctl/monitoring/prometheus/rules/labctl.yml"

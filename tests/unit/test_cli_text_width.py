@@ -14,7 +14,7 @@ from invtext import edit, with_service
 from labctl import cli
 from labctl.cli import main
 from labctl.host.gguf_writer import write_tiny_gguf
-from labctl.inventory import checks
+from labctl.load import checks
 from labctl.ops.doctor import Check
 from labctl.ops.gateway_check import RouteResult
 
@@ -92,7 +92,7 @@ def inventory(tmp_path: Path) -> Path:
 def doctor_checks(monkeypatch, inventory: Path, tmp_path: Path) -> list[Check]:
     """doctor's checks without asking the host (ss, systemctl, docker): the inventory's real
     file problems (``fix: edit inventory.yaml:LINE``) and long ones built like doctor's."""
-    from labctl.inventory.load import load_inventory
+    from labctl.load import load_inventory
     from labctl.ops import doctor
 
     loaded = load_inventory(inventory)

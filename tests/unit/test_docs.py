@@ -9,8 +9,9 @@ from pathlib import Path
 import yaml
 
 from labctl.inventory.docgen import reference
-from labctl.inventory.load import load_inventory
-from labctl.render import gateway, render_all
+from labctl.load import load_inventory
+from labctl.render import render_all
+from labctl.kinds.litellm import config as gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "inventory.md"

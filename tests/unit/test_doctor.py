@@ -9,7 +9,7 @@ from invtext import edit
 
 from labctl.host.proc import CommandResult
 from labctl.host.systemd import UserManager
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.ops.doctor import (
     _env_var_check,
     _remote_only_chains,

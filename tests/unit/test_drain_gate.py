@@ -1,4 +1,4 @@
-"""The gateway's drain gate (labctl.render.gate): rendered beside the LiteLLM config, loaded
+"""The gateway's drain gate (labctl.kinds.litellm.gate): rendered beside the LiteLLM config, loaded
 by LiteLLM's own interpreter, and it drops exactly the deployments whose gate is closed."""
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from tools import litellm_python
 
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.ops.switch import Gate, gateable
-from labctl.render import gate, render_all
-from labctl.render.gateway import base_url
+from labctl.render import render_all
+from labctl.kinds.litellm import gate
+from labctl.kinds import kind_of
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "cpu-demo" / "inventory-tools.yaml"
 
@@ -60,7 +61,7 @@ def test_litellm_loads_the_module_and_filters_by_gate(tmp_path: Path) -> None:
     one does not, and other deployments are never touched."""
     python = litellm_python()
     inv = load_inventory(DEMO).inventory
-    native = base_url(inv, inv.services["native"])
+    native = kind_of(inv.services["native"]).base_url(inv, inv.services["native"])
     runtime = tmp_path / "run"
     closed = Gate.of(inv, inv.services["native"], {"XDG_RUNTIME_DIR": str(runtime)})  # type: ignore[arg-type]
     closed.close(60)

@@ -14,7 +14,7 @@ from invtext import BASE, edit
 
 from labctl.cli import main
 from labctl.host.systemd import UnitFacts
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.ops.doctor import port_checks
 from labctl.ops.plan import make_plan, start_order
 from labctl.ops.status import gather

@@ -25,9 +25,10 @@ from tools import litellm_python, require_command
 from labctl.errors import InvalidInventory
 from labctl.fleet import ansible, keys
 from labctl.fleet.slices import slice_text
-from labctl.inventory.fleet import key_variable
-from labctl.inventory.load import load_inventory
-from labctl.inventory.schema import External, LlamaServer
+from labctl.load.fleet import key_variable
+from labctl.load import load_inventory
+from labctl.kinds.external import External
+from labctl.kinds.llama_server import LlamaServer
 from labctl.render import render_all
 
 ROOT = Path(__file__).resolve().parents[2]

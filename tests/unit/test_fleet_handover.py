@@ -39,7 +39,7 @@ from labctl import __version__, handover
 from labctl.cli import main
 from labctl.errors import InputError, InvalidInventory
 from labctl.fleet import ansible, keys
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.encode import EncodeError
 
 ERROR_LINE = re.compile(r"^(?P<file>[^\n]+):(?P<line>\d+): (?P<path>\S[^\n]*?): (?P<msg>[^\n]+)$")

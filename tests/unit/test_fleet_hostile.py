@@ -41,7 +41,7 @@ from labctl.errors import InputError, InvalidInventory
 from labctl.fleet import ansible, keys
 from labctl.fleet.slices import slice_text
 from labctl.inventory import schema
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 
 EXAMPLES = int(os.environ.get("LABCTL_PROPERTY_EXAMPLES", "2000")) // 4
 ERROR_LINE = re.compile(r"^(?P<file>[^\n]+):(?P<line>\d+): (?P<path>\S[^\n]*?): (?P<msg>[^\n]+)$")

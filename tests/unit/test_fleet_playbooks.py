@@ -30,7 +30,7 @@ from test_fleet_hostile import FLEET_FULL
 
 from labctl import __version__
 from labctl.fleet import ansible, keys
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 
 # Task keys that are not the module.
 KEYWORDS = {"name", "when", "changed_when", "failed_when", "register", "loop", "loop_control", "no_log", "timeout",

@@ -14,9 +14,9 @@ import yaml
 from invtext import BASE, edit
 
 from labctl.cli import main
-from labctl.inventory.fallbacks import fallback_order, longest_fallback_walk
-from labctl.inventory.load import load_inventory
-from labctl.render import gateway
+from labctl.kinds.litellm.fallbacks import fallback_order, longest_fallback_walk
+from labctl.load import load_inventory
+from labctl.kinds.litellm import config as gateway
 
 pytestmark = pytest.mark.unit
 

@@ -1,5 +1,5 @@
 """LiteLLM's own settings, passed through: every key checked against what the pinned
-LiteLLM reads (labctl.render.litellm_keys), keys labctl writes itself refused, secrets only
+LiteLLM reads (labctl.kinds.litellm.keys), keys labctl writes itself refused, secrets only
 as ``os.environ/VAR`` naming a variable the gateway's process will have.
 
 The keys LiteLLM ignored for months in the operators' real config (``lab_extensions``
@@ -13,8 +13,8 @@ import yaml
 from invtext import BASE, edit
 
 from labctl.cli import main
-from labctl.inventory.load import load_inventory
-from labctl.render import gateway
+from labctl.load import load_inventory
+from labctl.kinds.litellm import config as gateway
 
 pytestmark = pytest.mark.unit
 

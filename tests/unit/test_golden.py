@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.render import render_all
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "root-inventory"

@@ -11,7 +11,7 @@ import pytest
 from labctl.cli import main
 from labctl.host import gguf_header
 from labctl.host.gguf_writer import write_tiny_gguf
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.ops.gpu_budget import COMPUTE_BUFFER_MIB, GIB, MIB, compute, table
 
 pytestmark = pytest.mark.unit

@@ -18,7 +18,7 @@ from invtext import BASE, edit
 from tools import require_command
 
 from labctl.cli import main
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.ops.doctor import delegated_controllers, limit_checks
 from labctl.render import render_all
 from labctl.render.units import HARDENING

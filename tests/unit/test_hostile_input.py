@@ -21,7 +21,7 @@ from invtext import BASE, edit, with_service
 from labctl import fsio
 from labctl.cli import main
 from labctl.host import generations, provision, secrets
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.inventory.schema import Runtime
 from labctl.render import render_all, unitfile
 

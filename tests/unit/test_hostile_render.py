@@ -38,7 +38,10 @@ from tools import compose_binary, litellm_python, require_command
 
 from labctl.errors import InputError, InvalidInventory
 from labctl.inventory import schema
-from labctl.inventory.load import load_inventory
+from labctl.kinds import KINDS, kind_of
+from labctl.kinds.external import External
+from labctl.kinds.redis import Redis
+from labctl.load import load_inventory
 from labctl.render import render_all, unitfile
 
 FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -131,6 +134,13 @@ FULL = {
                                                          "regex": "(.*):.*", "target_label": "instance",
                                                          "replacement": "$1"}]}]},
 }
+
+# Every kind of the registry has a service in FULL: those not written out above come from the
+# kind's own example (labctl.kinds: every optional field set), so a new kind is exercised by
+# itself.
+for _kind in KINDS.values():
+    if not any(svc["kind"] == _kind.name for svc in FULL["services"].values()):
+        FULL["services"][f"x-{_kind.name}"] = copy.deepcopy(_kind.example)
 
 # Strings that are not rendered into any file (pip's argv and environment at provision
 # time; kinds are discriminators; a name labctl only compares). They are still mutated:
@@ -232,8 +242,8 @@ def test_every_string_field_of_the_schema_is_exercised() -> None:
     """The property below mutates only the leaves of FULL: it must reach every string
     field the schema has, or a new field would go untested."""
     covered = {model_field_of(loc) for loc in LEAVES}
-    literal_only = {"Ollama.kind", "LlamaCppPython.kind", "LlamaServer.kind", "Vllm.kind", "LiteLLM.kind",
-                    "External.kind", "External.api", "External.unit_scope", "RedisCache.type", "Redis.kind", "RedisExporter.kind",
+    literal_only = {f"{kind.model.__name__}.kind" for kind in KINDS.values()} | {
+                    "External.api", "External.unit_scope", "RedisCache.type",
                     "Redis.persistence", "Redis.maxmemory_policy",
                     # One cache: FULL's names a Redis by host and password; a service name
                     # is the same NAME pattern as routes[].service, which is exercised.
@@ -424,7 +434,7 @@ def expected_forms(inv: schema.Inventory, loc: tuple, value: str) -> list[str]:
     if loc[-1] == "command":  # a program from a wheel: VENV/bin/COMMAND
         forms.append(inv.services[loc[1]].program(inv.host))  # type: ignore[union-attr]
     if loc[:1] == ("services",) and loc[-1] == "model" and loc[1] in ("native", "bindings"):
-        forms.append(inv.model_path(inv.services[loc[1]]))  # type: ignore[arg-type]
+        forms.append(kind_of(inv.services[loc[1]]).model_file(inv, inv.services[loc[1]]))
     if loc[-1] in ("env", "var"):
         forms.append(f"os.environ/{value}")
     if loc[:3] == ("services", "gateway", "routes") and loc[-1] == "model":
@@ -526,7 +536,7 @@ def consumers_read_as_written(inv: schema.Inventory, files: dict[str, str], what
 
     layout = Layout.of(inv)
     for name, svc in inv.managed().items():
-        if isinstance(svc, schema.Redis):
+        if isinstance(svc, Redis):
             unit = files[layout.unit(name)]
             start = next(d.value for d in unitfile.directives(unit) if d.key == "ExecStart")
             config = unitfile.exec_argv(start)[1]
@@ -553,7 +563,7 @@ def consumers_read_as_written(inv: schema.Inventory, files: dict[str, str], what
             if d.key in ("MemoryMax", "MemoryHigh"):
                 assert size_bytes(d.value) < SD_SIZE_LIMIT, f"{what}: {rel}: systemd ignores {d.key}={d.value}"
     for name, svc in inv.services.items():
-        if isinstance(svc, schema.External) and svc.unit is not None:
+        if isinstance(svc, External) and svc.unit is not None:
             show, logs = show_argv([svc.unit], user=False), journalctl_argv(svc.unit, user=False)
             assert "--" in show and show.index("--") < show.index(svc.unit), f"{what}: {show} reads it as an option"
             assert f"--unit={svc.unit}" in logs and svc.unit not in logs, f"{what}: {logs} reads it as an option"
@@ -609,28 +619,27 @@ def test_the_property_can_fail(tmp_path: Path, monkeypatch) -> None:
 # The guards of issue 23, each as (where it is, the field and value it stops): the schema's
 # refusal and the encoder's (or argv builder's), so that a control removes both.
 GUARDS = {
-    "EnvironmentFile= glob": ([("labctl.inventory.schema.SD_GLOB", frozenset()),
+    "EnvironmentFile= glob": ([("labctl.fields.SD_GLOB", frozenset()),
                                ("labctl.encode.SD_GLOB", frozenset())],
                               ("services", "native", "environment_files", 0), "~/.config/sec[r]ets/x.env",
                               "is a wildcard pattern to systemd"),
-    "redis include glob": ([("labctl.inventory.schema.SD_GLOB", frozenset()),
+    "redis include glob": ([("labctl.fields.SD_GLOB", frozenset()),
                             ("labctl.encode.REDIS_GLOB", frozenset()),
                             ("labctl.encode.SD_GLOB", frozenset())],
                            ("services", "cache", "password", "env_file"), "~/.config/sec[r]ets/redis.env",
                            "is a wildcard pattern to redis-server"),
-    "redis argv glob": ([("labctl.inventory.schema.SD_GLOB", frozenset()),
+    "redis argv glob": ([("labctl.fields.SD_GLOB", frozenset()),
                          ("labctl.encode.REDIS_GLOB", frozenset()),
                          ("labctl.encode.SD_GLOB", frozenset())],
                         ("host", "home"), "/home/lab*", "redis-server globs its config path"),
-    "memory size": ([("labctl.inventory.schema.SIZE_MAX", 10**30), ("labctl.encode.SIZE_MAX", 10**30)],
+    "memory size": ([("labctl.fields.SIZE_MAX", 10**30), ("labctl.encode.SIZE_MAX", 10**30)],
                     ("services", "native", "limits", "memory_max"), "17179869184G", "systemd ignores MemoryMax"),
-    "redis maxmemory": ([("labctl.inventory.schema.SIZE_MAX", 10**30), ("labctl.encode.SIZE_MAX", 10**30)],
+    "redis maxmemory": ([("labctl.fields.SIZE_MAX", 10**30), ("labctl.encode.SIZE_MAX", 10**30)],
                         ("services", "cache", "maxmemory"), "16777216T", "past 64 bits"),
-    "unit name": ([("labctl.inventory.schema.unit_name_problem", lambda name: None),
+    "unit name": ([("labctl.fields.unit_name_problem", lambda name: None),
                    ("labctl.unitcmd.unit_name_problem", lambda name: None)],
                   ("services", "theirs", "unit"), "-Hx.service", "is no unit name"),
-    "OLLAMA_MODELS path": ([("labctl.inventory.checks.check_path", lambda value: value),
-                            ("labctl.render.units.check_path", lambda value: value),
+    "OLLAMA_MODELS path": ([("labctl.kinds.ollama.check_path", lambda value: value),
                             ("labctl.encode.path_problem", lambda value: None)],
                            ("services", "ollama", "environment", "OLLAMA_MODELS"), "/srv/../models",
                            "must be normalised"),
@@ -661,7 +670,7 @@ def test_the_encoders_refuse_what_the_schema_would_let_through(tmp_path: Path, m
 
     patches, loc, value, _ = GUARDS[guard]
     for target, replacement in patches:
-        if target.startswith("labctl.inventory."):
+        if target.startswith(("labctl.fields.", "labctl.kinds.")):  # the inventory's own guards
             monkeypatch.setattr(target, replacement)
     with pytest.raises((EncodeError, UnitNameError)):
         check_one.hypothesis.inner_test(tmp_path, loc, value)  # type: ignore[attr-defined]

@@ -63,7 +63,7 @@ def test_version_imports_no_renderer_client_or_table() -> None:
 
 def test_the_check_sees_a_heavy_import() -> None:
     """Control: the same harness reports what a prelude imports."""
-    modules = imported(["--help"], prelude="import labctl.inventory.load, labctl.ops.switch")
+    modules = imported(["--help"], prelude="import labctl.load, labctl.ops.gateway_check")
     assert {"httpx", "pydantic", "yaml"} <= set(heavy(modules))
 
 

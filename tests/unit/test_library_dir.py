@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from labctl.host.gguf_writer import write_tiny_gguf
-from labctl.inventory import checks
-from labctl.inventory.load import load_inventory
+from labctl.load import checks
+from labctl.load import load_inventory
 from labctl.ops.switch import SwitchRefused, list_models, validate
 
 pytestmark = pytest.mark.unit

@@ -1,4 +1,4 @@
-"""The gateway's launcher (labctl.render.litellm_launch): rendered beside the config, named
+"""The gateway's launcher (labctl.kinds.litellm.launch): rendered beside the config, named
 by the unit's ExecStart with proxy_cli's own arguments after it, and a change to it alone
 restarts the gateway."""
 
@@ -9,9 +9,10 @@ from pathlib import Path
 
 from invtext import BASE
 
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.ops.plan import make_plan
-from labctl.render import litellm_launch, render_all
+from labctl.render import render_all
+from labctl.kinds.litellm import launch as litellm_launch
 
 
 def test_the_unit_starts_the_launcher_rendered_beside_the_config(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from labctl.host.gguf_writer import write_tiny_gguf
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.ops.switch import SwitchRefused, budget, switch, validate
 
 

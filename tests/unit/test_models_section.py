@@ -12,7 +12,7 @@ from invtext import BASE, edit
 
 from labctl.cli import main
 from labctl.errors import InputError, InvalidInventory, UsageError
-from labctl.inventory.load import applied_path, find_inventory, load_inventory
+from labctl.load import applied_path, find_inventory, load_inventory
 from labctl.ops.model_pull import link_default, pull
 
 pytestmark = pytest.mark.unit

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from invtext import BASE
 
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.ops.apply import Host, monitoring_up
 
 

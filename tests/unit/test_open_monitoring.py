@@ -14,7 +14,7 @@ from invtext import edit
 from tools import require_command
 
 from labctl.cli import main
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.ops.doctor import rule_checks
 from labctl.render import render_all
 

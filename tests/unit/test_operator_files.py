@@ -24,7 +24,7 @@ from invtext import edit
 from tools import require_command
 
 from labctl.cli import main
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.render import operator_files, render_all, templates
 from labctl import encode
 

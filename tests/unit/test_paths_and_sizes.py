@@ -30,12 +30,11 @@ from test_fleet_hostile import FLEET_FULL
 from test_hostile_render import FULL, set_at
 from tools import require_command
 
+from labctl import encode, fields
 from labctl.errors import InvalidInventory
-from labctl.inventory import checks, schema
-from labctl.inventory.load import load_inventory
+from labctl.kinds import ollama as ollama_kind
+from labctl.load import load_inventory
 from labctl.render import render_all, unitfile
-from labctl import encode
-from labctl.render import units as units_mod
 
 pytestmark = pytest.mark.unit
 
@@ -90,7 +89,7 @@ def test_what_labctl_accepts_is_opened_as_written(tmp_path: Path, chars: str) ->
     (tmp_path / "ab").mkdir()
     (tmp_path / "ab" / "x.env").write_text("K=decoy\n")
     assert glob3(str(literal)) == [str(literal)]
-    assert schema.SD_GLOB.isdisjoint(chars) and encode.sd_env_file(str(literal))
+    assert fields.SD_GLOB.isdisjoint(chars) and encode.sd_env_file(str(literal))
 
 
 # --- every field a globbed path is built from -----------------------------------------------
@@ -204,7 +203,7 @@ def test_ollama_models_reaches_the_unit_normalised(tmp_path: Path, value: str, n
 def test_control_without_the_check_validate_says_ok_and_the_render_fails(monkeypatch) -> None:
     """The audit's report: a relative OLLAMA_MODELS passed validate and failed at render
     (EncodeError). The check restores the one-line refusal; without it, this is what happens."""
-    monkeypatch.setattr(checks, "check_path", lambda value: value)
+    monkeypatch.setattr(ollama_kind, "check_path", lambda value: value)
     inv = load_inventory("inventory.yaml", text=with_ollama_models("models")).inventory
     with pytest.raises(encode.EncodeError):
         render_all(inv)
@@ -214,8 +213,7 @@ def test_control_without_the_check_validate_says_ok_and_the_render_fails(monkeyp
 def test_control_systemd_drops_a_path_that_is_not_normalised(tmp_path: Path, monkeypatch, value: str) -> None:
     """With every guard removed, the unit carries the path and systemd ignores it: the
     service would run without the write access the inventory asked for."""
-    monkeypatch.setattr(checks, "check_path", lambda v: v)
-    monkeypatch.setattr(units_mod, "check_path", lambda v: v)
+    monkeypatch.setattr(ollama_kind, "check_path", lambda v: v)
     monkeypatch.setattr(encode, "path_problem", lambda v: None)
     unit = render_all(load_inventory("inventory.yaml", text=with_ollama_models(value)).inventory)[
         "systemd/user/labctl-ol.service"]
@@ -266,7 +264,7 @@ def test_a_size_systemd_cannot_hold_is_refused_in_one_line(tmp_path: Path, size:
 
 @pytest.mark.parametrize("size", REFUSED_SIZES[:2])
 def test_control_systemd_ignores_the_smallest_sizes_refused(tmp_path: Path, monkeypatch, size: str) -> None:
-    monkeypatch.setattr(schema, "SIZE_MAX", 2**70)
+    monkeypatch.setattr(fields, "SIZE_MAX", 2**70)
     monkeypatch.setattr(encode, "SIZE_MAX", 2**70)
     unit = render_all(load_inventory("inventory.yaml", text=with_limits(size)).inventory)[
         "systemd/user/labctl-native.service"]

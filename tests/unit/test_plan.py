@@ -10,7 +10,7 @@ from invtext import BASE, edit
 
 from labctl.cli import main
 from labctl.host.systemd import UnitState
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.ops.plan import make_plan
 from labctl.render import render_all
 

@@ -56,7 +56,7 @@ def server() -> Iterator[Callable[[Callable[[socket.socket, bytes], None]], int]
 
 
 def llama(port: int) -> ProbeSpec:
-    return ProbeSpec("native", "llama-server", f"http://127.0.0.1:{port}", models=["native"])
+    return ProbeSpec("native", "health:/health", f"http://127.0.0.1:{port}", models=["native"])
 
 
 def test_a_plain_answer_and_what_was_sent(server) -> None:
@@ -165,7 +165,7 @@ def test_probes_run_at_once_each_bounded(server) -> None:
     """Three hung backends cost one timeout, not three."""
     hung = [server(lambda conn, request: time.sleep(3)) for _ in range(3)]
     started = time.monotonic()
-    results = probes.run_all([ProbeSpec(f"s{i}", "llama-server", f"http://127.0.0.1:{p}") for i, p in enumerate(hung)],
+    results = probes.run_all([ProbeSpec(f"s{i}", "health:/health", f"http://127.0.0.1:{p}") for i, p in enumerate(hung)],
                              timeout=0.5)
     assert time.monotonic() - started < 1.5
     assert list(results) == ["s0", "s1", "s2"]

@@ -10,9 +10,10 @@ import yaml
 from invtext import edit
 
 from labctl.cli import main
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.render import render_all
-from labctl.render.redis import auth_text, redis_str
+from labctl.encode import redis_str
+from labctl.kinds.redis import auth_text
 
 pytestmark = pytest.mark.unit
 

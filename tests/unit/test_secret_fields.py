@@ -6,7 +6,7 @@ fields from test_fleet_hostile's FLEET_FULL, and the few fields neither sets), m
 included: the field list comes from the schema, so a new field is in the table by itself.
 Each case must end in exit 2 with a ``file:line: path: message`` line at that field, and
 nothing secret-shaped in any line or in ``--json``. A control test takes the one scan
-(labctl.inventory.checks.secret_problems) away and watches the secret reach a unit file and
+(labctl.load.checks.secret_problems) away and watches the secret reach a unit file and
 the LiteLLM config.
 """
 
@@ -30,8 +30,9 @@ from test_hostile_render import FULL, LEAVES, _concrete, schema_string_fields, s
 from labctl import secretscan
 from labctl.cli import main
 from labctl.errors import InputError, InvalidInventory
-from labctl.inventory import checks, schema
-from labctl.inventory.load import load_inventory
+from labctl.inventory import schema
+from labctl.load import checks
+from labctl.load import load_inventory
 from labctl.inventory.yamlsrc import dotted
 from labctl.render import render_all
 

@@ -215,7 +215,7 @@ def test_the_snapshot_answers_as_the_full_cli_without_the_heavy_imports(
                                "MemoryCurrent,ActiveEnterTimestamp,ActiveEnterTimestampMon... exited 1: "
                                "Failed to connect to bus: No medium found")
     heavy = [m for m in fast_modules if m.split(".")[0] in HEAVY
-             or m in ("labctl.cli", "labctl.inventory.schema", "labctl.inventory.load")]
+             or m in ("labctl.cli", "labctl.inventory.schema", "labctl.load")]
     assert heavy == []
     # The text form, too.
     _, full_text, _ = labctl(stack, snapshot=False, env=env)
@@ -238,7 +238,7 @@ def test_the_snapshot_keeps_no_secret(stack: Path, env: dict[str, str]) -> None:
 def saved(stack: Path, monkeypatch, tmp_path: Path) -> Path:
     """The snapshot of ``stack``, as the full CLI keeps it; its path."""
     monkeypatch.setenv("HOME", str(tmp_path / "me"))
-    from labctl.inventory.load import load_inventory
+    from labctl.load import load_inventory
 
     status.save_snapshot(stack, status.plan_of(load_inventory(stack).inventory))
     assert status.load_snapshot(stack) is not None

@@ -26,7 +26,7 @@ from rich.console import Console
 from labctl.cli import main
 from labctl.cli.tables import plain, shown
 from labctl.host.gguf_writer import write_tiny_gguf
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.ops import doctor
 from labctl.ops import switch as models
 

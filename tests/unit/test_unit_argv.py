@@ -32,7 +32,7 @@ from labctl import unitcmd
 from labctl.cli import main
 from labctl.host import proc, systemd
 from labctl.host.proc import CommandFailed
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.ops import status
 
 pytestmark = pytest.mark.unit
@@ -138,10 +138,10 @@ PLACES: dict[str, Callable[[Path, dict[str, str], str], tuple[bool, Callable[[],
 
 def no_name_check(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The schema's and the builders' unit-name check, removed: only the argv's shape is left."""
-    from labctl.inventory import schema
+    from labctl import fields
 
     monkeypatch.setattr(unitcmd, "unit_name_problem", lambda name: None)
-    monkeypatch.setattr(schema, "unit_name_problem", lambda name: None)
+    monkeypatch.setattr(fields, "unit_name_problem", lambda name: None)
 
 
 @pytest.mark.parametrize("place", list(PLACES))

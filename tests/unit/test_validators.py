@@ -6,7 +6,7 @@
 - prometheus.yml and rules: ``promtool check config`` / ``check rules``; every PromQL
   expression in the dashboards is parsed by promtool too;
 - LiteLLM config: LiteLLM's own ``ConfigYAML`` model from the installed package, plus
-  labctl's cross-checks (labctl.render.gateway.verify);
+  labctl's cross-checks (labctl.kinds.litellm.config.verify);
 - Grafana provisioning (no Grafana here): exactly one default datasource, dashboards JSON.
 
 systemd-analyze checks that each ExecStart binary exists *on the verifying machine*, so
@@ -26,9 +26,9 @@ import yaml
 from invtext import BASE, VLLM, with_service
 from tools import compose_binary, litellm_python, require_command
 
-from labctl.inventory.load import load_inventory
+from labctl.load import load_inventory
 from labctl.render import render_all
-from labctl.render.gateway import verify
+from labctl.kinds.litellm.config import verify
 from labctl.render.monitoring import backend_panels
 
 # Text, or a path relative to the repository: every inventory the project ships, and two

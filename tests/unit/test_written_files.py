@@ -161,7 +161,7 @@ def test_a_models_path_copy_is_no_wider_than_its_source(tmp_path: Path, source_m
     from invtext import edit
 
     from labctl.host.gguf_writer import write_tiny_gguf
-    from labctl.inventory.load import load_inventory
+    from labctl.load import load_inventory
     from labctl.ops.model_pull import pull
 
     source = write_tiny_gguf(tmp_path / "mine.gguf")

@@ -83,7 +83,7 @@ def validate(
     as_json: JsonOpt = False,
 ) -> None:
     """Check the inventory: schema, cross-references, safety rules, GPU budget; exit 2 on any problem."""
-    from labctl.inventory.load import load_inventory
+    from labctl.load import load_inventory
     from labctl.ops import gpu_budget
 
     loaded = load_inventory(find_inventory(inventory), check_files=check_files)
@@ -146,7 +146,7 @@ def render(
 ) -> None:
     """Render every file into OUT (laid out as under ~/.config on a host)."""
     from labctl import fsio
-    from labctl.inventory.load import load_inventory
+    from labctl.load import load_inventory
     from labctl.render import render_all
 
     loaded = load_inventory(find_inventory(inventory))
@@ -186,7 +186,7 @@ def plan(
     wide: Annotated[bool, typer.Option("--wide", help="One line per action and note, at its natural width.")] = False,
 ) -> None:
     """Show what `labctl up` would change and do, changing nothing."""
-    from labctl.inventory.load import load_inventory
+    from labctl.load import load_inventory
     from labctl.ops.plan import make_plan, operator_drop_ins, read_installed
     from labctl.render import render_all
     from labctl.inventory.layout import Layout
@@ -271,7 +271,7 @@ def _say(as_json: bool):  # type: ignore[no-untyped-def]
 
 
 def find_inventory(given: Path | None) -> Path:
-    from labctl.inventory.load import find_inventory as find
+    from labctl.load import find_inventory as find
 
     return find(given)
 
@@ -279,7 +279,7 @@ def find_inventory(given: Path | None) -> Path:
 def _load(inventory: Path | None, *, fleet: bool = False):  # type: ignore[no-untyped-def]
     """The inventory, loaded and checked. A fleet inventory (hosts:) only where the command
     acts on the whole fleet (``fleet``); a command that acts on one host is run on that host."""
-    from labctl.inventory.load import load_inventory
+    from labctl.load import load_inventory
 
     loaded = load_inventory(find_inventory(inventory))
     if loaded.fleet is not None and not fleet:
@@ -470,7 +470,8 @@ def logs(
 ) -> None:
     """The service's journal (journalctl --user; an external service's own unit's journal)."""
     from labctl.host.systemd import UserManager
-    from labctl.inventory.schema import External, unit_name
+    from labctl.inventory.schema import unit_name
+    from labctl.kinds import kind_of
 
     loaded = _load(inventory)
     inv = loaded.inventory
@@ -478,11 +479,13 @@ def logs(
         raise UsageError(f"no service named {service!r} in {loaded.path} (have: {', '.join(inv.services)})")
     manager = UserManager()
     svc = inv.services[service]
-    if isinstance(svc, External):
-        if not svc.unit:
-            raise UsageError(f"{service} is external and the inventory names no unit for it "
+    kind = kind_of(svc)
+    if not kind.managed:
+        unit = kind.unit(service, svc)
+        if unit is None:
+            raise UsageError(f"{service} is {kind.name} and the inventory names no unit for it "
                              f"(services.{service}.unit): its logs are wherever its owner keeps them")
-        argv = manager.journal_argv(svc.unit, lines, follow, user=svc.unit_scope == "user")
+        argv = manager.journal_argv(unit.name, lines, follow, user=unit.user)
     else:
         argv = manager.journal_argv(unit_name(service), lines, follow)
     sys.stdout.flush()

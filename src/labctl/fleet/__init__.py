@@ -1,6 +1,6 @@
 """Several hosts from one inventory, applied through Ansible.
 
-labctl decides *what* each host runs (labctl.inventory.fleet: every host's view, checked
+labctl decides *what* each host runs (labctl.load.fleet: every host's view, checked
 like any single-host inventory); Ansible only carries it there and reports back, the way its
 own split (inventory, playbook, module, connection) suggests:
 

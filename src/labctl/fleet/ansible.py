@@ -50,7 +50,7 @@ from labctl import __version__, fsio
 from labctl.errors import HostNotReady, OperationFailed
 from labctl.handover import ANSIBLE, HOST, SSH, hand_over
 from labctl.host.proc import CommandTimeout, last_lines, run_cmd
-from labctl.inventory.fleet import KEY_DIR, FleetPlan
+from labctl.load.fleet import KEY_DIR, FleetPlan
 from labctl.inventory.schema import Inventory
 from labctl.encode import EncodeError
 

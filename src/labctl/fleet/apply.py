@@ -27,7 +27,7 @@ from labctl.fleet import keys
 from labctl.fleet.ansible import HostResult, RunDir, controller_path, from_this_controller, prepare, run_playbook
 from labctl.handover import ANSIBLE, SSH, hand_over
 from labctl.host.lock import host_lock
-from labctl.inventory.load import Loaded
+from labctl.load import Loaded
 
 Say = Callable[[str], None]
 

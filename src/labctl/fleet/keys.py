@@ -12,7 +12,7 @@ from pathlib import Path
 
 from labctl import fsio
 from labctl.host import secrets
-from labctl.inventory.fleet import key_variable
+from labctl.load.fleet import key_variable
 
 
 def key_file(state_dir: Path, service: str) -> Path:

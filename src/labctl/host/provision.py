@@ -20,7 +20,9 @@ from pathlib import Path
 from labctl import fsio, progress
 from labctl.errors import MultiLineFailure, OperationFailed
 from labctl.host.proc import CommandFailed, last_lines, run_cmd
-from labctl.inventory.schema import BinaryRuntime, Inventory, LlamaServer, Runtime
+from labctl.fields import BinaryRuntime, Runtime
+from labctl.inventory.schema import Inventory
+from labctl.kinds import kind_of
 
 STAMP = ".labctl-provisioned.json"
 
@@ -92,8 +94,9 @@ def provision(inv: Inventory, *, say: Callable[[str], None]) -> list[Provisioned
             if not (program.is_file() and os.access(program, os.X_OK)):
                 raise OperationFailed(f"{name}: {specs} installed no executable bin/{runtime.command} in {venv} "
                                       "(check runtime.command against the package's console scripts)")
-            if isinstance(inv.services.get(name), LlamaServer):
-                _check_runs_here(name, specs, program)
+            recipe = kind_of(inv.services[name]).program_test
+            if recipe is not None:
+                _check_runs_here(name, specs, program, recipe)
         fsio.atomic_write(venv / STAMP, json.dumps(_wanted(runtime)), mode=0o600)
         seconds = round(time.monotonic() - start, 1)
         say(f"{name}: runtime ready in {seconds}s")
@@ -101,13 +104,14 @@ def provision(inv: Inventory, *, say: Callable[[str], None]) -> list[Provisioned
     return results
 
 
-def _check_runs_here(name: str, specs: str, program: Path) -> None:
-    """A native llama-server from a wheel must run on this CPU before labctl trusts it
-    (labctl.host.selftest); if not, ``up`` stops here, with no stamp, before any unit."""
-    from labctl.host.selftest import llama_server_runs
+def _check_runs_here(name: str, specs: str, program: Path, recipe: str) -> None:
+    """A native program from a wheel must run on this CPU before labctl trusts it (its kind
+    names the test: labctl.host.selftest); if not, ``up`` stops here, with no stamp, before
+    any unit."""
+    from labctl.host.selftest import RECIPES
 
     with progress.step(f"{name}: trying bin/{program.name} on this CPU (a tiny model, one token)"):
-        verdict = llama_server_runs(program)
+        verdict = RECIPES[recipe](program)
     if not verdict.ok:
         raise MultiLineFailure([f"{name}: bin/{program.name} from {specs} cannot run on this machine: "
                                 f"{verdict.why}; nothing was started",

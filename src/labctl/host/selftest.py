@@ -99,3 +99,7 @@ def llama_server_runs(program: str | Path, *, timeout: float = 120.0) -> Verdict
                 return failed(f"it did not answer one token of a tiny model within {timeout:g}s")
         except CommandFailed as exc:
             return Verdict(False, time.monotonic() - start, str(exc))
+
+
+#: The tests a kind may name for a program labctl installs (labctl.kinds.base.Kind.program_test).
+RECIPES = {"llama-server": llama_server_runs}

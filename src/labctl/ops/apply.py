@@ -23,8 +23,9 @@ from labctl.host.lock import host_lock
 from labctl.host.proc import CommandFailed
 from labctl.host.provision import provision
 from labctl.host.systemd import UnitFacts, UserManager
-from labctl.inventory.load import Loaded, load_inventory
-from labctl.inventory.schema import Inventory, LlamaCppPython, LlamaServer, Redis, Vllm, unit_name
+from labctl.load import Loaded, load_inventory
+from labctl.inventory.schema import Inventory, unit_name
+from labctl.kinds import kind_of
 from labctl.ops import gpu_budget
 from labctl.ops.doctor import failures, run_doctor
 from labctl.ops.plan import (
@@ -39,9 +40,6 @@ from labctl.ops.plan import (
 from labctl.ops.probes import Readiness, probe, probe_all, wait_ready
 from labctl.render import render_all
 from labctl.inventory.layout import UNIT_DIR, Layout
-from labctl.render.apikeys import server_key_file, server_key_text
-from labctl.render.redis import auth_file as redis_auth_file
-from labctl.render.redis import auth_text as redis_auth_text
 from labctl.render.units import writable_paths
 
 Say = Callable[[str], None]
@@ -97,35 +95,24 @@ class Host:
 
 
 def ensure_secrets(inv: Inventory, say: Say) -> None:
-    for name, gw in inv.gateways().items():
-        for ref in gw.secret_refs():
-            if ref.env_file and ref.generate:
+    """Every secret a service's kind keeps: generated (0600) when missing and labctl makes it,
+    and the files derived from them (a server's own key variable, Redis's requirepass)
+    written again whenever a value changed. No value is ever printed."""
+    for name, svc in inv.managed().items():
+        kind = kind_of(svc)
+        for secret in kind.secrets(inv, name, svc):
+            ref = secret.ref
+            if ref.env_file and secret.generate:
                 path = Path(inv.host.expand(ref.env_file))
-                if secrets.ensure_env_secret(path, ref.variable):
+                if secrets.ensure_env_secret(path, ref.variable, prefix=secret.prefix):
                     say(f"{name}: generated {ref.variable} in {path} (mode 0600; the value is never printed)")
-    for name, svc in inv.managed().items():
-        if isinstance(svc, Redis) and svc.password.env_file:
-            env_file = Path(inv.host.expand(svc.password.env_file))
-            if svc.password.generate and secrets.ensure_env_secret(env_file, svc.password.variable, prefix=""):
-                say(f"{name}: generated {svc.password.variable} in {env_file} (mode 0600; the value is never printed)")
-            # redis-server's own copy, derived again whenever the env file's value changes.
-            auth = Path(redis_auth_file(inv, name, svc))
-            text = redis_auth_text(secrets.read_secret(env_file, svc.password.variable))
-            if not auth.exists() or auth.read_text() != text:
-                fsio.ensure_dir(auth.parent, 0o700)
-                fsio.atomic_write(auth, text, mode=0o600)
-    for name, svc in inv.managed().items():
-        if isinstance(svc, (LlamaServer, LlamaCppPython, Vllm)) and svc.api_key is not None:
-            ref = svc.api_key
-            env_file = Path(inv.host.expand(ref.env_file or ""))
-            if ref.generate and secrets.ensure_env_secret(env_file, ref.variable):
-                say(f"{name}: generated {ref.variable} in {env_file} (mode 0600; the value is never printed)")
-            # The server's own variable, derived again whenever the reference's value changes.
-            derived = Path(server_key_file(inv, name, svc))
-            text = server_key_text(svc.kind, secrets.read_secret(env_file, ref.variable))
-            if not derived.exists() or derived.read_text() != text:
-                fsio.ensure_dir(derived.parent, 0o700)
-                fsio.atomic_write(derived, text, mode=0o600)
+        for derived in kind.derived(inv, name, svc):
+            env_file = Path(inv.host.expand(derived.ref.env_file or ""))
+            text = derived.text(secrets.read_secret(env_file, derived.ref.variable))  # type: ignore[operator]
+            path = Path(derived.path)
+            if not path.exists() or path.read_text() != text:
+                fsio.ensure_dir(path.parent, 0o700)
+                fsio.atomic_write(path, text, mode=0o600)
     if inv.monitoring.enabled:
         path = Path(inv.host.expand(inv.monitoring.grafana.admin_password_file))
         if secrets.ensure_file_secret(path):
@@ -276,7 +263,7 @@ def check_externals(inv: Inventory, say: Say, report: Report) -> None:
             say(f"{name}: external, answering ({result.check}: {result.detail})")
         else:
             say(f"warning: {name} (external, not run by labctl) does not answer: {result.detail}; "
-                f"to start it: {ext.start_hint(name)}; its routes fall back meanwhile")
+                f"to start it: {kind_of(ext).start_hint(name, ext)}; its routes fall back meanwhile")
 
 
 def monitoring_up(host: Host, say: Say) -> str:

@@ -19,10 +19,12 @@ from labctl.host import secrets
 from labctl.host.proc import CommandFailed, run_cmd
 from labctl.host.provision import runtimes
 from labctl.host.systemd import UserManager
-from labctl.inventory import checks
-from labctl.inventory.fallbacks import CATCH_ALL
-from labctl.inventory.load import Loaded
-from labctl.inventory.schema import Inventory, LiteLLM, LlamaCppPython, LlamaServer, Redis, Vllm, offloads, unit_name
+from labctl.load import checks
+from labctl.kinds.litellm.fallbacks import CATCH_ALL
+from labctl.load import Loaded
+from labctl.inventory.schema import Inventory, unit_name
+from labctl.kinds.litellm import LiteLLM
+from labctl.kinds import kind_of
 from labctl.inventory.layout import Layout
 from labctl.text import shown
 
@@ -147,7 +149,7 @@ def port_checks(inv: Inventory) -> list[Check]:
             out.append(Check(f"port {ext.port}", "ok", f"held by {who}: {name} (external), as expected"))
         else:
             out.append(Check(f"port {ext.port}", "warn", f"nothing listens for {name} (external; labctl does not "
-                             "start it): its routes fail over until it runs", ext.start_hint(name)))
+                             "start it): its routes fail over until it runs", kind_of(ext).start_hint(name, ext)))
     return out
 
 
@@ -247,13 +249,7 @@ def rule_checks(inv: Inventory) -> list[Check]:
 
 
 def _needs_gpu(inv: Inventory) -> list[str]:
-    out = []
-    for name, svc in inv.enabled().items():
-        if isinstance(svc, (LlamaServer, LlamaCppPython)) and offloads(svc):
-            out.append(name)
-        if isinstance(svc, Vllm) and svc.device == "cuda":
-            out.append(name)
-    return out
+    return [name for name, svc in inv.enabled().items() if kind_of(svc).managed and kind_of(svc).uses_gpu(inv, svc)]
 
 
 def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bool = True) -> list[Check]:
@@ -316,33 +312,22 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
                        Check(f"{name} metrics", "fail", "the installed LiteLLM cannot load its Prometheus callback",
                              f"install prometheus_client into {python.parent.parent}, or set "
                              f"services.{name}.prometheus_metrics: false"))
-        ref = svc.master_key
-        if ref.env_file:
-            path = Path(inv.host.expand(ref.env_file))
-            out.append(_secret_file_check(f"{name} master key", path, ref.generate))
-        for key, endpoint in svc.endpoints.items():
-            ref = endpoint.api_key
-            if ref is not None and ref.env_file:
-                path = Path(inv.host.expand(ref.env_file))
-                out.append(_env_var_check(f"{name} endpoint {key} key", path, ref.variable))
-        for ref in inv.route_keys(svc):
-            if ref.env_file and not ref.generate:
-                path = Path(inv.host.expand(ref.env_file))
-                out.append(_env_var_check(f"{name} backend key {ref.variable}", path, ref.variable))
         out.extend(_remote_only_chains(name, svc))
-        env_refs = [ref.variable for ref in svc.secret_refs() if ref.env is not None]
+
+    # Every secret a kind keeps: a file labctl makes (0600, or made at up), or one the
+    # operator gives (0600, defining its variable); a variable of the manager's environment.
+    for name, svc in inv.managed().items():
+        env_refs = []
+        for secret in kind_of(svc).secrets(inv, name, svc):
+            ref = secret.ref
+            if ref.env is not None:
+                env_refs.append(ref.variable)
+            elif ref.env_file:
+                path = Path(inv.host.expand(ref.env_file))
+                out.append(_secret_file_check(secret.label, path, True) if secret.generate else
+                           _env_var_check(secret.label, path, ref.variable))
         if env_refs and reachable:
             out.extend(manager_env_checks(name, env_refs, manager.environment_names()))
-
-    for name, svc in inv.managed().items():
-        if isinstance(svc, Redis) and svc.password.env_file:
-            path = Path(inv.host.expand(svc.password.env_file))
-            out.append(_secret_file_check(f"{name} password", path, svc.password.generate))
-        key = getattr(svc, "api_key", None)
-        if key is not None and key.env_file:
-            path = Path(inv.host.expand(key.env_file))
-            out.append(_secret_file_check(f"{name} api key", path, True) if key.generate else
-                       _env_var_check(f"{name} api key", path, key.variable))
 
     gpu_users = _needs_gpu(inv)
     if gpu_users:

@@ -55,9 +55,11 @@ import httpx
 
 from labctl.errors import OperationFailed
 from labctl.host.proc import CommandFailed, CommandTimeout, run_cmd
-from labctl.inventory.fallbacks import CATCH_ALL
-from labctl.inventory.schema import Inventory, LiteLLM
-from labctl.render.gateway import base_url, route_params
+from labctl.kinds.litellm.fallbacks import CATCH_ALL
+from labctl.inventory.schema import Inventory
+from labctl.kinds.litellm import LiteLLM
+from labctl.kinds import kind_of
+from labctl.kinds.litellm.config import route_params
 
 __all__ = [
     "FORCED_FAILURE_MESSAGES",
@@ -135,7 +137,7 @@ def check_gateway(inv: Inventory, key: str, *, timeout: float = 60) -> list[Rout
     """
     _, gw = gateway_of(inv)
     services = {route.name: route.service or f"{route.endpoint} (endpoint)" for route in gw.routes}
-    url = base_url(inv, gw)
+    url = kind_of(gw).base_url(inv, gw)
     results: list[RouteResult] = []
     # trust_env=False: a proxy from the environment must never see the key or loopback traffic.
     with httpx.Client(base_url=url, timeout=timeout, trust_env=False,

@@ -1,15 +1,11 @@
 """The GPU memory the whole stack will take, added up before anything starts.
 
-Per backend:
-
-- llama-server and llama-cpp-python: the GGUF's weights times the share of its layers
-  offloaded (``n_gpu_layers`` / ``block_count``), plus the KV cache for the context
-  (``ctx_size`` / ``n_ctx``: llama.cpp sizes one cache for all parallel slots together) at
-  f16, on the offloaded share, plus a compute buffer (COMPUTE_BUFFER_MIB per server, the
-  order of what llama.cpp reserves for a small batch);
-- vLLM: ``gpu_memory_utilization`` times the GPU's memory: vLLM takes that fraction
-  whatever the model needs;
-- Ollama: not counted (it loads models on demand and evicts them itself); said so.
+Each service's share is its kind's to say (labctl.kinds): a llama.cpp server's follows from
+its GGUF's header (weights times the share of layers offloaded, the KV cache for its context,
+a compute buffer: labctl.kinds.llama), vLLM takes ``gpu_memory_utilization`` of the whole
+GPU whatever the model needs (a fraction: more than 1.0 together fits no GPU), a program
+says its ``gpu_memory_gib``, Ollama is not counted (it loads and evicts models itself), and
+the budget says so.
 
 The capacity is ``host.gpu_memory_gib``, or what ``nvidia-smi`` reports (total, minus
 what processes outside the stack hold) when the inventory gives none. ``validate``, ``plan``
@@ -25,14 +21,9 @@ from pathlib import Path
 
 from labctl.host import gguf_header
 from labctl.host.proc import CommandFailed, run_cmd
-from labctl.inventory.schema import Inventory, LlamaCppPython, LlamaServer, Ollama, Vllm, layer_share
-
-GIB = 2**30
-MIB = 2**20
-# llama.cpp's compute buffer for the default batch: 22 MiB measured on the CPU build for
-# Gemma 3 270M; GPU backends reserve more (larger graphs, per-device copies). A flat 128 MiB
-# per server is an upper bound for small models and a floor for large ones.
-COMPUTE_BUFFER_MIB = 128
+from labctl.inventory.schema import Inventory
+from labctl.kinds import kind_of
+from labctl.kinds.llama import COMPUTE_BUFFER_MIB, GIB, MIB  # noqa: F401 - the figures the budget states
 
 
 @dataclass(frozen=True)
@@ -88,32 +79,6 @@ class Budget:
                 "fractions": dict(self.fractions)}
 
 
-def _llama_share(inv: Inventory, name: str, svc: LlamaServer | LlamaCppPython) -> Share:
-    layers = svc.n_gpu_layers
-    ctx = svc.ctx_size if isinstance(svc, LlamaServer) else svc.n_ctx
-    if layers == 0:
-        return Share(name, svc.kind, 0, "n_gpu_layers: 0 (CPU only)")
-    path = Path(inv.model_path(svc))
-    try:
-        info = gguf_header.read(path)
-    except gguf_header.GGUFError as exc:
-        return Share(name, svc.kind, None, f"{path}: {exc}; not counted")
-    blocks = info.block_count
-    share = layer_share(svc, blocks)
-    weights = int((info.tensor_bytes or info.size) * share)
-    kv = int((info.kv_bytes_per_token or 0) * ctx * share)
-    compute = COMPUTE_BUFFER_MIB * MIB
-    kv_how = (f"KV {ctx} tokens x {info.kv_bytes_per_token} B = {_size(kv)}" if info.kv_bytes_per_token
-              else "KV unknown (header lacks the attention shape)")
-    return Share(name, svc.kind, weights + kv + compute,
-                 f"{round(share * blocks) if blocks else layers}/{blocks or '?'} layers of {_size(info.tensor_bytes or info.size)} = "
-                 f"{_size(weights)}, {kv_how}, compute {COMPUTE_BUFFER_MIB} MiB")
-
-
-def _size(n: int) -> str:
-    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / MIB:.1f} MiB"
-
-
 def nvidia_smi_memory() -> tuple[int, int] | None:
     """(total, in use) bytes of nvidia-smi's first GPU, or None where there is none."""
     smi = shutil.which("nvidia-smi")
@@ -146,18 +111,23 @@ def compute(inv: Inventory, *, measure: bool = True) -> Budget:
     shares: list[Share] = []
     fractions: dict[str, float] = {}
     for name, svc in inv.managed().items():
-        if isinstance(svc, (LlamaServer, LlamaCppPython)):
-            shares.append(_llama_share(inv, name, svc))
-        elif isinstance(svc, Vllm) and svc.device == "cuda":
-            fractions[name] = svc.gpu_memory_utilization
-            if total is None:
-                shares.append(Share(name, svc.kind, None, f"{svc.gpu_memory_utilization:g} of an unknown GPU size"))
-            else:
-                shares.append(Share(name, svc.kind, int(total * svc.gpu_memory_utilization),
-                                    f"gpu_memory_utilization {svc.gpu_memory_utilization:g} x {total / GIB:.2f} GiB"))
-        elif isinstance(svc, Ollama) and inv.host.gpu:
-            shares.append(Share(name, svc.kind, None, "loads models on demand and evicts them itself: not counted"))
-            notes.append(f"{name}: Ollama's models are not counted; leave it room (OLLAMA_MAX_LOADED_MODELS)")
+        kind = kind_of(svc)
+        claim = kind.gpu_share(inv, name, svc, total)
+        model = kind.model_file(inv, svc)
+        if claim is None and model is not None:
+            # A GGUF server's share follows from its model's header.
+            try:
+                info, error = gguf_header.read(Path(model)), None
+            except gguf_header.GGUFError as exc:
+                info, error = None, str(exc)
+            claim = kind.gguf_share(inv, svc, info, error)
+        if claim is None:
+            continue
+        shares.append(Share(name, kind.name, claim.bytes, claim.how))
+        if claim.fraction is not None:
+            fractions[name] = claim.fraction
+        if claim.note:
+            notes.append(claim.note)
     return Budget(shares, capacity, source, notes, fractions)
 
 

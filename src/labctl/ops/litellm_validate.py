@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labctl.host.proc import CommandFailed, CommandTimeout, run_cmd
-from labctl.inventory.schema import Inventory, LiteLLM
-from labctl.render import gate, litellm_keys
+from labctl.inventory.schema import Inventory
+from labctl.kinds.litellm import LiteLLM
+from labctl.kinds.litellm import gate
+from labctl.kinds.litellm import keys as litellm_keys
 from labctl.inventory.layout import Layout
 from labctl.render.units import environment
 
@@ -50,7 +52,7 @@ def validate(inv: Inventory, name: str, gw: LiteLLM, config_text: str, *, timeou
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(config_text)
-        # The config loads the drain gate from its own directory (labctl.render.gate).
+        # The config loads the drain gate from its own directory (labctl.kinds.litellm.gate).
         (Path(scratch) / gate.MODULE_FILE).write_text(gate.MODULE)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": scratch, "LANG": "C.UTF-8"}
         env.update(environment(inv, name, gw, Layout.of(inv)))

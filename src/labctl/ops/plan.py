@@ -14,7 +14,8 @@ from typing import Literal
 
 from labctl import fsio
 from labctl.host.systemd import UnitState
-from labctl.inventory.schema import Inventory, LiteLLM, RedisExporter, unit_name
+from labctl.inventory.schema import Inventory, unit_name
+from labctl.kinds import kind_of
 from labctl.inventory.layout import UNIT_DIR, Layout
 from labctl.render.units import dependencies
 
@@ -106,7 +107,7 @@ def start_order(inv: Inventory) -> list[str]:
     them. External services are never started, so never in it."""
     names = list(inv.managed())
     # An exporter after the Redis it reads (labctl waits for each to answer in turn).
-    rank = {n: 2 if isinstance(s, LiteLLM) else 1 if isinstance(s, RedisExporter) else 0 for n, s in inv.managed().items()}
+    rank = {n: kind_of(s).start_rank for n, s in inv.managed().items()}
     return sorted(names, key=lambda n: (rank[n], n))
 
 
@@ -153,17 +154,12 @@ def make_plan(inv: Inventory, rendered: dict[str, str], installed: dict[str, str
         if change == "update":
             restart[unit] = "unit file changed"
         svc = inv.services[name]
-        if isinstance(svc, LiteLLM):
-            # The config, and what it loads or is started by beside it (drain gate, launcher).
-            gateway_files = sorted(p for p in changed if p.startswith(layout.litellm_file("")))
-            if layout.litellm_config in changed:
-                restart.setdefault(unit, "gateway config changed")
-            elif gateway_files:
-                restart.setdefault(unit, f"{gateway_files[0].rsplit('/', 1)[1]} changed")
-        if layout.redis_config(name) in changed:
-            restart.setdefault(unit, "redis config changed")
+        # Its kind's own files (the gateway's config and what it loads, Redis's config).
+        for path in sorted(kind_of(svc).restart_files(inv, name, svc, layout)):  # type: ignore[arg-type]
+            if path in changed:
+                restart.setdefault(unit, f"{path.rsplit('/', 1)[1]} changed")
         # A restarted backend restarts what depends on it, so the gateway re-reads it.
-        for dep in dependencies(inv, svc):
+        for dep in dependencies(inv, name, svc):  # type: ignore[arg-type]
             if dep in restart:
                 restart.setdefault(unit, f"depends on {dep}, which restarts")
         if unit in restart:

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from labctl.inventory.schema import Inventory, LiteLLM
+    from labctl.inventory.schema import Inventory
+    from labctl.kinds.litellm import LiteLLM
 
 # `labctl status` from its snapshot (labctl.__main__) imports this module, so it imports only
 # builtins at the top: no dataclasses (~8 ms with inspect, ast, dis), typing, functools,
@@ -191,7 +192,7 @@ class Secret(Record):
 class ProbeSpec(Record):
     """One service's probe, planned from the inventory: JSON-able, no secret values.
 
-    ``recipe``: llama-server, openai-models (llama-cpp-python), vllm, ollama, external
+    ``recipe``: health:PATH (llama-server's /health), openai-models (llama-cpp-python), vllm, ollama, external
     (an OpenAI-compatible server labctl does not run), litellm, redis, redis-exporter, or
     ``none:KIND`` (no probe for that kind)."""
 
@@ -414,43 +415,11 @@ def gateway_key(inv: Inventory, gw: LiteLLM) -> str | None:
 
 
 def spec_of(inv: Inventory, name: str) -> ProbeSpec:
-    """The probe of service ``name``, planned from the inventory."""
-    from labctl.inventory.schema import (
-        External,
-        LiteLLM,
-        LlamaCppPython,
-        LlamaServer,
-        Ollama,
-        Redis,
-        RedisExporter,
-        Vllm,
-    )
-    from labctl.render.gateway import base_url, reach
+    """The probe of service ``name``, planned from the inventory by its kind (labctl.kinds)."""
+    from labctl.kinds import kind_of
 
     svc = inv.services[name]
-    if isinstance(svc, Redis):
-        return ProbeSpec(name, "redis", host=reach(inv.bind_of(svc)), port=svc.port,
-                         key=_secret_ref(inv, svc.password))
-    url = base_url(inv, svc)
-    # A keyed backend wants its key on every request but /health (the gateway sends its own).
-    ref = getattr(svc, "api_key", None)
-    key = _secret_ref(inv, ref) if ref is not None and not isinstance(svc, LiteLLM) else None
-    if isinstance(svc, RedisExporter):
-        return ProbeSpec(name, "redis-exporter", url, key=key)
-    if isinstance(svc, LlamaServer):
-        return ProbeSpec(name, "llama-server", url, models=[svc.alias], key=key)
-    if isinstance(svc, LlamaCppPython):
-        return ProbeSpec(name, "openai-models", url, models=[svc.alias], key=key)
-    if isinstance(svc, Vllm):
-        return ProbeSpec(name, "vllm", url, models=[svc.served_model_name], key=key)
-    if isinstance(svc, Ollama) or (isinstance(svc, External) and svc.api == "ollama"):
-        return ProbeSpec(name, "ollama", url, models=list(svc.models), key=key)
-    if isinstance(svc, External):
-        return ProbeSpec(name, "external", url, models=list(svc.models), key=key)
-    if isinstance(svc, LiteLLM):
-        return ProbeSpec(name, "litellm", url, models=sorted([r.name for r in svc.routes] + list(svc.aliases)),
-                         key=_secret_ref(inv, svc.master_key))
-    return ProbeSpec(name, f"none:{svc.kind}")  # type: ignore[attr-defined]
+    return ProbeSpec.from_dict(kind_of(svc).probe(inv, name, svc))
 
 
 def _one_token(p: _Probe, url: str, model: str) -> ProbeResult | None:
@@ -535,12 +504,15 @@ def _probe(spec: ProbeSpec, p: _Probe, deep: bool) -> ProbeResult:
         if not up:
             return p.result(False, "no redis_up in /metrics")
         return p.result(True, "ready") if up[0].split()[-1] == "1" else p.result(False, "redis_up 0: it cannot reach or log in to its Redis")
-    if recipe == "llama-server":
-        resp = p.get(f"{url}/health")
+    if recipe.startswith("health:"):
+        # A health path (503 while the model loads, 200 when ready: llama-server's /health),
+        # then (deep) one token of the model it serves.
+        path = recipe.removeprefix("health:")
+        resp = p.get(url + path)
         if resp.status_code == 503:
             return p.result(False, "loading model")
         if resp.status_code != 200:
-            return p.result(False, f"/health answered HTTP {resp.status_code}")
+            return p.result(False, f"{path} answered HTTP {resp.status_code}")
         if deep and (bad := _one_token(p, url, spec.models[0])):
             return bad
         return p.result(True, "ready")

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     from labctl.host.systemd import UnitFacts, UserManager
-    from labctl.inventory.schema import Endpoint, Inventory, Vllm
+    from labctl.inventory.schema import Inventory
+    from labctl.kinds.litellm import Endpoint
     from labctl.ops.probes import ProbeResult
 
 # `labctl status` from its snapshot (labctl.__main__) imports this module and labctl.ops.probes
@@ -150,24 +151,23 @@ def _drift(plan_svc: dict[str, Any]) -> str:
     return "none" if sha256_hex(installed) == plan_svc["unit_sha256"] else "changed"
 
 
-VLLM_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc")
-
-
-def _vllm_metrics(inv: Inventory, svc: Vllm, timeout: float) -> dict[str, float]:
+def _metrics(inv: Inventory, svc: Any, metrics: dict[str, Any], timeout: float) -> dict[str, float]:
+    """The gauges a kind shows in status (``{"path": "/metrics", "gauges": [...]}``), summed
+    over their series, read from the service's metrics endpoint with its key."""
     import httpx
 
     from labctl.host import secrets
+    from labctl.kinds import kind_of
     from labctl.ops.probes import plain_http_tls
-    from labctl.render.gateway import base_url
 
     try:
-        text = httpx.get(f"{base_url(inv, svc)}/metrics", timeout=timeout, trust_env=False,
+        text = httpx.get(f"{kind_of(svc).base_url(inv, svc)}{metrics['path']}", timeout=timeout, trust_env=False,
                          verify=plain_http_tls(), headers=secrets.auth_headers(inv, svc)).text
     except httpx.HTTPError:
         return {}
     out: dict[str, float] = {}
     for line in text.splitlines():
-        for gauge in VLLM_GAUGES:
+        for gauge in metrics["gauges"]:
             if line.startswith(gauge) and not line.startswith("#"):
                 try:
                     out[gauge] = out.get(gauge, 0.0) + float(line.rsplit(" ", 1)[-1])
@@ -219,38 +219,37 @@ def _external_facts(externals: list[dict[str, Any]], env: dict[str, str]) -> dic
 
 
 def plan_of(inv: Inventory) -> dict[str, Any]:
-    """Everything status needs from the inventory, as plain data (no secret values)."""
+    """Everything status needs from the inventory, as plain data (no secret values): per
+    service its address, probe and what its kind shows (labctl.kinds: status_row), and the
+    unit it runs as or, for a service labctl does not run, the unit someone else runs it as."""
     from pathlib import Path
 
-    from labctl.inventory.schema import (
-        External,
-        LlamaCppPython,
-        LlamaServer,
-        Vllm,
-        unit_name,
-    )
-    from labctl.ops.probes import spec_of
     from labctl.inventory.layout import Layout
+    from labctl.inventory.schema import unit_name
+    from labctl.kinds import kind_of
+    from labctl.ops.probes import spec_of
     from labctl.render.units import render_unit
 
     layout = Layout.of(inv)
     services = []
     for name, svc in inv.enabled().items():
-        row: dict[str, Any] = {"name": name, "bind": inv.bind_of(svc), "port": svc.port,  # type: ignore[attr-defined]
+        kind = kind_of(svc)
+        row: dict[str, Any] = {"name": name, "bind": inv.bind_of(svc), "port": svc.port,
                                "probe": spec_of(inv, name).as_dict()}
-        if isinstance(svc, External):
-            row.update(external=True, kind="external", ext_unit=svc.unit or None, ext_scope=svc.unit_scope,
-                       model=", ".join(svc.models))
+        shown = kind.status_row(inv, name, svc)
+        if not kind.managed:
+            ext = kind.unit(name, svc)
+            row.update(external=True, kind=kind.name, ext_unit=ext.name if ext else None,
+                       ext_scope="user" if ext and ext.user else "system", model=shown.get("model") or "")
         else:
-            text = render_unit(inv, name, svc, layout)
-            row.update(external=False, kind=svc.kind, unit=unit_name(name),
+            text = render_unit(inv, name, svc, layout)  # type: ignore[arg-type]
+            row.update(external=False, kind=kind.name, unit=unit_name(name),
                        unit_path=str(Path(layout.config_root) / layout.unit(name)),
-                       unit_sha256=sha256_hex(text.encode()),
-                       vllm=isinstance(svc, Vllm))
-            if isinstance(svc, (LlamaServer, LlamaCppPython)):
-                row["model_link"] = str(inv.model_path(svc))
+                       unit_sha256=sha256_hex(text.encode()), vllm="metrics" in shown)
+            if "model_link" in shown:
+                row["model_link"] = shown["model_link"]
             else:
-                row["model"] = svc.model if isinstance(svc, Vllm) else None
+                row["model"] = shown.get("model")
         services.append(row)
     endpoints = [{"name": name, "provider": endpoint.provider, "api_base": endpoint.api_base,
                   "routes": [r.name for r in gw.routes if r.endpoint == name]}
@@ -264,12 +263,15 @@ def gather(inv: Inventory, *, manager: UserManager | None = None, probe_timeout:
     """The status of ``inv``'s services (``plan``: :func:`plan_of` ``(inv)``, when the caller
     has it already): the plan's parts plus what only the inventory can do (vLLM's metrics,
     the monitoring stack, a remote endpoint's reachability)."""
+    from labctl.kinds import kind_of
+
     plan = plan if plan is not None else plan_of(inv)
     every_endpoint = {n: e for gw in inv.gateways().values() for n, e in gw.endpoints.items()}
     jobs: dict[str, Callable[[], object]] = {}
     for n, s in inv.enabled().items():
-        if getattr(s, "kind", "") == "vllm":
-            jobs[f"metrics:{n}"] = lambda s=s: _vllm_metrics(inv, s, probe_timeout)  # type: ignore[misc]
+        metrics = kind_of(s).status_row(inv, n, s).get("metrics")
+        if metrics:  # gauges its kind shows from its /metrics (vLLM's queue and KV cache)
+            jobs[f"metrics:{n}"] = lambda s=s, m=metrics: _metrics(inv, s, m, probe_timeout)  # type: ignore[misc]
     if endpoints:
         for n, e in every_endpoint.items():
             jobs[f"reach:{n}"] = lambda n=n, e=e: reach_endpoint(n, e, probe_timeout)  # type: ignore[misc]

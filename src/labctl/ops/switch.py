@@ -4,7 +4,7 @@ A switch is a transaction: validate the file (header only), check the GPU budget
 the llama services that load ``current.gguf``: repoint the link atomically (a temporary
 link renamed over it, so there is never a moment without one), and move them one at a
 time. Each service is first taken out of the gateway's rotation (the drain gate,
-labctl.render.gate: requests take their fallback chain, e.g. the other backend still on
+labctl.kinds.litellm.gate: requests take their fallback chain, e.g. the other backend still on
 the old model), drained (no request in flight or queued), stopped, started on the new
 model and waited for (health **and** a token), then put back into rotation. llama-server
 must be idle when it gets SIGTERM: with a request in flight it never finishes its stop and
@@ -23,7 +23,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
+
 import stat
 import time
 from collections.abc import Callable
@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 
 from labctl import fsio
 from labctl.errors import MultiLineFailure, OperationFailed, UsageError
@@ -46,15 +45,11 @@ from labctl.host.modelfiles import (
     real_path,
     roots_text,
 )
-from labctl.inventory.schema import (
-    Inventory,
-    LlamaCppPython,
-    LlamaServer,
-    layer_share,
-    unit_name,
-)
-from labctl.render.gate import gate_dir, gate_name
-from labctl.render.gateway import base_url
+from labctl.inventory.schema import Inventory, unit_name
+from labctl.kinds import kind_of
+from labctl.kinds.base import Listener
+from labctl.kinds.llama import layer_share
+from labctl.kinds.litellm.gate import gate_dir, gate_name
 from labctl.text import shown
 
 Say = Callable[[str], None]
@@ -130,11 +125,10 @@ def _library_models(inv: Inventory, current_real: Path | None, depth: int = 3) -
     return out
 
 
-def llama_services(inv: Inventory) -> dict[str, LlamaServer | LlamaCppPython]:
-    """Enabled llama services that load current.gguf, in restart order: the ones that are
-    a fallback chain's primary first, while their fallbacks still serve the old model."""
-    found = {n: s for n, s in inv.enabled().items()
-             if isinstance(s, (LlamaServer, LlamaCppPython)) and s.model == "current"}
+def llama_services(inv: Inventory) -> dict[str, Listener]:
+    """Enabled services that load current.gguf, in restart order: the ones that are a
+    fallback chain's primary first, while their fallbacks still serve the old model."""
+    found = {n: s for n, s in inv.enabled().items() if kind_of(s).model_file(inv, s) == inv.host.current_path}
     primaries: set[str] = set()
     for gw in inv.gateways().values():
         route_service = {r.name: r.service for r in gw.routes}
@@ -163,13 +157,8 @@ def serving(inv: Inventory, manager, name: str, timeout: float = 3.0) -> dict[st
     files = mapped_ggufs(facts.main_pid) if facts.main_pid else []
     report: dict[str, object] = {"service": name, "active": facts.active_state, "pid": facts.main_pid,
                                  "mapped": files}
-    if isinstance(svc, LlamaServer):
-        try:
-            props = httpx.get(f"{base_url(inv, svc)}/props", timeout=timeout, trust_env=False,
-                         headers=secrets.auth_headers(inv, svc)).json()
-            report["props_model_path"] = props.get("model_path")
-        except (httpx.HTTPError, ValueError):
-            report["props_model_path"] = None
+    if kind_of(svc).reports_loaded_model:
+        report["props_model_path"] = kind_of(svc).loaded_model(inv, svc, secrets.auth_headers(inv, svc), timeout)
     return report
 
 
@@ -303,45 +292,22 @@ def budget(inv: Inventory, info: gguf_header.GGUFInfo) -> tuple[bool, str]:
 # --- drain ------------------------------------------------------------------------------------
 
 
-def in_flight(inv: Inventory, svc: LlamaServer, timeout: float = 3.0) -> int | None:
-    """Requests llama-server has now: processing in a slot (``/slots``) plus waiting for one
-    (``llamacpp:requests_deferred`` in ``/metrics``, when the server has --metrics); None
-    if it can say neither."""
-    url = base_url(inv, svc)
-    busy: int | None = None
-    try:
-        resp = httpx.get(f"{url}/slots", timeout=timeout, trust_env=False)
-        if resp.status_code == 200:
-            busy = sum(1 for slot in resp.json() if slot.get("is_processing"))
-    except (httpx.HTTPError, ValueError, AttributeError, TypeError):
-        pass
-    try:
-        text = httpx.get(f"{url}/metrics", timeout=timeout, trust_env=False).text
-    except httpx.HTTPError:
-        return busy
-    found = {m.group(1): int(float(m.group(2))) for m in
-             re.finditer(r"^llamacpp:requests_(processing|deferred)\s+([0-9.]+)", text, re.MULTILINE)}
-    if busy is None and "processing" in found:
-        busy = found["processing"]
-    if busy is not None and "deferred" in found:
-        busy += found["deferred"]
-    return busy
-
-
 GATE_GRACE = 0.25  # seconds for requests the gateway sent before the gate to reach the server
 IDLE_READS = 2     # consecutive idle answers, 0.1 s apart, that make a server drained
 
 
-def drain(inv: Inventory, name: str, svc: LlamaServer | LlamaCppPython, deadline_sec: float, say: Say) -> float:
+def drain(inv: Inventory, name: str, svc: Listener, deadline_sec: float, say: Say) -> float:
     """Seconds until ``svc`` has nothing in flight (after its gate closed, nothing new comes)."""
     start = time.monotonic()
-    if not isinstance(svc, LlamaServer):
-        # llama-cpp-python reports no in-flight count; its uvicorn finishes open requests
-        # on SIGTERM (KillMode=mixed sends SIGTERM to the main process first).
+    kind = kind_of(svc)
+    headers = secrets.auth_headers(inv, svc)
+    if not kind.reports_in_flight:
+        # It reports no in-flight count (llama-cpp-python: its uvicorn finishes open requests
+        # on SIGTERM; KillMode=mixed sends SIGTERM to the main process first).
         return 0.0
     idle = 0
     while True:
-        busy = in_flight(inv, svc)
+        busy = kind.in_flight(inv, svc, headers)
         idle = idle + 1 if busy == 0 else 0
         if idle >= IDLE_READS:
             return round(time.monotonic() - start, 2)
@@ -355,7 +321,7 @@ def drain(inv: Inventory, name: str, svc: LlamaServer | LlamaCppPython, deadline
 def gateable(inv: Inventory, name: str) -> bool:
     """Whether the gateway can route around ``name``: it serves at least one route and
     every route it serves has a fallback chain (a route without one would only fail)."""
-    from labctl.inventory.fallbacks import CATCH_ALL
+    from labctl.kinds.litellm.fallbacks import CATCH_ALL
 
     served = [(gw, r) for gw in inv.gateways().values() for r in gw.routes if r.service == name]
     return bool(served) and all(r.name in gw.fallbacks or CATCH_ALL in gw.fallbacks for gw, r in served)
@@ -363,13 +329,13 @@ def gateable(inv: Inventory, name: str) -> bool:
 
 @dataclass
 class Gate:
-    """The drain gate of one backend (labctl.render.gate): a file holding a deadline."""
+    """The drain gate of one backend (labctl.kinds.litellm.gate): a file holding a deadline."""
 
     path: Path
 
     @classmethod
-    def of(cls, inv: Inventory, svc: LlamaServer | LlamaCppPython, env: dict[str, str]) -> Gate:
-        return cls(gate_dir(env) / gate_name(base_url(inv, svc)))
+    def of(cls, inv: Inventory, svc: Listener, env: dict[str, str]) -> Gate:
+        return cls(gate_dir(env) / gate_name(kind_of(svc).base_url(inv, svc)))
 
     def close(self, seconds: float) -> None:
         fsio.ensure_dir(self.path.parent, 0o700)
@@ -385,7 +351,7 @@ class Gate:
 def gate_installed(inv: Inventory) -> bool:
     """Whether the installed gateway config loads the drain gate (a config installed by an
     older labctl does not, until the next ``labctl up``)."""
-    from labctl.render.gate import CALLBACK
+    from labctl.kinds.litellm.gate import CALLBACK
     from labctl.inventory.layout import Layout
 
     layout = Layout.of(inv)
@@ -544,7 +510,7 @@ class _Switch:
         finally:
             self.open_gates()
 
-    def move(self, name: str, svc: LlamaServer | LlamaCppPython) -> None:
+    def move(self, name: str, svc: Listener) -> None:
         """Gate (when the gateway can route around it) and drain one service."""
         if gateable(self.inv, name) and not gate_installed(self.inv):
             self.say(f"warning: the installed gateway config has no drain gate (labctl up installs it); "
@@ -564,7 +530,7 @@ class _Switch:
         self.say(f"step drain: {name}")
         self.result.durations[f"drain {name}"] = drain(self.inv, name, svc, self.drain_sec, self.say)
 
-    def restart(self, name: str, svc: LlamaServer | LlamaCppPython) -> None:
+    def restart(self, name: str, svc: Listener) -> None:
         """Stop (drained), check that the stop was clean, start on the new model, wait for
         a token, open the gate."""
         from labctl.ops.apply import bring_up

@@ -1,4 +1,5 @@
-"""The monitoring stack: compose file, Prometheus config and rules, Grafana provisioning."""
+"""The monitoring stack: compose file, Prometheus config and rules, Grafana provisioning.
+What each service exposes (its scrape job, its panels) is its kind's (labctl.kinds)."""
 
 from __future__ import annotations
 
@@ -6,30 +7,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from labctl import secretscan
-from labctl.inventory.schema import (
-    External,
-    Inventory,
-    LiteLLM,
-    LlamaCppPython,
-    LlamaServer,
-    Ollama,
-    Redis,
-    RedisExporter,
-    Vllm,
-)
-from labctl.render import templates
-from labctl import encode
-from labctl.render import operator_files as opfiles
-from labctl.render.gateway import host_port, reach
+from labctl import encode, secretscan
 from labctl.inventory.layout import Layout
-
-# LiteLLM's Prometheus callback metric families (measured on litellm 1.106; see
-# docs/monitoring.md). Alert rules and dashboards refer to them by these names only, and
-# the integration tests check each against a real gateway's /metrics/.
-LITELLM_FALLBACKS = "litellm_deployment_successful_fallbacks_total"
-LITELLM_LATENCY = "litellm_request_total_latency_metric"
-LITELLM_REQUESTS = "litellm_proxy_total_requests_metric_total"
+from labctl.inventory.schema import Inventory
+from labctl.kinds import kind_of
+from labctl.kinds.base import Scrape, host_port, reach
+from labctl.kinds.litellm import FALLBACKS_METRIC, LATENCY_METRIC
+from labctl.render import operator_files as opfiles
+from labctl.render import templates
 
 
 @dataclass
@@ -58,35 +43,13 @@ def scrape_jobs(inv: Inventory) -> tuple[list[Job], list[str]]:
     if mon.node_exporter.enabled:
         add("node", "/metrics", f"127.0.0.1:{mon.node_exporter.port}", service="node")
     for name, svc in inv.enabled().items():
-        address = host_port(reach(inv.bind_of(svc)), svc.port)
-        if isinstance(svc, LlamaServer):
-            if svc.metrics:
-                add("llama-server", "/metrics", address, service=name, kind=svc.kind)
-            else:
-                notes.append(f"{name}: llama-server runs without --metrics (metrics: false), not scraped")
-        elif isinstance(svc, Vllm):
-            add("vllm", "/metrics", address, service=name, kind=svc.kind)
-        elif isinstance(svc, LiteLLM):
-            if svc.prometheus_metrics:
-                add("litellm", "/metrics/", address, service=name, kind=svc.kind)
-            else:
-                notes.append(f"{name}: LiteLLM's prometheus callback is off (prometheus_metrics: false), not scraped")
-        elif isinstance(svc, LlamaCppPython):
-            notes.append(f"{name}: llama-cpp-python has no /metrics; `labctl status` probes it")
-        elif isinstance(svc, Ollama):
-            notes.append(f"{name}: Ollama has no native /metrics; `labctl status` probes /api/version")
-        elif isinstance(svc, Redis):
-            if not any(isinstance(e, RedisExporter) and e.redis == name for e in inv.enabled().values()):
-                notes.append(f"{name}: redis-server has no /metrics of its own; add a kind: redis-exporter "
-                             "service to scrape it")
-        elif isinstance(svc, RedisExporter):
-            add("redis", "/metrics", address, service=name, kind=svc.kind, redis=svc.redis)
-        elif isinstance(svc, External):
-            if svc.metrics_path:
-                # One job each: a job has one metrics path.
-                add(f"external-{name}", svc.metrics_path, address, service=name, kind=svc.kind)
-            else:
-                notes.append(f"{name}: external, without metrics_path, not scraped; `labctl status` probes it")
+        kind = kind_of(svc)
+        scrape = kind.scrape(inv, name, svc)
+        if isinstance(scrape, Scrape):
+            add(scrape.job, scrape.path, host_port(reach(inv.bind_of(svc)), svc.port), service=name, kind=kind.name,
+                **scrape.labels)
+        elif scrape:
+            notes.append(scrape)
     return list(jobs.values()), notes
 
 
@@ -97,15 +60,23 @@ def prometheus_yml(inv: Inventory) -> str:
                             evaluation_interval=inv.monitoring.evaluation_interval, jobs=jobs, notes=notes)
 
 
+def backend_kinds() -> str:
+    """The backend kinds whose metrics endpoint says they are up (``llama-server|vllm``...),
+    for the backend-down alert."""
+    from labctl.kinds import KINDS
+
+    return "|".join(sorted(k.name for k in KINDS.values() if k.backend and k.managed and k.metrics_endpoint))
+
+
 def rules_yml(inv: Inventory) -> str:
     return templates.render(
         "compose/rules.yml.j2",
-        backend_kinds="llama-server|vllm",
+        backend_kinds=backend_kinds(),
         down_for="1m",
         gateway=bool(inv.gateways()),
-        fallback_metric=LITELLM_FALLBACKS,
+        fallback_metric=FALLBACKS_METRIC,
         fallbacks_per_minute=1,
-        latency_metric=LITELLM_LATENCY,
+        latency_metric=LATENCY_METRIC,
         latency_p95_seconds=30,
     )
 
@@ -130,39 +101,19 @@ def _panel(pid: int, title: str, expr: str, unit: str, x: int, y: int, kind: str
 
 
 def backend_panels(inv: Inventory) -> list[tuple[str, str, list[tuple[str, str, str]]]]:
-    """Per backend: (service, kind, [(title, PromQL, unit)]). Public for the tests, which
-    check every metric named here against what the real servers expose."""
+    """Per scraped service: (service, kind, [(title, PromQL, unit)]): Up, what its kind
+    shows, and its restarts. Public for the tests, which check every metric named here
+    against what the real servers expose."""
     out = []
     for name, svc in inv.enabled().items():
-        sel = f'service="{name}"'
-        restarts = ("Restarts seen (down to up, 1h)", f"floor(changes(up{{{sel}}}[1h]) / 2)", "none")
-        up = ("Up", f"up{{{sel}}}", "none")
-        if isinstance(svc, LlamaServer) and svc.metrics:
-            panels = [up,
-                      ("Requests in flight", f"llamacpp:requests_processing{{{sel}}}", "none"),
-                      ("Tokens/s generated", f"rate(llamacpp:tokens_predicted_total{{{sel}}}[5m])", "none"),
-                      ("Prompt tokens/s", f"rate(llamacpp:prompt_tokens_total{{{sel}}}[5m])", "none"),
-                      restarts]
-        elif isinstance(svc, Vllm):
-            panels = [up,
-                      ("Request rate", f"sum(rate(vllm:request_success_total{{{sel}}}[5m]))", "reqps"),
-                      ("Latency p95", "histogram_quantile(0.95, sum by (le) "
-                                      f"(rate(vllm:e2e_request_latency_seconds_bucket{{{sel}}}[5m])))", "s"),
-                      ("Tokens/s generated", f"rate(vllm:generation_tokens_total{{{sel}}}[5m])", "none"),
-                      restarts]
-        elif isinstance(svc, External) and svc.metrics_path:
-            panels = [up, restarts]
-        elif isinstance(svc, LiteLLM) and svc.prometheus_metrics:
-            panels = [up,
-                      ("Request rate by route", f"sum by (requested_model) (rate({LITELLM_REQUESTS}{{{sel}}}[5m]))",
-                       "reqps"),
-                      ("Latency p95", "histogram_quantile(0.95, sum by (le) "
-                                               f"(rate({LITELLM_LATENCY}_bucket{{{sel}}}[5m])))", "s"),
-                      ("Fallbacks/s", f"sum(rate({LITELLM_FALLBACKS}{{{sel}}}[5m]))", "none"),
-                      restarts]
-        else:
+        kind = kind_of(svc)
+        if not isinstance(kind.scrape(inv, name, svc), Scrape):
             continue
-        out.append((name, svc.kind, panels))  # type: ignore[attr-defined]
+        sel = f'{{service="{name}"}}'
+        panels = [("Up", f"up{sel}", "none")]
+        panels += [(p.title, p.expr.replace("{sel}", sel), p.unit) for p in kind.panels(svc)]
+        panels.append(("Restarts seen (down to up, 1h)", f"floor(changes(up{sel}[1h]) / 2)", "none"))
+        out.append((name, kind.name, panels))
     return out
 
 
@@ -194,7 +145,7 @@ def dashboard(inv: Inventory) -> str:
 def operator_files(inv: Inventory, base: str) -> dict[str, str]:
     """The operator's rule files and dashboards, installed beside labctl's under names that
     cannot collide with them (``operator-N-STEM``), each written again from its checked
-    data (labctl.render.operator_files; labctl.inventory.checks has refused a bad one, so a
+    data (labctl.render.operator_files; labctl.load.checks has refused a bad one, so a
     refusal here means the file changed since)."""
     from pathlib import PurePosixPath
 

@@ -1,4 +1,4 @@
-# Rendered by labctl (labctl.render.gate): the drain gate of `labctl model switch`.
+# Rendered by labctl (labctl.kinds.litellm.gate): the drain gate of `labctl model switch`.
 # A request skips a backend whose gate file holds a deadline still in the future.
 import os
 import time

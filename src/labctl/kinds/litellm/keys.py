@@ -30,7 +30,7 @@ from functools import cache
 from pathlib import Path
 
 LITELLM_VERSION = "1.106.2"
-DATA = Path(__file__).resolve().parents[1] / "data" / "litellm"
+DATA = Path(__file__).resolve().parents[2] / "data" / "litellm"
 SECTIONS = ("router_settings", "providers", "litellm_settings", "general_settings", "litellm_params", "model_info")
 
 

@@ -16,18 +16,19 @@ from pydantic import BaseModel, ValidationError
 
 from labctl import secretscan
 from labctl.errors import InputError, InvalidInventory, UsageError
-from labctl.inventory import checks, yamlsrc
+from labctl.inventory import yamlsrc
+from labctl.load import checks
 from labctl.inventory.schema import KINDS, Inventory
 
 if TYPE_CHECKING:
-    from labctl.inventory.fleet import FleetPlan
+    from labctl.load.fleet import FleetPlan
 
 
 @dataclass(frozen=True)
 class Loaded:
     inventory: Inventory
     source: yamlsrc.Source
-    # A fleet inventory's plan: each host's view (labctl.inventory.fleet); None for one host.
+    # A fleet inventory's plan: each host's view (labctl.load.fleet); None for one host.
     fleet: FleetPlan | None = None
 
     @property
@@ -69,7 +70,7 @@ def load_inventory(path: Path | str, *, check_files: bool = False, text: str | N
     # A secret anywhere in the file, fleet sections included: the whole document, once.
     secrets = checks.secret_problems(inventory, source)
     if inventory.is_fleet:
-        from labctl.inventory import fleet
+        from labctl.load import fleet
 
         errors, plan = fleet.check(inventory, source, check_files=check_files)
         if secrets or errors:

@@ -15,7 +15,7 @@ from __future__ import annotations
 MODULE_FILE = "labctl_litellm.py"  # beside the gateway's config.yaml
 
 MODULE = '''\
-# Rendered by labctl (labctl.render.litellm_launch): LiteLLM's proxy, exactly as
+# Rendered by labctl (labctl.kinds.litellm.launch): LiteLLM's proxy, exactly as
 # `python -m litellm.proxy.proxy_cli ARGS` runs it, on the standard library's asyncio
 # event loop instead of uvloop (which has segfaulted the gateway under backend failures).
 import sys

@@ -2,7 +2,7 @@
 
 A fleet inventory (``fleet:`` and ``hosts:``) is checked in two passes: the fleet's own rules
 here (every service on exactly one host, addresses inside ``fleet.network``, what may cross
-from one host to another), then every single-host check (labctl.inventory.checks) on each
+from one host to another), then every single-host check (labctl.load.checks) on each
 host's **view**: the single-host inventory that host will run. A view keeps the operator's
 service names and fields, so an error found in it points at the operator's own line.
 ``labctl up`` ships each view as YAML (the host's *slice*) to its host, where the same loader
@@ -31,26 +31,16 @@ from dataclasses import dataclass, field
 
 from labctl import handover
 from labctl.errors import InputError
-from labctl.inventory.schema import (
-    External,
-    FleetHost,
-    Inventory,
-    LiteLLM,
-    LlamaCppPython,
-    LlamaServer,
-    Ollama,
-    RedisExporter,
-    SecretRef,
-    ServiceBase,
-    Vllm,
-)
+from labctl.fields import SecretRef
+from labctl.inventory.schema import FleetHost, Inventory
+from labctl.kinds import kind_of
+from labctl.kinds.base import ServiceBase
+from labctl.kinds.external import External
 from labctl.inventory.yamlsrc import Source
 
 # Where a cross-host backend's key lives on every host that holds it (the backend's and each
 # gateway's), and on the controller under its fleet state dir.
 KEY_DIR = "~/.config/labctl/secrets/api-keys"
-# Kinds that check a key; the gateway sends it. Ollama has no authentication.
-KEYED_KINDS = (LlamaServer, LlamaCppPython, Vllm)
 
 
 def key_variable(service: str) -> str:
@@ -114,7 +104,7 @@ def monitoring_host(inv: Inventory, host_of: dict[str, str]) -> str | None:
 def check(inv: Inventory, src: Source, *, check_files: bool = False) -> tuple[list[InputError], FleetPlan | None]:
     """The fleet's rules, then the single-host checks on every host's view. Returns the
     errors (all of them) and, when there are none of the fleet's own, the plan."""
-    from labctl.inventory import checks
+    from labctl.load import checks
 
     errors = list(_fleet_rules(inv, src))
     if errors:
@@ -198,18 +188,10 @@ def _crossing_rules(inv: Inventory, src: Source, owner: dict[str, str]) -> Itera
         backend = inv.services.get(c.backend)
         loc = ("services", c.gateway, "routes", c.route, "service")
         where = f"{c.backend} runs on hosts.{c.backend_host}, the gateway {c.gateway} on hosts.{c.gateway_host}"
-        if isinstance(backend, External):
-            yield src.error(loc, f"{where}: an external service is reached from the host that lists it; list it "
-                                 f"under hosts.{c.gateway_host} (its address says where it really is)")
-        elif isinstance(backend, Ollama):
-            if not backend.allow_unauthenticated_remote:
-                yield src.error(loc, f"{where}: Ollama has no authentication, so it stays on loopback; run the "
-                                     f"gateway beside it, or set services.{c.backend}.allow_unauthenticated_remote: "
-                                     "true (anyone on the network can then use it)")
-        elif isinstance(backend, KEYED_KINDS):
-            if backend.api_key is not None:
-                yield src.error(("services", c.backend, "api_key"),
-                                f"{where}: the fleet generates and ships this backend's key; remove api_key")
+        problem = kind_of(backend).cross_host_problem(c.backend, backend, c.gateway_host)
+        if problem is not None:
+            where_at, why = problem
+            yield src.error(where_at or loc, f"{where}: {why}")
         if isinstance(backend, ServiceBase) and backend.bind is not None:
             if ipaddress.ip_address(backend.bind).is_loopback:
                 yield src.error(("services", c.backend, "bind"),
@@ -220,14 +202,9 @@ def _crossing_rules(inv: Inventory, src: Source, owner: dict[str, str]) -> Itera
                                 f"{where}: it must bind to its host's address {inv.hosts[c.backend_host].address} "
                                 "(or leave bind unset)")
     for name, svc in inv.services.items():
-        if isinstance(svc, LiteLLM) and svc.cache is not None and svc.cache.service is not None:
-            if svc.cache.service in owner and owner[svc.cache.service] != owner[name]:
-                yield src.error(("services", name, "cache", "service"),
-                                f"{svc.cache.service} runs on hosts.{owner[svc.cache.service]}, the gateway on "
-                                f"hosts.{owner[name]}: a gateway's cache runs on its own host")
-        if isinstance(svc, RedisExporter) and svc.redis in owner and owner[svc.redis] != owner[name]:
-            yield src.error(("services", name, "redis"), f"{svc.redis} runs on hosts.{owner[svc.redis]}: an "
-                                                        "exporter runs on its Redis's host")
+        for dep, loc, why in kind_of(svc).colocated(name, svc):
+            if dep in owner and owner[dep] != owner[name]:
+                yield src.error(loc, f"{dep} runs on hosts.{owner[dep]}, {name} on hosts.{owner[name]}: {why}")
 
 
 def _controller_files(inv: Inventory, src: Source) -> Iterator[InputError]:
@@ -250,8 +227,9 @@ def plan_fleet(inv: Inventory) -> FleetPlan:
     mon = monitoring_host(inv, host_of) if inv.monitoring.enabled else None
     for c in plan.crossings:
         backend = inv.services[c.backend]
-        if isinstance(backend, Ollama):
-            plan.warnings.append(f"{c.backend} (Ollama, no authentication) is reached from hosts.{c.gateway_host}: "
+        warning = kind_of(backend).cross_host_warning(c.backend, backend)
+        if warning:
+            plan.warnings.append(f"{c.backend} ({warning}) is reached from hosts.{c.gateway_host}: "
                                  f"anyone on {inv.fleet.network if inv.fleet else 'the network'} can use it")
     for host in inv.hosts:
         plan.views[host] = view(inv, plan, host, monitoring=(host == mon))
@@ -276,7 +254,7 @@ def view(inv: Inventory, plan: FleetPlan, host: str, *, monitoring: bool) -> Inv
         svc = inv.services[name]
         if name in keyed and isinstance(svc, ServiceBase):
             update: dict[str, object] = {"bind": fh.address}
-            if isinstance(svc, KEYED_KINDS):
+            if kind_of(svc).key_variable is not None:  # a server that checks the key the fleet ships
                 update["api_key"] = key_ref(name)
             svc = svc.model_copy(update=update)
         services[name] = svc
@@ -286,11 +264,12 @@ def view(inv: Inventory, plan: FleetPlan, host: str, *, monitoring: bool) -> Inv
         services[c.backend] = _as_external(inv, c.backend, inv.hosts[c.backend_host])
     # The operator's order first (it is the start order's tie-breaker), the stand-ins after.
     ordered = {n: services[n] for n in inv.services if n in services}
-    runs_llama = any(isinstance(s, (LlamaServer, LlamaCppPython)) for s in ordered.values())
+    # The declared models go where a server loads a model file.
+    loads_models = any(kind_of(s).model_file(inv, s) is not None for s in ordered.values())  # type: ignore[arg-type]
     update = {
         "host": inv.host.model_copy(update=_host_section(inv, fh)),
         "services": ordered,
-        "models": dict(inv.models) if runs_llama else {},
+        "models": dict(inv.models) if loads_models else {},
         "monitoring": inv.monitoring if monitoring else inv.monitoring.model_copy(update={"enabled": False}),
         "fleet": None,
         "hosts": {},
@@ -299,19 +278,18 @@ def view(inv: Inventory, plan: FleetPlan, host: str, *, monitoring: bool) -> Inv
 
 
 def _as_external(inv: Inventory, name: str, where: FleetHost) -> External:
-    """How a gateway's view shows a backend that runs on another host."""
+    """How a gateway's view shows a backend that runs on another host: its kind's external
+    view (what it speaks and serves), at its host's address, with the key the fleet ships
+    when it checks one."""
     svc = inv.services[name]
-    assert isinstance(svc, (LlamaServer, LlamaCppPython, Vllm, Ollama))
-    if isinstance(svc, Ollama):
-        api, models = "ollama", list(svc.models)
-    else:
-        api = "openai"
-        models = [svc.served_model_name if isinstance(svc, Vllm) else svc.alias]
+    kind = kind_of(svc)
+    view = kind.external_view(svc)
+    assert view is not None  # a crossing reaches a backend, and each backend kind has a view
     fields: dict[str, object] = {
-        "kind": "external", "api": api, "address": where.address, "port": svc.port, "models": models,
+        "kind": "external", **view, "address": where.address, "port": svc.port,
         "enabled": svc.enabled, "ready_timeout_sec": min(svc.ready_timeout_sec, 60),
         "description": f"{name} on {where.address} (another host of the fleet)",
     }
-    if not isinstance(svc, Ollama):
+    if kind.key_variable is not None:
         fields["api_key"] = key_ref(name)
     return External.model_validate(fields)

@@ -23,7 +23,7 @@ MODULE_FILE = "labctl_gate.py"  # beside the gateway's config.yaml
 CALLBACK = "labctl_gate.gate"   # module.instance, as LiteLLM's callbacks list names it
 
 MODULE = '''\
-# Rendered by labctl (labctl.render.gate): the drain gate of `labctl model switch`.
+# Rendered by labctl (labctl.kinds.litellm.gate): the drain gate of `labctl model switch`.
 # A request skips a backend whose gate file holds a deadline still in the future.
 import os
 import time
