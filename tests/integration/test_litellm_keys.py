@@ -125,3 +125,80 @@ def test_up_asks_the_gateways_own_litellm(litellm_python, tmp_path) -> None:
     assert verdict.refused and "Invalid routing_strategy" in verdict.detail, verdict
     assert litellm_validate.field_of(gw, verdict.detail) == ("router_settings", "routing_strategy")
 
+
+def other_version_venv(litellm_python: Path, tmp: Path, version: str) -> Path:
+    """A venv whose LiteLLM says it is ``version``: its interpreter is the tool venv's, and its
+    site-packages holds that version's metadata and a .pth to the real LiteLLM (the code
+    asked is the real one; only its version differs from the one labctl ships lists for)."""
+    real_site = next(litellm_python.parent.parent.glob("lib/python3*/site-packages"))
+    venv = tmp / "venv"
+    site = venv / "lib" / real_site.parent.name / "site-packages"
+    (site / f"litellm-{version}.dist-info").mkdir(parents=True)
+    (site / f"litellm-{version}.dist-info" / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: litellm\nVersion: {version}\n")
+    (site / "real.pth").write_text(f"{real_site}\n")
+    (venv / "bin").mkdir()
+    (venv / "bin" / "python").symlink_to(os.path.realpath(litellm_python))
+    home = (litellm_python.parent.parent / "pyvenv.cfg").read_text()
+    (venv / "pyvenv.cfg").write_text(home)
+    return venv / "bin" / "python"
+
+
+def test_up_judges_settings_by_the_installed_litellms_own_lists(litellm_python, tmp_path, monkeypatch) -> None:
+    """A gateway whose venv holds another LiteLLM than the one labctl ships lists for: `up`
+    asks that LiteLLM which keys it reads (once; cached) and judges the pass-through settings
+    by them. The control: with the shipped lists made to lack a key, the load checks refuse
+    it, and `up`'s check (the installed LiteLLM, which reads it) accepts it; a key no LiteLLM
+    reads is refused naming the installed version."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from invtext import BASE
+
+    from labctl.errors import InvalidInventory
+    from labctl.inventory.layout import Layout
+    from labctl.load import Loaded
+    from labctl.ops.apply import check_gateway_settings
+
+    python = other_version_venv(litellm_python, tmp_path, "9.9.9")
+    assert litellm_validate.installed_version(python) == "9.9.9"
+    said: list[str] = []
+
+    def loaded_with(setting: str) -> Loaded:
+        text = BASE.replace("/opt/litellm/bin/python", str(python)).replace(
+            "    fallbacks:\n      bindings: [native]\n",
+            f"    fallbacks:\n      bindings: [native]\n    litellm_settings:\n      {setting}: 1\n")
+        text = text.replace("  user: labuser\n", f"  user: labuser\n  home: {tmp_path}\n")
+        return load_inventory("inventory.yaml", text=text)
+
+    loaded = loaded_with("request_timeout")
+    layout = Layout.of(loaded.inventory)
+    check_gateway_settings(loaded, layout, said.append)
+    assert said == ["gateway: LiteLLM 9.9.9 is installed; its settings are judged by its own lists"]
+    cache = Path(layout.state_dir) / "litellm-keys.json"
+    assert cache.stat().st_mode & 0o777 == 0o600 and '"9.9.9"' in cache.read_text()
+    shipped = litellm_keys.shipped()
+
+    def pinned(litellm_settings: frozenset[str]) -> litellm_keys.KeySets:
+        fields = {s: getattr(shipped, s) for s in ("version", *litellm_keys.SECTIONS)}
+        return litellm_keys.KeySets(**{**fields, "litellm_settings": litellm_settings})
+
+    # The pinned lists with a key the installed LiteLLM does not read: the load accepts it,
+    # up refuses it, naming the installed version.
+    monkeypatch.setattr(litellm_keys, "shipped", lambda version=None: pinned(shipped.litellm_settings | {"request_timeot"}))
+    with pytest.raises(InvalidInventory) as info:
+        check_gateway_settings(loaded_with("request_timeot"), layout, said.append)
+    (line,) = info.value.lines()
+    assert "litellm_settings.request_timeot: 'request_timeot' is not a litellm_settings key LiteLLM 9.9.9 " \
+           "reads" in line and "did you mean 'request_timeout'" in line, line
+    # The pinned lists without a key the installed LiteLLM reads: the load refuses it, up's
+    # check (the installed LiteLLM's lists, from the cache now) accepts it.
+    monkeypatch.setattr(litellm_keys, "shipped", lambda version=None: pinned(shipped.litellm_settings - {"request_timeout"}))
+    with pytest.raises(InvalidInventory):
+        loaded_with("request_timeout")
+    from labctl.kinds.litellm import checks as litellm_checks
+
+    gw = loaded.inventory.gateways()["gateway"]
+    assert list(litellm_checks.settings(loaded.inventory, "gateway", gw, litellm_keys.shipped()))
+    assert not list(litellm_checks.settings(loaded.inventory, "gateway", gw,
+                                            litellm_validate.installed_keys(python, cache)))

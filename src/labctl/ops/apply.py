@@ -232,6 +232,32 @@ def execute(host: Host, plan: Plan, rendered: dict[str, str], say: Say, report: 
         report.monitoring = monitoring_up(host, say)
 
 
+def check_gateway_settings(loaded: Loaded, layout: Layout, say: Say) -> None:
+    """The gateway's pass-through settings and endpoint providers, judged by the lists of the
+    LiteLLM installed in its venv when that is another version than the one labctl pins (the
+    load checks judged them by the pinned one's). A key that LiteLLM would ignore is refused
+    with one line at its field; nothing is changed."""
+    from labctl.errors import InvalidInventory
+    from labctl.kinds.litellm import checks as litellm_checks
+    from labctl.ops import litellm_validate
+
+    for name, gw in loaded.inventory.gateways().items():
+        python = gw.runtime.interpreter(loaded.inventory.host)
+        try:
+            keys = litellm_validate.installed_keys(python, Path(layout.state_dir) / "litellm-keys.json")
+        except CommandFailed as exc:
+            say(f"{name}: could not ask the installed LiteLLM which settings it reads ({exc}); judged by "
+                "the pinned version's lists")
+            continue
+        if keys is None or keys == litellm_checks.litellm_keys.shipped():
+            continue
+        say(f"{name}: LiteLLM {keys.version} is installed; its settings are judged by its own lists")
+        problems = [loaded.source.error(loc, message) for loc, message in
+                    litellm_checks.settings(loaded.inventory, name, gw, keys)]
+        if problems:
+            raise InvalidInventory(problems)
+
+
 def validate_gateway_config(loaded: Loaded, layout: Layout, plan: Plan, rendered: dict[str, str], say: Say) -> None:
     """A changed gateway config is shown to the gateway's own LiteLLM before it is installed
     (``--validate_config``); a refusal stops ``up`` with nothing changed."""
@@ -297,6 +323,7 @@ def up(loaded: Loaded, *, say: Say, manager: UserManager | None = None, wait_loc
             gpu_budget.enforce(loaded, budget, force=force)
             say(budget.summary() + (" (--force)" if not budget.fits else ""))
         provision(inv, say=say)
+        check_gateway_settings(loaded, host.layout, say)
         ensure_secrets(inv, say)
         rendered = render_all(inv)
         if not with_monitoring:

@@ -138,3 +138,45 @@ def ask(python: str | Path, *, timeout: float = 300) -> litellm_keys.KeySets:
         return litellm_keys.KeySets.from_dict(json.loads(res.stdout.strip().splitlines()[-1]))
     except (IndexError, ValueError, KeyError, TypeError):
         raise CommandFailed(f"{python} printed no key lists") from None
+
+
+def installed_version(python: str | Path) -> str | None:
+    """The version of the LiteLLM installed for ``python`` (a venv's interpreter), read from
+    its package metadata without importing it; None when there is none."""
+    venv = Path(python).parent.parent
+    for meta in sorted(venv.glob("lib/python3*/site-packages/litellm-*.dist-info/METADATA")):
+        try:
+            for line in meta.read_text(errors="replace").splitlines():
+                if line.startswith("Version:"):
+                    return line.split(":", 1)[1].strip()
+                if not line:
+                    break
+        except OSError:
+            continue
+    return None
+
+
+def installed_keys(python: str | Path, cache: Path) -> litellm_keys.KeySets | None:
+    """The key lists of the LiteLLM installed for ``python`` when it is another version than
+    the one labctl ships lists for (asked of it: seconds, so kept in ``cache``, keyed on the
+    interpreter, the version and its site-packages' mtime); None when it is the shipped
+    version or none is installed (the shipped lists apply)."""
+    version = installed_version(python)
+    if version is None or version in litellm_keys.shipped_versions():
+        return litellm_keys.shipped(version) if version is not None else None
+    site = sorted(Path(python).parent.parent.glob("lib/python3*/site-packages"))
+    key = {"python": str(python), "version": version, "mtime": site[0].stat().st_mtime if site else 0}
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return litellm_keys.KeySets.from_dict(cached["keys"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    found = ask(python)
+    try:
+        from labctl import fsio
+
+        fsio.atomic_write(cache, json.dumps({"key": key, "keys": found.as_dict()}), mode=0o600)
+    except OSError:
+        pass  # an unwritable state dir costs the next run some seconds, nothing more
+    return found

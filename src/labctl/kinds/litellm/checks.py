@@ -13,8 +13,6 @@ from labctl import litellm_env
 from labctl.kinds.base import Problem
 from labctl.kinds.litellm import keys as litellm_keys
 from labctl.kinds.litellm.fallbacks import CATCH_ALL, find_cycle, longest_fallback_walk
-from labctl.kinds.litellm.keys import LITELLM_VERSION
-from labctl.kinds.litellm.keys import PROVIDERS as LITELLM_PROVIDERS
 
 if TYPE_CHECKING:
     from labctl.inventory.schema import Inventory
@@ -22,14 +20,15 @@ if TYPE_CHECKING:
 
 
 def gateway(inv: Inventory, name: str, gw: LiteLLM) -> Iterator[Problem]:
-    """Everything wrong with gateway ``name``, each at its field."""
+    """Everything wrong with gateway ``name``, each at its field; LiteLLM's keys and
+    providers judged by the lists of the LiteLLM labctl pins (``up`` judges them again by
+    the installed LiteLLM's own when it is another version: :func:`settings`)."""
     yield from _routes(inv, name, gw)
     yield from _fallbacks(name, gw)
     yield from _chains(("services", name, "context_window_fallbacks"), gw.context_window_fallbacks,
                        {r.name for r in gw.routes}, catch_all=False)
     yield from _aliases(name, gw)
-    yield from _endpoints(name, gw)
-    yield from _passthrough(inv, name, gw)
+    yield from settings(inv, name, gw, litellm_keys.shipped())
     yield from _max_fallbacks(name, gw)
     yield from _cache(inv, name, gw)
 
@@ -47,41 +46,48 @@ def _aliases(name: str, gw: LiteLLM) -> Iterator[Problem]:
                                  f"(routes: {', '.join(sorted(routes))})")
 
 
-def _endpoints(name: str, gw: LiteLLM) -> Iterator[Problem]:
+def settings(inv: Inventory, name: str, gw: LiteLLM, keys: litellm_keys.KeySets) -> Iterator[Problem]:
+    """What depends on the LiteLLM version: the endpoints' providers and the pass-through
+    settings, judged by ``keys`` (one LiteLLM version's lists)."""
+    yield from _endpoints(name, gw, keys)
+    yield from _passthrough(inv, name, gw, keys)
+
+
+def _endpoints(name: str, gw: LiteLLM, keys: litellm_keys.KeySets) -> Iterator[Problem]:
     used = {r.endpoint for r in gw.routes}
     for key, endpoint in gw.endpoints.items():
         loc = ("services", name, "endpoints", key)
         if key not in used:
             yield Problem(loc, f"endpoint {key!r} is not used by any route")
-        if endpoint.provider not in LITELLM_PROVIDERS:
-            close = difflib.get_close_matches(endpoint.provider, sorted(LITELLM_PROVIDERS), n=1)
+        if endpoint.provider not in keys.providers:
+            close = difflib.get_close_matches(endpoint.provider, sorted(keys.providers), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             yield Problem(loc + ("provider",), f"{endpoint.provider!r} is not a provider LiteLLM "
-                                                 f"{LITELLM_VERSION} knows{hint}")
+                                               f"{keys.version} knows{hint}")
 
 
-# What LiteLLM reads in each pass-through place, and the keys there labctl writes itself
-# from a typed field (setting them again would silently override a checked value), with that
-# field, or None where labctl always sets the key itself.
-PASSTHROUGH = {
-    "litellm_settings": (litellm_keys.LITELLM_SETTINGS, {
+# The keys labctl writes itself in each pass-through place, from a typed field (setting them
+# again would silently override a checked value), with that field, or None where labctl
+# always sets the key itself. What LiteLLM reads there is its version's list (keys.KeySets).
+OWNED = {
+    "litellm_settings": {
         "drop_params": None,  # always true: labctl's backends take only the OpenAI parameters they know
         "callbacks": "prometheus_metrics", "require_auth_for_metrics_endpoint": "prometheus_metrics",
-        "cache": "cache", "cache_params": "cache"}),
-    "router_settings": (litellm_keys.ROUTER_SETTINGS, {
+        "cache": "cache", "cache_params": "cache"},
+    "router_settings": {
         "num_retries": "num_retries", "timeout": "timeout_sec", "cooldown_time": "cooldown_sec",
         "allowed_fails": "allowed_fails", "fallbacks": "fallbacks", "max_fallbacks": "max_fallbacks",
         "context_window_fallbacks": "context_window_fallbacks", "model_group_alias": "aliases",
-        "model_list": "routes"}),
-    "general_settings": (litellm_keys.GENERAL_SETTINGS, {"master_key": "master_key"}),
-    "litellm_params": (litellm_keys.LITELLM_PARAMS, {"model": "service/endpoint and model", "api_base": "endpoints",
-                                                     "api_key": "endpoints.NAME.api_key"}),
-    "model_info": (litellm_keys.MODEL_INFO, {}),
+        "model_list": "routes"},
+    "general_settings": {"master_key": "master_key"},
+    "litellm_params": {"model": "service/endpoint and model", "api_base": "endpoints",
+                       "api_key": "endpoints.NAME.api_key"},
+    "model_info": {},
 }
 ENV_REF = litellm_env.REF
 
 
-def _passthrough(inv: Inventory, name: str, gw: LiteLLM) -> Iterator[Problem]:
+def _passthrough(inv: Inventory, name: str, gw: LiteLLM, keys: litellm_keys.KeySets) -> Iterator[Problem]:
     from labctl.kinds.litellm import gateway_secret_refs
 
     base = ("services", name)
@@ -96,7 +102,7 @@ def _passthrough(inv: Inventory, name: str, gw: LiteLLM) -> Iterator[Problem]:
     master = gw.master_key.variable
     known_vars = ({ref.variable for ref in gateway_secret_refs(inv, gw)} | set(gw.environment)) - {master}
     for loc, section, values in places:
-        valid, owned = PASSTHROUGH[section]
+        valid, owned = getattr(keys, section), OWNED[section]
         for key, value in values.items():
             here = base + loc + (key,)
             if key in owned:
@@ -108,7 +114,7 @@ def _passthrough(inv: Inventory, name: str, gw: LiteLLM) -> Iterator[Problem]:
             if key not in valid:
                 close = difflib.get_close_matches(key, sorted(valid), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                yield Problem(here, f"{key!r} is not a {section} key LiteLLM {LITELLM_VERSION} reads; it would be "
+                yield Problem(here, f"{key!r} is not a {section} key LiteLLM {keys.version} reads; it would be "
                                       f"silently ignored{hint}")
                 continue
             # Secrets written out are secret_problems' (the whole inventory's one scan); here,

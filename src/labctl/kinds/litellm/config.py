@@ -137,11 +137,15 @@ def verify(inv: Inventory, cfg: dict[str, Any]) -> list[str]:
     from labctl.kinds import kind_of
 
     problems: list[str] = []
+    gw = next(iter(inv.gateways().values()), None)
     # LiteLLM silently drops keys it does not know, at every level: a misplaced setting
-    # is simply not applied. Only keys known to be read in these places are allowed.
+    # is simply not applied. Only keys known to be read in these places are allowed; the
+    # operator's own were judged by the checks, against the LiteLLM that will read them
+    # (labctl.kinds.litellm.checks.settings).
     for section, known in KNOWN_KEYS.items():
         keys = cfg.keys() if section == "" else cfg.get(section, {}).keys()
-        for key in sorted(set(keys) - known):
+        operators = set(getattr(gw, section, {})) if section else set()
+        for key in sorted(set(keys) - known - operators):
             problems.append(f"{section or 'top level'}: {key!r} is not a setting LiteLLM reads there")
     names = [m.get("model_name") for m in cfg.get("model_list", [])]
     for name in {n for n in names if names.count(n) > 1}:
@@ -169,7 +173,6 @@ def verify(inv: Inventory, cfg: dict[str, Any]) -> list[str]:
         if target not in names or alias in names:
             problems.append(f"model_group_alias: {alias!r} -> {target!r} must map a new name to a model in model_list")
     served = {kind_of(s).base_url(inv, s): n for n, s in inv.enabled().items() if kind_of(s).backend}
-    gw = next(iter(inv.gateways().values()), None)
     remote = {r.name: gw.endpoints[r.endpoint] for r in gw.routes if r.endpoint} if gw else {}
     for model in cfg.get("model_list", []):
         params = model.get("litellm_params", {})
