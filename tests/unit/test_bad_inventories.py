@@ -54,10 +54,10 @@ CASES: list[tuple[str, str, str]] = [
      "9: services.native.port: input should be less than or equal to 65535"),
     ("unknown-kind", edit(("kind: llama-server", "kind: llama-srv")),
      "6: services.native: unknown service kind 'llama-srv'; expected one of: ollama, llama-cpp-python, "
-     "llama-server, vllm, litellm, external, redis, redis-exporter"),
+     "llama-server, vllm, program, litellm, external, redis, redis-exporter"),
     ("missing-kind", edit(("    kind: llama-server\n", "")),
      "6: services.native: service needs a 'kind' (one of: ollama, llama-cpp-python, llama-server, vllm, "
-     "litellm, external, redis, redis-exporter)"),
+     "program, litellm, external, redis, redis-exporter)"),
     ("missing-alias", edit(("    alias: native\n", "")), "6: services.native.alias: required key is missing"),
     ("bad-service-name", edit(("  native:\n", "  Native_1:\n")),
      "6: services.Native_1: 'Native_1' is not allowed here (must match ^[a-z0-9][a-z0-9-]{0,39}$)"),

@@ -243,7 +243,7 @@ def test_every_string_field_of_the_schema_is_exercised() -> None:
     field the schema has, or a new field would go untested."""
     covered = {model_field_of(loc) for loc in LEAVES}
     literal_only = {f"{kind.model.__name__}.kind" for kind in KINDS.values()} | {
-                    "External.api", "External.unit_scope", "RedisCache.type",
+                    "External.api", "External.unit_scope", "Program.api", "RedisCache.type",
                     "Redis.persistence", "Redis.maxmemory_policy",
                     # One cache: FULL's names a Redis by host and password; a service name
                     # is the same NAME pattern as routes[].service, which is exercised.

@@ -7,12 +7,12 @@ docs and the hostile-input tests take it from this registry.
 
 from __future__ import annotations
 
-from labctl.kinds import external, litellm, llama_cpp_python, llama_server, ollama, redis, redis_exporter, vllm
+from labctl.kinds import external, litellm, llama_cpp_python, llama_server, ollama, program, redis, redis_exporter, vllm
 from labctl.kinds.base import Kind, Listener, ServiceBase
 
 #: Every kind, by its ``kind:`` value, in the order the docs list them.
 KINDS: dict[str, Kind] = {k.name: k for k in (
-    ollama.KIND, llama_cpp_python.KIND, llama_server.KIND, vllm.KIND, litellm.KIND, external.KIND,
+    ollama.KIND, llama_cpp_python.KIND, llama_server.KIND, vllm.KIND, program.KIND, litellm.KIND, external.KIND,
     redis.KIND, redis_exporter.KIND)}
 
 #: Their schema models, for the inventory's discriminated union.
