@@ -1,17 +1,18 @@
 """``labctl status`` as plain lines (the default output): shared by the CLI and by the
-fast path of ``labctl.__main__``, which prints a status without importing typer or rich.
+fast path of ``labctl.__main__``, which prints a status without importing typer or rich's
+console: folded by labctl.text, in terminal cells.
 
 Base layer: it formats any object shaped like labctl.ops.status.StatusReport.
 """
 
 from __future__ import annotations
 
-TYPE_CHECKING = False  # typing's own constant costs its import; type checkers read this one alike
+from typing import TYPE_CHECKING
+
+from labctl.text import fold, shown
+
 if TYPE_CHECKING:
     from typing import Any
-
-# Imported by the snapshot path: no re, textwrap or typing at the top. labctl.text's shown()
-# and fold() are called only for text they would change (a test holds the two alike).
 
 
 def mib(value: int | None) -> str:
@@ -29,59 +30,6 @@ def uptime(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def shown(text: str) -> str:
-    """labctl.text.shown: text that is all printable (no control, separator, bidi or
-    surrogate character: the common case) is shown as it is, without importing re."""
-    if text.isprintable():
-        return text
-    from labctl.text import shown as escaped
-
-    return escaped(text)
-
-
-def _fold(text: str, width: int, indent: str = "", more: str = "") -> list[str]:
-    """labctl.text.fold (textwrap, breaking only at spaces) for printable text, whose only
-    blank is the space (every other is a control or separator): the same greedy lines,
-    without importing textwrap and re."""
-    if not text.isprintable():
-        from labctl.text import fold
-
-        return fold(text, width, indent, more)
-    width = max(width, 20)
-    # textwrap's chunks: words and runs of spaces, in order.
-    chunks: list[str] = []
-    i = 0
-    while i < len(text):
-        j = i
-        if text[i] == " ":
-            while j < len(text) and text[j] == " ":
-                j += 1
-        else:
-            while j < len(text) and text[j] != " ":
-                j += 1
-        chunks.append(text[i:j])
-        i = j
-    chunks.reverse()
-    lines: list[str] = []
-    while chunks:
-        prefix = more if lines else indent
-        room = width - len(prefix)
-        if chunks[-1][0] == " " and lines:  # a line after the first starts at a word
-            chunks.pop()
-        line: list[str] = []
-        size = 0
-        while chunks and size + len(chunks[-1]) <= room:
-            size += len(chunks[-1])
-            line.append(chunks.pop())
-        if chunks and len(chunks[-1]) > room and not line:
-            line.append(chunks.pop())  # a word longer than a line: a line of its own, whole
-        if line and line[-1][0] == " ":
-            line.pop()
-        if line:
-            lines.append(prefix + "".join(line))
-    return lines or [indent.rstrip()]
-
-
 def status_lines(report: Any, width: int = 80) -> list[str]:
     """The status as plain lines that fit ``width`` (80 when piped) and never break a word:
     one summary line per service, then its details indented below it. ``--wide`` gives
@@ -95,7 +43,7 @@ def status_lines(report: Any, width: int = 80) -> list[str]:
         probe = s.probe
         head = (f"{'ok ' if s.healthy else 'BAD'} {s.service} ({s.kind}) {state}, "
                 f"{s.bind}:{s.port}, probe {'ok' if probe['ok'] else 'FAIL'} {probe['latency_ms']:.0f}ms")
-        lines += _fold(shown(head), width, "", "      ")
+        lines += fold(shown(head), width, "", "      ")
         details = [f"probe: {probe['check']}: {probe['detail']}" if probe.get("check") else f"probe: {probe['detail']}"]
         facts = [f"pid {s.main_pid}" if s.main_pid else "", f"up {uptime(s.uptime_sec)}" if s.uptime_sec else "",
                  mib(s.memory_bytes) if s.memory_bytes is not None else "",
@@ -112,17 +60,17 @@ def status_lines(report: Any, width: int = 80) -> list[str]:
         if s.drop_ins:
             details.append(f"operator drop-ins: {', '.join(s.drop_ins)}")
         for detail in details:
-            lines += _fold(shown(detail), width, "      ", "        ")
+            lines += fold(shown(detail), width, "      ", "        ")
     for e in report.endpoints:
         reach = ("not asked (--endpoints)" if e.probe is None else
                  f"{'ok' if e.probe['ok'] else 'FAIL'} {e.probe['latency_ms']:.0f}ms {e.probe['detail']}")
-        lines += _fold(shown(f"    endpoint {e.name} ({e.provider}) {e.api_base}: {reach}"), width, "", "      ")
-        lines += _fold(shown(f"routes: {', '.join(e.routes) or '-'}"), width, "      ", "        ")
+        lines += fold(shown(f"    endpoint {e.name} ({e.provider}) {e.api_base}: {reach}"), width, "", "      ")
+        lines += fold(shown(f"routes: {', '.join(e.routes) or '-'}"), width, "      ", "        ")
     for c in report.monitoring.get("containers") or []:  # type: ignore[union-attr]
-        lines += _fold(shown(f"    container {c.get('service')}: {c.get('state')}/{c.get('health') or '-'}, "
+        lines += fold(shown(f"    container {c.get('service')}: {c.get('state')}/{c.get('health') or '-'}, "
                              f"{c.get('image')}"), width, "", "      ")
     if report.note:
-        lines += _fold(shown(f"note: {report.note}"), width, "", "      ")
+        lines += fold(shown(f"note: {report.note}"), width, "", "      ")
     if report.monitoring.get("enabled") and not report.monitoring.get("containers") and report.monitoring.get("engine"):
-        lines += _fold(shown(f"monitoring: {report.monitoring['engine']}"), width, "", "      ")
+        lines += fold(shown(f"monitoring: {report.monitoring['engine']}"), width, "", "      ")
     return lines

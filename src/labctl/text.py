@@ -1,4 +1,5 @@
-"""Which characters may travel from an inventory into a rendered file.
+"""Which characters may travel from an inventory into a rendered file; how text read from
+files is shown on a terminal, and laid out there (folded, aligned, measured in cells).
 
 systemd ends a unit-file line at ``\\n``, ``\\r`` and NUL; YAML also breaks lines at NEL
 (U+0085), U+2028 and U+2029; terminals act on ESC and the other C0/C1 controls; bidi
@@ -9,6 +10,7 @@ renderer refuses them again (a renderer that meets one has a bug, see labctl.enc
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 
@@ -81,14 +83,74 @@ def shown(text: object) -> str:
     return _UNSAFE.sub(_escape, text if isinstance(text, str) else str(text))
 
 
-# --- folding text to a width ---------------------------------------------------------
+# --- laying text out on a terminal: widths in cells ------------------------------------------
+
+# What a terminal shows of a character is measured in cells, as rich measures it
+# (rich.cells.cell_len): a CJK character or an emoji takes two, a combining mark none. Every
+# line labctl folds or aligns for people is measured here (status, doctor, the tables, a
+# fleet's columns, the GPU budget), and nowhere else.
+
+_SPACES = {ord(ch): " " for ch in "\n\x0b\x0c\r"}  # the blanks textwrap reads as spaces, besides tabs
+_CHUNKS = re.compile("( +)")  # words and the runs of spaces between them
+
+
+def cell_width(text: str) -> int:
+    """The terminal cells ``text`` takes (rich's measure; imported on first use)."""
+    from rich.cells import cell_len
+
+    return cell_len(text)
+
+
+def pad(text: str, width: int) -> str:
+    """``text`` filled with spaces to ``width`` cells (as it is when it is wider)."""
+    return text + " " * max(width - cell_width(text), 0)
 
 
 def fold(text: str, width: int, indent: str = "", more: str = "") -> list[str]:
-    """``text`` in lines of at most ``width`` columns (20 at least), broken only at spaces:
+    """``text`` in lines of at most ``width`` cells (20 at least), broken only at spaces:
     never inside a word, a path or a ``file:line``; a word longer than a line keeps a line
-    of its own. ``indent`` starts the first line, ``more`` every other one."""
-    import textwrap
+    of its own. ``indent`` starts the first line, ``more`` every other one.
 
-    return textwrap.wrap(text, max(width, 20), initial_indent=indent, subsequent_indent=more,
-                         break_long_words=False, break_on_hyphens=False) or [indent.rstrip()]
+    textwrap's greedy fill (``break_long_words=False, break_on_hyphens=False``: tabs
+    expanded, other blanks read as spaces, spaces dropped where a line breaks), with each
+    word measured in cells rather than characters."""
+    width = max(width, 20)
+    text = text.expandtabs().translate(_SPACES)
+    # Words and runs of spaces, in order (last first, to pop).
+    chunks = [c for c in _CHUNKS.split(text) if c]
+    chunks.reverse()
+    lines: list[str] = []
+    while chunks:
+        prefix = more if lines else indent
+        room = width - cell_width(prefix)
+        if lines and chunks[-1][0] == " ":  # a line after the first starts at a word
+            chunks.pop()
+        line: list[str] = []
+        used = 0
+        while chunks and used + cell_width(chunks[-1]) <= room:
+            used += cell_width(chunks[-1])
+            line.append(chunks.pop())
+        if chunks and not line and cell_width(chunks[-1]) > room:
+            line.append(chunks.pop())  # a word longer than a line: a line of its own, whole
+        if line and line[-1][0] == " ":
+            line.pop()
+        if line:
+            lines.append(prefix + "".join(line))
+    return lines or [indent.rstrip()]
+
+
+def terminal_width() -> int:
+    """The width labctl lays its lines out for, and gives rich's Console (labctl.cli):
+    ``$COLUMNS``; else 80 on a dumb terminal; else the size of the first of stdin, stdout
+    and stderr that is a terminal; else (piped) 80."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit():
+        return int(columns)
+    if os.environ.get("TERM", "").lower() in ("dumb", "unknown"):
+        return 80
+    for fd in (0, 1, 2):
+        try:
+            return os.get_terminal_size(fd).columns or 80
+        except OSError:
+            continue
+    return 80

@@ -5,23 +5,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from labctl.text import fold, shown
+from labctl.text import cell_width, fold, pad, shown
 
 if TYPE_CHECKING:
     from labctl.fleet.apply import FleetReport
 
 
 def _columns(rows: list[list[str]], width: int, last_indent: int = 6) -> list[str]:
-    """``rows`` as aligned columns; the last column folds under the others when the line is
-    too long (between words, never inside one)."""
+    """``rows`` as aligned columns (widths in terminal cells); the last column folds under
+    the others when the line is too long (between words, never inside one)."""
     if not rows:
         return []
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    widths = [max(cell_width(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     out = []
     for row in rows:
-        head = "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths))
+        head = "  ".join(pad(cell, w) for cell, w in zip(row[:-1], widths))
         line = f"{head}  {row[-1]}".rstrip()
-        if len(line) <= width:
+        if cell_width(line) <= width:
             out.append(line)
             continue
         out.append(head.rstrip())

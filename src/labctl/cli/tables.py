@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from labctl.statustext import mib as _mib
 from labctl.statustext import status_lines  # the status text lives beside the fast path (__main__)
 from labctl.statustext import uptime as _uptime
-from labctl.text import shown  # noqa: F401 - also used by the CLI's commands
+from labctl.text import cell_width, fold, shown  # shown: also used by the CLI's commands
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -41,14 +41,6 @@ def unfolded(table: Table, console: Console) -> Table:
     if natural > console.width:
         table.width = natural
     return table
-
-
-def _fold(text: str, width: int, indent: str = "", more: str = "") -> list[str]:
-    """``text`` in lines of at most ``width`` columns, broken only between words (a word
-    longer than a line keeps a line of its own): labctl.text.fold."""
-    from labctl.text import fold
-
-    return fold(text, width, indent, more)
 
 
 def _drift_cell(drift: str, drop_ins: int) -> Text:
@@ -120,13 +112,13 @@ def doctor_lines(check: Check, width: int = 80) -> list[str]:
 
     bare = str(replace(check, fix=""))
     fix = shown(str(check)[len(bare):].strip())  # "(fix: ...)" as Check.__str__ writes it, or ""
-    lines = _fold(shown(bare), width, "", "     ")
+    lines = fold(shown(bare), width, "", "     ")
     if not fix:
         return lines
-    if len(lines[-1]) + 1 + len(fix) <= max(width, 20):
+    if cell_width(lines[-1]) + 1 + cell_width(fix) <= max(width, 20):
         lines[-1] += " " + fix
         return lines
-    return lines + _fold(fix, width, "     ", "       ")
+    return lines + fold(fix, width, "     ", "       ")
 
 
 Row = tuple["Sequence[object]", "Sequence[str]"]
@@ -141,12 +133,10 @@ def aligned(headers: Sequence[str], rows: Sequence[Row], width: int = 80, *, nam
     line. When not even that fits, each row is its name and then its cells as ``header
     value``, folded between words. The lines below a row (a note, an error) are folded and
     indented. Returns the lines and the headers left out."""
-    from rich.cells import cell_len
-
     heads = [shown(h) for h in headers]
     table = [[shown(c) for c in cells] for cells, _ in rows]
     below = [[shown(b) for b in extra] for _, extra in rows]
-    natural = [max([cell_len(h)] + [cell_len(r[i]) for r in table]) for i, h in enumerate(heads)]
+    natural = [max([cell_width(h)] + [cell_width(r[i]) for r in table]) for i, h in enumerate(heads)]
     dropped = [list(headers).index(h) for h in drop]
     sets = [[i for i in range(len(heads)) if i not in dropped[:k]] for k in range(len(dropped) + 1)]
 
@@ -155,8 +145,8 @@ def aligned(headers: Sequence[str], rows: Sequence[Row], width: int = 80, *, nam
 
     # The name column holds at least three names in four; a longer name gets a line of its
     # own rather than the table losing a column for it.
-    floor = max(cell_len(heads[name]), 8)
-    lengths = sorted(cell_len(r[name]) for r in table)
+    floor = max(cell_width(heads[name]), 8)
+    lengths = sorted(cell_width(r[name]) for r in table)
     need = max(floor, lengths[-(-3 * len(lengths) // 4) - 1] if lengths else 0)
     cols = next((c for c in sets if room(c) >= need), None)
     if cols is None and room(sets[-1]) >= floor:
@@ -164,7 +154,7 @@ def aligned(headers: Sequence[str], rows: Sequence[Row], width: int = 80, *, nam
     if cols is None:
         return _stacked(heads, table, below, width, name), []
     widths = dict((i, natural[i]) for i in cols)
-    widths[name] = max([cell_len(heads[name])] + [cell_len(r[name]) for r in table if cell_len(r[name]) <= room(cols)])
+    widths[name] = max([cell_width(heads[name])] + [cell_width(r[name]) for r in table if cell_width(r[name]) <= room(cols)])
     flush_right = {list(headers).index(h) for h in right}
 
     def line(cells: list[str], upto: int | None = None) -> str:
@@ -172,31 +162,31 @@ def aligned(headers: Sequence[str], rows: Sequence[Row], width: int = 80, *, nam
         for i in cols:
             if upto is not None and i > upto:
                 break
-            pad = " " * max(widths[i] - cell_len(cells[i]), 0)
-            parts.append(cells[i] if i == upto else pad + cells[i] if i in flush_right else cells[i] + pad)
+            fill = " " * max(widths[i] - cell_width(cells[i]), 0)
+            parts.append(cells[i] if i == upto else fill + cells[i] if i in flush_right else cells[i] + fill)
         return GAP.join(parts).rstrip()
 
     lines = [line(heads)]
     for cells, extra in zip(table, below):
-        if cell_len(cells[name]) > widths[name]:
-            lines += _fold(line(cells, upto=name), width, "", "    ")  # the name whole, on its own line
+        if cell_width(cells[name]) > widths[name]:
+            lines += fold(line(cells, upto=name), width, "", "    ")  # the name whole, on its own line
             lines.append(line(["" if i <= name else c for i, c in enumerate(cells)]))
         else:
             lines.append(line(cells))
         for text in extra:
-            lines += _fold(text, width, "    ", "      ")
+            lines += fold(text, width, "    ", "      ")
     return lines, [heads[i] for i in range(len(heads)) if i not in cols]
 
 
 def _stacked(heads: list[str], table: list[list[str]], below: list[list[str]], width: int, name: int) -> list[str]:
     lines = []
     for cells, extra in zip(table, below):
-        lines += _fold(" ".join(c for c in cells[:name + 1] if c.strip()), width, "", "    ")
+        lines += fold(" ".join(c for c in cells[:name + 1] if c.strip()), width, "", "    ")
         rest = ", ".join(f"{heads[i].lower()} {c}" for i, c in enumerate(cells) if i > name and c not in ("", "-"))
         if rest:
-            lines += _fold(rest, width, "    ", "      ")
+            lines += fold(rest, width, "    ", "      ")
         for text in extra:
-            lines += _fold(text, width, "    ", "      ")
+            lines += fold(text, width, "    ", "      ")
     return lines
 
 
@@ -204,7 +194,7 @@ def left_out(headers: list[str], width: int) -> list[str]:
     """The line that says which columns did not fit, or none."""
     if not headers:
         return []
-    return _fold(f"({', '.join(headers)} left out to fit {width} columns; --wide shows every column)", width)
+    return fold(f"({', '.join(headers)} left out to fit {width} columns; --wide shows every column)", width)
 
 
 def _model_size(info: dict[str, object]) -> str:
@@ -269,7 +259,7 @@ def gateway_lines(results: Sequence[RouteResult], width: int = 80) -> list[str]:
                               "FALLBACKS", "LATENCY"), rows, width, name=2,
                              drop=("FALLBACKS", "ANSWERED BY", "STATUS", "LATENCY", "BACKEND"),
                              right=("STATUS", "FALLBACKS", "LATENCY"))
-    return _fold(title, width, "", "  ") + lines + left_out(dropped, width)
+    return fold(title, width, "", "  ") + lines + left_out(dropped, width)
 
 
 def gateway_table(results: Sequence[RouteResult]) -> Table:

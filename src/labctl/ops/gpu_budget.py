@@ -153,18 +153,14 @@ def refusal_field(inv: Inventory, budget: Budget) -> tuple:
 
 
 def table(budget: Budget, width: int = 80) -> list[str]:
-    """The budget as plain lines of at most ``width`` columns, folded between words."""
-    import textwrap
+    """The budget as plain lines of at most ``width`` cells, folded between words."""
+    from labctl.text import fold
 
-    def fold(text: str, indent: str, more: str) -> list[str]:
-        return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=more,
-                             break_long_words=False, break_on_hyphens=False)
-
-    lines = fold(f"GPU memory: {budget.summary()}", "", "  ")
+    lines = fold(f"GPU memory: {budget.summary()}", width, "", "  ")
     for s in budget.shares:
         figure = f"{s.bytes / GIB:6.2f} GiB" if s.bytes is not None else "     - GiB"
-        lines += fold(f"{s.service} ({s.kind}): {figure.strip()}", "  ", "    ")
-        lines += fold(s.how, "      ", "      ")
+        lines += fold(f"{s.service} ({s.kind}): {figure.strip()}", width, "  ", "    ")
+        lines += fold(s.how, width, "      ", "      ")
     for note in budget.notes:
-        lines += fold(f"note: {note}", "  ", "    ")
+        lines += fold(f"note: {note}", width, "  ", "    ")
     return lines
