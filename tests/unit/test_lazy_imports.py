@@ -81,12 +81,12 @@ def test_every_command_group_uses_the_plain_help_formatter() -> None:
 
 # What the snapshot path keeps out (each a measured cost on top of the interpreter's start):
 # dataclasses (inspect, ast, dis, tokenize), hashlib (OpenSSL), subprocess (signal,
-# selectors, threading), socket.py (enum, selectors), threading, logging, textwrap, pathlib,
-# and labctl's modules that bring them (its host layer). json too, unless --json is asked
+# selectors, threading), socket.py (enum, selectors), threading, logging, textwrap, and
+# labctl's modules that bring them (its host layer). json too, unless --json is asked
 # (JSON answers are read with json's C scanner, _json). Its text is laid out by labctl.text,
-# measured by rich.cells (with typing).
+# measured by rich.cells (with typing); its options are read with labctl.cmdline (getopt).
 LEAN_OUT = ("dataclasses", "inspect", "hashlib", "_hashlib", "subprocess", "socket", "selectors",
-            "threading", "logging", "textwrap", "pathlib", "labctl.host", "labctl.fsio")
+            "threading", "logging", "textwrap", "labctl.host", "labctl.fsio")
 NO_JSON_OUT = ("json",)
 
 

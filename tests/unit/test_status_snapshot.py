@@ -350,26 +350,28 @@ def test_monitoring_or_vllm_plans_are_not_kept() -> None:
 
 
 def test_options_the_fast_path_does_not_know_go_to_the_full_cli() -> None:
-    from labctl.__main__ import _status_args
+    from labctl.cmdline import STATUS, parse
 
-    assert _status_args(["-i", "x.yaml", "--json", "--probe-timeout", "2"]) == {
-        "inventory": "x.yaml", "timeout": 2.0, "json": True}
-    assert _status_args(["--inventory=x.yaml"])["inventory"] == "x.yaml"  # type: ignore[index]
-    for args in (["--wide"], ["--endpoints"], ["--host", "a"], ["--probe-timeout", "soon"], ["-i"], ["--help"]):
-        assert _status_args(args) is None
+    def fast(args: list[str]) -> dict[str, object] | None:
+        return parse([o for o in STATUS if o.snapshot], args)
+
+    assert fast(["-i", "x.yaml", "--json", "--probe-timeout", "2"]) == {
+        "inventory": "x.yaml", "probe_timeout": 2.0, "as_json": True}
+    assert fast(["--inventory=x.yaml"])["inventory"] == "x.yaml"  # type: ignore[index]
+    for args in (["--wide"], ["--endpoints"], ["--host", "a"], ["--probe-timeout", "soon"], ["-i"], ["--help"],
+                 ["--inv", "x.yaml"], ["--json=yes"], ["x.yaml"]):
+        assert fast(args) is None, args
 
 
 @pytest.mark.parametrize("environ", [{"COLUMNS": "123"}, {"TERM": "dumb"}, {}])
-def test_width_is_the_one_rich_gives_the_full_cli(environ: dict[str, str], monkeypatch) -> None:
-    from rich.console import Console
-
-    from labctl.__main__ import width
-
-    for var in ("COLUMNS", "TERM"):
-        monkeypatch.delenv(var, raising=False)
-    for var, value in environ.items():
-        monkeypatch.setenv(var, value)
-    assert width() == Console(highlight=False, soft_wrap=True).width
+def test_both_paths_lay_lines_out_for_one_width(environ: dict[str, str]) -> None:
+    """The full CLI's Console is given labctl.text.terminal_width, the fast path's width."""
+    code = ("from labctl.cli import out\nfrom labctl.text import terminal_width\n"
+            "print(out.width, terminal_width())\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PATH": os.environ["PATH"], **environ})
+    full, fast = res.stdout.split()
+    assert full == fast == environ.get("COLUMNS", "80")
 
 
 # --- the snapshot path's own copies of what it does not import, held to the originals ------
@@ -432,33 +434,6 @@ def test_env_files_are_read_as_host_secrets_reads_them(tmp_path: Path) -> None:
     assert Secret(str(tmp_path / "absent.env"), "A").value() is None
     path.write_bytes(b"A=\xff\n")
     assert Secret(str(path), "A").value() is None  # unreadable as UTF-8: no key, as before
-
-
-def test_records_behave_as_the_frozen_dataclasses_they_replace() -> None:
-    from labctl.ops.probes import ProbeResult, ProbeSpec, Secret
-
-    spec = ProbeSpec("g", "litellm", "http://127.0.0.1:4000", models=["a"], key=Secret(None, "K"))
-    assert spec.as_dict() == {"service": "g", "recipe": "litellm", "url": "http://127.0.0.1:4000", "host": "",
-                              "port": 0, "models": ["a"], "key": {"env_file": None, "variable": "K"}}
-    assert ProbeSpec.from_dict(spec.as_dict()) == spec and spec != ProbeSpec("g", "litellm")
-    assert spec.as_dict()["models"] is not spec.models  # a copy, as asdict gives
-    assert ProbeSpec("a", "redis").models == [] and ProbeSpec("a", "redis").models is not ProbeSpec("b", "x").models
-    with pytest.raises(AttributeError):
-        spec.url = "http://elsewhere"  # type: ignore[misc]
-    with pytest.raises(TypeError):
-        ProbeSpec("a", "redis", shell="x")  # type: ignore[call-arg]
-    with pytest.raises(TypeError):
-        ProbeSpec("a")  # type: ignore[call-arg]
-    result = ProbeResult("n", True, "GET /health", 200, 1.5, "ready")
-    assert repr(result) == ("ProbeResult(service='n', ok=True, check='GET /health', status=200, latency_ms=1.5, "
-                            "detail='ready')")
-    assert hash(result) == hash(ProbeResult("n", True, "GET /health", 200, 1.5, "ready"))
-    row = status.ServiceStatus(
-        service="n", kind="llama-server", unit="u", active_state="active", sub_state="running", enabled="enabled",
-        n_restarts=0, result="success", start_limit_hit=False, main_pid=1, memory_bytes=None, uptime_sec=None,
-        bind="127.0.0.1", port=1, probe=result.as_dict(), model=None, drift="none")
-    assert row.metrics == {} and row.drop_ins == [] and row.external is False and row.healthy
-    assert list(row.as_dict()) == [*status.ServiceStatus.__slots__, "healthy"]
 
 
 def test_a_hung_systemctl_is_killed_with_its_session(tmp_path: Path, monkeypatch) -> None:

@@ -10,13 +10,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from collections.abc import Callable
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 
-from labctl import __version__
+from labctl import __version__, cmdline
+from labctl.cmdline import find_inventory
 from labctl.errors import HostIOError, LabctlError, UsageError, os_reason
+from labctl.text import terminal_width
 
 # Start-up: this module and the command groups import typer and rich's Console, nothing
 # heavy. Each command imports what it needs (pydantic models, jinja2, httpx, docker, gguf,
@@ -32,14 +35,39 @@ app = typer.Typer(
     add_completion=True,
     rich_markup_mode=None,
 )
-out = Console(highlight=False, soft_wrap=True)
+# The width every line is laid out for: labctl.text's, the one `status` from its snapshot
+# (labctl.__main__) uses too, so the two paths fold alike.
+out = Console(highlight=False, soft_wrap=True, width=terminal_width())
+Command = TypeVar("Command", bound=Callable[..., Any])
 
-InventoryOpt = Annotated[
-    Path | None, typer.Option("--inventory", "-i", envvar="LABCTL_INVENTORY", show_default=False,
-                              help="The inventory file [default: $LABCTL_INVENTORY, else ./inventory.yaml, "
-                                   "else the one labctl up last applied]."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (see docs/cli.md).")]
+
+def typer_option(option: cmdline.Option) -> Any:
+    """A parameter's type as typer reads it (``Annotated[type, typer.Option(...)]``), made
+    from the option's one declaration in labctl.cmdline."""
+    kinds: dict[str, Any] = {"flag": bool, "path": Path | None, "float": float, "text": str,
+                             "texts": list[str] | None}
+    return Annotated[kinds[option.kind], typer.Option(*option.flags, help=option.help, envvar=option.envvar,
+                                                      show_default=option.show_default)]
+
+
+def options_of(options: tuple[cmdline.Option, ...]) -> Callable[[Command], Command]:
+    """A command whose parameters are ``options`` (keyword arguments, by name): typer reads
+    them from the signature this gives it, so a declaration in labctl.cmdline is the whole
+    of adding one."""
+    import inspect
+
+    def made(command: Command) -> Command:
+        params = [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=o.default,
+                                    annotation=typer_option(o)) for o in options]
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return made
+
+
+InventoryOpt = typer_option(cmdline.INVENTORY)
+JsonOpt = typer_option(cmdline.JSON)
 CheckFilesOpt = Annotated[bool, typer.Option(
     "--check-files", help="Also check binaries, interpreters and model files on this machine.")]
 
@@ -60,8 +88,8 @@ def emit_json(data: Any) -> None:
 
 
 def print_lines(lines: list[str], style: str = "") -> None:
-    """Lines already folded to ``out.width`` (as status does: $COLUMNS, else the terminal's
-    width, else 80), printed as they are: as Text, so nothing in them is read as markup or
+    """Lines already folded to ``out.width`` (labctl.text.terminal_width: $COLUMNS, else the
+    terminal's width, else 80), printed as they are: as Text, so nothing in them is read as markup or
     ``:emoji:``, and never wrapped again."""
     from rich.text import Text
 
@@ -270,12 +298,6 @@ def _say(as_json: bool):  # type: ignore[no-untyped-def]
     return lambda message: out.print(shown(message), markup=False)
 
 
-def find_inventory(given: Path | None) -> Path:
-    from labctl.load import find_inventory as find
-
-    return find(given)
-
-
 def _load(inventory: Path | None, *, fleet: bool = False):  # type: ignore[no-untyped-def]
     """The inventory, loaded and checked. A fleet inventory (hosts:) only where the command
     acts on the whole fleet (``fleet``); a command that acts on one host is run on that host."""
@@ -300,8 +322,7 @@ def click_context_command() -> str:
     return ctx.command_path.removeprefix("labctl ") if ctx is not None else "this command"
 
 
-HostsOpt = Annotated[list[str] | None, typer.Option(
-    "--host", help="A fleet inventory: act on this host only (repeatable).", show_default=False)]
+HostsOpt = typer_option(cmdline.HOSTS)
 
 
 def _fleet_exit(report: Any, as_json: bool, lines: list[str], healthy: bool) -> None:
@@ -416,22 +437,16 @@ def rollback(
 
 
 @app.command()
-def status(
-    inventory: InventoryOpt = None,
-    probe_timeout: Annotated[float, typer.Option(help="Seconds each probe may take.")] = 3.0,
-    endpoints: Annotated[bool, typer.Option(
-        "--endpoints", help="Also ask whether the gateway's remote endpoints are reachable (never sends a key).")
-    ] = False,
-    wide: Annotated[bool, typer.Option("--wide", help="One table row per service, at its natural width.")] = False,
-    hosts: HostsOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
+@options_of(cmdline.STATUS)
+def status(**opts: Any) -> None:
     """Each service: unit state, restarts, PID, memory, uptime, port, probe, model, drift.
 
     A fleet inventory: every host's status at once, one row per service with its host."""
+    inventory, probe_timeout, endpoints = opts["inventory"], opts["probe_timeout"], opts["endpoints"]
+    wide, hosts, as_json = opts["wide"], opts["hosts"], opts["as_json"]
     loaded = _load(inventory, fleet=True)
     if loaded.fleet is not None:
-        if wide or endpoints or probe_timeout != 3.0:
+        if wide or endpoints or probe_timeout != cmdline.default(cmdline.STATUS, "probe_timeout"):
             raise UsageError("--wide, --endpoints and --probe-timeout are for one host's status: run `labctl status` "
                              "on that host (a fleet's status is bounded by fleet.status_timeout_sec)")
         from labctl.cli.fleet import is_healthy, status_lines
@@ -456,8 +471,7 @@ def status(
     else:
         from labctl.cli.tables import status_lines
 
-        for line in status_lines(report, out.width):
-            out.print(line, markup=False, highlight=False)
+        print_lines(status_lines(report, out.width))
     raise typer.Exit(0 if report.healthy else 1)
 
 

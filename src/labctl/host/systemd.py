@@ -8,24 +8,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 from labctl.host.proc import CommandFailed, CommandResult, run_cmd
+from labctl.records import Record
 from labctl.unitcmd import SHOW_PROPERTIES, journalctl_argv, show_argv, systemctl_argv  # noqa: F401
 
 # systemd prints this for "no value" in numeric properties such as MemoryCurrent.
 _UINT64_MAX = str(2**64 - 1)
 
 
-@dataclass(frozen=True)
-class UnitState:
+class UnitState(Record):
     """What the user manager says about a unit (``systemctl --user show``)."""
 
-    load_state: str = "not-found"
-    active_state: str = "inactive"
-    unit_file_state: str = ""
+    __slots__ = ("load_state", "active_state", "unit_file_state", "need_daemon_reload")
+    load_state: str
+    active_state: str
+    unit_file_state: str
     # The unit file on disk differs from what the manager loaded: a daemon-reload is owed.
-    need_daemon_reload: bool = False
+    need_daemon_reload: bool
+    _defaults = {"load_state": "not-found", "active_state": "inactive", "unit_file_state": "",
+                 "need_daemon_reload": False}
 
     @property
     def enabled(self) -> bool:
@@ -36,8 +38,10 @@ class UnitState:
         return self.active_state in ("active", "activating", "reloading")
 
 
-@dataclass(frozen=True)
-class UnitFacts:
+class UnitFacts(Record):
+    __slots__ = ("unit", "load_state", "active_state", "sub_state", "unit_file_state", "n_restarts", "main_pid",
+                 "memory_bytes", "active_enter_timestamp", "active_enter_monotonic_usec", "invocation_id", "result",
+                 "exec_main_status", "need_daemon_reload", "drop_in_paths", "exec_main_code")
     unit: str
     load_state: str
     active_state: str
@@ -52,10 +56,11 @@ class UnitFacts:
     result: str
     exec_main_status: int
     need_daemon_reload: bool
-    drop_in_paths: tuple[str, ...] = ()
+    drop_in_paths: tuple[str, ...]
     # How the main process last ended (CLD_EXITED 1, CLD_KILLED 2, CLD_DUMPED 3; 0: it has
     # not ended, or runs): with exec_main_status, the exit code or the signal's number.
-    exec_main_code: int = 0
+    exec_main_code: int
+    _defaults = {"drop_in_paths": (), "exec_main_code": 0}
 
     @property
     def last_exit(self) -> str:
@@ -66,9 +71,6 @@ class UnitFacts:
     @property
     def state(self) -> UnitState:
         return UnitState(self.load_state, self.active_state, self.unit_file_state, self.need_daemon_reload)
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
 
     @classmethod
     def parse(cls, unit: str, props: dict[str, str]) -> "UnitFacts":

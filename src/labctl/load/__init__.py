@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from labctl import secretscan
-from labctl.errors import InputError, InvalidInventory, UsageError
+from labctl.cmdline import APPLIED, applied_path, find_inventory  # noqa: F401 - where the CLI finds it
+from labctl.errors import InputError, InvalidInventory
 from labctl.inventory import yamlsrc
 from labctl.load import checks
 from labctl.inventory.schema import KINDS, Inventory
@@ -34,27 +35,6 @@ class Loaded:
     @property
     def path(self) -> Path:
         return self.source.path
-
-
-APPLIED = "applied-inventory.yaml"  # written by `labctl up` into the state dir
-
-
-def applied_path() -> Path:
-    """Where ``up`` keeps the last applied inventory under the default state dir
-    (host.state_dir's default, ~/.local/state/labctl)."""
-    return Path.home() / ".local" / "state" / "labctl" / APPLIED
-
-
-def find_inventory(given: Path | None) -> Path:
-    """``-i`` (or $LABCTL_INVENTORY), else ./inventory.yaml, else the inventory ``up`` last
-    applied on this host; a one-line error naming every place tried."""
-    if given is not None:
-        return given
-    for candidate in (Path("inventory.yaml"), applied_path()):
-        if candidate.is_file():
-            return candidate
-    raise UsageError(f"no inventory: tried -i/--inventory, $LABCTL_INVENTORY, ./inventory.yaml and "
-                     f"{applied_path()} (the last one labctl up applied)")
 
 
 def load_inventory(path: Path | str, *, check_files: bool = False, text: str | None = None) -> Loaded:

@@ -64,15 +64,13 @@ def with_drop_in_reload(inv: Inventory, root: Path, facts: dict) -> dict:  # typ
     """Unit facts, marked as owing a daemon-reload when the operator's drop-ins on disk are
     not the ones the manager loaded (a drop-in written by hand, without the reload that
     `systemctl --user edit` does): it would otherwise take effect at some later reload."""
-    from dataclasses import replace
-
     on_disk = {unit: {str(root / rel) for rel in rels} for unit, rels in operator_drop_ins(inv, root).items()}
     ours = str(root / UNIT_DIR) + "/"
     out = {}
     for unit, f in facts.items():
         loaded = {p for p in f.drop_in_paths if p.startswith(ours)}
         stale = f.load_state == "loaded" and loaded != on_disk.get(unit, set())
-        out[unit] = replace(f, need_daemon_reload=True) if stale and not f.need_daemon_reload else f
+        out[unit] = f.replace(need_daemon_reload=True) if stale and not f.need_daemon_reload else f
     return out
 
 

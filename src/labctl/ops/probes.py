@@ -25,6 +25,8 @@ try:
 except ImportError:  # an interpreter without it
     import socket  # type: ignore[no-redef]
 
+from labctl.records import Record
+
 TYPE_CHECKING = False  # typing's own constant costs its import (~3 ms); type checkers read this one alike
 if TYPE_CHECKING:
     import ssl
@@ -37,77 +39,6 @@ if TYPE_CHECKING:
 # `labctl status` from its snapshot (labctl.__main__) imports this module, so it imports only
 # builtins at the top: no dataclasses (~8 ms with inspect, ast, dis), typing, functools,
 # threading, socket.py or json; json is imported by the probes that read a JSON answer.
-
-
-class Record:
-    """A frozen record: ``__slots__`` fields in order, defaults (``_defaults``: a value, or
-    in ``_factories`` a callable that makes a fresh one), equality and repr by value, and
-    :meth:`as_dict` as ``dataclasses.asdict`` gives it. What ``@dataclass(frozen=True)``
-    gave these classes, without importing dataclasses."""
-
-    __slots__: tuple[str, ...] = ()
-    _defaults: dict[str, object] = {}
-    _factories: dict[str, Callable[[], object]] = {}
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        fields = self.__slots__
-        if len(args) > len(fields):
-            raise TypeError(f"{type(self).__name__}() takes {len(fields)} arguments, {len(args)} given")
-        values = dict(zip(fields, args))
-        for name, value in kwargs.items():
-            if name not in fields or name in values:
-                raise TypeError(f"{type(self).__name__}() got an unexpected or repeated argument {name!r}")
-            values[name] = value
-        for name in fields:
-            if name in values:
-                value = values[name]
-            elif name in self._factories:
-                value = self._factories[name]()
-            elif name in self._defaults:
-                value = self._defaults[name]
-            else:
-                raise TypeError(f"{type(self).__name__}() missing argument {name!r}")
-            object.__setattr__(self, name, value)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"cannot assign to field {name!r}: {type(self).__name__} is frozen")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"cannot delete field {name!r}: {type(self).__name__} is frozen")
-
-    def _values(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == other._values()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self.__slots__)})"
-
-    def fields(self) -> dict[str, object]:
-        """The fields as ``dataclasses.asdict`` gives them: nested records as dicts, lists,
-        tuples and dicts copied."""
-        return {name: _plain(getattr(self, name)) for name in self.__slots__}
-
-    def as_dict(self) -> dict[str, object]:
-        return self.fields()
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, Record):
-        return value.fields()
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return {_plain(k): _plain(v) for k, v in value.items()}
-    return value
 
 
 def in_thread(fn: Callable[[], Any]) -> Callable[[], Any]:
