@@ -26,11 +26,13 @@ of the median to the row's floor:
 Then, for ``status``: whether the snapshot path prints what the full CLI prints (text and
 ``--json``, with the figures that change between two calls masked: times, latencies, uptime,
 memory), and where the snapshot path's time goes: medians of --runs instrumented runs of the
-steps labctl.__main__ takes, as times from the start of its Python code (its imports, after
-``import re`` as pip's console script does; the snapshot read and found intact, when
-systemctl starts; found fresh, when the probes start; systemctl's answer; the slowest probe's,
-about; the report; the text), and the rest of the wall time: the interpreter's start and exit
-(a full exit here: the command itself skips the interpreter's teardown).
+steps labctl.__main__ takes, as times from the start of its Python code (its first imports,
+after ``import re`` as pip's console script does; the snapshot read and found intact, then
+fresh; when systemctl starts and answers; when the probes start and, about, when the
+slowest answers; the report; the text), and the rest of the wall time: the interpreter's
+start and exit (a full exit here: the command itself skips the interpreter's teardown); then
+its costliest imports (``python -X importtime``) and which module imported each private one
+(``_socket`` by socket...: labctl itself imports none).
 
 The children get a private bytecode cache (PYTHONPYCACHEPREFIX in a temporary directory,
 warmed by one untimed run of each row), as an installed labctl has one; --as-is keeps this
@@ -188,33 +190,36 @@ PHASES = r"""
 import sys, time
 t0 = time.perf_counter()
 import re  # pip's console script imports it before labctl
-from labctl.__main__ import _inventory, _status_args, width
+from labctl import cmdline
+from labctl.host import systemd
 from labctl.ops import status
 marks = {"imports done": time.perf_counter()}
-def timed(name, fn, wait=False):
+def timed(name, fn):
     def call(*args, **kwargs):
         result = fn(*args, **kwargs)
-        if not wait:
-            marks[name] = time.perf_counter()
-            return result
-        def done():
-            got = result()
-            marks[name] = time.perf_counter()
-            return got
-        return done
+        marks[name] = time.perf_counter()
+        return result
+    return call
+def started(name, fn):
+    def call(*args, **kwargs):
+        marks[name] = time.perf_counter()
+        return fn(*args, **kwargs)
     return call
 status.read_snapshot = timed("snapshot read and checked intact", status.read_snapshot)
-status.snapshot_key = timed("snapshot checked fresh (probes start)", status.snapshot_key)
-status.start_show = timed("systemctl answered", status.start_show, wait=True)
-opts = _status_args(sys.argv[1:])
-report = status.status_from_snapshot(_inventory(opts["inventory"]), probe_timeout=float(opts["timeout"]))
+status.snapshot_key = timed("snapshot checked fresh", status.snapshot_key)
+systemd.run_cmd = started("systemctl started", systemd.run_cmd)
+systemd.UserManager.show = timed("systemctl answered", systemd.UserManager.show)
+status.start_all = started("probes started", status.start_all)
+opts = cmdline.parse([o for o in cmdline.STATUS if o.snapshot], sys.argv[1:])
+report = status.status_from_snapshot(cmdline.find_inventory(opts["inventory"]), probe_timeout=opts["probe_timeout"])
 marks["report built"] = time.perf_counter()
 from labctl.statustext import status_lines
-sys.stdout.write("".join(line + "\n" for line in status_lines(report, width())))
+from labctl.text import terminal_width
+sys.stdout.write("".join(line + "\n" for line in status_lines(report, terminal_width())))
 sys.stdout.flush()
 marks["text printed"] = time.perf_counter()
 slowest = max(s.probe["latency_ms"] for s in report.services) / 1000
-marks["slowest probe answered (about)"] = marks["snapshot checked fresh (probes start)"] + slowest
+marks["slowest probe answered (about)"] = marks["probes started"] + slowest
 sys.stderr.write(repr({name: at - t0 for name, at in sorted(marks.items(), key=lambda kv: kv[1])}))
 """
 
@@ -233,6 +238,27 @@ def phases(inventory: Path, env: dict[str, str], runs: int) -> dict[str, float]:
         for name, value in got.items():
             out.setdefault(name, []).append(value * 1000)
     return {name: statistics.median(values) for name, values in out.items()}
+
+
+def imports(inventory: Path, env: dict[str, str]) -> tuple[list[tuple[str, float]], dict[str, str]]:
+    """What ``labctl status`` from its snapshot imports (``python -X importtime``, the
+    bytecode warm): its costliest imports (cumulative ms, top level), and each private
+    module (``_socket``...) with the module that imported it."""
+    res = subprocess.run([PYTHON, "-X", "importtime", LABCTL, "status", "-i", str(inventory)], capture_output=True,
+                         text=True, env=env, check=False)
+    rows = []  # (depth, name, cumulative us), each import after the ones it made
+    for line in res.stderr.splitlines():
+        parts = line.split("|")
+        if not line.startswith("import time:") or len(parts) != 3 or not parts[1].strip().isdigit():
+            continue
+        name = parts[2][1:]
+        rows.append(((len(name) - len(name.lstrip())) // 2, name.strip(), int(parts[1])))
+    top = sorted(((n, us / 1000) for d, n, us in rows if d == 0), key=lambda kv: -kv[1])
+    private = {}
+    for i, (depth, name, _) in enumerate(rows):
+        if name.startswith("_") and name != "__future__":
+            private[name] = next((m for d, m, _ in rows[i + 1:] if d < depth), "the interpreter's start")
+    return top, private
 
 
 def on_machine(runs: int) -> int:
@@ -300,6 +326,7 @@ def main() -> None:
         times["bare probe round"] = timed(probe_round, args.runs)
         same = same_output(inventory, env)
         steps = phases(inventory, env, args.runs)
+        top, private = imports(inventory, env)
     med = {name: statistics.median(t) * 1000 for name, t in times.items()}
     floor = {name: med["python -c pass"] for name in ("python -c 'import labctl.cli'", "labctl --help",
                                                      "labctl version")}
@@ -320,6 +347,10 @@ def main() -> None:
     print("status from its snapshot, step by step (medians, ms from the start of its Python code):")
     for name, ms in steps.items():
         print(f"  {name:48} {ms:6.1f}")
+    print("status from its snapshot, its costliest imports (python -X importtime, cumulative ms, one run):")
+    print("  " + ", ".join(f"{name} {ms:.1f}" for name, ms in top[:14]))
+    print("  private modules, each with the module that imported it: "
+          + ", ".join(f"{name} <- {parent}" for name, parent in sorted(private.items())))
 
 
 if __name__ == "__main__":

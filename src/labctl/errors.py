@@ -7,8 +7,6 @@ Exit codes (stable, documented in docs/cli.md):
 
 from __future__ import annotations
 
-from labctl.secretscan import redact
-
 
 class LabctlError(Exception):
     """A failure that labctl explains to the operator in one line per problem."""
@@ -37,6 +35,8 @@ class InputError(LabctlError):
     redacted = True
 
     def __init__(self, file: str, line: int, path: str, message: str) -> None:
+        from labctl.secretscan import redact  # compiles its patterns: imported by the errors that redact
+
         path, message = redact(path), redact(message)
         self.file, self.line, self.path, self.message = file, line, path, message
         super().__init__(f"{file}:{line}: {path}: {message}")

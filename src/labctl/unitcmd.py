@@ -8,18 +8,16 @@ machine's manager. So operands follow ``--``, and journalctl gets its unit as th
 ``--unit=`` (one word: getopt never reads it as an option). And a name from the inventory must
 be a unit name by systemd's own rules (:func:`unit_name_problem`: the schema checks it at
 load, the builders here again, so a labctl bug cannot hand systemctl something else).
-
-Imported by ``labctl status`` from its snapshot (labctl.ops.status), which must stay lean
-(tests/unit/test_lazy_imports.py): no imports at all, not even re.
 """
 
 from __future__ import annotations
 
-TYPE_CHECKING = False  # typing's own constant costs its import; type checkers read this one alike
+from typing import TYPE_CHECKING
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-# What `systemctl show` is asked for (labctl.host.systemd.UnitFacts, labctl.ops.status._Facts).
+# What `systemctl show` is asked for (labctl.host.systemd.UnitFacts).
 SHOW_PROPERTIES = (
     "Id", "LoadState", "ActiveState", "SubState", "UnitFileState", "NRestarts", "MainPID",
     "MemoryCurrent", "ActiveEnterTimestamp", "ActiveEnterTimestampMonotonic", "InvocationID", "Result",

@@ -109,7 +109,7 @@ def bus_path(unit: str) -> str:
 
 # labctl's calls that reach the user manager: (the call, what systemctl asks the manager).
 CALLS: dict[str, tuple[Callable[[dict[str, str], str], object], list[str]]] = {
-    "status (start_show)": (lambda env, unit: status.start_show([unit])(), ["member=GetAll"]),
+    "status (its own call)": (lambda env, unit: status._show(systemd.UserManager(env=env), [unit]), ["member=GetAll"]),
     "status (show_units)": (lambda env, unit: systemd.show_units([unit], user=True, env=env), ["member=GetAll"]),
     "start": (lambda env, unit: systemd.UserManager(env=env).start(unit), ["member=ResetFailedUnit",
                                                                             "member=StartUnit"]),

@@ -3,11 +3,12 @@
 Each case runs labctl in a fresh interpreter and lists the modules it imported. What a
 help page or `version` must not pull in: pydantic (~60-90 ms), jinja2, httpx, yaml, rich's
 tables, markdown and typer's rich help formatter. What `labctl status` from its snapshot must
-not pull in: see LEAN_OUT below.
+not pull in: see LEAN_OUT below. And labctl imports no private interpreter module.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -77,17 +78,15 @@ def test_every_command_group_uses_the_plain_help_formatter() -> None:
     assert [g.info.name or "labctl" for g in groups if g.rich_markup_mode is not None] == []
 
 
-# --- `labctl status` from its snapshot (labctl.__main__): builtins, its own modules, little else
+# --- `labctl status` from its snapshot (labctl.__main__): public modules, none of the CLI's
 
-# What the snapshot path keeps out (each a measured cost on top of the interpreter's start):
-# dataclasses (inspect, ast, dis, tokenize), hashlib (OpenSSL), subprocess (signal,
-# selectors, threading), socket.py (enum, selectors), threading, logging, textwrap, and
-# labctl's modules that bring them (its host layer). json too, unless --json is asked
-# (JSON answers are read with json's C scanner, _json). Its text is laid out by labctl.text,
-# measured by rich.cells (with typing); its options are read with labctl.cmdline (getopt).
-LEAN_OUT = ("dataclasses", "inspect", "hashlib", "_hashlib", "subprocess", "socket", "selectors",
-            "threading", "logging", "textwrap", "labctl.host", "labctl.fsio")
-NO_JSON_OUT = ("json",)
+# What the snapshot path keeps out: the CLI and what it parses and renders with (typer and
+# its click, pydantic, yaml, jinja2, rich's console), the clients it does not need (httpx,
+# httpcore, http.client with email), logging (labctl.host.proc logs only where logging is
+# loaded), and labctl's inventory, render and CLI layers.
+LEAN_OUT = ("typer", "click", "pydantic", "yaml", "jinja2", "httpx", "httpcore", "anyio", "rich.console", "rich.text",
+            "rich.table", "email", "http.client", "logging", "concurrent.futures", "labctl.cli", "labctl.inventory",
+            "labctl.render", "labctl.fsio", "labctl.secretscan")
 
 
 def fast_status(tmp_path: Path, kinds: dict[str, str], *args: str, prelude: str = "") -> tuple[str, set[str]]:
@@ -122,22 +121,51 @@ def found(modules: set[str], names: tuple[str, ...]) -> list[str]:
     return sorted(m for m in modules if any(m == n or m.startswith(n + ".") for n in names))
 
 
-def test_status_from_its_snapshot_imports_only_builtins_and_its_own(tmp_path: Path) -> None:
-    """llama-cpp-python's probe reads a JSON answer (/v1/models): with _json, not json."""
+def test_status_from_its_snapshot_imports_none_of_the_cli(tmp_path: Path) -> None:
+    """llama-cpp-python's probe reads a JSON answer (/v1/models), h11 reads every answer."""
     out, modules = fast_status(tmp_path, {"native": "llama-server", "bindings": "llama-cpp-python"})
     assert out.startswith("labctl status (") and "ok  native (llama-server) active/running" in out
-    assert "ok  bindings (llama-cpp-python) active/running" in out and "_json" in modules
-    assert found(modules, LEAN_OUT + NO_JSON_OUT) == []
+    assert "ok  bindings (llama-cpp-python) active/running" in out and {"h11", "json", "rich.cells"} <= modules
+    assert found(modules, LEAN_OUT) == []
 
 
-def test_status_json_imports_json_and_nothing_else_heavy(tmp_path: Path) -> None:
+def test_status_json_imports_none_of_the_cli(tmp_path: Path) -> None:
     out, modules = fast_status(tmp_path, {"native": "llama-server", "bindings": "llama-cpp-python"}, "--json")
     assert '"healthy": true' in out and "json" in modules
     assert found(modules, LEAN_OUT) == []
 
 
 def test_the_snapshot_check_sees_what_a_prelude_imports(tmp_path: Path) -> None:
-    """Control: the same harness reports a lean module that something imported."""
+    """Control: the same harness reports a module kept out that something imported."""
     _, modules = fast_status(tmp_path, {"native": "llama-server"},
-                             prelude="import dataclasses, json, subprocess, socket, labctl.host.proc")
-    assert {"dataclasses", "json", "subprocess", "socket", "labctl.host.proc"} <= set(found(modules, LEAN_OUT + NO_JSON_OUT))
+                             prelude="import logging, http.client, labctl.inventory.schema")
+    assert {"logging", "http.client", "email", "labctl.inventory.schema"} <= set(found(modules, LEAN_OUT))
+
+
+# --- no private interpreter modules -----------------------------------------------------------
+
+
+def private_imports(source: str) -> list[str]:
+    """The modules ``source`` imports whose top-level name is private (``_socket``, ``_json``,
+    ``_thread``...): CPython's own halves of public modules, with no contract to rely on."""
+    names = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return sorted(n for n in names if n.startswith("_") and n != "__future__")
+
+
+def test_labctl_imports_no_private_interpreter_module() -> None:
+    """Only public modules: where a private one shows up under status (python -X importtime),
+    a public module imported it (socket imports _socket, json _json, threading _thread)."""
+    src = Path(__file__).resolve().parents[2] / "src" / "labctl"
+    found_ = {str(path.relative_to(src)): private_imports(path.read_text()) for path in sorted(src.rglob("*.py"))}
+    assert {path: names for path, names in found_.items() if names} == {}
+
+
+def test_the_private_import_check_sees_one() -> None:
+    """Control: the check reports each form of import."""
+    source = "import _socket\nfrom _json import make_scanner\nimport os, _thread as t\nfrom __future__ import annotations\n"
+    assert private_imports(source) == ["_json", "_socket", "_thread"]

@@ -1,5 +1,5 @@
-"""The probes' own HTTP/1.1 over a socket (labctl.ops.probes): what it sends, what it reads,
-and how it fails: refused, hung, torn, chunked, too large."""
+"""The probes' HTTP/1.1 over a socket (labctl.ops.probes, written and read by h11): what it
+sends, what it reads, and how it fails: refused, hung, torn, cut short, chunked."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def test_refused_hung_and_garbled(server) -> None:
     assert not garbled.ok and garbled.detail.startswith("ValueError: not an HTTP answer")
 
     torn = probes.run(llama(server(lambda conn, request: None)), timeout=2)  # closed without a word
-    assert not torn.ok and torn.detail.startswith("ValueError")
+    assert (torn.ok, torn.detail) == (False, "ValueError: not an HTTP answer: the connection closed without one")
 
 
 def test_a_503_while_loading(server) -> None:
@@ -121,18 +121,35 @@ def test_a_503_while_loading(server) -> None:
     assert (result.ok, result.status, result.detail) == (False, 503, "loading model")
 
 
-@pytest.mark.parametrize("url,split", [
-    ("http://127.0.0.1:8080", ("127.0.0.1", 8080, "/")),
-    ("http://[::1]:8000/v1/models?x=1", ("::1", 8000, "/v1/models?x=1")),
-    ("http://localhost/health", ("localhost", 80, "/health")),
-])
-def test_split(url: str, split: tuple[str, int, str]) -> None:
-    assert probes._split(url) == split
+def test_the_request_line_and_the_host(server) -> None:
+    seen: list[bytes] = []
+
+    def answer(conn: socket.socket, request: bytes) -> None:
+        seen.append(request)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+    port = server(answer)
+    probe = probes._Probe("x", 2)
+    assert probe.get(f"http://127.0.0.1:{port}/v1/models?x=1").json() == {}
+    assert probe.check == "GET /v1/models" and probe.status == 200
+    assert seen[0].startswith(b"GET /v1/models?x=1 HTTP/1.1\r\n") and f"\r\nHost: 127.0.0.1:{port}\r\n".encode() in seen[0]
+    probes._Probe("x", 2).get(f"http://127.0.0.1:{port}")
+    assert seen[1].startswith(b"GET / HTTP/1.1\r\n")
 
 
 def test_only_plain_http() -> None:
     with pytest.raises(ValueError, match="not a plain http"):
-        probes._split("https://example.com/")
+        probes._Probe("x", 1).get("https://example.com/")
+
+
+def test_an_answer_cut_short_is_no_answer(server) -> None:
+    """A body shorter than its Content-Length, the connection closed: a failed probe."""
+    def answer(conn: socket.socket, request: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n{\"data\": [")
+
+    spec = ProbeSpec("bindings", "openai-models", f"http://127.0.0.1:{server(answer)}", models=["bindings"])
+    result = probes.run(spec, timeout=2)
+    assert not result.ok and result.detail.startswith("ValueError: not an HTTP answer: peer closed connection"), result
 
 
 def test_redis_auth_and_ping_on_one_connection(tmp_path) -> None:
@@ -181,32 +198,3 @@ def test_a_thread_hands_back_its_result_or_its_exception() -> None:
     wait = probes.in_thread(boom)
     with pytest.raises(KeyError, match="in the thread"):
         wait()
-
-
-def outcome(fn, data: bytes) -> tuple[str, str]:  # type: ignore[no-untyped-def]
-    try:
-        return "value", repr(fn(data))
-    except Exception as exc:  # noqa: BLE001 - the error is the outcome compared
-        return type(exc).__name__, str(exc)
-
-
-def test_json_answers_are_read_as_json_loads_reads_them() -> None:
-    """probes.json_loads (json's own C scanner, without importing json) against json.loads:
-    the same value or the same error, for answers well-formed or not."""
-    import json
-    import random
-
-    samples = [b'{"data": [{"id": "bindings"}, {"id": "native"}]}', b'{"models": [{"name": "a:latest"}]}',
-               b' \t\r\n[1, 2.5, -3e2, 1E400, true, false, null, "\\u00e9\\n", {}]\n ', b"NaN", b'{"a": -Infinity}',
-               b'"str"', b"12 ", b"", b"   ", b"{", b'{"a": 1} trailing', b'{"a": 1}{"b": 2}', b"\xff", b"[1,]",
-               b'{"a" 1}', b'"\x01 control"', b"\x00", "\ufeff{}".encode(), '{"a": "é"}'.encode("utf-16"),
-               '{"a": "é"}'.encode("utf-16-le"), '{"a": 1}'.encode("utf-32"), b'"\\ud800"', b"1" * 5000,
-               b"[" * 50 + b"]" * 50, b'{"\\u00e9": "caf\xc3\xa9"}']
-    rng = random.Random(11)
-    good = samples[0]
-    for _ in range(400):  # damaged answers: a byte changed, cut, or added
-        pos = rng.randrange(len(good))
-        samples += [good[:pos] + bytes([rng.randrange(256)]) + good[pos + 1:], good[:pos],
-                    good[:pos] + bytes([rng.randrange(256)]) + good[pos:]]
-    for data in samples:
-        assert outcome(probes.json_loads, data) == outcome(json.loads, data), data

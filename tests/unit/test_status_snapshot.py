@@ -1,8 +1,7 @@
 """`labctl status` from its snapshot (labctl.__main__, labctl.ops.status): the same answer
-as the full CLI, made without importing typer, pydantic, yaml, jinja2, httpx or rich (nor
-dataclasses, typing, hashlib, subprocess, socket.py or threading: test_lazy_imports), and
-never from a stale, foreign or damaged plan (the inventory's bytes, labctl's files, the
-environment, the file's owner and shape).
+as the full CLI, made without importing typer, pydantic, yaml, jinja2, httpx or rich's
+console (test_lazy_imports), and never from a stale, foreign or damaged plan (the
+inventory's bytes, labctl's files, the environment, the file's owner and shape).
 
 The services are stand-in HTTP servers and ``systemctl`` is a stand-in script on PATH
 (answering ``show`` as a user manager with the units running does, failing as one with no
@@ -183,7 +182,7 @@ def env(tmp_path: Path) -> dict[str, str]:
     return {"PATH": systemctl_path(tmp_path, "answers"), "HOME": str(tmp_path / "me"), "COLUMNS": "80"}
 
 
-HEAVY = ("typer", "pydantic", "yaml", "jinja2", "httpx", "rich.console", "rich.text")
+HEAVY = ("typer", "pydantic", "yaml", "jinja2", "httpx", "httpcore", "rich.console", "rich.text")
 
 
 @pytest.mark.parametrize("systemctl", ["answers", "fails", "missing"])
@@ -374,92 +373,36 @@ def test_both_paths_lay_lines_out_for_one_width(environ: dict[str, str]) -> None
     assert full == fast == environ.get("COLUMNS", "80")
 
 
-# --- the snapshot path's own copies of what it does not import, held to the originals ------
+def test_a_stale_snapshot_starts_nothing(stack: Path, saved: Path, monkeypatch, tmp_path: Path) -> None:
+    """No systemctl and no probe (they send keys) for a plan not made from what is here."""
+    bindir = tmp_path / "bin-records"
+    bindir.mkdir()
+    (bindir / "systemctl").write_text(f"#!/bin/sh\necho ran >> {tmp_path}/systemctl-ran\n")
+    (bindir / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    stack.write_text(stack.read_text() + "# changed\n")
+    started = []
+    monkeypatch.setattr(status, "start_all", lambda *a, **k: started.append(a))
+    assert status.status_from_snapshot(stack, probe_timeout=1) is None
+    assert not (tmp_path / "systemctl-ran").exists() and started == []
 
 
-def test_sha256_hex_is_hashlibs() -> None:
-    for data in (b"", b"abc", os.urandom(10_000)):
-        assert status.sha256_hex(data) == hashlib.sha256(data).hexdigest()
-
-
-SHOW_OUTPUT = """Id=labctl-native.service
-LoadState=loaded
-ActiveState=active
-SubState=running
-UnitFileState=enabled
-NRestarts=3
-MainPID=4242
-MemoryCurrent=18446744073709551615
-ActiveEnterTimestamp=Sun 2026-12-06 05:00:00 UTC
-ActiveEnterTimestampMonotonic=123456789
-InvocationID=abc
-Result=success
-ExecMainStatus=0
-NeedDaemonReload=yes
-DropInPaths=/a/50-x.conf /a/60-y.conf
-
-LoadState=not-found
-ActiveState=inactive
-SubState=dead
-MemoryCurrent=[not set]
-MainPID=
-
-"""
-
-
-@pytest.mark.parametrize("output", [SHOW_OUTPUT, SHOW_OUTPUT.split("\n\n")[0], "", "\n\n\nId=x\nActiveState=failed\n"])
-def test_show_is_parsed_as_host_systemd_parses_it(output: str) -> None:
-    from labctl import unitcmd
+def test_a_hung_systemctl_is_killed_with_its_session(stack: Path, saved: Path, tmp_path: Path, monkeypatch) -> None:
+    """status's systemctl goes through host.proc.run_cmd: its timeout kills the session."""
     from labctl.host import systemd
 
-    assert systemd.SHOW_PROPERTIES is unitcmd.SHOW_PROPERTIES and status.show_argv is unitcmd.show_argv
-    units = ["labctl-native.service", "labctl-gone.service", "labctl-third.service"]
-    ours, theirs = status.parse_show(output, units), systemd.parse_show(output, units)
-    assert list(ours) == list(theirs) == units
-    for unit in units:
-        assert {f: getattr(ours[unit], f) for f in status._Facts.__slots__} == theirs[unit].as_dict()
-
-
-def test_env_files_are_read_as_host_secrets_reads_them(tmp_path: Path) -> None:
-    from labctl.host import secrets
-    from labctl.ops.probes import Secret, env_file_values
-
-    text = ("# comment\n\nA=1\n B = two \nC='quoted'\nD=\"dq\"\nE='\nF=x=y\nG\n=nokey\nH=\"mismatched'\n"
-            "I=\r\nJ=caf\u00e9\r\n   # indented comment\nA=again\n")
-    path = tmp_path / "x.env"
-    path.write_bytes(text.encode())
-    assert env_file_values(path.read_text()) == secrets.read_env_file(path)
-    for var in ("A", "B", "F", "J", "MISSING"):
-        assert Secret(str(path), var).value() == secrets.env_or_file(path, var)
-    assert Secret(str(tmp_path / "absent.env"), "A").value() is None
-    path.write_bytes(b"A=\xff\n")
-    assert Secret(str(path), "A").value() is None  # unreadable as UTF-8: no key, as before
-
-
-def test_a_hung_systemctl_is_killed_with_its_session(tmp_path: Path, monkeypatch) -> None:
     bindir = tmp_path / "bin"
     bindir.mkdir()
     (bindir / "systemctl").write_text(f"#!/bin/sh\nsleep 60 &\necho $! > {tmp_path}/child\nsleep 60\n")
     (bindir / "systemctl").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
-    monkeypatch.setattr(status, "SHOW_TIMEOUT", 0.5)
+    monkeypatch.setattr(systemd, "SHOW_TIMEOUT", 0.5)
     started = time.monotonic()
-    facts, note = status.start_show(["labctl-native.service"])()
-    assert time.monotonic() - started < 5
-    assert note.startswith("unit states unavailable: systemctl --user show --property=Id,")
-    assert note.endswith(": timed out after 0.5s")
-    assert facts["labctl-native.service"].active_state == "unknown"
-    assert_killed(int((tmp_path / "child").read_text()))
-    # A stale snapshot's systemctl is not waited for: stopped at once.
-    monkeypatch.setattr(status, "SHOW_TIMEOUT", 30.0)
-    (tmp_path / "child").unlink()
-    wait = status.start_show(["labctl-native.service"])
-    child = tmp_path / "child"
-    while not (child.exists() and child.read_text().strip()) and time.monotonic() - started < 10:
-        time.sleep(0.02)
-    started = time.monotonic()
-    wait(stop=True)
-    assert time.monotonic() - started < 2
+    report = status.status_from_snapshot(stack, probe_timeout=2)
+    assert report is not None and time.monotonic() - started < 5
+    assert report.note.startswith("unit states unavailable: systemctl --user show --property=Id,")
+    assert report.note.endswith(": timed out after 0.5s")
+    assert {s.active_state for s in report.services} == {"unknown"}
     assert_killed(int((tmp_path / "child").read_text()))
 
 

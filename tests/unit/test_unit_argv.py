@@ -44,7 +44,7 @@ OPTION_READ = ("Cannot access user instance remotely", "invalid option", "unreco
 @pytest.fixture
 def fake_host(tmp_path: Path, monkeypatch) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """An environment with a fake ``ssh`` first on PATH that records being run, and a runtime
-    directory with no bus in it; the process's own environment too (status's start_show reads it)."""
+    directory with no bus in it; the process's own environment too (status's UserManager reads it)."""
     require_command("systemctl", "apt-get install systemd")
     require_command("journalctl", "apt-get install systemd")
     bindir = tmp_path / "bin"
@@ -69,8 +69,8 @@ def ssh_ran(env: dict[str, str]) -> bool:
 
 
 def ran(monkeypatch, env: dict[str, str], call: Callable[[], object]) -> list[tuple[list[str], str]]:  # type: ignore[no-untyped-def]
-    """(argv, stderr) of every systemctl/journalctl ``call`` ran: through run_cmd, through
-    status's own spawn, or exec'd by the CLI (run here instead)."""
+    """(argv, stderr) of every systemctl/journalctl ``call`` ran: through run_cmd, or exec'd
+    by the CLI (run here instead)."""
     seen: list[tuple[list[str], str]] = []
     real_run = proc.run_cmd
 
@@ -87,19 +87,10 @@ def ran(monkeypatch, env: dict[str, str], call: Callable[[], object]) -> list[tu
 
     monkeypatch.setattr(systemd, "run_cmd", recording)
     monkeypatch.setattr(os, "execvpe", execvpe)
-    real_spawn = status._spawn
-
-    def spawn(argv: list[str], environ: dict[str, str]):  # type: ignore[no-untyped-def]
-        seen.append((list(argv), ""))
-        return real_spawn(argv, environ)
-
-    monkeypatch.setattr(status, "_spawn", spawn)
     try:
-        note = call()
+        call()
     except (CommandFailed, SystemExit):
-        note = None
-    if isinstance(note, tuple) and seen and seen[-1][1] == "":  # start_show's (facts, note)
-        seen[-1] = (seen[-1][0], str(note[1]))
+        pass
     return seen
 
 
@@ -118,7 +109,8 @@ def logs(tmp_path: Path, unit: str, scope: str) -> Callable[[], object]:
 
 # Every place labctl names a unit to systemctl or journalctl: (scope, call).
 PLACES: dict[str, Callable[[Path, dict[str, str], str], tuple[bool, Callable[[], object]]]] = {
-    "status (managed units, start_show)": lambda tmp, env, unit: (True, lambda: status.start_show([unit])()),
+    "status (managed units, its own call)": lambda tmp, env, unit: (
+        True, lambda: status._show(systemd.UserManager(), [unit])),
     "status (managed units, a manager)": lambda tmp, env, unit: (
         True, lambda: systemd.UserManager(env=env).show([unit])),
     "status (external, system manager)": lambda tmp, env, unit: (
@@ -170,8 +162,7 @@ def old_argv(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     def show_argv(units, *, user: bool = True) -> list[str]:  # type: ignore[no-untyped-def]
         return systemctl_argv("show", *units, user=user, options=["--property=" + ",".join(unitcmd.SHOW_PROPERTIES)])
 
-    for module in (systemd, status):
-        monkeypatch.setattr(module, "show_argv", show_argv)
+    monkeypatch.setattr(systemd, "show_argv", show_argv)
     monkeypatch.setattr(systemd, "systemctl_argv", systemctl_argv)
 
 

@@ -4,12 +4,11 @@ timeout that kills the whole process group, and a one-line error on failure."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shlex
 import signal
-import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,7 +26,15 @@ SIGNAL_MEANING = {
     signal.SIGABRT: "the program aborted",
 }
 
-log = logging.getLogger(__name__)
+
+
+def _debug(message: str, *args: object) -> None:
+    """A debug record of what runs. Only a process that has imported logging can have a
+    handler that shows one; `labctl status` from its snapshot, which runs systemctl here,
+    has not, and does not pay logging's import for a record nobody reads."""
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.getLogger(__name__).debug(message, *args)
 
 
 class CommandFailed(OperationFailed):
@@ -84,7 +91,7 @@ def run_cmd(
     passed to ``echo`` as it arrives; the result's stderr then holds the merged output.
     """
     args = [os.fspath(a) for a in argv]
-    log.debug("run: %s", shlex.join(args))
+    _debug("run: %s", shlex.join(args))
     data = input.encode() if isinstance(input, str) else input
     try:
         proc = subprocess.Popen(
@@ -110,7 +117,7 @@ def run_cmd(
         raise CommandTimeout(f"{short(args)}: timed out after {timeout:g}s") from None
     result = CommandResult(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
     if result.rc != 0:
-        log.debug("rc=%d stderr=%s", result.rc, one_line(result.stderr))
+        _debug("rc=%d stderr=%s", result.rc, one_line(result.stderr))
     if check and result.rc != 0:
         why = one_line(result.stderr) or one_line(result.stdout) or "no output"
         failed = CommandFailed(f"{short(args)} exited {result.rc}: {why}")
@@ -143,6 +150,8 @@ def _stream(proc: subprocess.Popen[bytes], data: bytes | None, echo: Callable[[s
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 free right now, for a server about to be started on it."""
+    import socket
+
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -155,7 +164,7 @@ def serve(argv: Sequence[str | os.PathLike[str]], *, output: str | os.PathLike[s
     only, its own session, stdin ``/dev/null``, stdout and stderr into the file ``output``.
     On leaving, its whole process group gets SIGTERM, then SIGKILL after 5 s, and is reaped."""
     args = [os.fspath(a) for a in argv]
-    log.debug("serve: %s", shlex.join(args))
+    _debug("serve: %s", shlex.join(args))
     with open(output, "wb") as sink:
         try:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,

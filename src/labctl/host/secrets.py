@@ -8,21 +8,24 @@ and a bare file (the value alone, for Docker's file secrets such as Grafana's
 from __future__ import annotations
 
 import os
-import secrets as _random
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from labctl import fsio
 from labctl.errors import OperationFailed
 
 if TYPE_CHECKING:
     from labctl.inventory.schema import Inventory
 
+# `labctl status` from its snapshot reads keys with read_env_file (labctl.ops.probes): what
+# only the writers need (secrets' random source, fsio's temporary files) is imported there.
+
 SECRET_MODE = 0o600
 
 
 def new_value(prefix: str = "") -> str:
+    import secrets as _random
+
     return prefix + _random.token_urlsafe(32)
 
 
@@ -32,9 +35,13 @@ def _check_mode(path: Path) -> None:
         raise OperationFailed(f"{path} is readable by others (mode {mode:o}); run: chmod 600 {path}")
 
 
-def read_env_file(path: Path) -> dict[str, str]:
+def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``VAR=value`` lines of an environment file: blank lines and ``#`` comments
+    skipped, one pair of matching quotes around a value taken off."""
     out: dict[str, str] = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue
@@ -60,6 +67,8 @@ def ensure_env_secret(path: Path, var: str, *, prefix: str = "sk-") -> bool:
             text += "\n"
     else:
         text = ""
+    from labctl import fsio
+
     fsio.ensure_dir(path.parent, 0o700)
     fsio.atomic_write(path, text + f"{var}={new_value(prefix)}\n", mode=SECRET_MODE)
     return True
@@ -70,6 +79,8 @@ def ensure_file_secret(path: Path) -> bool:
     if path.exists() and path.read_text(encoding="utf-8").strip():
         _check_mode(path)
         return False
+    from labctl import fsio
+
     fsio.ensure_dir(path.parent, 0o700)
     fsio.atomic_write(path, new_value() + "\n", mode=SECRET_MODE)
     return True
@@ -86,10 +97,11 @@ def read_secret(path: Path, var: str | None = None) -> str:
     return value
 
 
-def env_or_file(env_file: Path | None, var: str) -> str | None:
-    """Resolve a SecretRef-shaped pair: the file when given, else this process' environment."""
+def env_or_file(env_file: str | os.PathLike[str] | None, var: str) -> str | None:
+    """Resolve a SecretRef-shaped pair: the file when given (None when it does not exist),
+    else this process' environment."""
     if env_file is not None:
-        return read_env_file(env_file).get(var) if env_file.exists() else None
+        return read_env_file(env_file).get(var) if os.path.exists(env_file) else None
     return os.environ.get(var)
 
 

@@ -15,6 +15,7 @@ from labctl.unitcmd import SHOW_PROPERTIES, journalctl_argv, show_argv, systemct
 
 # systemd prints this for "no value" in numeric properties such as MemoryCurrent.
 _UINT64_MAX = str(2**64 - 1)
+SHOW_TIMEOUT = 30.0  # seconds a manager has to answer `systemctl show`
 
 
 class UnitState(Record):
@@ -154,7 +155,7 @@ def show_units(units: Sequence[str], *, user: bool, env: dict[str, str] | None =
     privilege): how labctl looks at a unit it does not run."""
     if not units:
         return {}
-    res = run_cmd(show_argv(units, user=user), timeout=30, env=env)
+    res = run_cmd(show_argv(units, user=user), timeout=SHOW_TIMEOUT, env=env)
     return parse_show(res.stdout, units)
 
 

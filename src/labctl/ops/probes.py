@@ -8,60 +8,52 @@ that timeout, never more.
 
 A probe is planned from the inventory (:func:`spec_of`: the kind's recipe, the URL, the
 names it must serve, where a key is kept, never the key itself) and run from that plan
-(:func:`run`) over a socket, one HTTP/1.1 request per connection (``Connection: close``):
-``labctl status`` runs the same plans from its snapshot without loading the inventory
-(labctl.ops.status), and pays neither httpx's import (~40 ms) nor http.client's (~15 ms,
-its email parser) for a few loopback GETs.
+(:func:`run`) over a socket, one HTTP/1.1 request per connection (``Connection: close``),
+written and read by h11 (httpx's own HTTP/1.1 layer): ``labctl status`` runs the same plans
+from its snapshot without loading the inventory (labctl.ops.status), and pays neither
+httpx's import nor http.client's (its email parser) for a few loopback GETs.
 """
 
 from __future__ import annotations
 
-import _thread
 import os
+import threading
 import time
-
-try:
-    import _socket as socket  # socket's C half: what a loopback GET needs, without socket.py's enum and selectors
-except ImportError:  # an interpreter without it
-    import socket  # type: ignore[no-redef]
+from typing import TYPE_CHECKING, Any
 
 from labctl.records import Record
 
-TYPE_CHECKING = False  # typing's own constant costs its import (~3 ms); type checkers read this one alike
 if TYPE_CHECKING:
+    import socket
     import ssl
     from collections.abc import Callable
-    from typing import Any
 
     from labctl.inventory.schema import Inventory
     from labctl.kinds.litellm import LiteLLM
 
-# `labctl status` from its snapshot (labctl.__main__) imports this module, so it imports only
-# builtins at the top: no dataclasses (~8 ms with inspect, ast, dis), typing, functools,
-# threading, socket.py or json; json is imported by the probes that read a JSON answer.
+# `labctl status` from its snapshot (labctl.__main__) imports this module before it starts
+# systemctl: the modules a probe needs on the wire (socket, h11, urllib.parse; json for a
+# JSON answer) are imported by the probes themselves, so that their import runs while
+# systemctl works.
 
 
 def in_thread(fn: Callable[[], Any]) -> Callable[[], Any]:
     """Run ``fn`` in a thread now; the returned call waits for its result (or raises its
-    exception). ``_thread``, a builtin: threading and concurrent.futures cost the snapshot
-    path their imports. Like a daemon thread, it does not hold up the interpreter's exit."""
-    box: list[Any] = []
-    done = _thread.allocate_lock()
-    done.acquire()
+    exception). A daemon thread: it does not hold up the interpreter's exit."""
+    box: list[tuple[bool, Any]] = []
 
     def target() -> None:
         try:
             box.append((True, fn()))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
             box.append((False, exc))
-        finally:
-            done.release()
 
-    _thread.start_new_thread(target, ())
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
 
     def result() -> Any:
-        with done:
-            ok, value = box[0]
+        thread.join()
+        ok, value = box[0]
         if not ok:
             raise value
         return value
@@ -83,22 +75,6 @@ class ProbeTimeout(Exception):
     """The probe's deadline passed (or a read timed out within it)."""
 
 
-def env_file_values(text: str) -> dict[str, str]:
-    """``VAR=value`` lines as labctl.host.secrets.read_env_file reads them (a test holds the
-    two alike): that module's imports (secrets, pathlib, tempfile) cost the snapshot path."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        out[key.strip()] = value
-    return out
-
-
 class Secret(Record):
     """Where a probe finds a key when it runs: an env file (or None: labctl's own
     environment) and the variable. The value itself is never part of a plan."""
@@ -108,16 +84,14 @@ class Secret(Record):
     variable: str
 
     def value(self) -> str | None:
-        """labctl.host.secrets.env_or_file's answer: the file's value (None when the file
-        is missing or unreadable), else this process' environment's."""
-        if self.env_file is None:
-            return os.environ.get(self.variable)
+        """The file's value (None when the file is missing or unreadable), else this
+        process' environment's."""
+        from labctl.host import secrets
+
         try:
-            with open(self.env_file, encoding="utf-8") as fh:
-                text = fh.read()
+            return secrets.env_or_file(self.env_file, self.variable)
         except (OSError, UnicodeError):
             return None
-        return env_file_values(text).get(self.variable)
 
 
 class ProbeSpec(Record):
@@ -153,103 +127,20 @@ class _Response:
         return self._body.decode("utf-8", errors="replace")
 
     def json(self) -> Any:
-        return json_loads(self._body)
+        import json
 
-
-_JSON_SPACE = " \t\n\r"  # the whitespace json's own decoder skips
-
-
-class _ScanContext:
-    """What the C scanner reads from a json.JSONDecoder: json.loads' defaults."""
-
-    strict = True
-    object_hook = object_pairs_hook = None
-    parse_float, parse_int = float, int
-
-    @staticmethod
-    def parse_constant(name: str) -> float:
-        return {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}[name]
-
-
-def json_loads(body: bytes) -> Any:
-    """``json.loads(body)`` (a test holds them alike). A UTF-8 document is read with the C
-    scanner json.loads itself runs (_json), without importing json, which compiles regular
-    expressions at import (with re, ~2 ms that status from its snapshot would spend while
-    systemctl needs the CPU); anything else (another encoding, a BOM, a malformed answer)
-    is json.loads' to read or refuse."""
-    try:
-        from _json import make_scanner  # type: ignore[import-not-found]
-
-        text = body.decode("utf-8")
-        start = len(text) - len(text.lstrip(_JSON_SPACE))
-        value, end = make_scanner(_ScanContext)(text, start)
-        if not text[end:].strip(_JSON_SPACE):
-            return value
-    except Exception:  # noqa: BLE001 - json.loads below gives the answer or the error
-        pass
-    import json
-
-    return json.loads(body)
+        return json.loads(self._body)
 
 
 MAX_ANSWER = 8 << 20  # bytes: no probe answer is near this; a runaway one is cut
 
 
-def _split(url: str) -> tuple[str, int, str]:
-    """(host, port, path with query) of a plain ``http://`` URL (labctl's own base URLs)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme != "http":
-        raise ValueError(f"not a plain http:// URL: {url[:80]!r}")
-    netloc, slash, path = rest.partition("/")
-    if netloc.startswith("["):
-        host, _, port = netloc[1:].partition("]:")
-    else:
-        host, _, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "")
-    return host, int(port or 80), "/" + path if slash else "/"
-
-
 def _connect(host: str, port: int, timeout: float) -> socket.socket:
-    """A TCP connection; the host as bytes, so an address needs no IDNA codec (~4 ms to import)."""
-    last: OSError = ConnectionRefusedError("no address")
-    for family, kind, proto, _, addr in socket.getaddrinfo(host.encode("ascii"), port, 0, socket.SOCK_STREAM):
-        sock = socket.socket(family, kind, proto)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(addr)
-            return sock
-        except TimeoutError:
-            sock.close()
-            raise
-        except OSError as exc:
-            sock.close()
-            last = exc
-    raise last
+    """A TCP connection; the host as bytes, so that an address needs no IDNA codec (its
+    import: encodings.idna, stringprep)."""
+    import socket
 
-
-def _parse(raw: bytes) -> _Response:
-    """Status and body of one HTTP/1.x answer read to the end (the connection closed)."""
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(None, 2)
-    if not sep or len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-        raise ValueError(f"not an HTTP answer: {lines[0][:60]!r}")
-    fields = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        fields[name.strip().lower()] = value.strip()
-    if fields.get(b"transfer-encoding", b"").lower() == b"chunked":
-        out, rest = [], body
-        while True:
-            size_line, _, rest = rest.partition(b"\r\n")
-            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
-            if size == 0:
-                break
-            out.append(rest[:size])
-            rest = rest[size + 2:]
-        body = b"".join(out)
-    elif b"content-length" in fields:
-        body = body[: int(fields[b"content-length"])]
-    return _Response(int(parts[1]), body)
+    return socket.create_connection((host.encode("ascii"), port), timeout=timeout)
 
 
 class _Probe:
@@ -269,47 +160,65 @@ class _Probe:
         return left
 
     def _request(self, method: str, url: str, headers: dict[str, str] | None, body: object) -> _Response:
-        host, port, path = _split(url)
-        self.check = f"{method} {path.split('?', 1)[0]}"
+        from urllib.parse import urlsplit
+
+        import h11
+
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"not a plain http:// URL: {url[:80]!r}")
+        host, port, path = parts.hostname, parts.port or 80, parts.path or "/"
+        self.check = f"{method} {path}"
         if body is None:
             data = b""
         else:
             import json  # a deep probe's POST only
 
             data = json.dumps(body).encode()
-        sent = {**self.headers, **(headers or {})}
+        sent = {"Host": f"[{host}]:{port}" if ":" in host else f"{host}:{port}", "User-Agent": "labctl",
+                "Accept": "*/*", "Connection": "close", **self.headers, **(headers or {})}
         if body is not None:
             sent["Content-Type"] = "application/json"
-        head = "".join(f"{k}: {v}\r\n" for k, v in sent.items())
-        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        request = (f"{method} {path} HTTP/1.1\r\nHost: {netloc}\r\nUser-Agent: labctl\r\nAccept: */*\r\n"
-                   f"Connection: close\r\n{head}Content-Length: {len(data)}\r\n\r\n").encode() + data
+        sent["Content-Length"] = str(len(data))
+        conn = h11.Connection(h11.CLIENT)
+        request = conn.send(h11.Request(method=method, target=path + (f"?{parts.query}" if parts.query else ""),
+                                        headers=list(sent.items())))
+        request += (conn.send(h11.Data(data=data)) if data else b"") + conn.send(h11.EndOfMessage())
         try:
-            conn = _connect(host, port, self._left())
+            sock = _connect(host, port, self._left())
         except (TimeoutError, BlockingIOError):
             raise ProbeTimeout("connect timed out") from None
         except OSError as exc:
             raise ConnectionRefusedError(str(exc)) from None
+        status, chunks, size, received = None, [], 0, 0
         try:
-            conn.settimeout(self._left())
-            conn.sendall(request)
-            chunks, size = [], 0
+            sock.settimeout(self._left())
+            sock.sendall(request)
             while True:
-                conn.settimeout(self._left())
-                chunk = conn.recv(65536)
-                if not chunk:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    sock.settimeout(self._left())
+                    chunk = sock.recv(65536)
+                    received += len(chunk)
+                    conn.receive_data(chunk)  # b"": the server closed the connection
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    size += len(event.data)
+                    if size > MAX_ANSWER:
+                        raise ValueError(f"answer larger than {MAX_ANSWER} bytes")
+                    chunks.append(bytes(event.data))
+                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                     break
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > MAX_ANSWER:
-                    raise ValueError(f"answer larger than {MAX_ANSWER} bytes")
         except TimeoutError:
             raise ProbeTimeout("read timed out") from None
+        except h11.RemoteProtocolError as exc:
+            raise ValueError(f"not an HTTP answer: {exc if received else 'the connection closed without one'}") from None
         finally:
-            conn.close()
-        out = _parse(b"".join(chunks))
-        self.status = out.status_code
-        return out
+            sock.close()
+        assert status is not None  # h11 gives the Response before any Data or the EndOfMessage
+        self.status = status
+        return _Response(status, b"".join(chunks))
 
     def get(self, url: str, headers: dict[str, str] | None = None) -> _Response:
         return self._request("GET", url, headers, None)
@@ -484,8 +393,18 @@ def _probe(spec: ProbeSpec, p: _Probe, deep: bool) -> ProbeResult:
     return p.result(False, f"no probe for kind {recipe.removeprefix('none:')}")
 
 
+def _load_wire() -> None:
+    """Import what a probe speaks with, before its clock starts: its latency is the server's,
+    not an import's (the first probe imports them, the others wait for it)."""
+    import socket  # noqa: F401
+    import urllib.parse  # noqa: F401
+
+    import h11  # noqa: F401
+
+
 def run(spec: ProbeSpec, *, timeout: float = 5.0, deep: bool = False) -> ProbeResult:
     """Run one planned probe, bounded by ``timeout``."""
+    _load_wire()
     headers: dict[str, str] = {}
     if spec.key is not None and spec.recipe not in ("redis", "litellm"):
         value = spec.key.value()

@@ -1,8 +1,8 @@
 """``labctl status``: the truth about each service, gathered concurrently.
 
-Unit facts come from ``systemctl --user show`` (:func:`start_show`), which runs while the
-probes do; probes run in parallel, each bounded by its timeout, so one hung backend costs one
-timeout and not a sum of them.
+Unit facts come from ``systemctl --user show`` (labctl.host.systemd, through the one runner
+of commands), which runs while the probes do; probes run in parallel, each bounded by its
+timeout, so one hung backend costs one timeout and not a sum of them.
 
 External services are probed like the rest but have no unit of labctl's: their row says
 "external" (with the state of the unit that runs them, when the inventory names it).
@@ -11,49 +11,36 @@ reachability check costs a round trip to a provider, so it is never paid by defa
 
 What status needs from the inventory is a *plan* (:func:`plan_of`: each service's unit,
 address, probe recipe, model link and the hash of its rendered unit): dicts, lists,
-strings and numbers, with no secret in it. :func:`gather_plan` runs a plan; ``labctl status`` keeps the last plan as a snapshot
-in ``~/.cache/labctl/status/`` keyed by the inventory's bytes, labctl's own files and the
-environment it read, so the next status of the same inventory runs without parsing it
+strings and numbers, with no secret in it. :func:`gather_plan` runs a plan; ``labctl status``
+keeps the last plan as a snapshot in ``~/.cache/labctl/status/`` keyed by the inventory's
+bytes, labctl's own files and the environment it read, so the next status of the same inventory runs without parsing it
 (no pydantic, jinja2, yaml or typer: ``labctl.__main__``), while any change to any of them
 makes a new plan from the inventory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
+from typing import TYPE_CHECKING, Any
 
-from labctl.ops.probes import ProbeSpec, Record, in_thread, start_all
-from labctl.unitcmd import show_argv, unit_name_problem
+from labctl.host.proc import CommandFailed
+from labctl.host.systemd import UnitFacts, UserManager
+from labctl.ops.probes import ProbeResult, ProbeSpec, in_thread, start_all
+from labctl.records import Record
+from labctl.unitcmd import unit_name_problem
 
-TYPE_CHECKING = False  # typing's own constant costs its import; type checkers read this one alike
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
-    from typing import Any
 
-    from labctl.host.systemd import UnitFacts, UserManager
     from labctl.inventory.schema import Inventory
     from labctl.kinds.litellm import Endpoint
-    from labctl.ops.probes import ProbeResult
 
-# `labctl status` from its snapshot (labctl.__main__) imports this module and labctl.ops.probes
-# and little else: builtins at the top (no dataclasses, typing, json, hashlib, subprocess,
-# threading); the host modules, httpx and the inventory's are imported where they are used,
-# on the full path. tests/unit/test_lazy_imports.py holds it to that.
-
-try:  # CPython's own SHA-256 (3.12+: _sha2, 3.11: _sha256): hashlib would load OpenSSL (~2 ms)
-    from _sha2 import sha256 as _sha256  # type: ignore[import-not-found]
-except ImportError:
-    try:
-        from _sha256 import sha256 as _sha256  # type: ignore[import-not-found,no-redef]
-    except ImportError:
-        from hashlib import sha256 as _sha256  # type: ignore[assignment]
-
-
-def sha256_hex(data: bytes) -> str:
-    """hashlib.sha256(data).hexdigest(), without loading OpenSSL (a test holds them equal)."""
-    return _sha256(data).hexdigest()  # type: ignore[no-any-return]
+# `labctl status` from its snapshot (labctl.__main__) imports this module: the inventory's
+# modules, httpx and rich are imported where they are used, on the full path
+# (tests/unit/test_lazy_imports.py).
 
 
 class ServiceStatus(Record):
@@ -131,6 +118,10 @@ class StatusReport(Record):
                 "endpoints": [e.as_dict() for e in self.endpoints]}
 
 
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def _model(plan_svc: dict[str, Any]) -> str | None:
     """What a service serves: a llama service's model file (``current.gguf -> target``,
     read now), a static name for the others."""
@@ -204,7 +195,6 @@ def reach_endpoint(name: str, endpoint: Endpoint, timeout: float) -> ProbeResult
 
 def _external_facts(externals: list[dict[str, Any]], env: dict[str, str]) -> dict[str, UnitFacts]:
     """The units that run external services, read from their own manager."""
-    from labctl.host.proc import CommandFailed
     from labctl.host.systemd import show_units
 
     out: dict[str, UnitFacts] = {}
@@ -280,185 +270,18 @@ def gather(inv: Inventory, *, manager: UserManager | None = None, probe_timeout:
     return gather_plan(plan, manager=manager, probe_timeout=probe_timeout, jobs=jobs)
 
 
-# --- the unit facts: one `systemctl --user show`, spawned here ------------------------------
-
-# labctl.host.systemd's parse_show and UnitFacts are copied here, as the snapshot path does not
-# import that module (its dataclasses and labctl.host.proc's subprocess and logging): a test
-# holds parse_show and _Facts to the originals. The argv is labctl.unitcmd's, as everywhere.
-SHOW_TIMEOUT = 30.0  # labctl.host.systemd.show_units's
-_UINT64_MAX = str(2**64 - 1)  # systemd's "no value" in numeric properties such as MemoryCurrent
-
-
-class _Facts:
-    """labctl.host.systemd.UnitFacts's fields, parsed the same way from ``show``'s output."""
-
-    __slots__ = ("unit", "load_state", "active_state", "sub_state", "unit_file_state", "n_restarts", "main_pid",
-                 "memory_bytes", "active_enter_timestamp", "active_enter_monotonic_usec", "invocation_id",
-                 "result", "exec_main_status", "exec_main_code", "need_daemon_reload", "drop_in_paths")
-
-    def __init__(self, unit: str, props: dict[str, str]) -> None:
-        def num(key: str) -> int:
-            value = props.get(key, "")
-            return int(value) if value.isdigit() and value != _UINT64_MAX else 0
-
-        memory = props.get("MemoryCurrent", "")
-        self.unit = unit
-        self.load_state = props.get("LoadState", "not-found")
-        self.active_state = props.get("ActiveState", "inactive")
-        self.sub_state = props.get("SubState", "dead")
-        self.unit_file_state = props.get("UnitFileState", "")
-        self.n_restarts = num("NRestarts")
-        self.main_pid = num("MainPID")
-        self.memory_bytes = int(memory) if memory.isdigit() and memory != _UINT64_MAX else None
-        self.active_enter_timestamp = props.get("ActiveEnterTimestamp", "")
-        self.active_enter_monotonic_usec = num("ActiveEnterTimestampMonotonic")
-        self.invocation_id = props.get("InvocationID", "")
-        self.result = props.get("Result", "")
-        self.exec_main_status = num("ExecMainStatus")
-        self.exec_main_code = num("ExecMainCode")
-        self.need_daemon_reload = props.get("NeedDaemonReload", "no") == "yes"
-        self.drop_in_paths = tuple(props.get("DropInPaths", "").split())
-
-
-def parse_show(output: str, units: list[str]) -> dict[str, _Facts]:
-    """labctl.host.systemd.parse_show: one block per unit, in argument order, separated by
-    blank lines (the Id property is absent for unknown units on some versions)."""
-    blocks: list[dict[str, str]] = [{}]
-    for line in output.splitlines():
-        if not line.strip():
-            if blocks[-1]:
-                blocks.append({})
-            continue
-        key, _, value = line.partition("=")
-        blocks[-1][key] = value
-    blocks = [b for b in blocks if b]
-    facts = {unit: _Facts(unit, props) for unit, props in zip(units, blocks)}
-    for unit in units:
-        facts.setdefault(unit, _Facts(unit, {}))
-    return facts
-
+# --- the unit facts: one `systemctl --user show` -------------------------------------------
 
 _UNKNOWN = {"LoadState": "unknown", "ActiveState": "unknown", "SubState": "unknown"}
 
 
-def user_env() -> dict[str, str]:
-    """labctl.host.systemd.UserManager's environment: this one, with XDG_RUNTIME_DIR (without
-    it ``systemctl --user`` fails with "No medium found")."""
-    env = dict(os.environ)
-    env.setdefault("XDG_RUNTIME_DIR", f"/run/user/{os.getuid()}")
-    return env
-
-
-def _spawn(argv: list[str], env: dict[str, str]) -> tuple[int, int, int]:
-    """(pid, its stdout, its stderr) of ``argv`` started in a session of its own, stdin
-    /dev/null. Our other descriptors are close-on-exec (Python opens them so)."""
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    try:
-        pid = os.posix_spawnp(argv[0], argv, env, setsid=True, file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_DUP2, out_w, 1),
-            (os.POSIX_SPAWN_DUP2, err_w, 2),
-        ])
-    except BaseException:
-        os.close(out_r)
-        os.close(err_r)
-        raise
-    finally:
-        os.close(out_w)
-        os.close(err_w)
-    return pid, out_r, err_r
-
-
-def _collect(pid: int, out_fd: int, err_fd: int, timeout: float) -> tuple[int | None, bytes, bytes]:
-    """(exit code as subprocess gives it, stdout, stderr) of a spawned process, read until
-    both pipes close and it exits; (None, ...) when ``timeout`` passed first: its session
-    was killed, as labctl.host.proc.run_cmd kills one."""
-    import select
-
-    deadline = time.monotonic() + timeout
-    chunks: dict[int, list[bytes]] = {out_fd: [], err_fd: []}
-    poller = select.poll()
-    for fd in chunks:
-        poller.register(fd, select.POLLIN)
-    left_open = len(chunks)
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                import signal
-
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                os.waitpid(pid, 0)
-                return None, b"", b""
-            if left_open:
-                for fd, _ in poller.poll(left * 1000):
-                    data = os.read(fd, 65536)
-                    if data:
-                        chunks[fd].append(data)
-                    else:
-                        poller.unregister(fd)
-                        left_open -= 1
-                continue
-            # Both pipes closed: it is exiting, which takes microseconds.
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return os.waitstatus_to_exitcode(status), b"".join(chunks[out_fd]), b"".join(chunks[err_fd])
-            time.sleep(0.0002)
-    finally:
-        os.close(out_fd)
-        os.close(err_fd)
-
-
-def start_show(units: list[str]) -> Callable[..., tuple[dict[str, Any], str]]:
-    """``systemctl --user show`` of ``units``, started now; the returned call waits for it:
-    (facts of each unit, "" or a note on why they are unknown); ``wait(stop=True)`` kills
-    it instead (its answer no longer wanted).
-
-    This is the one process labctl starts without labctl.host.proc.run_cmd, the chokepoint:
-    it keeps that function's rules (an argv, never a shell; a session of its own; stdin
-    /dev/null; the same timeout, which kills the session; the same messages, from its own
-    helpers when it fails), while `labctl status` from its snapshot pays neither the
-    subprocess module (~5 ms with signal, selectors and threading) nor logging, and runs
-    its probes while systemctl works."""
-    if not units:
-        return lambda stop=False: ({}, "")
-    argv = show_argv(units)
-
-    def unknown(why: str) -> tuple[dict[str, Any], str]:
-        return {u: _Facts(u, _UNKNOWN) for u in units}, f"unit states unavailable: {why}"
-
-    try:
-        pid, out_fd, err_fd = _spawn(argv, user_env())
-    except OSError as exc:
-        why = f"cannot run {argv[0]}: {exc.strerror or exc}"
-        return lambda stop=False: unknown(why)
-
-    def wait(stop: bool = False) -> tuple[dict[str, Any], str]:
-        rc, out, err = _collect(pid, out_fd, err_fd, 0 if stop else SHOW_TIMEOUT)
-        if rc == 0:
-            return parse_show(out.decode(errors="replace"), units), ""
-        from labctl.host.proc import one_line, short
-
-        if rc is None:
-            return unknown(f"{short(argv)}: timed out after {SHOW_TIMEOUT:g}s")
-        stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
-        return unknown(f"{short(argv)} exited {rc}: {one_line(stderr) or one_line(stdout) or 'no output'}")
-
-    return wait
-
-
-def _manager_show(manager: UserManager, units: list[str]) -> tuple[dict[str, Any], str]:
-    from labctl.host.proc import CommandFailed
-
+def _show(manager: UserManager, units: list[str]) -> tuple[dict[str, UnitFacts], str]:
+    """The managed units' facts (one ``systemctl --user show``), or, when the manager does
+    not answer (none here, no bus, a timeout), each unit unknown and a note saying why."""
     try:
         return manager.show(units), ""
     except CommandFailed as exc:
-        # No user manager here (or it does not answer): report what the probes see.
-        return {u: _Facts(u, _UNKNOWN) for u in units}, f"unit states unavailable: {exc}"
+        return {u: UnitFacts.parse(u, _UNKNOWN) for u in units}, f"unit states unavailable: {exc}"
 
 
 def gather_plan(plan: dict[str, Any], *, manager: UserManager | None = None, probe_timeout: float = 3.0,
@@ -466,20 +289,13 @@ def gather_plan(plan: dict[str, Any], *, manager: UserManager | None = None, pro
     """Run a plan: ``systemctl --user show`` of the managed units (``manager``'s, when given),
     the external units' managers, every probe and ``jobs`` at once; then one row per service."""
     start = time.monotonic()
+    manager = manager if manager is not None else UserManager()
     units = plan["managed"]
     # systemctl first: it runs while the probes do.
-    own = start_show(units) if manager is None else in_thread(lambda: _manager_show(manager, units))
-    env = user_env() if manager is None else manager.env
-    return _run_plan(plan, start, own, env, probe_timeout, jobs)
-
-
-def _run_plan(plan: dict[str, Any], start: float, own: Callable[[], tuple[dict[str, Any], str]],
-              env: dict[str, str], probe_timeout: float,
-              jobs: dict[str, Callable[[], object]] | None) -> StatusReport:
-    """gather_plan, once ``own`` (the wait for the managed units' facts) has started."""
+    own = in_thread(lambda: _show(manager, units))
     rows = plan["services"]
     externals = [r for r in rows if r["external"]]
-    ext = in_thread(lambda: _external_facts(externals, env)) if externals else dict
+    ext = in_thread(lambda: _external_facts(externals, manager.env)) if externals else dict
     probes_r = start_all([ProbeSpec.from_dict(r["probe"]) for r in rows], timeout=probe_timeout)
     job_r = {k: in_thread(fn) for k, fn in (jobs or {}).items()}
     facts, note = own()
@@ -514,9 +330,9 @@ def _run_plan(plan: dict[str, Any], start: float, own: Callable[[], tuple[dict[s
 def _external_row(row: dict[str, Any], ext_facts: dict[str, UnitFacts], probe: ProbeResult,
                   now_usec: float) -> ServiceStatus:
     unit, scope = row["ext_unit"], row["ext_scope"]
-    f: Any = ext_facts.get(f"{scope}:{unit}") if unit else None
+    f = ext_facts.get(f"{scope}:{unit}") if unit else None
     if unit and f is None:
-        f = _Facts(unit, _UNKNOWN)
+        f = UnitFacts.parse(unit, _UNKNOWN)
     uptime = None
     if f is not None and f.active_state == "active" and f.active_enter_monotonic_usec:
         uptime = round((now_usec - f.active_enter_monotonic_usec) / 1e6, 1)
@@ -698,27 +514,11 @@ def load_snapshot(inventory: Path | str) -> dict[str, Any] | None:
 
 def status_from_snapshot(inventory: Path | str, *, probe_timeout: float = 3.0) -> StatusReport | None:
     """``labctl status`` from the snapshot of ``inventory``, or None when there is none fit to
-    use (labctl.__main__ then runs the full CLI).
-
-    systemctl starts as soon as the file is read and found intact, this user's and of a
-    plan's shape, and runs while the slower check that the plan is still fresh (labctl's
-    files, the inventory's bytes, the environment) is made; the probes start only once it
-    is (they send keys). A plan no longer fresh costs the start of one read-only
-    ``systemctl show`` of the units it named, killed at once."""
-    kept = read_snapshot(inventory)
-    if kept is None:
-        return None
-    key, plan = kept
-    start = time.monotonic()
-    own = start_show(plan["managed"])
-    try:
-        fresh = key == snapshot_key(inventory)
-    except OSError:  # the inventory went away
-        fresh = False
-    if not fresh:
-        own(stop=True)
-        return None
-    return _run_plan(plan, start, own, user_env(), probe_timeout, None)
+    use (labctl.__main__ then runs the full CLI): the file this user's, intact, of a plan's
+    shape, and made from what is here now (labctl's files, the inventory's bytes, the
+    environment). Nothing is started before it is found so: the probes send keys."""
+    plan = load_snapshot(inventory)
+    return None if plan is None else gather_plan(plan, probe_timeout=probe_timeout)
 
 
 def read_snapshot(inventory: Path | str) -> tuple[dict[str, Any], dict[str, Any]] | None:
