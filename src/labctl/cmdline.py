@@ -105,7 +105,9 @@ def parse(options: Sequence[Option], args: list[str]) -> dict[str, object] | Non
             value = option.value(text)
         except ValueError:
             return None
-        values[option.name] = [*(values[option.name] or []), value] if option.kind == "texts" else value  # type: ignore[misc]
+        if option.kind == "texts":
+            value = [*(values[option.name] or []), value]  # type: ignore[misc]
+        values[option.name] = value
     return values
 
 

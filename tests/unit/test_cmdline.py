@@ -55,14 +55,16 @@ def test_the_fast_path_reads_arguments_as_click_does(args: list[str], monkeypatc
         return
     clicked = click_reads(args)
     # A path is a path to both (click's is a Path already; find_inventory makes the other one).
-    fast = {k: str(Path(v)) if k == "inventory" and v is not None else v for k, v in fast.items()}  # type: ignore[arg-type]
+    fast = {k: str(Path(v)) if k == "inventory" and v is not None else v  # type: ignore[arg-type]
+            for k, v in fast.items()}
     assert fast == {name: clicked[name] for name in fast}, (fast, clicked)
 
 
 def test_the_environment_gives_the_inventory_as_click_does(monkeypatch) -> None:
     monkeypatch.setenv("LABCTL_INVENTORY", "from-env.yaml")
     assert parse(FAST, [])["inventory"] == click_reads([])["inventory"] == "from-env.yaml"  # type: ignore[index]
-    assert parse(FAST, ["-i", "x.yaml"])["inventory"] == click_reads(["-i", "x.yaml"])["inventory"] == "x.yaml"  # type: ignore[index]
+    given = ["-i", "x.yaml"]
+    assert parse(FAST, given)["inventory"] == click_reads(given)["inventory"] == "x.yaml"  # type: ignore[index]
     monkeypatch.setenv("LABCTL_INVENTORY", "")
     assert parse(FAST, [])["inventory"] is click_reads([])["inventory"] is None  # type: ignore[index]
 

@@ -167,5 +167,6 @@ def test_labctl_imports_no_private_interpreter_module() -> None:
 
 def test_the_private_import_check_sees_one() -> None:
     """Control: the check reports each form of import."""
-    source = "import _socket\nfrom _json import make_scanner\nimport os, _thread as t\nfrom __future__ import annotations\n"
+    source = ("import _socket\nfrom _json import make_scanner\nimport os, _thread as t\n"
+              "from __future__ import annotations\n")
     assert private_imports(source) == ["_json", "_socket", "_thread"]

@@ -132,7 +132,8 @@ def test_the_request_line_and_the_host(server) -> None:
     probe = probes._Probe("x", 2)
     assert probe.get(f"http://127.0.0.1:{port}/v1/models?x=1").json() == {}
     assert probe.check == "GET /v1/models" and probe.status == 200
-    assert seen[0].startswith(b"GET /v1/models?x=1 HTTP/1.1\r\n") and f"\r\nHost: 127.0.0.1:{port}\r\n".encode() in seen[0]
+    assert seen[0].startswith(b"GET /v1/models?x=1 HTTP/1.1\r\n")
+    assert f"\r\nHost: 127.0.0.1:{port}\r\n".encode() in seen[0]
     probes._Probe("x", 2).get(f"http://127.0.0.1:{port}")
     assert seen[1].startswith(b"GET / HTTP/1.1\r\n")
 

@@ -213,7 +213,8 @@ class _Probe:
         except TimeoutError:
             raise ProbeTimeout("read timed out") from None
         except h11.RemoteProtocolError as exc:
-            raise ValueError(f"not an HTTP answer: {exc if received else 'the connection closed without one'}") from None
+            why = exc if received else "the connection closed without one"
+            raise ValueError(f"not an HTTP answer: {why}") from None
         finally:
             sock.close()
         assert status is not None  # h11 gives the Response before any Data or the EndOfMessage

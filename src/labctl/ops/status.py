@@ -13,9 +13,9 @@ What status needs from the inventory is a *plan* (:func:`plan_of`: each service'
 address, probe recipe, model link and the hash of its rendered unit): dicts, lists,
 strings and numbers, with no secret in it. :func:`gather_plan` runs a plan; ``labctl status``
 keeps the last plan as a snapshot in ``~/.cache/labctl/status/`` keyed by the inventory's
-bytes, labctl's own files and the environment it read, so the next status of the same inventory runs without parsing it
-(no pydantic, jinja2, yaml or typer: ``labctl.__main__``), while any change to any of them
-makes a new plan from the inventory.
+bytes, labctl's own files and the environment it read, so the next status of the same
+inventory runs without parsing it (no pydantic, jinja2, yaml or typer: ``labctl.__main__``),
+while any change to any of them makes a new plan from the inventory.
 """
 
 from __future__ import annotations
