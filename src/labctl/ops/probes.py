@@ -16,7 +16,6 @@ httpx's import nor http.client's (its email parser) for a few loopback GETs.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
