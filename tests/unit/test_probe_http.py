@@ -199,3 +199,28 @@ def test_a_thread_hands_back_its_result_or_its_exception() -> None:
     wait = probes.in_thread(boom)
     with pytest.raises(KeyError, match="in the thread"):
         wait()
+
+
+@pytest.mark.parametrize("key", ["sk-secret\x00tail", "sk-secr\u00e9t"])
+def test_a_key_http_cannot_carry_fails_the_probe_without_showing_it(server, tmp_path, key: str) -> None:
+    """A key read from its env file with a NUL or a non-ASCII character: a failed probe whose
+    detail does not quote it (h11's own message does: the control)."""
+    import h11
+
+    env = tmp_path / "keys.env"
+    env.write_text(f"API_KEY={key}\n", encoding="utf-8")
+    seen: list[bytes] = []
+    spec = ProbeSpec("native", "llama-server", f"http://127.0.0.1:{server(lambda c, r: seen.append(r))}",
+                     models=["native"], key=probes.Secret(str(env), "API_KEY"))
+    result = probes.run(spec, timeout=2)
+    assert (result.ok, seen) == (False, [])
+    assert result.detail == ("ValueError: the request cannot be written: a header holds a character HTTP/1.1 does "
+                             "not carry")
+    assert "secr" not in str(result.as_dict())
+    try:  # control: what h11 says of the same header
+        h11.Connection(h11.CLIENT).send(h11.Request(method="GET", target="/", headers=[
+            ("Host", "x"), ("Authorization", f"Bearer {key}")]))
+    except (h11.LocalProtocolError, UnicodeError) as exc:
+        assert "secr" in str(exc) or "\\xe9" in str(exc) or "\xe9" in str(exc)
+    else:
+        raise AssertionError("h11 took the header")

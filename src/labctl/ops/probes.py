@@ -180,8 +180,14 @@ class _Probe:
             sent["Content-Type"] = "application/json"
         sent["Content-Length"] = str(len(data))
         conn = h11.Connection(h11.CLIENT)
-        request = conn.send(h11.Request(method=method, target=path + (f"?{parts.query}" if parts.query else ""),
-                                        headers=list(sent.items())))
+        try:
+            request = conn.send(h11.Request(method=method, target=path + (f"?{parts.query}" if parts.query else ""),
+                                            headers=list(sent.items())))
+        except (h11.LocalProtocolError, UnicodeError):
+            # A header value HTTP/1.1 cannot carry (a NUL, a non-ASCII character): h11's
+            # message quotes the value, and a header may be a key. Never in a detail.
+            raise ValueError("the request cannot be written: a header holds a character HTTP/1.1 does not "
+                             "carry") from None
         request += (conn.send(h11.Data(data=data)) if data else b"") + conn.send(h11.EndOfMessage())
         try:
             sock = _connect(host, port, self._left())
