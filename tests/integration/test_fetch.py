@@ -14,6 +14,8 @@ import hashlib
 import http.server
 import os
 import socket
+import subprocess
+import sys
 import threading
 import urllib.parse
 import zipfile
@@ -501,10 +503,7 @@ def test_pip_failures(dirs: tuple[Path, Path], pip_env: dict[str, str]) -> None:
 # --- labctl model pull, through the real command line ----------------------------------
 
 
-def _labctl(*args: str, home: Path) -> "subprocess.CompletedProcess[str]":
-    import subprocess
-    import sys
-
+def _labctl(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HOME": str(home)}
     return subprocess.run([sys.executable, "-m", "labctl", *args], capture_output=True, text=True, env=env,
                           timeout=120, cwd=home)

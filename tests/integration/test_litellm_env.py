@@ -26,7 +26,6 @@ from pathlib import Path
 
 import helpers
 import pytest
-import yaml
 from invtext import BASE
 
 from labctl.errors import InvalidInventory

@@ -22,7 +22,7 @@ from labctl import fsio
 from labctl.cli import main
 from labctl.host import generations, provision, secrets
 from labctl.load import load_inventory
-from labctl.inventory.schema import Runtime
+from labctl.fields import Runtime
 from labctl.render import render_all, unitfile
 
 

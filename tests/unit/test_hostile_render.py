@@ -31,11 +31,12 @@ from typing import Any, get_args, get_origin
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 from tools import compose_binary, litellm_python, require_command
 
+from labctl import fields
 from labctl.errors import InputError, InvalidInventory
 from labctl.inventory import schema
 from labctl.kinds import KINDS, kind_of
@@ -445,7 +446,7 @@ def expected_forms(inv: schema.Inventory, loc: tuple, value: str) -> list[str]:
     if loc[-1] == "maxmemory":  # Redis: in bytes (it has no T, and wraps past 64 bits)
         forms.append(str(size_bytes(value)))
     if loc[-1] == "OLLAMA_MODELS":  # a path: expanded and normalised, as ReadWritePaths= lists it
-        forms.append(inv.host.expand(schema.check_path(value)))
+        forms.append(inv.host.expand(fields.check_path(value)))
     if loc == ("services", "theirs", "address"):
         forms.append(f"http://{value}:8090/v1" if ":" not in value else f"http://[{value}]:8090/v1")
     if loc[-1] == "bind":

@@ -12,7 +12,8 @@ from invtext import BASE, edit
 
 from labctl.cli import main
 from labctl.errors import InputError, InvalidInventory, UsageError
-from labctl.load import applied_path, find_inventory, load_inventory
+from labctl.cmdline import applied_path, find_inventory
+from labctl.load import load_inventory
 from labctl.ops.model_pull import link_default, pull
 
 pytestmark = pytest.mark.unit

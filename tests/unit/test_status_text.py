@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from labctl.cli.tables import status_lines
+from labctl.statustext import status_lines
 from labctl.ops.status import EndpointStatus, ServiceStatus, StatusReport
 
 pytestmark = pytest.mark.unit

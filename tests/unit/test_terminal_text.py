@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 import unicodedata
 from io import StringIO
 from pathlib import Path

@@ -214,7 +214,6 @@ def plan(
     wide: Annotated[bool, typer.Option("--wide", help="One line per action and note, at its natural width.")] = False,
 ) -> None:
     """Show what `labctl up` would change and do, changing nothing."""
-    from labctl.load import load_inventory
     from labctl.ops.plan import make_plan, operator_drop_ins, read_installed
     from labctl.render import render_all
     from labctl.inventory.layout import Layout
@@ -469,7 +468,7 @@ def status(**opts: Any) -> None:
 
         out.print(unfolded(status_table(report), out))
     else:
-        from labctl.cli.tables import status_lines
+        from labctl.statustext import status_lines
 
         print_lines(status_lines(report, out.width))
     raise typer.Exit(0 if report.healthy else 1)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from labctl.statustext import mib as _mib
-from labctl.statustext import status_lines  # the status text lives beside the fast path (__main__)
 from labctl.statustext import uptime as _uptime
 from labctl.text import cell_width, fold, shown  # shown: also used by the CLI's commands
 

@@ -20,14 +20,10 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, model_validator
 
-from labctl.fields import (  # noqa: F401 - the schema's types, for those who read it from here
+from labctl.fields import (
     DIGEST,
-    DURATION_RE,
     NAME_RE,
-    SD_GLOB,
-    SIZE_MAX,
     UNIT_PREFIX,
-    AbsPath,
     ApiBase,
     BindAddr,
     ControllerPath,
@@ -42,8 +38,6 @@ from labctl.fields import (  # noqa: F401 - the schema's types, for those who re
     Port,
     ReachAddr,
     RestartPolicy,
-    Runtime,
-    SecretRef,
     Strict,
     Text,
     Word,
@@ -51,9 +45,6 @@ from labctl.fields import (  # noqa: F401 - the schema's types, for those who re
     _check_host_path,
     _check_text_safe,
     _check_word,
-    check_path,
-    mem_bytes,
-    unit_name_problem,
 )
 from labctl.kinds import KINDS as _KINDS
 from labctl.kinds import MODELS, kind_of

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from labctl import secretscan
-from labctl.cmdline import APPLIED, applied_path, find_inventory  # noqa: F401 - where the CLI finds it
 from labctl.errors import InputError, InvalidInventory
 from labctl.inventory import yamlsrc
 from labctl.load import checks
