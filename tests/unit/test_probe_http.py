@@ -210,7 +210,7 @@ def test_a_key_http_cannot_carry_fails_the_probe_without_showing_it(server, tmp_
     env = tmp_path / "keys.env"
     env.write_text(f"API_KEY={key}\n", encoding="utf-8")
     seen: list[bytes] = []
-    spec = ProbeSpec("native", "llama-server", f"http://127.0.0.1:{server(lambda c, r: seen.append(r))}",
+    spec = ProbeSpec("native", "health:/health", f"http://127.0.0.1:{server(lambda c, r: seen.append(r))}",
                      models=["native"], key=probes.Secret(str(env), "API_KEY"))
     result = probes.run(spec, timeout=2)
     assert (result.ok, seen) == (False, [])
