@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/model_switch.py [--switches N] [--rate R] [--settle S]   (as root)
 
-Boots a systemd machine with the CPU demo stack (tests/stack.boot_stack: real llama-server,
+Boots a systemd machine with the CPU demo stack (tests/harness/stack.boot_stack: real llama-server,
 llama-cpp-python and LiteLLM, brought up by ``labctl up``), puts Gemma 3 270M next to the
 tiny GGUF and switches ``current.gguf`` between them N times (tiny -> gemma first). During
 each switch a load generator sends chat requests to the gateway route ``native`` (which
@@ -166,7 +166,7 @@ def client_view(outcomes: list[Outcome], switch_start: float) -> dict[str, objec
 def run_switch(stack, target: str) -> tuple[int, dict, dict[str, float], float]:  # type: ignore[no-untyped-def]
     """``labctl model switch TARGET --json`` inside the machine: (rc, document, host-side
     seconds from the start to each progress line's first appearance, wall seconds)."""
-    from stack import HOME, INVENTORY, LABCTL
+    from harness.stack import HOME, INVENTORY, LABCTL
 
     argv = stack.machine._enter_command([LABCTL, "model", "switch", target, "-i", INVENTORY, "--json"],
                                         "labuser", None, HOME)
@@ -249,8 +249,8 @@ def kill_count(lines: list[str]) -> int:
 
 
 def prepare_models(stack) -> None:  # type: ignore[no-untyped-def]
-    from stack import HOME
-    from tools import TOOLS_DIR
+    from harness.stack import HOME
+    from harness.tools import TOOLS_DIR
 
     python = TOOLS_DIR / "models/bin/python"
     if not python.exists():
@@ -407,8 +407,8 @@ def main() -> int:
         print("bench/model_switch.py needs root (it boots a systemd-nspawn machine)", file=sys.stderr)
         return 2
 
-    import _pytest.outcomes  # tests/stack.py reports a missing tool as a pytest skip or failure
-    from stack import boot_stack
+    import _pytest.outcomes  # tests/harness/stack.py reports a missing tool as a pytest skip or failure
+    from harness.stack import boot_stack
 
     say("booting the machine and running labctl up (the first run builds the rootfs)")
     t = time.monotonic()

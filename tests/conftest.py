@@ -29,11 +29,11 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_stack():
-    """The CPU demo brought up by `labctl up` on a booted systemd machine (tests/stack.py).
+    """The CPU demo brought up by `labctl up` on a booted systemd machine (tests/harness/stack.py).
     Session-wide: tests/infra reads it first; tests/system then changes it."""
     import os
 
-    from stack import boot_stack
+    from harness.stack import boot_stack
 
     stack = boot_stack(f"labctl-stack-{os.getpid()}")
     try:

@@ -1,4 +1,4 @@
-"""testinfra checks of a host after `labctl up` of the CPU demo (tests/stack.py).
+"""testinfra checks of a host after `labctl up` of the CPU demo (tests/harness/stack.py).
 
 The machine is a booted systemd (systemd-nspawn) reached over SSH with paramiko, as an
 operator's CI would reach a real host. testinfra's host.service() asks only the *system*
@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import testinfra
 
-from stack import HOME, SECRET, UNIT_DIR, Stack
+from harness.stack import HOME, SECRET, UNIT_DIR, Stack
 
 SERVICES = ("native", "bindings", "gateway")
 

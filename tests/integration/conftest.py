@@ -2,7 +2,7 @@
 
 * Tool paths (session scope): llama-server, llama-cpp-python's interpreter, LiteLLM's
   interpreter and Prometheus. A missing tool skips locally and fails with CI=true
-  (tests/tools.py); each has an environment variable to point elsewhere.
+  (tests/harness/tools.py); each has an environment variable to point elsewhere.
 * ``tiny_models_dir`` (module scope): a generated tiny GGUF behind ``current.gguf``, the
   way labctl deploys models.
 * ``running_stack`` (module scope): an inventory with llama-server, llama-cpp-python and a
@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import helpers
 import pytest
-import tools
+from harness import helpers, tools
 
 from labctl.host.gguf_writer import write_tiny_gguf
 from labctl.host.secrets import ensure_env_secret, read_env_file, read_secret

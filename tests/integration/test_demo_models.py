@@ -1,6 +1,6 @@
 """The generated demo models, served by the real llama-server and llama-cpp-python.
 
-Tools come from the shared lookup (tests/integration/conftest.py and tests/tools.py), which
+Tools come from the shared lookup (tests/integration/conftest.py and tests/harness/tools.py), which
 defaults to the venvs under /opt/labctl-tools that scripts/bootstrap.sh provisions:
 
 * ``llama_server_binary`` / ``LABCTL_LLAMA_SERVER``: the llama-server binary.
@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import helpers
 import pytest
-import tools
+from harness import helpers, tools
 
 from labctl.host.gguf_writer import GEMMA_PACKAGE, UNSUPPORTED_ARCH, write_tiny_gguf
 

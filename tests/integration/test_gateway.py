@@ -17,10 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-import helpers
 import pytest
 import yaml
-from invtext import BASE, edit
+from harness import helpers
+from harness.invtext import BASE, edit
 
 from labctl.errors import OperationFailed
 from labctl.load import load_inventory

@@ -24,9 +24,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
-import helpers
 import pytest
-from invtext import BASE
+from harness import helpers
+from harness.invtext import BASE
 
 from labctl.errors import InvalidInventory
 from labctl.load import load_inventory

@@ -104,10 +104,7 @@ def test_up_asks_the_gateways_own_litellm(litellm_python, tmp_path) -> None:
     """labctl.ops.litellm_validate, which `labctl up` runs before installing a changed config:
     LiteLLM accepts the render, refuses a value only it can judge, and the refusal names
     the inventory field. The keys' variables get placeholders; no key file is read."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    from invtext import BASE
+    from harness.invtext import BASE
 
     from labctl.ops import litellm_validate
 

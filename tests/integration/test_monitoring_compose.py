@@ -1,6 +1,6 @@
 """The rendered monitoring stack, run by labctl.ops.monitoring on a real Docker engine.
 
-A private dockerd (tests/integration/docker_engine.py) runs locally built images: Debian's
+A private dockerd (tests/harness/docker_engine.py) runs locally built images: Debian's
 Prometheus and node exporter, and a **stand-in for Grafana** (labctl-test/grafana-standin;
 Grafana itself cannot be obtained here). The inventory is tests/invtext.BASE with its home
 under a temporary directory, the images swapped for the local tags and free loopback ports.
@@ -19,19 +19,14 @@ import contextlib
 import json
 import os
 import stat
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from harness import docker_engine, helpers, invtext
 
-try:
-    from tests import helpers, invtext
-except ModuleNotFoundError:  # pytest run without the repository root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tests import helpers, invtext
 from labctl import fsio
 from labctl.errors import HostNotReady, OperationFailed
 from labctl.load import load_inventory
@@ -40,7 +35,6 @@ from labctl.ops import monitoring
 from labctl.render import render_all
 from labctl.inventory.layout import Layout
 from labctl.render.monitoring import scrape_jobs
-from tests.integration import docker_engine
 
 pytestmark = pytest.mark.integration
 

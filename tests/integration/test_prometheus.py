@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import helpers
 import pytest
 import yaml
+from harness import helpers
 
 from labctl.load import load_inventory
 from labctl.ops.gateway_check import all_ok, check_gateway
@@ -198,7 +198,7 @@ def test_an_operators_rule_file_written_again_loads_whole(prometheus_binary: str
     """The operator's rule file is installed written again from its data (not copied):
     a real Prometheus loads it from the rendered tree with every rule, label and
     annotation as the operator wrote them, line breaks and tabs in a description kept."""
-    from invtext import edit
+    from harness.invtext import edit
 
     source = tmp_path / "gpu-rules.yml"
     source.write_text(RULES)

@@ -24,9 +24,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import helpers
 import pytest
-from tools import require_command
+from harness import helpers
+from harness.tools import require_command
 
 from labctl.errors import InvalidInventory
 from labctl.host.secrets import read_secret

@@ -15,10 +15,10 @@ import json
 import subprocess
 from pathlib import Path
 
-import helpers
 import pytest
 import yaml
 from conftest import stack_running
+from harness import helpers
 
 from labctl.host.secrets import ensure_env_secret, read_secret
 from labctl.ops.gateway_check import all_ok, check_gateway

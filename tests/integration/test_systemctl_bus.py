@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tools import require_command
+from harness.tools import require_command
 
 from labctl import unitcmd
 from labctl.host import systemd

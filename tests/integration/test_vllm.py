@@ -34,19 +34,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-try:
-    from tests import helpers, tools
-except ModuleNotFoundError:  # pytest run without the repository root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tests import helpers, tools
+from harness import helpers, tools
 
 from labctl.load import load_inventory
 from labctl.render import units

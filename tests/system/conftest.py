@@ -7,7 +7,7 @@ debootstraps it (about two minutes), later runs boot in about a second.
 
 ``fleet_lab`` (per module): three such machines, gpu-a, gpu-b and edge, each in a network
 namespace of its own on a private bridge network with a controller namespace
-(tests/system/fleetlab.py); ``fleet_wheelhouse`` (per session): labctl and its dependencies
+(tests/harness/fleetlab.py); ``fleet_wheelhouse`` (per session): labctl and its dependencies
 as wheels for the machines' offline pip.
 """
 
@@ -37,7 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _unavailable(reason: str) -> None:
-    from tools import missing
+    from harness.tools import missing
 
     missing("the system tier", reason)
 
@@ -75,10 +75,10 @@ FLEET = ("gpu-a", "gpu-b", "edge")
 @pytest.fixture(scope="module")
 def fleet_lab(sandbox_rootfs: Path):
     """Three booted machines on a private network with a controller namespace
-    (tests/system/fleetlab.py); torn down at the end of the module, on failure and on Ctrl-C."""
+    (tests/harness/fleetlab.py); torn down at the end of the module, on failure and on Ctrl-C."""
     import shutil
 
-    import fleetlab
+    from harness import fleetlab
 
     for tool in ("ip", "ssh"):
         if shutil.which(tool) is None:
@@ -100,7 +100,7 @@ def fleet_lab(sandbox_rootfs: Path):
 def fleet_wheelhouse():
     """labctl and its dependencies as wheels for the machines' Python (fleetlab.build_wheelhouse),
     cached in ~/.cache/labctl/fleet/wheels."""
-    import fleetlab
+    from harness import fleetlab
 
     python = fleetlab.wheelhouse_python()
     if not python.exists():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from stack import HOME, INVENTORY, Stack, json_out
+from harness.stack import HOME, INVENTORY, Stack, json_out
 
 pytestmark = pytest.mark.system
 
@@ -34,7 +34,7 @@ def with_external(stack: Stack, port: int) -> str:
 @pytest.fixture
 def external(demo_stack: Stack):  # type: ignore[no-untyped-def]
     from labctl.sandbox import free_port
-    from tools import TOOLS_DIR
+    from harness.tools import TOOLS_DIR
 
     port = free_port()
     # Started by root through the system manager: nothing of labctl's, not even its user.

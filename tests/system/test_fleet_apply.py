@@ -1,6 +1,6 @@
 """One inventory, three booted machines, applied by Ansible from a controller on their network.
 
-The machines (tests/system/fleetlab.py) are systemd-nspawn containers, each in a network
+The machines (tests/harness/fleetlab.py) are systemd-nspawn containers, each in a network
 namespace of its own on a bridge the test creates, sshd on its private address; the
 controller runs in a namespace on the same bridge, so every packet stays on networks the test
 made. From the controller, `labctl up` of examples/fleet/inventory.yaml (a llama-server on

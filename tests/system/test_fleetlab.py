@@ -19,10 +19,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import fleetlab
 import pytest
-from fleetlab import FleetLab
-from tools import missing
+from harness import fleetlab
+from harness.fleetlab import FleetLab
+from harness.tools import missing
 
 from labctl import sandbox
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stack import REPO
-from tools import TOOLS_DIR, missing
+from harness.stack import REPO
+from harness.tools import TOOLS_DIR, missing
 
 pytestmark = pytest.mark.system
 

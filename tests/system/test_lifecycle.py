@@ -1,4 +1,4 @@
-"""labctl's lifecycle on a real systemd user manager (the CPU demo from tests/stack.py).
+"""labctl's lifecycle on a real systemd user manager (the CPU demo from tests/harness/stack.py).
 
 Order matters: the module walks one stack through idempotence, a crash, a restart loop,
 refusals at pre-flight, concurrency and interruption, converging it again after each.
@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from stack import HOME, INVENTORY, LABCTL, UNIT_DIR, Stack, gateway_load, json_out, load_summary
+from harness.stack import HOME, INVENTORY, LABCTL, UNIT_DIR, Stack, gateway_load, json_out, load_summary
 
 pytestmark = pytest.mark.system
 

@@ -9,8 +9,8 @@ import time
 
 import httpx
 import pytest
-from stack import HOME, INVENTORY, LABCTL, Stack, gateway_load, json_out, load_summary
-from tools import TOOLS_DIR, missing
+from harness.stack import HOME, INVENTORY, LABCTL, Stack, gateway_load, json_out, load_summary
+from harness.tools import TOOLS_DIR, missing
 
 pytestmark = pytest.mark.system
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from stack import HOME, INVENTORY, REPO, Stack, json_out
+from harness.stack import HOME, INVENTORY, REPO, Stack, json_out
 
 pytestmark = pytest.mark.system
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from stack import HOME, INVENTORY, Stack, json_out
+from harness.stack import HOME, INVENTORY, Stack, json_out
 
 pytestmark = pytest.mark.system
 

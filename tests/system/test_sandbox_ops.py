@@ -162,7 +162,7 @@ def test_exec_from_another_process_streams_live_and_passes_exit_code(
 
 def test_tools_from_the_host_run_inside(detached: dict) -> None:
     if not detached["tools_dir"]:
-        from tools import missing
+        from harness.tools import missing
 
         missing("/opt/labctl-tools", "scripts/bootstrap.sh makes it")
     assert detached["tools"], "no tool venvs found"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from stack import HOME, REPO, Stack, gateway_load, json_out, load_summary
-from tools import require_command, tiny_vllm_checkpoint, vllm_python
+from harness.stack import HOME, REPO, Stack, gateway_load, json_out, load_summary
+from harness.tools import require_command, tiny_vllm_checkpoint, vllm_python
 
 pytestmark = pytest.mark.system
 

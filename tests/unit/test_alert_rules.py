@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
-from invtext import BASE
-from tools import require_command
+from harness.invtext import BASE
+from harness.tools import require_command
 
 from labctl.load import load_inventory
 from labctl.render import render_all

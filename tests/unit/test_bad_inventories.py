@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from invtext import BASE, VLLM, edit, with_service
+from harness.invtext import BASE, VLLM, edit, with_service
 from labctl.cli import main
 
 # routes[1] (bindings) sent to the endpoint 'cloud' instead.

@@ -44,7 +44,7 @@ def test_help_lists_commands(capsys):
 
 def test_outage_inventory_refused_by_validate_and_up(tmp_path, capsys):
     """The operators' outage: a fallback naming a model the gateway does not define."""
-    from invtext import edit
+    from harness.invtext import edit
 
     path = tmp_path / "inventory.yaml"
     path.write_text(edit(("bindings: [native]", "bindings: [native, llama3.1:latest]")))
@@ -60,7 +60,7 @@ def test_outage_inventory_refused_by_validate_and_up(tmp_path, capsys):
 @pytest.mark.parametrize("command", [["logs", "nosuch"], ["edit", "nosuch"]])
 def test_logs_and_edit_name_the_inventory_they_read_without_i(tmp_path, monkeypatch, capsys, command):
     """Run without -i, the message names the file found (./inventory.yaml), never "None"."""
-    from invtext import BASE
+    from harness.invtext import BASE
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LABCTL_INVENTORY", raising=False)

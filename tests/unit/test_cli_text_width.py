@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from invtext import edit, with_service
+from harness.invtext import edit, with_service
 
 from labctl import cli
 from labctl.cli import main

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from invtext import edit
+from harness.invtext import edit
 
 from labctl.host.proc import CommandResult
 from labctl.host.systemd import UserManager

@@ -12,7 +12,7 @@ import types
 from pathlib import Path
 
 import pytest
-from tools import litellm_python
+from harness.tools import litellm_python
 
 from labctl.load import load_inventory
 from labctl.ops.switch import Gate, gateable

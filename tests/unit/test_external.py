@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from invtext import edit
+from harness.invtext import edit
 
 from labctl.cli import main
 from labctl.host.systemd import UnitFacts

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tools import litellm_python, require_command
+from harness.tools import litellm_python, require_command
 
 from labctl.errors import InvalidInventory
 from labctl.fleet import ansible, keys
@@ -275,7 +275,7 @@ def _prepared(tmp_path: Path, edit=None):  # type: ignore[no-untyped-def]
 def _ansible(tool: str) -> str:
     path = Path(sys.executable).with_name(tool)
     if not path.exists():
-        from tools import missing
+        from harness.tools import missing
 
         missing(tool, "pip install 'labctl[fleet]' (ansible-core) into .venv")
     return str(path)

@@ -178,7 +178,7 @@ def test_the_hand_over_refuses_it_too(tmp_path: Path, text: str, who: set[str]) 
 def _tool(name: str) -> str:
     path = Path(sys.executable).with_name(name)
     if not path.exists():
-        from tools import missing
+        from harness.tools import missing
 
         missing(name, "pip install 'labctl[fleet]' (ansible-core) into .venv")
     return str(path)
@@ -346,7 +346,7 @@ def _ssh_config(tmp: Path, run: ansible.RunDir, env: dict[str, str]) -> dict[str
 
 
 def require_ssh() -> str:
-    from tools import require_command
+    from harness.tools import require_command
 
     return require_command("ssh", "apt-get install openssh-client")
 

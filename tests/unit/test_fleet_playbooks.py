@@ -110,7 +110,7 @@ def evaluate(tmp: Path, run: ansible.RunDir, edit: Any = None) -> dict[str, Any]
     extra.write_text(json.dumps({name: {"rc": 0, "stdout": "", "stderr": ""} for name in registered}))
     tool = Path(sys.executable).with_name("ansible-playbook")
     if not tool.exists():
-        from tools import missing
+        from harness.tools import missing
 
         missing("ansible-playbook", "pip install 'labctl[fleet]' (ansible-core) into .venv")
     env = ansible.environment(run, str(tmp))

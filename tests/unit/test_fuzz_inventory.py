@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from invtext import BASE, VLLM, with_service
+from harness.invtext import BASE, VLLM, with_service
 from labctl.cli import main
 
 CASES = int(os.environ.get("LABCTL_FUZZ_CASES", "1200"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from invtext import edit
+from harness.invtext import edit
 
 from labctl.cli import main
 from labctl.kinds.litellm.fallbacks import fallback_order, longest_fallback_walk

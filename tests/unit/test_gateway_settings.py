@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from invtext import BASE, edit
+from harness.invtext import BASE, edit
 
 from labctl.cli import main
 from labctl.load import load_inventory

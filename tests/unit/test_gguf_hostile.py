@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import timed
+from harness.helpers import timed
 
 from labctl.host import gguf_header
 from labctl.host.gguf_header import GGUFError

@@ -90,7 +90,7 @@ def test_a_missing_model_is_not_counted_but_said(tmp_path: Path) -> None:
 
 def test_kv_width_from_the_gemma_header() -> None:
     """Gemma 3 270M: 18 layers, 1 KV head of width 256 for K and for V: 18432 B a token."""
-    from tools import TOOLS_DIR
+    from harness.tools import TOOLS_DIR
 
     python = TOOLS_DIR / "models/bin/python"
     if not python.exists():

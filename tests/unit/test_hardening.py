@@ -14,8 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from invtext import BASE, edit
-from tools import require_command
+from harness.invtext import BASE, edit
+from harness.tools import require_command
 
 from labctl.cli import main
 from labctl.load import load_inventory

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from invtext import BASE, edit, with_service
+from harness import unitfile
+from harness.invtext import BASE, edit, with_service
 
 from labctl import fsio
 from labctl.cli import main
 from labctl.host import generations, provision, secrets
 from labctl.load import load_inventory
 from labctl.fields import Runtime
-from labctl.render import render_all, unitfile
+from labctl.render import render_all
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:

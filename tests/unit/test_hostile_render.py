@@ -4,7 +4,7 @@ For random, hostile strings (hypothesis) in every string field of the schema, ei
 inventory is refused (exit 2, one ``file:line: path: message`` line per problem), or:
 
 - every rendered unit holds exactly the directives the unmodified inventory's unit holds,
-  in the same order (read back by labctl.render.unitfile, which follows systemd's parser);
+  in the same order (read back by tests/harness/unitfile.py, which follows systemd's parser);
 - the value reads back, decoded the way systemd decodes that directive, equal to what
   the inventory said (after ``~/`` expansion or normalisation, which the schema applies);
 - every YAML file parses back to the same structure, with the value intact;
@@ -31,10 +31,11 @@ from typing import Any, get_args, get_origin
 
 import pytest
 import yaml
+from harness import unitfile
+from harness.tools import compose_binary, litellm_python, require_command
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
-from tools import compose_binary, litellm_python, require_command
 
 from labctl import fields
 from labctl.errors import InputError, InvalidInventory
@@ -43,7 +44,7 @@ from labctl.kinds import KINDS, kind_of
 from labctl.kinds.external import External
 from labctl.kinds.redis import Redis
 from labctl.load import load_inventory
-from labctl.render import render_all, unitfile
+from labctl.render import render_all
 
 FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 EXAMPLES = int(os.environ.get("LABCTL_PROPERTY_EXAMPLES", "2000"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from invtext import BASE
+from harness.invtext import BASE
 
 from labctl.load import load_inventory
 from labctl.ops.plan import make_plan

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from invtext import BASE, edit
+from harness.invtext import BASE, edit
 
 from labctl.cli import main
 from labctl.errors import InputError, InvalidInventory, UsageError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from invtext import BASE
+from harness.invtext import BASE
 
 from labctl.load import load_inventory
 from labctl.ops.apply import Host, monitoring_up

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from invtext import edit
-from tools import require_command
+from harness.invtext import edit
+from harness.tools import require_command
 
 from labctl.cli import main
 from labctl.load import load_inventory

@@ -20,8 +20,8 @@ from typing import Callable, Iterator
 
 import pytest
 import yaml
-from invtext import edit
-from tools import require_command
+from harness.invtext import edit
+from harness.tools import require_command
 
 from labctl.cli import main
 from labctl.load import load_inventory

@@ -25,16 +25,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from invtext import edit
+from harness import unitfile
+from harness.invtext import edit
+from harness.tools import require_command
 from test_fleet_hostile import FLEET_FULL
 from test_hostile_render import FULL, set_at
-from tools import require_command
 
 from labctl import encode, fields
 from labctl.errors import InvalidInventory
 from labctl.kinds import ollama as ollama_kind
 from labctl.load import load_inventory
-from labctl.render import render_all, unitfile
+from labctl.render import render_all
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from invtext import BASE, edit
+from harness.invtext import BASE, edit
 
 from labctl.cli import main
 from labctl.host.systemd import UnitState

@@ -12,7 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from invtext import BASE, VLLM, with_service
+from harness.invtext import BASE, VLLM, with_service
 from labctl.cli import main
 
 ERROR_LINE = re.compile(r"^.+:\d+: \S.*: .+$")

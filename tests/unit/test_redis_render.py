@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from invtext import edit
+from harness.invtext import edit
 
 from labctl.cli import main
 from labctl.load import load_inventory

@@ -18,8 +18,8 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
-from helpers import timed
-from invtext import edit
+from harness.helpers import timed
+from harness.invtext import edit
 from rich.console import Console
 
 from labctl.cli import main

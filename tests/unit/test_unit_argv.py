@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from invtext import edit
-from tools import require_command
+from harness.invtext import edit
+from harness.tools import require_command
 
 from labctl import unitcmd
 from labctl.cli import main

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from invtext import BASE, VLLM, with_service
-from tools import compose_binary, litellm_python, require_command
+from harness.invtext import BASE, VLLM, with_service
+from harness.tools import compose_binary, litellm_python, require_command
 
 from labctl.load import load_inventory
 from labctl.render import render_all

@@ -25,12 +25,13 @@ from typing import Any, Iterator
 
 import pytest
 import yaml
+from harness import unitfile
 from test_hostile_render import FULL
 from test_operator_files import DASHBOARD, RULE_TEST, RULES, SECRET, put
 
 from labctl import secretscan
 from labctl.cli import main
-from labctl.render import operator_files, unitfile
+from labctl.render import operator_files
 
 pytestmark = pytest.mark.unit
 
@@ -158,7 +159,7 @@ def test_a_generation_keeps_its_copies_owner_only(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("source_mode,expected", [(0o600, 0o600), (0o640, 0o640), (0o644, 0o644)])
 def test_a_models_path_copy_is_no_wider_than_its_source(tmp_path: Path, source_mode: int, expected: int) -> None:
-    from invtext import edit
+    from harness.invtext import edit
 
     from labctl.host.gguf_writer import write_tiny_gguf
     from labctl.load import load_inventory

@@ -1,5 +1,5 @@
 """Fixtures for the VM tier: one qemu VM (TCG) per session, with labctl installed as the
-lingering labuser and a small real stack brought up by `labctl up` (tests/vm/qemu_vm.py).
+lingering labuser and a small real stack brought up by `labctl up` (tests/harness/qemu_vm.py).
 
 Needs root, qemu-system-x86 and qemu-utils, debootstrap, ssh, and the tool venvs under
 /opt/labctl-tools (a read-only disk image of them in the guest). Without them the tests
@@ -25,11 +25,11 @@ try:
 except ImportError:  # running from a checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from qemu_vm import NOTES as _notes
-from qemu_vm import TIMINGS as _timings
-from qemu_vm import note, record
-from stack import HOME, INVENTORY, LABCTL, REPO, VENV, Stack, demo_inventory
-from tools import TOOLS_DIR, missing
+from harness.qemu_vm import NOTES as _notes
+from harness.qemu_vm import TIMINGS as _timings
+from harness.qemu_vm import note, record
+from harness.stack import HOME, INVENTORY, LABCTL, REPO, VENV, Stack, demo_inventory
+from harness.tools import TOOLS_DIR, missing
 
 #: Everything runs emulated (TCG): readiness takes minutes where it takes seconds natively.
 READY_TIMEOUT = 900
@@ -63,7 +63,7 @@ def vm_inventory(ports: dict[str, int], llama_server: str) -> str:
 
 
 def require_vm_tools() -> None:
-    from qemu_vm import HOST_TOOLS, QEMU_HINT
+    from harness.qemu_vm import HOST_TOOLS, QEMU_HINT
 
     if os.geteuid() != 0:
         missing("the VM tier", "it needs root (debootstrap, the image build)")
@@ -130,7 +130,7 @@ def wheelhouse(cache: Path) -> Path:
 @pytest.fixture(scope="session")
 def vm_machine():
     """The booted VM, labctl installed in it as labuser (from wheels, as a new user would)."""
-    import qemu_vm
+    from harness import qemu_vm
 
     require_vm_tools()
     t_session = time.monotonic()

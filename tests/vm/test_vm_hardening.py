@@ -8,8 +8,8 @@ MainPID's user and mount namespaces, then as its uid 1000), not from a fresh sys
 from __future__ import annotations
 
 import pytest
-from qemu_vm import note
-from stack import HOME, Stack
+from harness.qemu_vm import note
+from harness.stack import HOME, Stack
 
 pytestmark = pytest.mark.vm
 

@@ -8,13 +8,8 @@ answering each route, the secret's mode, the state dirs) runs against a real ker
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infra"))
-import test_stack
+from infra import test_stack  # tests/ is on the path (pyproject's pythonpath)
 
 pytestmark = pytest.mark.vm
 

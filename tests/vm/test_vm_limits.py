@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from qemu_vm import note, record, status_json
-from stack import HOME, Stack
+from harness.qemu_vm import note, record, status_json
+from harness.stack import HOME, Stack
 
 pytestmark = pytest.mark.vm
 

@@ -7,8 +7,8 @@ import time
 
 import httpx
 import pytest
-from qemu_vm import note, record, status_json
-from stack import HOME, Stack
+from harness.qemu_vm import note, record, status_json
+from harness.stack import HOME, Stack
 
 pytestmark = pytest.mark.vm
 

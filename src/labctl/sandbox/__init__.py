@@ -22,7 +22,7 @@ Layout and behaviour:
   sandboxes. sshd inside listens only on ``127.0.0.1:<ssh_port>`` (and does not start at all
   without a port). ``Machine.boot(network_namespace=...)`` runs it in a network namespace
   made beforehand (``ip netns add``, interfaces and addresses set up by the caller) instead,
-  with sshd on ``ssh_address:ssh_port`` there; tests/system/fleetlab.py builds a private
+  with sshd on ``ssh_address:ssh_port`` there; tests/harness/fleetlab.py builds a private
   network of such machines.
 * Commands run inside through ``nsenter -t <container PID 1> -a``: ``machinectl`` and
   ``systemd-run -M`` need a systemd host, which is exactly what is missing.

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from tools import TOOLS_DIR, missing
+from harness.tools import TOOLS_DIR, missing
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HOME = "/home/labuser"
 VENV = f"{HOME}/.local/share/labctl/venv"
 LABCTL = f"{VENV}/bin/labctl"

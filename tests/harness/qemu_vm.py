@@ -95,7 +95,7 @@ def note(line: str) -> None:
 
 def status_json(stack) -> dict:  # type: ignore[no-untyped-def]
     """`labctl status --json` in the guest; probes get time: everything there is emulated."""
-    from stack import INVENTORY, json_out
+    from harness.stack import INVENTORY, json_out
 
     return json_out(stack.labctl("status", "-i", INVENTORY, "--json", "--probe-timeout", "30", timeout=300))
 
@@ -353,7 +353,7 @@ def _shutdown_leftovers() -> None:
 
 class VM:
     """A booted qemu guest. ``run``/``write_text``/``copy_in``/``ssh_config`` behave like
-    labctl.sandbox.Machine's, so tests/stack.py's Stack and the testinfra suite work on it."""
+    labctl.sandbox.Machine's, so harness.stack's Stack and the testinfra suite work on it."""
 
     def __init__(self, name: str, image: VmImage, state_dir: Path, ssh_port: int) -> None:
         self.name = name

@@ -106,7 +106,7 @@ def tiny_awq_checkpoint(timeout: float = 900.0, *, unquantised: bool = False) ->
     import subprocess
 
     python = require_file("LABCTL_AUTOAWQ_PYTHON", TOOLS_DIR / "autoawq/bin/python", "bash scripts/install-vllm.sh")
-    script = Path(__file__).resolve().parents[1] / "scripts" / "make-tiny-awq.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "make-tiny-awq.py"
     name = "tiny-fp16" if unquantised else "tiny-awq"
     out = Path(os.environ.get("LABCTL_TEST_MODELS", str(Path.home() / ".cache/labctl/test-models"))) / name
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

@@ -36,7 +36,7 @@ No registry is reachable here, so nothing is pulled:
   ``~/.cache/labctl/sandbox`` (``$LABCTL_SANDBOX_CACHE``).
 
 Outside CI a missing prerequisite skips the tests with the install hint; with CI=true it
-fails them (tests/tools.missing).
+fails them (harness.tools.missing).
 """
 
 from __future__ import annotations
@@ -59,9 +59,9 @@ import docker
 import docker.errors
 
 from labctl.host.proc import CommandFailed, run_cmd
-from tests import helpers, tools
+from harness import helpers, tools
 
-IMAGES_DIR = Path(__file__).resolve().parent / "images"
+IMAGES_DIR = Path(__file__).resolve().parents[1] / "integration" / "images"
 ENGINE_PACKAGES_HINT = "apt-get install -y --no-install-recommends docker.io"
 # The label that records what an image was built from; a mismatch rebuilds it.
 KEY_LABEL = "org.labctl.test.inputs"
