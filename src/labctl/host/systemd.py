@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from labctl.host.proc import CommandFailed, CommandResult, run_cmd
 from labctl.records import Record
@@ -182,6 +183,11 @@ class UserManager:
             return True, f"user manager is {state}"
         why = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else state or "no answer"
         return False, f"user manager not reachable: {why}"
+
+    def lingers(self, user: str) -> bool:
+        """Whether logind starts ``user``'s manager at boot and keeps it with no session
+        (``loginctl enable-linger``): its flag file."""
+        return (Path("/var/lib/systemd/linger") / user).exists()
 
     def environment_names(self) -> set[str] | None:
         """The names in the user manager's environment (what a unit inherits), or None when

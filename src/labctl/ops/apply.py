@@ -26,6 +26,7 @@ from labctl.host.systemd import UnitFacts, UserManager
 from labctl.load import Loaded, load_inventory
 from labctl.inventory.schema import Inventory, unit_name
 from labctl.kinds import kind_of
+from labctl.kinds.base import Listener
 from labctl.ops import gpu_budget
 from labctl.ops.doctor import failures, run_doctor
 from labctl.ops.plan import (
@@ -37,7 +38,7 @@ from labctl.ops.plan import (
     start_order,
     with_drop_in_reload,
 )
-from labctl.ops.probes import Readiness, probe, probe_all, wait_ready
+from labctl.ops.probes import ProbeResult, Readiness, probe, probe_all, wait_ready
 from labctl.render import render_all
 from labctl.inventory.layout import UNIT_DIR, Layout
 from labctl.render.units import writable_paths
@@ -60,17 +61,41 @@ class Report:
         return dict(self.__dict__)
 
 
+class Prober:
+    """What an operation asks the services themselves: one probe (labctl.ops.probes), a
+    readiness wait, a backend's count of requests in flight (its kind). The manager is how
+    an operation reads and changes units, this is how it hears from what runs in them: an
+    operation takes both (:class:`Host`), so its orchestration (what starts, restarts and
+    stops, in which order, what a failure stops) runs host-free against a fake of each
+    (tests/harness/fakes.py)."""
+
+    def probe(self, inv: Inventory, name: str, *, timeout: float = 5.0, deep: bool = False) -> ProbeResult:
+        return probe(inv, name, timeout=timeout, deep=deep)
+
+    def probe_all(self, inv: Inventory, names: list[str]) -> dict[str, ProbeResult]:
+        return probe_all(inv, names)
+
+    def wait_ready(self, inv: Inventory, name: str, *, deadline_sec: float,
+                   alive: Callable[[], str | None]) -> Readiness:
+        return wait_ready(inv, name, deadline_sec=deadline_sec, alive=alive)
+
+    def in_flight(self, inv: Inventory, svc: Listener) -> int | None:
+        return kind_of(svc).in_flight(inv, svc, secrets.auth_headers(inv, svc))
+
+
 @dataclass(frozen=True)
 class Host:
-    """What an operation acts on: the inventory, where its files live, the manager."""
+    """What an operation acts on: the inventory, where its files live, the manager, and
+    the prober that hears from the services."""
 
     inv: Inventory
     layout: Layout
     manager: UserManager
+    prober: Prober = field(default_factory=Prober)
 
     @classmethod
-    def of(cls, inv: Inventory, manager: UserManager | None = None) -> "Host":
-        return cls(inv, Layout.of(inv), manager or UserManager())
+    def of(cls, inv: Inventory, manager: UserManager | None = None, prober: Prober | None = None) -> "Host":
+        return cls(inv, Layout.of(inv), manager or UserManager(), prober or Prober())
 
     @property
     def config_root(self) -> Path:
@@ -158,7 +183,8 @@ def bring_up(host: Host, name: str, verb: str, say: Say) -> Readiness:
                                         "stopped it so it does not restart in a loop") from None
     say(f"{verb}ed {unit}; waiting up to {svc.ready_timeout_sec}s for readiness")
     with progress.step(f"{name}: waiting for readiness"):
-        result = wait_ready(host.inv, name, deadline_sec=svc.ready_timeout_sec, alive=_alive(host, unit, baseline))
+        result = host.prober.wait_ready(host.inv, name, deadline_sec=svc.ready_timeout_sec,
+                                        alive=_alive(host, unit, baseline))
     if not result.ready:
         facts = host.manager.show([unit])[unit]
         if facts.active_state == "failed" or facts.n_restarts > baseline:
@@ -278,12 +304,13 @@ def validate_gateway_config(loaded: Loaded, layout: Layout, plan: Plan, rendered
             say(f"{name}: LiteLLM's own config check was not run: {verdict.detail}")
 
 
-def check_externals(inv: Inventory, say: Say, report: Report) -> None:
+def check_externals(host: Host, say: Say, report: Report) -> None:
     """Probe each external service once (deep, within its ready_timeout_sec): labctl never
     starts them, so one that does not answer is reported, not waited for or failed on; its
     routes fall back meanwhile."""
+    inv = host.inv
     for name, ext in inv.externals().items():
-        result = probe(inv, name, timeout=float(ext.ready_timeout_sec), deep=True)
+        result = host.prober.probe(inv, name, timeout=float(ext.ready_timeout_sec), deep=True)
         report.ready[name] = {"ready": result.ok, "external": True, "detail": result.detail}
         if result.ok:
             say(f"{name}: external, answering ({result.check}: {result.detail})")
@@ -305,10 +332,10 @@ def monitoring_up(host: Host, say: Say) -> str:
     return result.summary
 
 
-def up(loaded: Loaded, *, say: Say, manager: UserManager | None = None, wait_lock: bool = True,
-       with_monitoring: bool = True, force: bool = False) -> Report:
+def up(loaded: Loaded, *, say: Say, manager: UserManager | None = None, prober: Prober | None = None,
+       wait_lock: bool = True, with_monitoring: bool = True, force: bool = False) -> Report:
     inv = loaded.inventory
-    host = Host.of(inv, manager)
+    host = Host.of(inv, manager, prober)
     report = Report()
     with host.lock(wait_lock, say):
         if inv.models:  # the declared models first: pre-flight then checks the files for real
@@ -336,9 +363,9 @@ def up(loaded: Loaded, *, say: Say, manager: UserManager | None = None, wait_loc
                 "(they override labctl's unit)")
         if plan.empty:
             say("no changes: nothing to install, nothing restarted")
-            for name, result in probe_all(inv, list(inv.managed())).items():
+            for name, result in host.prober.probe_all(inv, list(inv.managed())).items():
                 report.ready[name] = {"ready": result.ok, "detail": result.detail}
-            check_externals(inv, say, report)
+            check_externals(host, say, report)
             return report
         applied = host.state_dir / APPLIED_INVENTORY
         gen = generations.snapshot(host.state_dir, installed,
@@ -346,16 +373,16 @@ def up(loaded: Loaded, *, say: Say, manager: UserManager | None = None, wait_loc
         report.generation = gen.number
         report.changed = True
         execute(host, plan, rendered, say, report)
-        check_externals(inv, say, report)
+        check_externals(host, say, report)
         # The applied inventory can hold values an operator considers private: owner only.
         fsio.atomic_write(applied, loaded.path.read_text(), mode=0o600)
     return report
 
 
 def restart(loaded: Loaded, services: list[str], *, say: Say, manager: UserManager | None = None,
-            wait_lock: bool = True) -> Report:
+            prober: Prober | None = None, wait_lock: bool = True) -> Report:
     inv = loaded.inventory
-    host = Host.of(inv, manager)
+    host = Host.of(inv, manager, prober)
     unknown = [s for s in services if s not in inv.enabled()]
     if unknown:
         raise UsageError(f"no enabled service named {', '.join(unknown)} in {loaded.path}")
@@ -408,9 +435,10 @@ def down(loaded: Loaded, *, say: Say, purge: bool = False, manager: UserManager 
     return report
 
 
-def rollback(loaded: Loaded, *, say: Say, manager: UserManager | None = None, wait_lock: bool = True) -> Report:
+def rollback(loaded: Loaded, *, say: Say, manager: UserManager | None = None, prober: Prober | None = None,
+             wait_lock: bool = True) -> Report:
     """Restore the newest saved generation: the files installed before the last change."""
-    host = Host.of(loaded.inventory, manager)
+    host = Host.of(loaded.inventory, manager, prober)
     report = Report(changed=True)
     with host.lock(wait_lock, say):
         gens = generations.list_generations(host.state_dir)
@@ -422,7 +450,7 @@ def rollback(loaded: Loaded, *, say: Say, manager: UserManager | None = None, wa
                                   "use labctl down --purge to remove the stack instead")
         previous = load_inventory(target.path / "inventory.yaml")
         inv = previous.inventory
-        host = Host.of(inv, host.manager)
+        host = Host.of(inv, host.manager, host.prober)
         installed = read_installed(host.config_root)
         desired = target.files()
         plan = make_plan(inv, desired, installed, host.unit_states(installed))

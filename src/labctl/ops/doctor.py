@@ -262,8 +262,7 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
     out.append(Check("user", "ok", f"running as {me}") if me == user else
                Check("user", "fail", f"running as {me}, but the inventory's host.user is {user}",
                      f"run labctl as {user}, or set host.user"))
-    linger = Path("/var/lib/systemd/linger") / user
-    out.append(Check("linger", "ok", f"enabled for {user}") if linger.exists() else
+    out.append(Check("linger", "ok", f"enabled for {user}") if manager.lingers(user) else
                Check("linger", "fail", f"not enabled for {user}: the stack stops at logout and does not start "
                      "at boot", f"sudo loginctl enable-linger {user}"))
     reachable, detail = manager.reachable()

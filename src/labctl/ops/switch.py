@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 
 from labctl import fsio
@@ -51,6 +51,9 @@ from labctl.kinds.base import Listener
 from labctl.kinds.llama import layer_share
 from labctl.kinds.litellm.gate import gate_dir, gate_name
 from labctl.text import shown
+
+if TYPE_CHECKING:
+    from labctl.ops.apply import Prober
 
 Say = Callable[[str], None]
 HISTORY = "model-history.jsonl"
@@ -296,18 +299,18 @@ GATE_GRACE = 0.25  # seconds for requests the gateway sent before the gate to re
 IDLE_READS = 2     # consecutive idle answers, 0.1 s apart, that make a server drained
 
 
-def drain(inv: Inventory, name: str, svc: Listener, deadline_sec: float, say: Say) -> float:
-    """Seconds until ``svc`` has nothing in flight (after its gate closed, nothing new comes)."""
+def drain(inv: Inventory, name: str, svc: Listener, deadline_sec: float, say: Say, prober: Prober) -> float:
+    """Seconds until ``svc`` has nothing in flight (after its gate closed, nothing new comes),
+    as ``prober`` hears it."""
     start = time.monotonic()
     kind = kind_of(svc)
-    headers = secrets.auth_headers(inv, svc)
     if not kind.reports_in_flight:
         # It reports no in-flight count (llama-cpp-python: its uvicorn finishes open requests
         # on SIGTERM; KillMode=mixed sends SIGTERM to the main process first).
         return 0.0
     idle = 0
     while True:
-        busy = kind.in_flight(inv, svc, headers)
+        busy = prober.in_flight(inv, svc)
         idle = idle + 1 if busy == 0 else 0
         if idle >= IDLE_READS:
             return round(time.monotonic() - start, 2)
@@ -434,8 +437,8 @@ def _link_text(inv: Inventory, path: Path) -> str:
     return path.name if path.parent == link_dir else str(path)
 
 
-def switch(inv: Inventory, requested: str, *, manager, say: Say, strict: bool = False,  # type: ignore[no-untyped-def]
-           drain_sec: float = 30.0) -> SwitchResult:
+def switch(inv: Inventory, requested: str, *, manager, say: Say,  # type: ignore[no-untyped-def]
+           prober: Prober | None = None, strict: bool = False, drain_sec: float = 30.0) -> SwitchResult:
     from labctl.ops.apply import Host
 
     link = link_path(inv)
@@ -455,7 +458,7 @@ def switch(inv: Inventory, requested: str, *, manager, say: Say, strict: bool = 
         return result
     for stale in link.parent.glob(f".{link.name}.*.tmp"):
         stale.unlink(missing_ok=True)  # a temporary link left by a switch killed mid-swap
-    txn = _Switch(inv, Host.of(inv, manager), link, old, path, result, say, drain_sec)
+    txn = _Switch(inv, Host.of(inv, manager, prober), link, old, path, result, say, drain_sec)
     with txn.host.lock(True, say):
         txn.run()
     result.durations["total"] = round(time.monotonic() - t0, 2)
@@ -528,7 +531,8 @@ class _Switch:
                 self.say(shown(f"warning: cannot close the gate {gate.path}: {os.strerror(exc.errno or 0)}; "
                                "draining with the gateway still sending"))
         self.say(f"step drain: {name}")
-        self.result.durations[f"drain {name}"] = drain(self.inv, name, svc, self.drain_sec, self.say)
+        self.result.durations[f"drain {name}"] = drain(self.inv, name, svc, self.drain_sec, self.say,
+                                                       self.host.prober)
 
     def restart(self, name: str, svc: Listener) -> None:
         """Stop (drained), check that the stop was clean, start on the new model, wait for
