@@ -112,11 +112,6 @@ class FakeManager:
         else:
             u.active_state, u.sub_state, u.main_pid = "inactive", "dead", 0
 
-    def given_all(self, **kwargs: bool) -> None:
-        """:meth:`given` for every labctl unit file on disk."""
-        for path in sorted(self.unit_dir.glob("labctl-*.service")):
-            self.given(path.name, **kwargs)
-
     def script(self, unit: str, *starts: StartScript) -> None:
         """What the next starts or restarts of ``unit`` do, in turn; then they succeed."""
         self.starts.setdefault(unit, []).extend(starts)
