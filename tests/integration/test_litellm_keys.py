@@ -150,7 +150,7 @@ def test_up_judges_settings_by_the_installed_litellms_own_lists(litellm_python, 
     import sys
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from invtext import BASE
+    from harness.invtext import BASE
 
     from labctl.errors import InvalidInventory
     from labctl.inventory.layout import Layout

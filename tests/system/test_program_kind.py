@@ -20,7 +20,7 @@ LITERAL = ["--log-file", "/tmp/%h-$HOME-${HOME}.log"]
 
 
 def with_program(stack: Stack, port: int) -> str:
-    from tools import TOOLS_DIR
+    from harness.tools import TOOLS_DIR
 
     args = ", ".join(f'"{a}"' for a in [
         "--host", "{host}", "--port", "{port}", "--alias", "{model}", "--model", f"{HOME}/models/tiny.gguf",
@@ -48,7 +48,7 @@ def program(demo_stack: Stack):  # type: ignore[no-untyped-def]
 
 
 def test_a_program_runs_under_systemd_and_serves_through_the_gateway(demo_stack: Stack, program: int) -> None:
-    from tools import TOOLS_DIR
+    from harness.tools import TOOLS_DIR
 
     res = demo_stack.labctl("up", "-i", PROGRAM_INVENTORY)
     assert res.rc == 0, res.stdout + res.stderr
