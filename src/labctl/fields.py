@@ -162,6 +162,17 @@ def _check_reach_addr(value: str) -> str:
     return value
 
 
+def _check_fleet_address(value: str) -> str:
+    """A fleet host's address: the IP its services bind and the other hosts reach, inside
+    fleet.network. A name is for SSH (``ssh_host``), not for this."""
+    try:
+        return _check_reach_addr(value)
+    except ValueError:
+        raise ValueError("must be the host's IP address in fleet.network (what its services bind and the "
+                         "other hosts reach); to reach it over SSH by a name or an ~/.ssh/config alias, "
+                         "set ssh_host") from None
+
+
 def _check_network(value: str) -> str:
     """A private IP network in CIDR form (10.77.0.0/24): where hosts reach each other."""
     if "%" in value:
@@ -301,6 +312,7 @@ def _check_host_path(value: str) -> str:
 for _check, _doc in ((_check_path, "absolute or `~/` path"), (_check_abs_path, "absolute path"),
                      (_check_exec_path, "absolute or `~/` path, no quotes or `\\`"), (_check_bind, "IP address, no scope id"),
                      (_check_reach_addr, "IP address, not 0.0.0.0 or ::"),
+                     (_check_fleet_address, "IP address in fleet.network"),
                      (_check_text, "one line of text, no edge spaces or trailing `\\`"),
                      (_check_model_name, "model name (letters, digits, `._:/@+-`)"),
                      (_check_llama_model, "`current`, a path, or a file in models_dir"),
@@ -326,6 +338,7 @@ EnvFilePath = Annotated[str, AfterValidator(_check_env_file)]
 HomePath = Annotated[str, AfterValidator(_check_home)]
 BindAddr = Annotated[str, AfterValidator(_check_bind)]
 ReachAddr = Annotated[str, AfterValidator(_check_reach_addr)]
+FleetAddr = Annotated[str, AfterValidator(_check_fleet_address)]
 Text = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_check_text)]
 ModelName = Annotated[str, AfterValidator(_check_model_name)]
 Word = Annotated[str, AfterValidator(_check_word)]
@@ -491,7 +504,8 @@ ApiBase = Annotated[str, AfterValidator(_check_api_base)]
 
 
 # A LiteLLM setting passed through as written: its key is checked against what the pinned
-# LiteLLM reads (labctl.load.checks, labctl.kinds.litellm.keys), its value is plain YAML data.
+# LiteLLM reads (labctl.kinds.litellm.checks, .keys; in model_info, free metadata, only a near
+# miss is warned of), its value is plain YAML data.
 SettingKey = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 
 

@@ -47,7 +47,8 @@ def echo() -> Callable[[str], None] | None:
     return lambda line: (sys.stderr.write(line if line.endswith("\n") else line + "\n"), sys.stderr.flush())[0]
 
 
-def _elapsed(start: float) -> str:
+def elapsed(start: float) -> str:
+    """Seconds since ``start`` (a monotonic time) as people read them: 7s, 2m05s."""
     sec = int(time.monotonic() - start)
     return f"{sec // 60}m{sec % 60:02d}s" if sec >= 60 else f"{sec}s"
 
@@ -67,7 +68,7 @@ def step(label: str) -> Iterator[Callable[[str], None]]:
     def tick() -> None:
         while not stop.wait(0.5):
             extra = f": {detail[0]}" if detail[0] else ""
-            status.update(f"{label}{extra} ({_elapsed(start)})")
+            status.update(f"{label}{extra} ({elapsed(start)})")
 
     status.start()
     ticker = threading.Thread(target=tick, daemon=True)

@@ -19,6 +19,9 @@ API::
     with FleetLab(["gpu-a", "gpu-b", "edge"], cidr="10.77.0.0/24") as lab:
         lab.address["gpu-a"]            # "10.77.0.11" (members in order: .11, .12, .13, ...)
         lab.controller_address          # "10.77.0.1"
+        lab.dns_name["gpu-a"]           # "gpu-a.fleet.lab": resolves in the controller only
+                                        #   (its /etc/hosts: /etc/netns/NS/hosts, which
+                                        #   `ip netns exec` mounts over /etc/hosts)
         lab.network, lab.prefixlen      # IPv4Network("10.77.0.0/24"), 24
         lab.names                       # ["gpu-a", "gpu-b", "edge"]
         lab.machines["gpu-a"]           # labctl.sandbox.Machine: .run(argv, user="labuser"),
@@ -100,6 +103,7 @@ _RUN_RE = re.compile(rf"^{PREFIX}(\d+)x(\d+)-")
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 IFACE = "eth0"  # the member's side of its veth pair
 BRIDGE = "br0"
+DOMAIN = "fleet.lab"  # the machines' names in the controller's /etc/hosts
 FIRST_HOST = 11  # members get .11, .12, ...; the controller .1
 SSH_PORT = 22
 
@@ -153,6 +157,7 @@ def cleanup_leftovers() -> list[str]:
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
         _ip("netns", "del", ns.name, check=False)
+        shutil.rmtree(f"/etc/netns/{ns.name}", ignore_errors=True)
         removed.append(f"netns {ns.name}")
     tmp = tempfile.gettempdir()
     for path in glob.glob(f"{tmp}/labctl-sandbox-{PREFIX}*") + glob.glob(f"{tmp}/{PREFIX}*"):
@@ -190,6 +195,7 @@ class FleetLab:
         base = self.network.network_address
         self.controller_address = str(base + 1)
         self.address = {n: str(base + FIRST_HOST + i) for i, n in enumerate(self.names)}
+        self.dns_name = {n: f"{n}.{DOMAIN}" for n in self.names}
         _counter += 1
         self.run_id = f"{PREFIX}{os.getpid()}x{_counter}"
         self.switch_namespace = f"{self.run_id}-sw"
@@ -258,6 +264,7 @@ class FleetLab:
             except Exception as exc:  # keep tearing down the rest
                 errors.append(f"{name}: {exc}")
         for ns in reversed(self._namespaces):
+            shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
             done = _ip("netns", "del", ns, check=False)
             if done.returncode != 0 and os.path.exists(f"/run/netns/{ns}"):
                 errors.append(f"netns {ns}: {done.stderr.strip()}")
@@ -289,6 +296,12 @@ class FleetLab:
             _ip("-n", sw, "link", "set", port, "up")
             _ip("-n", ns, "addr", "add", f"{addr}/{self.prefixlen}", "dev", IFACE)
             _ip("-n", ns, "link", "set", IFACE, "up")
+        # The controller resolves the machines by name, as an operator's DNS or /etc/hosts
+        # would: `ip netns exec` bind-mounts /etc/netns/NS/hosts over /etc/hosts.
+        etc = Path("/etc/netns") / self.controller_namespace
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "hosts").write_text("127.0.0.1 localhost\n::1 localhost\n"
+                                   + "".join(f"{self.address[n]} {self.dns_name[n]}\n" for n in self.names))
 
     def _write_ssh_files(self) -> None:
         self.ssh_key = sandbox.ssh_key_path(self.rootfs)

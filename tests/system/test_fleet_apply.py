@@ -6,7 +6,7 @@ controller runs in a namespace on the same bridge, so every packet stays on netw
 made. From the controller, `labctl up` of examples/fleet/inventory.yaml (a llama-server on
 gpu-a and gpu-b, the LiteLLM gateway on edge) goes through ansible-playbook: labctl installed
 on each machine from the controller's wheels, each host's slice and keys copied, `labctl up`
-run there. Then, for real:
+run there (edge reached over SSH by its name, hosts.edge.ssh_host). Then, for real:
 
 - every route answers through the gateway;
 - a backend refuses a request from another host without its key (401), serves it with it;
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -46,6 +47,9 @@ def fleet(fleet_lab, fleet_wheelhouse, tmp_path_factory):  # type: ignore[no-unt
                           "connect_timeout_sec": 5, "status_timeout_sec": 30})
     for name in ("gpu-a", "gpu-b", "edge"):
         data["hosts"][name]["address"] = lab.address[name]
+    # The controller reaches edge by a name its resolver knows (an operator's DNS or
+    # /etc/hosts), the others by their addresses: both are ssh's and Ansible's to resolve.
+    data["hosts"]["edge"]["ssh_host"] = lab.dns_name["edge"]
     path = work / "inventory.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return lab, path
@@ -110,6 +114,10 @@ def test_up_across_three_hosts_and_every_route_answers(fleet) -> None:  # type: 
     for host, result in report["hosts"].items():
         assert result["status"] == "ok" and result["report"]["changed"], (host, result)
     print(f"\nfleet up (first, three hosts): {seconds:.1f}s")
+    # piped (stderr under --json), each host says what it does as it goes, with the elapsed time
+    for host in ("gpu-a", "gpu-b", "edge"):
+        assert re.search(rf"^{host}: labctl up: done \(\d+s\)$", err, re.M), err[-3000:]
+        assert re.search(rf"^{host}: pip install .*: changed \(\d+s\)$", err, re.M), err[-3000:]
     answers = edge_python(lab, ASK + r'''
 out = {}
 for route in ("chat-a", "chat-b"):

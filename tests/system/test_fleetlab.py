@@ -65,6 +65,12 @@ def test_addresses_hostnames_and_routes(fleet_lab: FleetLab) -> None:
     ctl = lab.controller(["ip", "-4", "-o", "addr"], check=True).stdout
     assert "inet 10.77.0.1/24" in ctl and "inet 127.0.0.1/8" in ctl
     assert lab.controller(["ip", "-4", "route"], check=True).stdout.split()[0] == "10.77.0.0/24"
+    # the machines' names resolve in the controller (its own /etc/hosts), not in the host's namespace
+    for name in NAMES:
+        found = lab.controller(["getent", "ahostsv4", lab.dns_name[name]], check=True).stdout.split()
+        assert found[0] == lab.address[name], found
+    import subprocess
+    assert subprocess.run(["getent", "hosts", lab.dns_name["edge"]], capture_output=True).returncode != 0
 
 
 def test_controller_ssh_as_labuser_on_every_machine(fleet_lab: FleetLab) -> None:

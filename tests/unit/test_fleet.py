@@ -197,6 +197,26 @@ def _network(d):  # type: ignore[no-untyped-def]
     d["fleet"]["network"] = "8.8.8.0/24"
 
 
+def _wildcard_gateway(d):  # type: ignore[no-untyped-def]
+    d["services"]["gateway"]["bind"] = "0.0.0.0"
+
+
+def _gateway_on_anothers_address(d):  # type: ignore[no-untyped-def]
+    d["services"]["gateway"]["bind"] = "10.77.0.11"
+
+
+def _backend_off_network(d):  # type: ignore[no-untyped-def]
+    d["services"]["llama-a"]["bind"] = "192.168.1.5"
+
+
+def _named(d):  # type: ignore[no-untyped-def]
+    d["hosts"]["edge"]["address"] = "edge.lab.example"
+
+
+def _bad_ssh_host(d):  # type: ignore[no-untyped-def]
+    d["hosts"]["edge"]["ssh_host"] = "-oProxyCommand=touch /tmp/x"
+
+
 CASES = [
     ("hosts without fleet", _drop_fleet, "hosts", "hosts need a fleet section"),
     ("fleet without hosts", _drop_hosts, "fleet", "a fleet section needs hosts"),
@@ -215,6 +235,16 @@ CASES = [
     ("host.bind off loopback", _public, "host.bind", "in a fleet, host.bind stays loopback"),
     ("monitoring with two gateway hosts", _monitoring, "fleet.monitoring_host", "not exactly one gateway host"),
     ("a public network", _network, "fleet.network", "must be a private network"),
+    # where a service listens: the hint names what works in a fleet (its host's address)
+    ("a gateway on every network", _wildcard_gateway, "services.gateway.bind",
+     "bind it to 10.77.0.13 (hosts.edge.address) to be reached from fleet.network 10.77.0.0/24, or to loopback"),
+    ("a gateway on another host's address", _gateway_on_anothers_address, "services.gateway.bind",
+     "10.77.0.11 is the address of hosts.gpu-a, and gateway runs on hosts.edge: bind it to 10.77.0.13"),
+    ("a backend off the fleet's network", _backend_off_network, "services.llama-a.bind",
+     "192.168.1.5 is not an address of hosts.gpu-a: bind it to 10.77.0.11"),
+    # a name is for SSH; the address is what services bind and the other hosts reach
+    ("a name as the address", _named, "hosts.edge.address", "set ssh_host"),
+    ("an ssh option as the SSH name", _bad_ssh_host, "hosts.edge.ssh_host", "must be an IP address or a host name"),
 ]
 
 
@@ -312,6 +342,93 @@ def test_ansible_reads_the_inventory_labctl_writes(tmp_path: Path) -> None:
     assert [k["dest"]["__ansible_unsafe"] for k in listing["_meta"]["hostvars"]["gpu-a"]["labctl_keys"]] == \
         ["/home/labuser/.config/labctl/secrets/api-keys/llama-a.env"]
     assert oct((run.path / "hosts.yml").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_gateway_bound_to_its_hosts_address_is_reached_from_the_network(tmp_path: Path) -> None:
+    """What the refusals above point to is accepted: the gateway on edge's address (the other
+    hosts and the operators reach it there), with its master key; every network at once with
+    host.allow_public_bind."""
+    def own_address(d):  # type: ignore[no-untyped-def]
+        d["services"]["gateway"]["bind"] = "10.77.0.13"
+
+    def wildcard_allowed(d):  # type: ignore[no-untyped-def]
+        d["services"]["gateway"]["bind"] = "0.0.0.0"
+        d["host"]["allow_public_bind"] = True
+
+    for edit in (own_address, wildcard_allowed):
+        loaded = load_inventory(example(tmp_path, edit))
+        assert loaded.fleet.views["edge"].services["gateway"].bind == loaded.inventory.services["gateway"].bind
+
+
+def test_ansible_connects_by_the_ssh_name_and_services_keep_the_address(tmp_path: Path) -> None:
+    """hosts.NAME.ssh_host (a DNS name, an ~/.ssh/config alias) is what ssh connects to; the
+    IP stays where the host's services bind and where the other hosts reach them."""
+    def named(d):  # type: ignore[no-untyped-def]
+        d["hosts"]["gpu-a"]["ssh_host"] = "gpu-a.lab"
+
+    run, env = _prepared(tmp_path, named)
+    proc = subprocess.run([_ansible("ansible-inventory"), *ansible.inventory_args(run), "--list"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    hostvars = json.loads(proc.stdout)["_meta"]["hostvars"]
+    assert (hostvars["gpu-a"]["ansible_host"], hostvars["edge"]["ansible_host"]) == ("gpu-a.lab", "10.77.0.13")
+    assert hostvars["gpu-a"]["labctl_address"] == {"__ansible_unsafe": "10.77.0.11"}
+    views = run.plan.views
+    assert views["gpu-a"].services["llama-a"].bind == "10.77.0.11"
+    assert views["edge"].services["llama-a"].address == "10.77.0.11"
+
+
+def test_each_host_says_what_it_is_doing_as_ansible_runs(tmp_path: Path) -> None:
+    """A real ansible-playbook (connection local) over the inventory labctl writes: labctl's
+    callback appends each task's start and end per host to the run's events file as they
+    happen, and the controller turns them into per-host lines (piped or not, the say lines):
+    a task still running after 2 s, one that changed something or failed, labctl's own
+    command done; not a task that was skipped or found nothing to do."""
+    import threading
+    import time
+
+    from labctl.fleet.apply import host_lines
+
+    run, env = _prepared(tmp_path)
+    play = tmp_path / "play.yml"
+    play.write_text(yaml.safe_dump([{"hosts": "all", "gather_facts": False, "tasks": [
+        {"name": "read something", "ansible.builtin.command": {"argv": ["true"]}, "changed_when": False},
+        {"name": "pip install labctl and what it needs", "ansible.builtin.command": {"argv": ["true"]},
+         "when": "inventory_hostname == 'edge'"},
+        {"name": "labctl up", "ansible.builtin.command": {"argv": ["sleep", "3"]}},
+        {"name": "labctl check", "ansible.builtin.command": {"argv": ["false"]},
+         "when": "inventory_hostname == 'gpu-b'"},
+    ]}], sort_keys=False))
+    said: list[tuple[float, str]] = []
+    lock = threading.Lock()
+    done = threading.Event()
+    t0 = time.monotonic()
+
+    def say(line: str) -> None:
+        with lock:
+            said.append((time.monotonic() - t0, line))
+
+    run.events_path.unlink(missing_ok=True)
+    follower = threading.Thread(target=ansible._follow, args=(run.events_path, host_lines(say, t0), done))
+    follower.start()
+    proc = subprocess.run([_ansible("ansible-playbook"), *ansible.inventory_args(run), "-c", "local",
+                           "-e", f"ansible_python_interpreter={sys.executable}", str(play)],
+                          env=env, cwd=run.path, capture_output=True, text=True, timeout=120)
+    ended = time.monotonic() - t0
+    done.set()
+    follower.join()
+    assert proc.returncode != 0, proc.stdout + proc.stderr  # gpu-b's labctl check failed, as meant
+    lines = [line for _, line in said]
+    assert "read something" not in "\n".join(lines), proc.stdout[-3000:] + proc.stderr[-2000:]
+    for host in ("gpu-a", "gpu-b", "edge"):
+        assert re.search(rf"^{host}: labctl up \.\.\. \(\d+s\)$", "\n".join(lines), re.M), lines
+        assert any(re.fullmatch(rf"{host}: labctl up: done \(\d+s\)", line) for line in lines), lines
+    assert any(re.fullmatch(r"edge: pip install labctl and what it needs: changed \(\d+s\)", line) for line in lines)
+    assert any(re.fullmatch(r"gpu-b: labctl check: failed \(\d+s\)", line) for line in lines), lines
+    assert not any("read something" in line or line.startswith("gpu-a: pip") for line in lines), lines
+    # heard while the run went on, not after it: "labctl up ..." came while it slept
+    first = min(t for t, line in said if ": labctl up ... (" in line)
+    assert first < ended - 0.5, (said, ended)
 
 
 def test_a_template_in_an_operators_path_stays_literal(tmp_path: Path) -> None:

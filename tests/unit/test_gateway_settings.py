@@ -33,6 +33,12 @@ def errors(tmp_path, text: str, capsys) -> list[str]:
     return [line.removeprefix(prefix) for line in lines]
 
 
+def ok(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 0
+
+
 def gateway_extra(extra: str) -> tuple[str, int]:
     """BASE with ``extra`` before the gateway's fallbacks, and the line ``extra`` starts on."""
     text = edit((ANCHOR, extra + ANCHOR))
@@ -78,17 +84,48 @@ def test_bad_setting(tmp_path, capsys, extra: str, offset: int, message: str) ->
 
 def test_route_parameters_are_checked(tmp_path, capsys) -> None:
     text = edit(("        service: bindings\n", "        service: bindings\n"
-                                                "        litellm_params: {api_base: 'http://x', rmp: 1}\n"
-                                                "        model_info: {max_input_tokns: 1}\n"))
+                                                "        litellm_params: {api_base: 'http://x', rmp: 1}\n"))
     line = text[:text.index("        litellm_params")].count("\n") + 1
     assert errors(tmp_path, text, capsys) == [
         f"{line}: services.gateway.routes[1].litellm_params.api_base: api_base is set by labctl from "
         "services.gateway.endpoints; set that instead",
         f"{line}: services.gateway.routes[1].litellm_params.rmp: 'rmp' is not a litellm_params key LiteLLM "
         "1.106.2 reads; it would be silently ignored (did you mean 'rpm'?)",
-        f"{line + 1}: services.gateway.routes[1].model_info.max_input_tokns: 'max_input_tokns' is not a "
-        "model_info key LiteLLM 1.106.2 reads; it would be silently ignored (did you mean 'max_input_tokens'?)",
     ]
+
+
+def test_model_info_keeps_the_operators_metadata_and_warns_on_a_near_miss(tmp_path, capsys) -> None:
+    """model_info is LiteLLM's "additional metadata on the model", returned by /model/info:
+    an operator's own tags are accepted and rendered as written; a key a letter away from one
+    LiteLLM reads is accepted too, with a warning naming the key it likely meant, on stdout
+    after validate's verdict, in its --json, and on stderr for the other commands."""
+    text = edit(("        service: bindings\n", "        service: bindings\n"
+                                                "        model_info: {team: search, owner: ana, tier: gold, "
+                                                "max_input_tokns: 1, Max_Tokens: 2, max_output_tokens: 64}\n"))
+    line = text[:text.index("        model_info")].count("\n") + 1
+    path = tmp_path / "inventory.yaml"
+    path.write_text(text)
+    ok(["validate", "-i", str(path)])
+    shown = capsys.readouterr()
+    warned = [line.strip() for line in shown.out.splitlines() if line.startswith("warning:") or line.startswith("  ")]
+    assert " ".join(warned) == (
+        f"warning: {path}:{line}: services.gateway.routes[1].model_info.max_input_tokns: 'max_input_tokns' is not "
+        "a model_info key LiteLLM 1.106.2 reads, but 'max_input_tokens' is: kept as metadata (returned by "
+        "/model/info), and LiteLLM does not see it as 'max_input_tokens' "
+        f"warning: {path}:{line}: services.gateway.routes[1].model_info.Max_Tokens: 'Max_Tokens' is not a "
+        "model_info key LiteLLM 1.106.2 reads, but 'max_tokens' is: kept as metadata (returned by /model/info), "
+        "and LiteLLM does not see it as 'max_tokens'"), shown.out
+    assert shown.err == ""
+    ok(["validate", "-i", str(path), "--json"])
+    document = yaml.safe_load(capsys.readouterr().out)
+    assert [w.split(": ")[1] for w in document["warnings"]] == [
+        "services.gateway.routes[1].model_info.max_input_tokns", "services.gateway.routes[1].model_info.Max_Tokens"]
+    ok(["render", "-i", str(path), "--out", str(tmp_path / "out")])
+    assert capsys.readouterr().err.count("warning:") == 2
+    cfg = yaml.safe_load(next((tmp_path / "out").rglob("litellm/config.yaml")).read_text())
+    (bindings,) = [m for m in cfg["model_list"] if m["model_name"] == "bindings"]
+    assert bindings["model_info"] == {"team": "search", "owner": "ana", "tier": "gold", "max_input_tokns": 1,
+                                      "Max_Tokens": 2, "max_output_tokens": 64}
 
 
 def test_settings_render_where_litellm_reads_them() -> None:

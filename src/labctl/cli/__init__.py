@@ -126,12 +126,26 @@ def validate(
     if as_json:
         emit_json({"ok": True, "inventory": str(inventory),
                    "services": {n: s.kind for n, s in enabled.items()},  # type: ignore[attr-defined]
-                   "gpu_budget": budget.as_dict() if budget else None})
+                   "gpu_budget": budget.as_dict() if budget else None, "warnings": list(loaded.warnings)})
         return
     out.print(f"{inventory}: ok ({len(enabled)} enabled service(s)"
               f"{', files checked' if check_files else ''})")
     if budget is not None:
         out.print(budget.summary(), markup=False)
+    _print_warnings(loaded.warnings)
+
+
+def _print_warnings(warnings: Any, *, stderr: bool = False) -> None:
+    """``warning: ...`` lines, folded to the terminal: on stdout after a command's own text,
+    or on stderr where stdout is a command's document or table."""
+    from labctl.text import fold, shown
+
+    for warning in warnings:
+        lines = fold(shown(f"warning: {warning}"), out.width, "", "  ")
+        if stderr:
+            sys.stderr.write("".join(line + "\n" for line in lines))
+        else:
+            print_lines(lines, style="yellow")
 
 
 def _validate_fleet(loaded: Any, *, check_files: bool, force: bool, as_json: bool) -> None:
@@ -153,7 +167,7 @@ def _validate_fleet(loaded: Any, *, check_files: bool, force: bool, as_json: boo
                        "gpu_budget": budget.as_dict() if budget else None}
     if as_json:
         emit_json({"ok": True, "inventory": str(loaded.path), "hosts": hosts, "keyed": plan.keyed,
-                   "warnings": plan.warnings})
+                   "warnings": plan.warnings + list(loaded.warnings)})
         return
     out.print(f"{loaded.path}: ok (a fleet of {len(hosts)} host(s){', files checked' if check_files else ''})",
               markup=False)
@@ -162,8 +176,7 @@ def _validate_fleet(loaded: Any, *, check_files: bool, force: bool, as_json: boo
     for name, facts in hosts.items():
         services = ", ".join(f"{n} ({k})" for n, k in facts["services"].items()) or "nothing"
         print_lines(fold(shown(f"{name} {facts['address']}: {services}"), out.width, "  ", "    "))
-    for warning in plan.warnings:
-        print_lines(fold(shown(f"warning: {warning}"), out.width, "", "  "), style="yellow")
+    _print_warnings(plan.warnings + list(loaded.warnings))
 
 
 @app.command()
@@ -174,10 +187,9 @@ def render(
 ) -> None:
     """Render every file into OUT (laid out as under ~/.config on a host)."""
     from labctl import fsio
-    from labctl.load import load_inventory
     from labctl.render import render_all
 
-    loaded = load_inventory(find_inventory(inventory))
+    loaded = _load(inventory, fleet=True)
     if loaded.fleet is not None:
         # A fleet: each host's slice and what it renders, under OUT/HOST/.
         from labctl.fleet.slices import slice_text
@@ -308,6 +320,7 @@ def _load(inventory: Path | None, *, fleet: bool = False):  # type: ignore[no-un
         raise UsageError(f"{loaded.path} describes a fleet (hosts: {', '.join(loaded.inventory.hosts)}): "
                          f"`labctl {command}` acts on one host; run it there, where `labctl up` left that "
                          "host's slice (no -i needed), or use up, down, status, validate or render here")
+    _print_warnings(loaded.warnings, stderr=True)
     return loaded
 
 

@@ -38,7 +38,8 @@ import shutil
 import sys
 import tarfile
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,7 @@ CALLBACKS = PACKAGE / "plugins" / "callback"
 INSTALL_HINT = "install it beside labctl on the controller: pip install 'labctl[fleet]' (ansible-core)"
 
 
-# Connection variables that validated types keep free of template syntax (ReachAddr, Port,
+# Connection variables that validated types keep free of template syntax (FleetAddr, HostName, Port,
 # UserName): left plain for the tools that read the inventory.
 CONNECTION = ("ansible_host", "ansible_port", "ansible_user")
 
@@ -159,6 +160,10 @@ class RunDir:
     def report_path(self) -> Path:
         return self.path / "report.json"
 
+    @property
+    def events_path(self) -> Path:
+        return self.path / "events.jsonl"
+
 
 def _wheels(inv: Inventory, state_dir: Path) -> tuple[str, str, list[str]]:
     """(wheels tarball on the controller or "", install id, pip arguments) for the hosts."""
@@ -210,7 +215,7 @@ def host_vars(run: RunDir, host: str, key_files: dict[str, Path], wheels: tuple[
     keys = [{"src": hand_over(key_files[b], ANSIBLE), "dest": on_host(f"{KEY_DIR}/{b}.env")}
             for b in run.plan.keyed if host in run.plan.key_holders(b)]
     return {
-        "ansible_host": fleet_host.address,
+        "ansible_host": fleet_host.ssh_host or fleet_host.address,
         "ansible_port": fleet_host.ssh_port,
         "ansible_user": remote.user,
         "labctl_address": fleet_host.address,
@@ -312,17 +317,64 @@ def environment(run: RunDir, control_dir: str) -> dict[str, str]:
         "ANSIBLE_INTERPRETER_PYTHON": "auto_silent",
         "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
         "LABCTL_ANSIBLE_REPORT": str(run.report_path),
+        "LABCTL_ANSIBLE_EVENTS": str(run.events_path),
     }
 
 
-def run_playbook(run: RunDir, playbook: str, *, timeout: float, echo: Any = None) -> dict[str, HostResult]:
-    """Run one of labctl's playbooks over the run's hosts; every host's result, by name."""
+@dataclass(frozen=True)
+class TaskEvent:
+    """A task started (``event`` "start") or ended ("ok", "failed", "unreachable",
+    "skipped") on one host, as labctl's callback wrote it."""
+
+    host: str
+    task: str
+    event: str
+    changed: bool
+
+
+def _follow(path: Path, on_event: Callable[[TaskEvent | None], None], done: threading.Event) -> None:
+    """Hand each line the callback appends to ``path`` to ``on_event``, until ``done`` (then
+    the rest of the file); ``on_event(None)`` after each look, four times a second."""
+    offset, pending = 0, b""
+    while True:
+        finished = done.wait(0.25)
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            chunk = b""
+        offset += len(chunk)
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            try:
+                data = json.loads(line)
+                event = TaskEvent(str(data["host"]), str(data["task"]), str(data["event"]), bool(data["changed"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # not one of the callback's lines
+            on_event(event)
+        on_event(None)
+        if finished:
+            return
+
+
+def run_playbook(run: RunDir, playbook: str, *, timeout: float, echo: Any = None,
+                 on_event: Callable[[TaskEvent | None], None] | None = None) -> dict[str, HostResult]:
+    """Run one of labctl's playbooks over the run's hosts; every host's result, by name.
+    ``on_event`` hears each task start and end on each host as it happens (and None, a tick,
+    four times a second)."""
     control_dir = tempfile.mkdtemp(prefix="labctl-ssh-")  # short: ssh's socket paths are limited
+    done = threading.Event()
+    follower = None
     try:
         with from_this_controller():
             argv = [ansible_playbook(), *inventory_args(run), hand_over(PLAYBOOKS / playbook, ANSIBLE)]
             env = environment(run, control_dir)
         fsio.ensure_dir(run.state_dir / "ansible" / "tmp", 0o700)
+        run.events_path.unlink(missing_ok=True)
+        if on_event is not None:
+            follower = threading.Thread(target=_follow, args=(run.events_path, on_event, done), daemon=True)
+            follower.start()
         # In the run directory: nothing Ansible resolves against the current directory is
         # the operator's (a repository's ansible.cfg, a relative path).
         result = run_cmd(argv, check=False, timeout=timeout, env=env, cwd=run.path, echo=echo)
@@ -330,6 +382,9 @@ def run_playbook(run: RunDir, playbook: str, *, timeout: float, echo: Any = None
         raise OperationFailed(f"ansible-playbook {playbook} did not finish within {timeout:.0f}s; "
                               f"the hosts' last state is in {run.path}") from None
     finally:
+        done.set()
+        if follower is not None:
+            follower.join()
         shutil.rmtree(control_dir, ignore_errors=True)
     return read_report(run, result.rc, result.stdout + "\n" + result.stderr)
 

@@ -24,7 +24,8 @@ from typing import Any, Callable
 
 from labctl import fsio, progress
 from labctl.fleet import keys
-from labctl.fleet.ansible import HostResult, RunDir, controller_path, from_this_controller, prepare, run_playbook
+from labctl.fleet.ansible import (HostResult, RunDir, TaskEvent, controller_path, from_this_controller, prepare,
+                                  run_playbook)
 from labctl.handover import ANSIBLE, SSH, hand_over
 from labctl.host.lock import host_lock
 from labctl.load import Loaded
@@ -60,8 +61,39 @@ def _state_dir(loaded: Loaded) -> Path:
     return path
 
 
+#: A task still running this long on a host gets a line saying so (Ansible announces a task
+#: before it knows whether its condition skips it: one that ends sooner is said by its end).
+RUNNING_LINE_SEC = 2.0
+
+
+def host_lines(say: Say, started: float) -> Callable[[TaskEvent | None], None]:
+    """Per-host progress lines from the run's task events, each with the run's elapsed time:
+    a task still running after RUNNING_LINE_SEC, a task that changed something, labctl's
+    own command done, a task that failed or found its host unreachable; nothing for a task
+    that found nothing to do."""
+    running: dict[tuple[str, str], float] = {}
+
+    def on_event(e: TaskEvent | None) -> None:
+        now, elapsed = time.monotonic(), f"({progress.elapsed(started)})"
+        if e is None:
+            for (host, task), since in list(running.items()):
+                if now - since >= RUNNING_LINE_SEC:
+                    del running[(host, task)]
+                    say(f"{host}: {task} ... {elapsed}")
+            return
+        if e.event == "start":
+            running[(e.host, e.task)] = now
+            return
+        running.pop((e.host, e.task), None)
+        if e.event in ("failed", "unreachable"):
+            say(f"{e.host}: {e.task}: {e.event} {elapsed}")
+        elif e.event == "ok" and (e.changed or e.task.startswith("labctl ")):
+            say(f"{e.host}: {e.task}: {'done' if e.task.startswith('labctl ') else 'changed'} {elapsed}")
+    return on_event
+
+
 def _run(loaded: Loaded, action: str, playbook: str, *, hosts: list[str] | None, timeout: float,
-         key_files: dict[str, Path], say: Say) -> FleetReport:
+         key_files: dict[str, Path], say: Say, lines: bool = True) -> FleetReport:
     inv, plan = loaded.inventory, loaded.fleet
     assert plan is not None
     state_dir = _state_dir(loaded)
@@ -72,8 +104,11 @@ def _run(loaded: Loaded, action: str, playbook: str, *, hosts: list[str] | None,
         raise UsageError(f"no host named {', '.join(unknown)} in {loaded.path} (hosts: {', '.join(inv.hosts)})")
     run: RunDir = prepare(inv, plan, state_dir, key_files, hosts, name=f"run-{action}")
     started = time.monotonic()
+    if lines:
+        say(f"{action} on {', '.join(run.hosts)} through Ansible")
     with progress.step(f"{action} on {len(run.hosts)} host(s) through Ansible"):
-        results = run_playbook(run, playbook, timeout=timeout, echo=progress.echo())
+        results = run_playbook(run, playbook, timeout=timeout, echo=progress.echo(),
+                               on_event=host_lines(say, started) if lines else None)
     return FleetReport(action, results, time.monotonic() - started, list(plan.warnings))
 
 
@@ -107,4 +142,4 @@ def status(loaded: Loaded, *, say: Say, hosts: list[str] | None = None) -> Fleet
     # SSH's connect timeout, the status itself, and Ansible's own start and module transfer.
     timeout = inv.fleet.connect_timeout_sec + inv.fleet.status_timeout_sec + 60
     return _run(loaded, "status", "status.yml", hosts=hosts, timeout=timeout,
-                key_files={b: keys.key_file(state_dir, b) for b in plan.keyed}, say=say)
+                key_files={b: keys.key_file(state_dir, b) for b in plan.keyed}, say=say, lines=False)

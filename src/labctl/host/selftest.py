@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import signal
 import tempfile
 import time
@@ -44,6 +45,26 @@ def _request(port: int, method: str, path: str, body: dict[str, object] | None, 
         return response.status
     finally:
         conn.close()
+
+
+#: Shared libraries the programs labctl installs link against from the system, and the
+#: Debian package that has each (the pinned llama-server wheel needs the OpenMP runtime).
+LIBRARY_PACKAGE = {"libgomp.so.1": "libgomp1", "libnuma.so.1": "libnuma1", "libvulkan.so.1": "libvulkan1",
+                   "libstdc++.so.6": "libstdc++6"}
+
+_MISSING_LIBRARY = re.compile(r"error while loading shared libraries: ([^:\s]+): cannot open shared object file")
+
+
+def missing_library(log: str) -> str | None:
+    """What the dynamic loader said it could not find (it exits 127 before main runs), as a
+    line naming the library and, where known, the package that has it."""
+    found = _MISSING_LIBRARY.search(log)
+    if found is None:
+        return None
+    lib = found.group(1)
+    package = LIBRARY_PACKAGE.get(lib)
+    where = f"install {package} (Debian's package for it)" if package else "install the package that has it"
+    return f"it cannot start: the shared library {lib} is missing on this host; {where}"
 
 
 def _died(returncode: int) -> str:
@@ -78,6 +99,8 @@ def llama_server_runs(program: str | Path, *, timeout: float = 120.0) -> Verdict
 
                 while time.monotonic() < deadline:
                     if proc.poll() is not None:
+                        if proc.returncode == 127 and (why := missing_library(output.read_text(errors="replace"))):
+                            return failed(why)
                         during = "answering its first request" if loaded else "while loading a model"
                         return failed(f"{_died(proc.returncode)} {during}")
                     try:

@@ -29,14 +29,15 @@ from labctl.fields import (
     ControllerPath,
     Duration,
     ExecPath,
+    FleetAddr,
     HomePath,
+    HostName,
     HostPathStr,
     Limits,
     Network,
     PathStr,
     PipSpec,
     Port,
-    ReachAddr,
     RestartPolicy,
     Strict,
     Text,
@@ -289,10 +290,12 @@ UserName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
 
 
 class FleetHost(Strict):
-    """One machine of a fleet: where the controller reaches it (SSH) and where the other
-    hosts reach its services (``address``, inside ``fleet.network``), and what runs there."""
+    """One machine of a fleet: where the other hosts reach its services (``address``, its IP
+    inside ``fleet.network``), where the controller reaches it over SSH (``ssh_host``, a DNS
+    name or an ``~/.ssh/config`` alias; ``address`` when unset), and what runs there."""
 
-    address: ReachAddr
+    address: FleetAddr
+    ssh_host: HostName | None = None
     ssh_port: Port = 22
     # The SSH login, and the user whose manager runs the services (host.user unless set).
     user: UserName | None = None

@@ -406,6 +406,10 @@ class Kind:
         reference a keyed server can read)."""
         yield from key_problems(self, name, svc, env_file=self.key_variable is not None)
 
+    def warnings(self, inv: Inventory, name: str, svc: Listener) -> Iterator[Problem]:
+        """What this kind accepts but an operator likely did not mean (shown, never refused)."""
+        return iter(())
+
     def remote_bind_problem(self, svc: Listener) -> str | None:
         """Why it may not listen where other hosts reach it, or None."""
         if self.key_variable is not None and self.api_key(svc) is None:

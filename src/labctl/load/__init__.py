@@ -30,6 +30,9 @@ class Loaded:
     source: yamlsrc.Source
     # A fleet inventory's plan: each host's view (labctl.load.fleet); None for one host.
     fleet: FleetPlan | None = None
+    # What is accepted but likely not meant (``file:line: path: message``), for the commands
+    # to show; never refused.
+    warnings: tuple[str, ...] = ()
 
     @property
     def path(self) -> Path:
@@ -54,11 +57,13 @@ def load_inventory(path: Path | str, *, check_files: bool = False, text: str | N
         errors, plan = fleet.check(inventory, source, check_files=check_files)
         if secrets or errors:
             raise InvalidInventory(secrets + errors)
-        return Loaded(inventory, source, plan)
+        assert plan is not None
+        seen = dict.fromkeys(w for view in plan.views.values() for w in checks.warnings(view, source))
+        return Loaded(inventory, source, plan, tuple(seen))
     errors = checks.cross_check(inventory, source, check_files=check_files)
     if secrets or errors:
         raise InvalidInventory(secrets + errors)
-    return Loaded(inventory, source)
+    return Loaded(inventory, source, warnings=tuple(checks.warnings(inventory, source)))
 
 
 def _type_name(value: Any) -> str:

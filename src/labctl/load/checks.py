@@ -35,6 +35,12 @@ def cross_check(inv: Inventory, src: Source, *, check_files: bool = False) -> li
     return errors
 
 
+def warnings(inv: Inventory, src: Source) -> list[str]:
+    """What is accepted but likely not meant, each as ``file:line: path: message``."""
+    return [str(src.error(loc, message)) for name, svc in inv.services.items()
+            for loc, message in kind_of(svc).warnings(inv, name, svc)]
+
+
 def _kinds(inv: Inventory, src: Source) -> Iterator[InputError]:
     """What each service's kind refuses (labctl.kinds: a vLLM on the CPU without its KV
     cache, a gateway route to an undefined model, ...)."""

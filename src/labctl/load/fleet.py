@@ -166,10 +166,37 @@ def _fleet_rules(inv: Inventory, src: Source) -> Iterator[InputError]:
         yield src.error(("host", "home"), f"{problem} (in a fleet, host.home is a path on the hosts)")
     if len(owner) < len(inv.services):
         return
+    yield from _bind_rules(inv, src, owner)
     if inv.monitoring.enabled and monitoring_host(inv, owner) is None:
         yield src.error(("fleet", "monitoring_host"), "monitoring is enabled and there is not exactly one "
                                                       "gateway host: name the host that runs it")
     yield from _crossing_rules(inv, src, owner)
+
+
+def _bind_rules(inv: Inventory, src: Source, owner: dict[str, str]) -> Iterator[InputError]:
+    """Where a service may listen in a fleet: loopback, or its own host's address (what the
+    other hosts reach); every network at once only with host.allow_public_bind."""
+    assert inv.fleet is not None
+    by_address = {h.address: name for name, h in inv.hosts.items()}
+    for name, svc in inv.services.items():
+        if not isinstance(svc, ServiceBase) or svc.bind is None:
+            continue
+        ip, host = ipaddress.ip_address(svc.bind), owner[name]
+        mine = inv.hosts[host].address
+        if ip.is_loopback or svc.bind == mine:
+            continue
+        fix = (f"bind it to {mine} (hosts.{host}.address) to be reached from fleet.network {inv.fleet.network}, "
+               "or to loopback")
+        if ip.is_unspecified:
+            if inv.host.allow_public_bind:
+                continue
+            yield src.error(("services", name, "bind"), f"{svc.bind} listens on every network of hosts.{host}; "
+                                                        f"{fix} (host.allow_public_bind: true allows every network)")
+        elif svc.bind in by_address:
+            yield src.error(("services", name, "bind"), f"{svc.bind} is the address of hosts.{by_address[svc.bind]}, "
+                                                        f"and {name} runs on hosts.{host}: {fix}")
+        else:
+            yield src.error(("services", name, "bind"), f"{svc.bind} is not an address of hosts.{host}: {fix}")
 
 
 def crossings(inv: Inventory, host_of: dict[str, str]) -> list[Crossing]:
@@ -197,10 +224,6 @@ def _crossing_rules(inv: Inventory, src: Source, owner: dict[str, str]) -> Itera
                 yield src.error(("services", c.backend, "bind"),
                                 f"{where}: a backend bound to loopback cannot be reached from another host; remove "
                                 f"bind (labctl binds it to {inv.hosts[c.backend_host].address})")
-            elif backend.bind != inv.hosts[c.backend_host].address:
-                yield src.error(("services", c.backend, "bind"),
-                                f"{where}: it must bind to its host's address {inv.hosts[c.backend_host].address} "
-                                "(or leave bind unset)")
     for name, svc in inv.services.items():
         for dep, loc, why in kind_of(svc).colocated(name, svc):
             if dep in owner and owner[dep] != owner[name]:

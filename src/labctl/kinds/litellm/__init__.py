@@ -271,5 +271,11 @@ class LiteLLMKind(Kind):
         assert isinstance(svc, LiteLLM)
         yield from checks.gateway(inv, name, svc)
 
+    def warnings(self, inv: Inventory, name: str, svc: Listener) -> Iterator[Problem]:
+        from labctl.kinds.litellm import checks, keys
+
+        assert isinstance(svc, LiteLLM)
+        yield from checks.warnings(name, svc, keys.shipped())
+
 
 KIND = LiteLLMKind()

@@ -66,6 +66,31 @@ def _endpoints(name: str, gw: LiteLLM, keys: litellm_keys.KeySets) -> Iterator[P
                                                f"{keys.version} knows{hint}")
 
 
+# Where LiteLLM keeps what it does not know: model_info is "additional metadata on the model",
+# returned as written by /model/info (operators tag models there). A key it does not read is
+# no mistake there; one a letter away from a key it reads is likely one (:func:`warnings`).
+FREE_FORM = frozenset({"model_info"})
+NEAR_MISS = 0.85  # difflib's ratio: max_input_token ~ max_input_tokens; team, owner, notes ~ nothing
+
+
+def warnings(name: str, gw: LiteLLM, keys: litellm_keys.KeySets) -> Iterator[Problem]:
+    """What LiteLLM accepts but likely is not what was meant: a model_info key a near miss
+    of one LiteLLM reads (a typo there is kept as metadata, and the setting is not made)."""
+    valid = sorted(keys.model_info)
+    lowered = {k.lower(): k for k in valid}
+    for i, route in enumerate(gw.routes):
+        for key in route.model_info:
+            if key in keys.model_info:
+                continue
+            close = ([lowered[key.lower()]] if key.lower() in lowered
+                     else difflib.get_close_matches(key, valid, n=1, cutoff=NEAR_MISS))
+            if close:
+                yield Problem(("services", name, "routes", i, "model_info", key),
+                              f"{key!r} is not a model_info key LiteLLM {keys.version} reads, but {close[0]!r} is: "
+                              "kept as metadata (returned by /model/info), and LiteLLM does not see it as "
+                              f"{close[0]!r}")
+
+
 # The keys labctl writes itself in each pass-through place, from a typed field (setting them
 # again would silently override a checked value), with that field, or None where labctl
 # always sets the key itself. What LiteLLM reads there is its version's list (keys.KeySets).
@@ -111,7 +136,7 @@ def _passthrough(inv: Inventory, name: str, gw: LiteLLM, keys: litellm_keys.KeyS
                                 if field else f"{key} is set by labctl (always true: labctl's backends take only "
                                               "the OpenAI parameters they know)")
                 continue
-            if key not in valid:
+            if key not in valid and section not in FREE_FORM:
                 close = difflib.get_close_matches(key, sorted(valid), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 yield Problem(here, f"{key!r} is not a {section} key LiteLLM {keys.version} reads; it would be "

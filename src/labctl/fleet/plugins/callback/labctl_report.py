@@ -1,7 +1,10 @@
 # labctl's Ansible callback (labctl.fleet.ansible enables it for its own runs): one JSON
 # document per run, per host: how each task ended, and the stdout/stderr of the task that
 # ran labctl there (its --json report). Written to $LABCTL_ANSIBLE_REPORT when the run ends.
-# Tasks marked no_log arrive censored; nothing here prints.
+# As the run goes, one JSON line per task started and ended on a host is appended to
+# $LABCTL_ANSIBLE_EVENTS (host, task, event, changed: no task output, no message), which the
+# controller reads for its progress lines. Tasks marked no_log arrive censored; nothing here
+# prints.
 from __future__ import annotations
 
 import json
@@ -45,6 +48,17 @@ class CallbackModule(CallbackBase):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.hosts = {}
+        path = os.environ.get("LABCTL_ANSIBLE_EVENTS")
+        self.events = open(path, "a", encoding="utf-8") if path else None
+
+    def _event(self, host, task, event, changed=False):
+        if self.events is None:
+            return
+        self.events.write(json.dumps({"host": host, "task": task, "event": event, "changed": changed}) + "\n")
+        self.events.flush()
+
+    def v2_runner_on_start(self, host, task):
+        self._event(host.get_name(), task.get_name(), "start")
 
     def _record(self, result, status):
         host, task, data = _parts(result)
@@ -56,6 +70,7 @@ class CallbackModule(CallbackBase):
         if msg and status != "ok":
             item["msg"] = str(msg)[:2000]
         entry["tasks"].append(item)
+        self._event(host, task, status, item["changed"])
         if task.startswith("labctl ") and status in ("ok", "failed") and "stdout" in data:
             entry["labctl"] = {"task": task, "rc": data.get("rc"),
                                "stdout": str(data.get("stdout", ""))[:STDOUT_MAX],
@@ -86,3 +101,6 @@ class CallbackModule(CallbackBase):
         with os.fdopen(fd, "w") as out:
             json.dump({"hosts": self.hosts}, out)
         os.replace(tmp, path)
+        if self.events is not None:
+            self.events.close()
+            self.events = None
