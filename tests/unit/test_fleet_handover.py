@@ -371,7 +371,9 @@ def test_labctls_own_run_reaches_every_host_through_its_own_files(tmp_path: Path
     report = json.loads(run.report_path.read_text())
     assert set(report["hosts"]) == set(run.inv.hosts)
     tried = [json.loads(line) for line in (bin_dir / "ssh-argv.jsonl").read_text().splitlines()]
-    assert {argv[-2] for argv in tried} == {h.address for h in run.inv.hosts.values()}
+    # each host at its SSH name where it has one (edge.lan), else at its address
+    assert {argv[-2] for argv in tried} == {h.ssh_host or h.address for h in run.inv.hosts.values()}
+    assert "edge.lan" in {argv[-2] for argv in tried}
     assert all(f'IdentityFile="{tmp_path}/k{HARMLESS}ey"' in argv for argv in tried)
     assert not (tmp_path / "DECOY-RAN").exists()
 

@@ -56,7 +56,7 @@ FLEET_FULL: dict[str, Any] = {
     "hosts": {
         "gpu-a": {"address": "10.77.0.11", "user": "alice", "home": "/srv/alice", "services": ["llama-a"]},
         "gpu-b": {"address": "10.77.0.12", "services": ["vllm-b", "bindings-b"]},
-        "edge": {"address": "10.77.0.13", "services": ["gateway"]},
+        "edge": {"address": "10.77.0.13", "ssh_host": "edge.lan", "services": ["gateway"]},
     },
     "models": {"tiny": {"generate": "tiny", "default": True}},
     "services": {
@@ -208,7 +208,9 @@ def check(tmp: Path, loc: tuple, value: str) -> None:
     assert shape(document) == BASE["shape"], f"{loc}={value!r} changed the Ansible inventory's structure"
     for host_vars in document["all"]["hosts"].values():
         # The connection's three stay plain, and are what a validated type allows: no template syntax.
-        assert re.fullmatch(r"[0-9A-Fa-f.:]+", host_vars["ansible_host"]), host_vars["ansible_host"]
+        # ansible_host: an IP, or a host name (letters, digits, '-', '.'; never a leading '-')
+        assert re.fullmatch(r"[0-9A-Fa-f.:]+|[A-Za-z0-9][A-Za-z0-9.-]*", host_vars["ansible_host"]), \
+            host_vars["ansible_host"]
         assert re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", host_vars["ansible_user"]), host_vars["ansible_user"]
         assert isinstance(host_vars["ansible_port"], int)
         assert isinstance(host_vars["labctl_ship_wheels"], bool)

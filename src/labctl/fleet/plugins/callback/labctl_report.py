@@ -49,7 +49,9 @@ class CallbackModule(CallbackBase):
         super().__init__(*args, **kwargs)
         self.hosts = {}
         path = os.environ.get("LABCTL_ANSIBLE_EVENTS")
-        self.events = open(path, "a", encoding="utf-8") if path else None
+        # owner-only, as every file of the run (host and task names only, but in its directory)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        self.events = os.fdopen(os.open(path, flags, 0o600), "a", encoding="utf-8") if path else None
 
     def _event(self, host, task, event, changed=False):
         if self.events is None:
