@@ -490,6 +490,40 @@ def test_one_host_commands_refuse_a_fleet(tmp_path: Path, capsys, command: list[
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(("command", "named"), [
+    (["up", "--force"], "--force is"), (["up", "--no-monitoring", "--force"], "--no-monitoring, --force are"),
+    (["down", "--purge"], "--purge is"), (["status", "--wide"], "--wide is"),
+    (["status", "--endpoints", "--probe-timeout", "9"], "--endpoints, --probe-timeout are")])
+def test_a_fleet_refuses_one_hosts_options_before_anything_runs(tmp_path: Path, capsys, command: list[str],  # type: ignore[no-untyped-def]
+                                                                 named: str) -> None:
+    """An option that means something for one host only is refused on a fleet, in one line
+    naming it (a fleet's `up` ignored --force and --no-monitoring before), before Ansible or
+    the fleet's state directory is touched."""
+    from labctl.cli import main
+
+    path = example(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main([*command, "-i", str(path)])
+    assert info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (f"labctl: {named} for one host's `labctl {command[0]}`: run it on that host, where "
+                    "`labctl up` left its slice (no -i needed)"), line
+    assert not (tmp_path / "fleet-state").exists()
+
+
+def test_host_is_refused_for_one_host(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from labctl.cli import main
+
+    single = tmp_path / "one.yaml"
+    single.write_text((Path(__file__).parents[2] / "examples" / "cpu-demo" / "inventory.yaml").read_text())
+    for command in (["up"], ["down"], ["status"]):
+        with pytest.raises(SystemExit) as info:
+            main([*command, "-i", str(single), "--host", "gpu-a"])
+        assert info.value.code == 2
+        assert capsys.readouterr().err == ("labctl: --host is for a fleet inventory (hosts:); this one describes "
+                                           "one host\n")
+
+
 def test_validate_and_render_a_fleet(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     from labctl.cli import main
 

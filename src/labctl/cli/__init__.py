@@ -111,28 +111,26 @@ def validate(
     as_json: JsonOpt = False,
 ) -> None:
     """Check the inventory: schema, cross-references, safety rules, GPU budget; exit 2 on any problem."""
+    from labctl.fleet import target
     from labctl.load import load_inventory
-    from labctl.ops import gpu_budget
+    from labctl.text import fold, shown
 
     loaded = load_inventory(find_inventory(inventory), check_files=check_files)
-    if loaded.fleet is not None:
-        _validate_fleet(loaded, check_files=check_files, force=force, as_json=as_json)
-        return
-    inventory = loaded.path
-    enabled = loaded.inventory.enabled()
-    budget = gpu_budget.compute(loaded.inventory) if gpu_budget.applies(loaded.inventory) else None
-    if budget is not None:
-        gpu_budget.enforce(loaded, budget, force=force)
+    found = target.of(loaded).validate(force=force)
     if as_json:
-        emit_json({"ok": True, "inventory": str(inventory),
-                   "services": {n: s.kind for n, s in enabled.items()},  # type: ignore[attr-defined]
-                   "gpu_budget": budget.as_dict() if budget else None, "warnings": list(loaded.warnings)})
+        emit_json(found.document)
         return
-    out.print(f"{inventory}: ok ({len(enabled)} enabled service(s)"
-              f"{', files checked' if check_files else ''})")
-    if budget is not None:
-        out.print(budget.summary(), markup=False)
-    _print_warnings(loaded.warnings)
+    doc, checked = found.document, ", files checked" if check_files else ""
+    if "hosts" in doc:
+        out.print(f"{loaded.path}: ok (a fleet of {len(doc['hosts'])} host(s){checked})", markup=False)
+        for name, facts in doc["hosts"].items():
+            services = ", ".join(f"{n} ({k})" for n, k in facts["services"].items()) or "nothing"
+            print_lines(fold(shown(f"{name} {facts['address']}: {services}"), out.width, "  ", "    "))
+    else:
+        out.print(f"{loaded.path}: ok ({len(doc['services'])} enabled service(s){checked})", markup=False)
+        if found.budgets[""] is not None:
+            out.print(found.budgets[""].summary(), markup=False)
+    _print_warnings(found.warnings)
 
 
 def _print_warnings(warnings: Any, *, stderr: bool = False) -> None:
@@ -146,37 +144,6 @@ def _print_warnings(warnings: Any, *, stderr: bool = False) -> None:
             sys.stderr.write("".join(line + "\n" for line in lines))
         else:
             print_lines(lines, style="yellow")
-
-
-def _validate_fleet(loaded: Any, *, check_files: bool, force: bool, as_json: bool) -> None:
-    """Every host's view checked (the loader did), and its GPU budget added up from what the
-    inventory says of that host (the controller cannot ask the host's nvidia-smi)."""
-    from labctl.ops import gpu_budget
-
-    inv, plan = loaded.inventory, loaded.fleet
-    hosts: dict[str, Any] = {}
-    for name, view in plan.views.items():
-        budget = gpu_budget.compute(view, measure=False) if gpu_budget.applies(view) else None
-        if budget is not None and not budget.fits and not force:
-            loc = (gpu_budget.refusal_field(view, budget) if budget.fraction > 1.0 else ("hosts", name, "gpu_memory_gib")
-                   if inv.hosts[name].gpu_memory_gib is not None else ("hosts", name))
-            raise loaded.source.error(loc, f"{budget.summary()}; lower gpu_memory_utilization or n_gpu_layers, or "
-                                           "pass --force; nothing was changed")
-        hosts[name] = {"address": inv.hosts[name].address,
-                       "services": {n: s.kind for n, s in view.enabled().items()},
-                       "gpu_budget": budget.as_dict() if budget else None}
-    if as_json:
-        emit_json({"ok": True, "inventory": str(loaded.path), "hosts": hosts, "keyed": plan.keyed,
-                   "warnings": plan.warnings + list(loaded.warnings)})
-        return
-    out.print(f"{loaded.path}: ok (a fleet of {len(hosts)} host(s){', files checked' if check_files else ''})",
-              markup=False)
-    from labctl.text import fold, shown
-
-    for name, facts in hosts.items():
-        services = ", ".join(f"{n} ({k})" for n, k in facts["services"].items()) or "nothing"
-        print_lines(fold(shown(f"{name} {facts['address']}: {services}"), out.width, "  ", "    "))
-    _print_warnings(plan.warnings + list(loaded.warnings))
 
 
 @app.command()
@@ -226,26 +193,16 @@ def plan(
     wide: Annotated[bool, typer.Option("--wide", help="One line per action and note, at its natural width.")] = False,
 ) -> None:
     """Show what `labctl up` would change and do, changing nothing."""
-    from labctl.ops.plan import make_plan, operator_drop_ins, read_installed
-    from labctl.render import render_all
-    from labctl.inventory.layout import Layout
+    from labctl.ops import gpu_budget
+    from labctl.ops.apply import preview
     from labctl.text import fold, shown
 
-    inv = _load(inventory).inventory
-    target = root if root is not None else Path(Layout.of(inv).config_root)
-    installed = read_installed(target)
-    states = None
-    if root is None:
-        states = _unit_states(inv, installed)
-    result = make_plan(inv, render_all(inv), installed, states=states)
-    drop_ins = operator_drop_ins(inv, target)
-    from labctl.ops import gpu_budget
-
-    budget = gpu_budget.compute(inv) if gpu_budget.applies(inv) else None
+    found = preview(_load(inventory).inventory, root)
     if as_json:
-        emit_json({"root": str(target), **result.as_dict(), "drop_ins": drop_ins,
-                   "gpu_budget": budget.as_dict() if budget else None})
+        emit_json(found.as_dict())
         return
+    if found.files_only and root is None:
+        out.print("(no user manager here: comparing files only)", style="dim")
     # Prose is folded between words to out.width; a diff line is printed as it is (only
     # shown(): the installed side is whatever is on disk).
     width = 1 << 20 if wide else out.width
@@ -253,12 +210,13 @@ def plan(
     def say(text: str, indent: str = "", more: str = "  ") -> None:
         print_lines(fold(shown(text), width, indent, more))
 
-    print_lines([shown(line) for line in gpu_budget.table(budget, width)] if budget else [])
-    for unit, files in drop_ins.items():
+    result = found.plan
+    print_lines([shown(line) for line in gpu_budget.table(found.budget, width)] if found.budget else [])
+    for unit, files in found.drop_ins.items():
         say(f"{unit}: operator drop-ins, kept as they are and overriding labctl's unit: "
             f"{', '.join(f.rsplit('/', 1)[-1] for f in files)}")
     if result.empty:
-        say(f"no changes: {len(result.unchanged)} file(s) up to date in {target}; no actions")
+        say(f"no changes: {len(result.unchanged)} file(s) up to date in {found.root}; no actions")
         return
     for change in result.files:
         say(f"{change.change:>6} {change.path}", more="       ")
@@ -268,17 +226,6 @@ def plan(
     say("actions:" if result.actions else "actions: none")
     for action in result.actions:
         say(str(action), "  ", "    ")
-
-
-def _unit_states(inv, installed):  # type: ignore[no-untyped-def]
-    """Unit states from the user manager, when there is one; None means files only."""
-    from labctl.ops.apply import Host
-
-    host = Host.of(inv)
-    if not host.manager.reachable()[0]:
-        out.print("(no user manager here: comparing files only)", style="dim")
-        return None
-    return host.unit_states(installed)
 
 
 def fail(error: LabctlError, as_json: bool) -> NoReturn:
@@ -324,6 +271,13 @@ def _load(inventory: Path | None, *, fleet: bool = False):  # type: ignore[no-un
     return loaded
 
 
+def _target(inventory: Path | None, hosts: list[str] | None):  # type: ignore[no-untyped-def]
+    """This host or a fleet's hosts (labctl.fleet.target), from the inventory and --host."""
+    from labctl.fleet import target
+
+    return target.of(_load(inventory, fleet=True), hosts)
+
+
 def click_context_command() -> str:
     """The command being run, for a message (``model switch``)."""
     try:  # newer typer vendors its own click (see _click_error)
@@ -363,19 +317,12 @@ def up(
     """Converge this host to the inventory: install, daemon-reload, start in order, probe.
 
     A fleet inventory (hosts:) is applied to every host through Ansible: backends first."""
-    loaded = _load(inventory, fleet=True)
-    if loaded.fleet is not None:
+    where = _target(inventory, hosts)
+    report = where.up(say=_say(as_json), wait_lock=not no_wait, with_monitoring=not no_monitoring, force=force)
+    if where.fleet:
         from labctl.cli.fleet import up_lines
-        from labctl.fleet import apply as fleet
 
-        report = fleet.up(loaded, say=_say(as_json), hosts=hosts, wait_lock=not no_wait)
         _fleet_exit(report, as_json, up_lines(report, out.width), True)
-    if hosts:
-        raise UsageError("--host is for a fleet inventory (hosts:); this one describes one host")
-    from labctl.ops import apply
-
-    report = apply.up(loaded, say=_say(as_json), wait_lock=not no_wait, with_monitoring=not no_monitoring,
-                      force=force)
     if as_json:
         emit_json(report.as_dict())
         return
@@ -396,20 +343,12 @@ def down(
     as_json: JsonOpt = False,
 ) -> None:
     """Stop and disable every labctl unit (and the monitoring stack); on every host of a fleet."""
-    loaded = _load(inventory, fleet=True)
-    if loaded.fleet is not None:
-        if purge:
-            raise UsageError("--purge acts on one host: run `labctl down --purge` on that host")
+    where = _target(inventory, hosts)
+    report = where.down(say=_say(as_json), wait_lock=not no_wait, purge=purge)
+    if where.fleet:
         from labctl.cli.fleet import up_lines
-        from labctl.fleet import apply as fleet
 
-        report = fleet.down(loaded, say=_say(as_json), hosts=hosts, wait_lock=not no_wait)
         _fleet_exit(report, as_json, up_lines(report, out.width), True)
-    if hosts:
-        raise UsageError("--host is for a fleet inventory (hosts:); this one describes one host")
-    from labctl.ops import apply
-
-    report = apply.down(loaded, say=_say(as_json), purge=purge, wait_lock=not no_wait)
     if as_json:
         emit_json(report.as_dict())
         return
@@ -454,26 +393,14 @@ def status(**opts: Any) -> None:
     """Each service: unit state, restarts, PID, memory, uptime, port, probe, model, drift.
 
     A fleet inventory: every host's status at once, one row per service with its host."""
-    inventory, probe_timeout, endpoints = opts["inventory"], opts["probe_timeout"], opts["endpoints"]
-    wide, hosts, as_json = opts["wide"], opts["hosts"], opts["as_json"]
-    loaded = _load(inventory, fleet=True)
-    if loaded.fleet is not None:
-        if wide or endpoints or probe_timeout != cmdline.default(cmdline.STATUS, "probe_timeout"):
-            raise UsageError("--wide, --endpoints and --probe-timeout are for one host's status: run `labctl status` "
-                             "on that host (a fleet's status is bounded by fleet.status_timeout_sec)")
+    as_json, wide = opts["as_json"], opts["wide"]
+    where = _target(opts["inventory"], opts["hosts"])
+    report = where.status(say=_say(as_json), probe_timeout=opts["probe_timeout"], endpoints=opts["endpoints"],
+                          wide=wide)
+    if where.fleet:
         from labctl.cli.fleet import is_healthy, status_lines
-        from labctl.fleet import apply as fleet
 
-        report = fleet.status(loaded, say=_say(as_json), hosts=hosts)
         _fleet_exit(report, as_json, status_lines(report, out.width), is_healthy(report))
-    if hosts:
-        raise UsageError("--host is for a fleet inventory (hosts:); this one describes one host")
-    from labctl.ops.status import gather, plan_of, save_snapshot, snapshot_fits
-
-    plan = plan_of(loaded.inventory)
-    report = gather(loaded.inventory, probe_timeout=probe_timeout, endpoints=endpoints, plan=plan)
-    if snapshot_fits(plan):
-        save_snapshot(loaded.path, plan)  # the next `labctl status` of it skips the inventory (labctl.__main__)
     if as_json:
         emit_json(report.as_dict())
     elif wide:

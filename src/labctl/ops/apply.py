@@ -332,6 +332,35 @@ def monitoring_up(host: Host, say: Say) -> str:
     return result.summary
 
 
+@dataclass(frozen=True)
+class Preview:
+    """What ``up`` would change and do (``labctl plan``): the plan against ``root``, the
+    operator's drop-ins there, and the GPU budget. ``files_only``: no unit states were read
+    (``--root``, or no user manager here)."""
+
+    root: Path
+    plan: Plan
+    drop_ins: dict[str, list[str]]
+    budget: gpu_budget.Budget | None
+    files_only: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return {"root": str(self.root), **self.plan.as_dict(), "drop_ins": self.drop_ins,
+                "gpu_budget": self.budget.as_dict() if self.budget else None}
+
+
+def preview(inv: Inventory, root: Path | None = None, manager: UserManager | None = None) -> Preview:
+    """``up``'s plan, changing nothing: against ``root`` (files only), or against this host's
+    config root and its user manager's unit states (files only when there is none)."""
+    host = Host.of(inv, manager)
+    target = root if root is not None else host.config_root
+    installed = read_installed(target)
+    states = host.unit_states(installed) if root is None and host.manager.reachable()[0] else None
+    plan = make_plan(inv, render_all(inv), installed, states=states)
+    budget = gpu_budget.compute(inv) if gpu_budget.applies(inv) else None
+    return Preview(target, plan, operator_drop_ins(inv, target), budget, states is None)
+
+
 def up(loaded: Loaded, *, say: Say, manager: UserManager | None = None, prober: Prober | None = None,
        wait_lock: bool = True, with_monitoring: bool = True, force: bool = False) -> Report:
     inv = loaded.inventory
