@@ -90,7 +90,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from labctl import sandbox
-from labctl.sandbox.ops import tool_binds
+from labctl.sandbox.detached import tool_binds
 from labctl.sandbox.procs import _cgroup_roots, _remove_cgroup
 
 REPO = Path(__file__).resolve().parents[2]
@@ -360,7 +360,7 @@ class FleetLab:
         )
         self.machines[name] = machine
         if binds:  # let labuser reach the binds below root-only directories (as sandbox up)
-            from labctl.sandbox.ops import _make_traversable
+            from labctl.sandbox.detached import _make_traversable
 
             _make_traversable(machine, [guest for _host, guest in binds])
         key = "boot " + name if "boot " + name not in self.timings else "power_on " + name

@@ -246,7 +246,7 @@ def gateway(monkeypatch) -> list[RouteResult]:
 
     made = results()
     monkeypatch.setattr(probes, "gateway_key", lambda inv, gw: "sk-test")
-    monkeypatch.setattr(gateway_check, "check_gateway", lambda inv, key, timeout: made)
+    monkeypatch.setattr(gateway_check, "check_gateway", lambda inv, key=None, timeout=60: made)
     return made
 
 

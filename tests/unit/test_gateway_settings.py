@@ -1,5 +1,5 @@
 """LiteLLM's own settings, passed through: every key checked against what the pinned
-LiteLLM reads (labctl.kinds.litellm.keys), keys labctl writes itself refused, secrets only
+LiteLLM reads (labctl.kinds.litellm.setting_keys), keys labctl writes itself refused, secrets only
 as ``os.environ/VAR`` naming a variable the gateway's process will have.
 
 The keys LiteLLM ignored for months in the operators' real config (``lab_extensions``

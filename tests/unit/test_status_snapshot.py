@@ -238,7 +238,7 @@ def saved(stack: Path, monkeypatch, tmp_path: Path) -> Path:
     monkeypatch.setenv("HOME", str(tmp_path / "me"))
     from labctl.load import load_inventory
 
-    status.save_snapshot(stack, status.plan_of(load_inventory(stack).inventory))
+    status.save_snapshot(stack, status.status_inputs(load_inventory(stack).inventory))
     assert status.load_snapshot(stack) is not None
     (path,) = (tmp_path / "me" / ".cache" / "labctl" / "status").iterdir()
     return path

@@ -152,14 +152,14 @@ def fleet_report(detail: str) -> object:
 
 
 def test_a_fleets_columns_measure_cells() -> None:
-    from labctl.cli.fleet import status_lines
+    from labctl.cli.fleet import fleet_status_lines
 
-    lines = status_lines(fleet_report("ready"), 200)  # type: ignore[arg-type]
+    lines = fleet_status_lines(fleet_report("ready"), 200)  # type: ignore[arg-type]
     # The kind column starts in the same cell on every row, wide service name or not.
     starts = {cell_len(line[:line.index(kind)]) for line in lines[1:]
               for kind in ("kind", "llama-server", "external") if kind in line}
     assert len(starts) == 1, lines
-    long = status_lines(fleet_report(f"{WIDE}{EMOJI} " * 30), 60)  # type: ignore[arg-type]
+    long = fleet_status_lines(fleet_report(f"{WIDE}{EMOJI} " * 30), 60)  # type: ignore[arg-type]
     assert_fits(long, 60, [f"{WIDE}{EMOJI}"])
 
 

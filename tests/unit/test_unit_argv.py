@@ -280,6 +280,6 @@ def test_a_snapshot_naming_no_unit_is_not_used() -> None:
     """status from its snapshot hands the plan's units to systemctl: a plan whose units are
     not unit names (an edited snapshot) is not run."""
     inv = load_inventory("inventory.yaml", text=edit()).inventory
-    plan = status.plan_of(inv)
+    plan = status.status_inputs(inv)
     assert status._plan_ok(plan)
     assert not status._plan_ok({**plan, "managed": [*plan["managed"], HOSTILE]})

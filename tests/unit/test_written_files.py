@@ -188,7 +188,7 @@ def _umask() -> int:
 AUDIT = {
     "labctl.cli.__init__:render": "`labctl render --out`: render_all's files (the proof above), and a fleet "
                                   "host's inventory slice at 0600",
-    "labctl.cli.ops:monitoring_up": "render_all's monitoring files (the proof above)",
+    "labctl.ops.monitoring:install_and_up": "render_all's monitoring files (the proof above)",
     "labctl.ops.apply:execute": "render_all's files, installed 0644 (the proof above), or a generation's copy "
                                 "of what was installed (rollback)",
     "labctl.fleet.ansible:_wheels": "a tar of labctl's own wheels, in a mkstemp file (0600); no inventory value",

@@ -320,9 +320,9 @@ def up(
     where = _target(inventory, hosts)
     report = where.up(say=_say(as_json), wait_lock=not no_wait, with_monitoring=not no_monitoring, force=force)
     if where.fleet:
-        from labctl.cli.fleet import up_lines
+        from labctl.cli.fleet import fleet_up_lines
 
-        _fleet_exit(report, as_json, up_lines(report, out.width), True)
+        _fleet_exit(report, as_json, fleet_up_lines(report, out.width), True)
     if as_json:
         emit_json(report.as_dict())
         return
@@ -346,9 +346,9 @@ def down(
     where = _target(inventory, hosts)
     report = where.down(say=_say(as_json), wait_lock=not no_wait, purge=purge)
     if where.fleet:
-        from labctl.cli.fleet import up_lines
+        from labctl.cli.fleet import fleet_up_lines
 
-        _fleet_exit(report, as_json, up_lines(report, out.width), True)
+        _fleet_exit(report, as_json, fleet_up_lines(report, out.width), True)
     if as_json:
         emit_json(report.as_dict())
         return
@@ -398,9 +398,9 @@ def status(**opts: Any) -> None:
     report = where.status(say=_say(as_json), probe_timeout=opts["probe_timeout"], endpoints=opts["endpoints"],
                           wide=wide)
     if where.fleet:
-        from labctl.cli.fleet import is_healthy, status_lines
+        from labctl.cli.fleet import fleet_status_lines, is_healthy
 
-        _fleet_exit(report, as_json, status_lines(report, out.width), is_healthy(report))
+        _fleet_exit(report, as_json, fleet_status_lines(report, out.width), is_healthy(report))
     if as_json:
         emit_json(report.as_dict())
     elif wide:
@@ -533,4 +533,4 @@ def main(argv: list[str] | None = None) -> None:
 
 # The command groups register themselves on `app`; imported last, once everything they
 # use from this module exists.
-from labctl.cli import model, ops, sandbox  # noqa: E402,F401
+from labctl.cli import gateway, model, monitoring, sandbox  # noqa: E402,F401

@@ -39,7 +39,7 @@ def _changes(report: dict[str, Any] | None) -> str:
     return f"{len(report.get('files') or [])} file(s) changed; started or restarted: {units or 'none'}"
 
 
-def up_lines(report: FleetReport, width: int = 80) -> list[str]:
+def fleet_up_lines(report: FleetReport, width: int = 80) -> list[str]:
     ok = sum(1 for r in report.hosts.values() if r.status == "ok")
     lines = [f"labctl {report.action} ({report.seconds:.1f}s): {ok}/{len(report.hosts)} host(s) ok"]
     rows = [["host", "address", "result", "what happened"]]
@@ -71,7 +71,7 @@ def _service_rows(host: str, address: str, status: dict[str, Any]) -> list[list[
     return rows
 
 
-def status_lines(report: FleetReport, width: int = 80) -> list[str]:
+def fleet_status_lines(report: FleetReport, width: int = 80) -> list[str]:
     lines = [f"labctl status ({report.seconds:.1f}s): {'healthy' if is_healthy(report) else 'NOT healthy'}, "
              f"{len(report.hosts)} host(s)"]
     rows = [["host", "service", "kind", "state", "", "detail"]]

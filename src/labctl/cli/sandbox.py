@@ -23,9 +23,9 @@ def sandbox_up(
     as_json: JsonOpt = False,
 ) -> None:
     """Boot a Debian machine with systemd (systemd-nspawn), a lingering user and labctl inside."""
-    from labctl.sandbox import ops as sandbox_ops
+    from labctl.sandbox import detached
 
-    facts = sandbox_ops.sandbox_up(name, project, ssh_port=ssh_port, say=_say(as_json))
+    facts = detached.sandbox_up(name, project, ssh_port=ssh_port, say=_say(as_json))
     if as_json:
         emit_json(facts)
     else:
@@ -39,9 +39,9 @@ def sandbox_exec(
     user: Annotated[str, typer.Option(help="Run as this user.")] = "labuser",
 ) -> None:
     """Run a command inside the machine (as labuser, in its home), streaming its output."""
-    from labctl.sandbox import ops as sandbox_ops
+    from labctl.sandbox import detached
 
-    raise typer.Exit(sandbox_ops.sandbox_exec(name, command, user=user))
+    raise typer.Exit(detached.sandbox_exec(name, command, user=user))
 
 
 @sandbox_app.command("copy")
@@ -51,26 +51,26 @@ def sandbox_copy(
     name: NameOpt = "labctl-sandbox",
 ) -> None:
     """Copy a file or directory into the machine, owned by labuser."""
-    from labctl.sandbox import ops as sandbox_ops
+    from labctl.sandbox import detached
 
-    sandbox_ops.sandbox_copy(name, source, destination)
+    detached.sandbox_copy(name, source, destination)
 
 
 @sandbox_app.command("down")
 def sandbox_down(name: NameOpt = "labctl-sandbox") -> None:
     """Power the machine off; everything written inside it is gone."""
-    from labctl.sandbox import ops as sandbox_ops
+    from labctl.sandbox import detached
 
-    sandbox_ops.sandbox_down(name)
+    detached.sandbox_down(name)
     out.print(f"sandbox {name} is down")
 
 
 @sandbox_app.command("list")
 def sandbox_list(as_json: JsonOpt = False) -> None:
     """Running sandbox machines."""
-    from labctl.sandbox import ops as sandbox_ops
+    from labctl.sandbox import detached
 
-    machines = sandbox_ops.sandbox_list()
+    machines = detached.sandbox_list()
     if as_json:
         emit_json(machines)
         return

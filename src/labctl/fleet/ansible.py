@@ -51,7 +51,7 @@ from labctl import __version__, fsio
 from labctl.errors import HostNotReady, OperationFailed
 from labctl.handover import ANSIBLE, HOST, SSH, hand_over
 from labctl.host.proc import CommandTimeout, last_lines, run_cmd
-from labctl.load.fleet import KEY_DIR, FleetPlan
+from labctl.load.fleet import KEY_DIR, FleetSplit
 from labctl.inventory.schema import Inventory
 from labctl.encode import EncodeError
 
@@ -149,7 +149,7 @@ class RunDir:
     """The files of one run, under ``<fleet state dir>/run``."""
 
     inv: Inventory
-    plan: FleetPlan
+    plan: FleetSplit
     state_dir: Path
     path: Path
     slices: dict[str, Path] = field(default_factory=dict)
@@ -237,7 +237,7 @@ def host_vars(run: RunDir, host: str, key_files: dict[str, Path], wheels: tuple[
     }
 
 
-def prepare(inv: Inventory, plan: FleetPlan, state_dir: Path, key_files: dict[str, Path],
+def prepare(inv: Inventory, plan: FleetSplit, state_dir: Path, key_files: dict[str, Path],
             hosts: list[str] | None = None, name: str = "run") -> RunDir:
     """Write the run directory ``state_dir/name``: slices and the Ansible inventory (only
     ``hosts``, if given)."""

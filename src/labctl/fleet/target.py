@@ -81,9 +81,9 @@ class HostTarget:
         return apply.down(self.loaded, say=say, purge=purge, wait_lock=wait_lock)
 
     def status(self, *, say: Say, probe_timeout: float, endpoints: bool, wide: bool) -> Any:
-        from labctl.ops.status import gather, plan_of, save_snapshot, snapshot_fits
+        from labctl.ops.status import gather, status_inputs, save_snapshot, snapshot_fits
 
-        plan = plan_of(self.loaded.inventory)
+        plan = status_inputs(self.loaded.inventory)
         report = gather(self.loaded.inventory, probe_timeout=probe_timeout, endpoints=endpoints, plan=plan)
         if snapshot_fits(plan):
             save_snapshot(self.loaded.path, plan)  # the next `labctl status` of it skips the inventory (__main__)

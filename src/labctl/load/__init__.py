@@ -21,7 +21,7 @@ from labctl.load import checks
 from labctl.inventory.schema import KINDS, Inventory
 
 if TYPE_CHECKING:
-    from labctl.load.fleet import FleetPlan
+    from labctl.load.fleet import FleetSplit
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Loaded:
     inventory: Inventory
     source: yamlsrc.Source
     # A fleet inventory's plan: each host's view (labctl.load.fleet); None for one host.
-    fleet: FleetPlan | None = None
+    fleet: FleetSplit | None = None
     # What is accepted but likely not meant (``file:line: path: message``), for the commands
     # to show; never refused.
     warnings: tuple[str, ...] = ()

@@ -65,7 +65,7 @@ class Crossing:
 
 
 @dataclass
-class FleetPlan:
+class FleetSplit:
     """Who runs where, what crosses hosts, and each host's view."""
 
     host_of: dict[str, str]
@@ -101,7 +101,7 @@ def monitoring_host(inv: Inventory, host_of: dict[str, str]) -> str | None:
     return gateway_hosts[0] if len(gateway_hosts) == 1 else None
 
 
-def check(inv: Inventory, src: Source, *, check_files: bool = False) -> tuple[list[InputError], FleetPlan | None]:
+def check(inv: Inventory, src: Source, *, check_files: bool = False) -> tuple[list[InputError], FleetSplit | None]:
     """The fleet's rules, then the single-host checks on every host's view. Returns the
     errors (all of them) and, when there are none of the fleet's own, the plan."""
     from labctl.load import checks
@@ -109,7 +109,7 @@ def check(inv: Inventory, src: Source, *, check_files: bool = False) -> tuple[li
     errors = list(_fleet_rules(inv, src))
     if errors:
         return errors, None
-    plan = plan_fleet(inv)
+    plan = split_fleet(inv)
     seen: set[tuple[str, str]] = set()
     for host in sorted(plan.views):
         for error in checks.cross_check(plan.views[host], src, check_files=False):
@@ -243,10 +243,10 @@ def _controller_files(inv: Inventory, src: Source) -> Iterator[InputError]:
         yield src.error(("fleet", "pip", "find_links"), f"{os.path.expanduser(links)} is not a directory")
 
 
-def plan_fleet(inv: Inventory) -> FleetPlan:
+def split_fleet(inv: Inventory) -> FleetSplit:
     """Each host's view (call after the fleet's rules passed)."""
     host_of = {s: h for h, fh in inv.hosts.items() for s in fh.services}
-    plan = FleetPlan(host_of, crossings(inv, host_of), sorted({host_of[g] for g in inv.gateways()}))
+    plan = FleetSplit(host_of, crossings(inv, host_of), sorted({host_of[g] for g in inv.gateways()}))
     mon = monitoring_host(inv, host_of) if inv.monitoring.enabled else None
     for c in plan.crossings:
         backend = inv.services[c.backend]
@@ -269,7 +269,7 @@ def _host_section(inv: Inventory, fh: FleetHost) -> dict[str, object]:
     return update
 
 
-def view(inv: Inventory, plan: FleetPlan, host: str, *, monitoring: bool) -> Inventory:
+def view(inv: Inventory, plan: FleetSplit, host: str, *, monitoring: bool) -> Inventory:
     fh = inv.hosts[host]
     keyed = set(plan.keyed)
     services: dict[str, object] = {}

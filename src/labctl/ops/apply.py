@@ -65,7 +65,7 @@ class Prober:
     """What an operation asks the services themselves: one probe (labctl.ops.probes), a
     readiness wait, a backend's count of requests in flight (its kind). The manager is how
     an operation reads and changes units, this is how it hears from what runs in them: an
-    operation takes both (:class:`Host`), so its orchestration (what starts, restarts and
+    operation takes both (:class:`HostContext`), so its orchestration (what starts, restarts and
     stops, in which order, what a failure stops) runs host-free against a fake of each
     (tests/harness/fakes.py)."""
 
@@ -84,7 +84,7 @@ class Prober:
 
 
 @dataclass(frozen=True)
-class Host:
+class HostContext:
     """What an operation acts on: the inventory, where its files live, the manager, and
     the prober that hears from the services."""
 
@@ -94,7 +94,7 @@ class Host:
     prober: Prober = field(default_factory=Prober)
 
     @classmethod
-    def of(cls, inv: Inventory, manager: UserManager | None = None, prober: Prober | None = None) -> "Host":
+    def of(cls, inv: Inventory, manager: UserManager | None = None, prober: Prober | None = None) -> "HostContext":
         return cls(inv, Layout.of(inv), manager or UserManager(), prober or Prober())
 
     @property
@@ -144,7 +144,7 @@ def ensure_secrets(inv: Inventory, say: Say) -> None:
             say(f"monitoring: generated the Grafana admin password in {path} (mode 0600)")
 
 
-def _alive(host: Host, unit: str, baseline_restarts: int) -> Callable[[], str | None]:
+def _alive(host: HostContext, unit: str, baseline_restarts: int) -> Callable[[], str | None]:
     """Why the unit cannot come up, or None. How its process ended is added by the caller,
     from facts read while it waits to restart (a new process may be running here already,
     and systemd's ExecMain* would then describe that one)."""
@@ -166,7 +166,7 @@ def _ended(facts: UnitFacts | None) -> str:
     return f"; its main process {facts.last_exit}" if facts is not None and facts.last_exit else ""
 
 
-def bring_up(host: Host, name: str, verb: str, say: Say) -> Readiness:
+def bring_up(host: HostContext, name: str, verb: str, say: Say) -> Readiness:
     """Start or restart one service and wait for its readiness. A unit that fails or
     loops is stopped (so it does not keep restarting) and reported with its journal."""
     unit = unit_name(name)
@@ -196,7 +196,7 @@ def bring_up(host: Host, name: str, verb: str, say: Say) -> Readiness:
     return result
 
 
-def _stop_between_restarts(host: Host, unit: str, within: float = 10.0) -> UnitFacts | None:
+def _stop_between_restarts(host: HostContext, unit: str, within: float = 10.0) -> UnitFacts | None:
     """Stop a looping unit while it waits to restart, not while a try is running: stopping
     a running process is a clean stop (Result=success), and status would then say the
     loop succeeded. A unit that never pauses is stopped when ``within`` runs out. Returns
@@ -215,7 +215,7 @@ def _stop_between_restarts(host: Host, unit: str, within: float = 10.0) -> UnitF
     return between
 
 
-def _unit_failure(host: Host, unit: str, reason: str) -> OperationFailed:
+def _unit_failure(host: HostContext, unit: str, reason: str) -> OperationFailed:
     journal = host.manager.journal(unit, lines=10)
     lines = [f"{unit} did not become ready: {reason}"]
     lines += [f"  | {line}" for line in journal] or ["  | (no journal lines)"]
@@ -223,7 +223,7 @@ def _unit_failure(host: Host, unit: str, reason: str) -> OperationFailed:
     return MultiLineFailure(lines)
 
 
-def execute(host: Host, plan: Plan, rendered: dict[str, str], say: Say, report: Report) -> None:
+def execute(host: HostContext, plan: Plan, rendered: dict[str, str], say: Say, report: Report) -> None:
     """Carry out a plan: the one code path shared by up and rollback."""
     for action in plan.actions:
         if action.verb == "stop" and action.unit:
@@ -265,6 +265,7 @@ def check_gateway_settings(loaded: Loaded, layout: Layout, say: Say) -> None:
     with one line at its field; nothing is changed."""
     from labctl.errors import InvalidInventory
     from labctl.kinds.litellm import checks as litellm_checks
+    from labctl.kinds.litellm import setting_keys
     from labctl.ops import litellm_validate
 
     for name, gw in loaded.inventory.gateways().items():
@@ -275,7 +276,7 @@ def check_gateway_settings(loaded: Loaded, layout: Layout, say: Say) -> None:
             say(f"{name}: could not ask the installed LiteLLM which settings it reads ({exc}); judged by "
                 "the pinned version's lists")
             continue
-        if keys is None or keys == litellm_checks.litellm_keys.shipped():
+        if keys is None or keys == setting_keys.shipped():
             continue
         say(f"{name}: LiteLLM {keys.version} is installed; its settings are judged by its own lists")
         problems = [loaded.source.error(loc, message) for loc, message in
@@ -304,7 +305,7 @@ def validate_gateway_config(loaded: Loaded, layout: Layout, plan: Plan, rendered
             say(f"{name}: LiteLLM's own config check was not run: {verdict.detail}")
 
 
-def check_externals(host: Host, say: Say, report: Report) -> None:
+def check_externals(host: HostContext, say: Say, report: Report) -> None:
     """Probe each external service once (deep, within its ready_timeout_sec): labctl never
     starts them, so one that does not answer is reported, not waited for or failed on; its
     routes fall back meanwhile."""
@@ -319,7 +320,7 @@ def check_externals(host: Host, say: Say, report: Report) -> None:
                 f"to start it: {kind_of(ext).start_hint(name, ext)}; its routes fall back meanwhile")
 
 
-def monitoring_up(host: Host, say: Say) -> str:
+def monitoring_up(host: HostContext, say: Say) -> str:
     from labctl.ops import monitoring
 
     engine = monitoring.engine_status()
@@ -352,7 +353,7 @@ class Preview:
 def preview(inv: Inventory, root: Path | None = None, manager: UserManager | None = None) -> Preview:
     """``up``'s plan, changing nothing: against ``root`` (files only), or against this host's
     config root and its user manager's unit states (files only when there is none)."""
-    host = Host.of(inv, manager)
+    host = HostContext.of(inv, manager)
     target = root if root is not None else host.config_root
     installed = read_installed(target)
     states = host.unit_states(installed) if root is None and host.manager.reachable()[0] else None
@@ -364,7 +365,7 @@ def preview(inv: Inventory, root: Path | None = None, manager: UserManager | Non
 def up(loaded: Loaded, *, say: Say, manager: UserManager | None = None, prober: Prober | None = None,
        wait_lock: bool = True, with_monitoring: bool = True, force: bool = False) -> Report:
     inv = loaded.inventory
-    host = Host.of(inv, manager, prober)
+    host = HostContext.of(inv, manager, prober)
     report = Report()
     with host.lock(wait_lock, say):
         if inv.models:  # the declared models first: pre-flight then checks the files for real
@@ -411,7 +412,7 @@ def up(loaded: Loaded, *, say: Say, manager: UserManager | None = None, prober: 
 def restart(loaded: Loaded, services: list[str], *, say: Say, manager: UserManager | None = None,
             prober: Prober | None = None, wait_lock: bool = True) -> Report:
     inv = loaded.inventory
-    host = Host.of(inv, manager, prober)
+    host = HostContext.of(inv, manager, prober)
     unknown = [s for s in services if s not in inv.enabled()]
     if unknown:
         raise UsageError(f"no enabled service named {', '.join(unknown)} in {loaded.path}")
@@ -431,7 +432,7 @@ def restart(loaded: Loaded, services: list[str], *, say: Say, manager: UserManag
 def down(loaded: Loaded, *, say: Say, purge: bool = False, manager: UserManager | None = None,
          wait_lock: bool = True) -> Report:
     inv = loaded.inventory
-    host = Host.of(inv, manager)
+    host = HostContext.of(inv, manager)
     report = Report(changed=True)
     with host.lock(wait_lock, say):
         installed = read_installed(host.config_root)
@@ -467,7 +468,7 @@ def down(loaded: Loaded, *, say: Say, purge: bool = False, manager: UserManager 
 def rollback(loaded: Loaded, *, say: Say, manager: UserManager | None = None, prober: Prober | None = None,
              wait_lock: bool = True) -> Report:
     """Restore the newest saved generation: the files installed before the last change."""
-    host = Host.of(loaded.inventory, manager, prober)
+    host = HostContext.of(loaded.inventory, manager, prober)
     report = Report(changed=True)
     with host.lock(wait_lock, say):
         gens = generations.list_generations(host.state_dir)
@@ -479,7 +480,7 @@ def rollback(loaded: Loaded, *, say: Say, manager: UserManager | None = None, pr
                                   "use labctl down --purge to remove the stack instead")
         previous = load_inventory(target.path / "inventory.yaml")
         inv = previous.inventory
-        host = Host.of(inv, host.manager, host.prober)
+        host = HostContext.of(inv, host.manager, host.prober)
         installed = read_installed(host.config_root)
         desired = target.files()
         plan = make_plan(inv, desired, installed, host.unit_states(installed))

@@ -128,14 +128,22 @@ def gateway_of(inv: Inventory) -> tuple[str, LiteLLM]:
     return name, gw
 
 
-def check_gateway(inv: Inventory, key: str, *, timeout: float = 60) -> list[RouteResult]:
+def check_gateway(inv: Inventory, key: str | None = None, *, timeout: float = 60) -> list[RouteResult]:
     """Check every route, then every fallback chain target, in inventory order.
 
-    ``key`` is the gateway's master key (see labctl.host.secrets.read_secret); it is sent as a
-    bearer token and appears nowhere in the results. ``timeout`` bounds each request.
-    The gateway address is the litellm service's bind and port, as a local client reaches it.
+    ``key`` is the gateway's master key, read from where the inventory keeps it when not given;
+    it is sent as a bearer token and appears nowhere in the results. ``timeout`` bounds each
+    request. The gateway address is the litellm service's bind and port, as a local client
+    reaches it.
     """
     _, gw = gateway_of(inv)
+    if key is None:
+        from labctl.ops.probes import gateway_key
+
+        key = gateway_key(inv, gw)
+        if key is None:
+            raise OperationFailed(f"cannot read {gw.master_key.variable} "
+                                  f"(from {gw.master_key.env_file or 'the environment'})")
     services = {route.name: route.service or f"{route.endpoint} (endpoint)" for route in gw.routes}
     url = kind_of(gw).base_url(inv, gw)
     results: list[RouteResult] = []
@@ -143,7 +151,7 @@ def check_gateway(inv: Inventory, key: str, *, timeout: float = 60) -> list[Rout
     with httpx.Client(base_url=url, timeout=timeout, trust_env=False,
                       headers={"Authorization": f"Bearer {key}"}) as client:
         bases = {route.name: route_params(inv, gw, route).get("api_base") for route in gw.routes}
-        probe = _Probe(client, url, key, services, bases)
+        probe = _GatewayAsker(client, url, key, services, bases)
         for route in gw.routes:
             results.append(probe.ask("route", route.name, None, {}))
         for alias, target in gw.aliases.items():
@@ -169,7 +177,7 @@ def check_gateway(inv: Inventory, key: str, *, timeout: float = 60) -> list[Rout
 
 
 @dataclass
-class _Probe:
+class _GatewayAsker:
     client: httpx.Client
     url: str
     key: str

@@ -24,7 +24,7 @@ from labctl.host.proc import CommandFailed, CommandTimeout, run_cmd
 from labctl.inventory.schema import Inventory
 from labctl.kinds.litellm import LiteLLM
 from labctl.kinds.litellm import gate
-from labctl.kinds.litellm import keys as litellm_keys
+from labctl.kinds.litellm import setting_keys as litellm_keys
 from labctl.inventory.layout import Layout
 from labctl.render.units import environment
 

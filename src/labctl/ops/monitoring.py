@@ -276,6 +276,26 @@ def _failure_detail(inv: Inventory) -> str:
     return "; ".join(parts)
 
 
+def install_and_up(inv: Inventory) -> MonitoringResult:
+    """``labctl monitoring up``: the monitoring files rendered and written (atomically, the
+    rest of the stack's files left alone), then :func:`up`."""
+    from labctl import fsio
+    from labctl.render import render_all
+
+    layout = Layout.of(inv)
+    root = Path(layout.config_root)
+    for rel, content in render_all(inv).items():
+        if rel.startswith(layout.monitoring_dir + "/"):
+            fsio.atomic_write(root / rel, content)
+    return up(inv, layout, root)
+
+
+def down_here(inv: Inventory, *, purge: bool = False) -> MonitoringResult:
+    """``labctl monitoring down``: :func:`down` on this host's files."""
+    layout = Layout.of(inv)
+    return down(inv, layout, Path(layout.config_root), purge=purge)
+
+
 def up(inv: Inventory, layout: Layout, config_root: Path, *, wait_timeout: int = 120) -> MonitoringResult:
     """Start (or update) the stack and wait until every service is healthy.
 

@@ -9,7 +9,7 @@ External services are probed like the rest but have no unit of labctl's: their r
 The gateway's remote endpoints are listed, and asked only with ``--endpoints``: a
 reachability check costs a round trip to a provider, so it is never paid by default.
 
-What status needs from the inventory is a *plan* (:func:`plan_of`: each service's unit,
+What status needs from the inventory is a *plan* (:func:`status_inputs`: each service's unit,
 address, probe recipe, model link and the hash of its rendered unit): dicts, lists,
 strings and numbers, with no secret in it. :func:`gather_plan` runs a plan; ``labctl status``
 keeps the last plan as a snapshot in ``~/.cache/labctl/status/`` keyed by the inventory's
@@ -208,7 +208,7 @@ def _external_facts(externals: list[dict[str, Any]], env: dict[str, str]) -> dic
     return out
 
 
-def plan_of(inv: Inventory) -> dict[str, Any]:
+def status_inputs(inv: Inventory) -> dict[str, Any]:
     """Everything status needs from the inventory, as plain data (no secret values): per
     service its address, probe and what its kind shows (labctl.kinds: status_row), and the
     unit it runs as or, for a service labctl does not run, the unit someone else runs it as."""
@@ -250,12 +250,12 @@ def plan_of(inv: Inventory) -> dict[str, Any]:
 
 def gather(inv: Inventory, *, manager: UserManager | None = None, probe_timeout: float = 3.0,
            with_monitoring: bool = True, endpoints: bool = False, plan: dict[str, Any] | None = None) -> StatusReport:
-    """The status of ``inv``'s services (``plan``: :func:`plan_of` ``(inv)``, when the caller
+    """The status of ``inv``'s services (``plan``: :func:`status_inputs` ``(inv)``, when the caller
     has it already): the plan's parts plus what only the inventory can do (vLLM's metrics,
     the monitoring stack, a remote endpoint's reachability)."""
     from labctl.kinds import kind_of
 
-    plan = plan if plan is not None else plan_of(inv)
+    plan = plan if plan is not None else status_inputs(inv)
     every_endpoint = {n: e for gw in inv.gateways().values() for n, e in gw.endpoints.items()}
     jobs: dict[str, Callable[[], object]] = {}
     for n, s in inv.enabled().items():
@@ -478,7 +478,7 @@ def _strs(value: list[Any]) -> bool:
 
 
 def _plan_ok(plan: object) -> bool:
-    """Whether ``plan`` has the shape plan_of gives, so that gather_plan runs it whole."""
+    """Whether ``plan`` has the shape status_inputs gives, so that gather_plan runs it whole."""
     if not _has(plan, {"services": list, "managed": list, "endpoints": list, "monitoring": bool}):
         return False
     assert isinstance(plan, dict)

@@ -439,7 +439,7 @@ def _link_text(inv: Inventory, path: Path) -> str:
 
 def switch(inv: Inventory, requested: str, *, manager, say: Say,  # type: ignore[no-untyped-def]
            prober: Prober | None = None, strict: bool = False, drain_sec: float = 30.0) -> SwitchResult:
-    from labctl.ops.apply import Host
+    from labctl.ops.apply import HostContext
 
     link = link_path(inv)
     old = current_target(inv)
@@ -458,7 +458,7 @@ def switch(inv: Inventory, requested: str, *, manager, say: Say,  # type: ignore
         return result
     for stale in link.parent.glob(f".{link.name}.*.tmp"):
         stale.unlink(missing_ok=True)  # a temporary link left by a switch killed mid-swap
-    txn = _Switch(inv, Host.of(inv, manager, prober), link, old, path, result, say, drain_sec)
+    txn = _Switch(inv, HostContext.of(inv, manager, prober), link, old, path, result, say, drain_sec)
     with txn.host.lock(True, say):
         txn.run()
     result.durations["total"] = round(time.monotonic() - t0, 2)
@@ -472,7 +472,7 @@ class _Switch:
     service in turn; on a failure, swap back and restart what was restarted."""
 
     inv: Inventory
-    host: Any  # labctl.ops.apply.Host
+    host: Any  # labctl.ops.apply.HostContext
     link: Path
     old: Path | None
     new: Path

@@ -35,7 +35,7 @@ Layout and behaviour:
   start times, cgroups, ssh port, state dir, binds) and :meth:`Machine.attach` re-creates the
   machine from it in a later process, after checking in /proc that those PIDs are still the
   same processes. :func:`list_machines` lists the running ones. nspawn runs in its own
-  session, so it survives its parent; :mod:`labctl.sandbox.ops` builds ``up``/``exec``/
+  session, so it survives its parent; :mod:`labctl.sandbox.detached` builds ``up``/``exec``/
   ``down`` on this.
 
 Modules: :mod:`.base` (constants, errors), :mod:`.host` (host facts, pip settings),

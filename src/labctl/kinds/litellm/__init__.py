@@ -272,10 +272,10 @@ class LiteLLMKind(Kind):
         yield from checks.gateway(inv, name, svc)
 
     def warnings(self, inv: Inventory, name: str, svc: Listener) -> Iterator[Problem]:
-        from labctl.kinds.litellm import checks, keys
+        from labctl.kinds.litellm import checks, setting_keys
 
         assert isinstance(svc, LiteLLM)
-        yield from checks.warnings(name, svc, keys.shipped())
+        yield from checks.warnings(name, svc, setting_keys.shipped())
 
 
 KIND = LiteLLMKind()

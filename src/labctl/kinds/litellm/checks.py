@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from labctl import litellm_env
 from labctl.kinds.base import Problem
-from labctl.kinds.litellm import keys as litellm_keys
+from labctl.kinds.litellm import setting_keys as litellm_keys
 from labctl.kinds.litellm.fallbacks import CATCH_ALL, find_cycle, longest_fallback_walk
 
 if TYPE_CHECKING:

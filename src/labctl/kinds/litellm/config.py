@@ -13,7 +13,7 @@ from labctl.errors import OperationFailed
 from labctl.kinds.base import Listener
 from labctl.kinds.litellm import gate
 from labctl.kinds.litellm.fallbacks import CATCH_ALL, find_cycle, longest_fallback_walk
-from labctl.kinds.litellm.keys import GENERAL_SETTINGS, LITELLM_SETTINGS, ROUTER_SETTINGS
+from labctl.kinds.litellm.setting_keys import GENERAL_SETTINGS, LITELLM_SETTINGS, ROUTER_SETTINGS
 
 if TYPE_CHECKING:
     from labctl.inventory.schema import Inventory

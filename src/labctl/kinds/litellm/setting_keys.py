@@ -17,7 +17,7 @@ One JSON file per LiteLLM version in ``labctl/data/litellm/VERSION.json``, writt
 labctl ships the lists of the LiteLLM it pins (:data:`LITELLM_VERSION`). An operator who pins
 another LiteLLM is checked against that one's own lists: ``labctl up`` asks the gateway's
 installed LiteLLM (labctl.ops.litellm_validate.ask, a few seconds, cached) when its version
-differs. tests/integration/test_litellm_keys.py compares the shipped file with what the tool
+differs. tests/integration/test_litellm_setting_keys.py compares the shipped file with what the tool
 venv's LiteLLM answers; after upgrading the pinned LiteLLM, ``LABCTL_UPDATE_LITELLM_KEYS=1`` on
 that test writes the new version's file.
 """

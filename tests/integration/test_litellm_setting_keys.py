@@ -1,6 +1,6 @@
 """labctl's record of what LiteLLM reads is the installed LiteLLM's own answer.
 
-``labctl/data/litellm/VERSION.json`` (labctl.kinds.litellm.keys) holds the lists taken from the
+``labctl/data/litellm/VERSION.json`` (labctl.kinds.litellm.setting_keys) holds the lists taken from the
 pinned LiteLLM; this test asks the installed one again (labctl.ops.litellm_validate.ask:
 ``Router.get_valid_args()`` minus the settings the proxy manages outside the config file,
 exactly the filter the proxy applies to ``router_settings``; ``litellm.provider_list``; ...)
@@ -19,7 +19,7 @@ from labctl.load import load_inventory
 from labctl.ops import litellm_validate
 from labctl.kinds.litellm import config as gateway
 from labctl.kinds.litellm import gateway_secret_refs
-from labctl.kinds.litellm import keys as litellm_keys
+from labctl.kinds.litellm import setting_keys as litellm_keys
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from labctl import sandbox
-from labctl.sandbox import ops as sandbox_ops
+from labctl.sandbox import detached as sandbox_detached
 from labctl.sandbox.procs import host_boot_id, proc_stat
 from labctl.sandbox.registry import MachineRecord, record_path, write_record
 
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 UP = """
 import json, sys
 from pathlib import Path
-from labctl.sandbox.ops import sandbox_up
+from labctl.sandbox.detached import sandbox_up
 name, project, rootfs, registry = sys.argv[1:5]
 facts = sandbox_up(name, Path(project), rootfs=Path(rootfs), registry=Path(registry),
                    say=lambda line: print(line, file=sys.stderr, flush=True))
@@ -41,7 +41,7 @@ print(json.dumps(facts))
 EXEC = """
 import sys
 from pathlib import Path
-from labctl.sandbox.ops import sandbox_exec
+from labctl.sandbox.detached import sandbox_exec
 sys.exit(sandbox_exec(sys.argv[1], sys.argv[3:], registry=Path(sys.argv[2])))
 """
 
@@ -65,7 +65,7 @@ def _exec_child(name: str, registry: Path, *argv: str, **kw) -> subprocess.Popen
 
 def _down_quietly(name: str, registry: Path) -> None:
     with contextlib.suppress(sandbox.SandboxError):
-        sandbox_ops.sandbox_down(name, registry=registry)
+        sandbox_detached.sandbox_down(name, registry=registry)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_up_reports_facts_and_outlives_its_process(detached: dict, registry: Pat
 
 
 def test_exec_runs_labctl_as_labuser(detached: dict, registry: Path, capfd) -> None:
-    rc = sandbox_ops.sandbox_exec(detached["name"], ["labctl", "--help"], registry=registry)
+    rc = sandbox_detached.sandbox_exec(detached["name"], ["labctl", "--help"], registry=registry)
     out = capfd.readouterr().out
     assert rc == 0
     assert "Usage" in out and "labctl" in out
@@ -116,12 +116,12 @@ def test_exec_runs_labctl_as_labuser(detached: dict, registry: Path, capfd) -> N
 
 def test_exec_user_manager_journal_and_environment(detached: dict, registry: Path, capfd) -> None:
     name = detached["name"]
-    assert sandbox_ops.sandbox_exec(name, ["systemctl", "--user", "is-system-running"],
+    assert sandbox_detached.sandbox_exec(name, ["systemctl", "--user", "is-system-running"],
                                     registry=registry) == 0
     assert capfd.readouterr().out.strip() == "running"
 
     script = 'echo "$XDG_RUNTIME_DIR|$HOME|$PATH|$(id -un)|$(pwd)"; command -v labctl'
-    assert sandbox_ops.sandbox_exec(name, ["sh", "-c", script], registry=registry) == 0
+    assert sandbox_detached.sandbox_exec(name, ["sh", "-c", script], registry=registry) == 0
     first, which = capfd.readouterr().out.strip().splitlines()
     runtime, home, path, user, cwd = first.split("|")
     assert (runtime, home, user, cwd) == ("/run/user/1000", "/home/labuser", "labuser",
@@ -130,7 +130,7 @@ def test_exec_user_manager_journal_and_environment(detached: dict, registry: Pat
     assert which == f"{sandbox.VENV_DIR}/bin/labctl"
 
     # labuser reads its own journal (volatile storage would say "No journal files were found")
-    rc = sandbox_ops.sandbox_exec(
+    rc = sandbox_detached.sandbox_exec(
         name, ["journalctl", "--user", "-n", "5", "--no-pager"], registry=registry
     )
     captured = capfd.readouterr()
@@ -139,7 +139,7 @@ def test_exec_user_manager_journal_and_environment(detached: dict, registry: Pat
     assert captured.out.strip()
 
     # the examples, owned by labuser
-    rc = sandbox_ops.sandbox_exec(name, ["stat", "-c", "%U", "examples"], registry=registry)
+    rc = sandbox_detached.sandbox_exec(name, ["stat", "-c", "%U", "examples"], registry=registry)
     assert rc == 0 and capfd.readouterr().out.strip() == "labuser"
 
 
@@ -170,7 +170,7 @@ def test_tools_from_the_host_run_inside(detached: dict) -> None:
 
 
 def test_list_shows_it(detached: dict, registry: Path) -> None:
-    rows = sandbox_ops.sandbox_list(registry)
+    rows = sandbox_detached.sandbox_list(registry)
     assert [r["name"] for r in rows] == [detached["name"]]
     assert rows[0]["nspawn_pid"] == detached["nspawn_pid"]
     assert rows[0]["ssh_port"] == detached["ssh_port"]
@@ -181,12 +181,12 @@ def test_second_up_with_the_same_name_is_refused(
 ) -> None:
     started = time.monotonic()
     with pytest.raises(sandbox.SandboxError, match="already running"):
-        sandbox_ops.sandbox_up(
+        sandbox_detached.sandbox_up(
             detached["name"], ROOT, rootfs=sandbox_rootfs, registry=registry, say=lambda _: None
         )
     assert time.monotonic() - started < 5  # refused before building or booting anything
     # ...and the running one is untouched
-    assert sandbox_ops.sandbox_exec(detached["name"], ["true"], registry=registry) == 0
+    assert sandbox_detached.sandbox_exec(detached["name"], ["true"], registry=registry) == 0
 
 
 def test_down_stops_it_and_forgets_it(detached: dict, registry: Path) -> None:
@@ -196,7 +196,7 @@ def test_down_stops_it_and_forgets_it(detached: dict, registry: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys; from pathlib import Path; from labctl.sandbox.ops import sandbox_down;"
+            "import sys; from pathlib import Path; from labctl.sandbox.detached import sandbox_down;"
             " sandbox_down(sys.argv[1], registry=Path(sys.argv[2]))",
             name,
             str(registry),
@@ -207,16 +207,16 @@ def test_down_stops_it_and_forgets_it(detached: dict, registry: Path) -> None:
         timeout=120,
     )
     assert down.returncode == 0, down.stderr
-    assert sandbox_ops.sandbox_list(registry) == []
+    assert sandbox_detached.sandbox_list(registry) == []
     assert not record_path(name, registry).exists()
     for pid in (detached["nspawn_pid"], detached["pid"]):
         st = proc_stat(pid)
         assert st is None or st.exited  # a zombie until the host's PID 1 reaps it
     assert not any(Path(d).name.startswith(f"labctl-sandbox-{name}-") for d in os.listdir("/tmp"))
     with pytest.raises(sandbox.SandboxError, match=f"no running sandbox named {name}"):
-        sandbox_ops.sandbox_exec(name, ["true"], registry=registry)
+        sandbox_detached.sandbox_exec(name, ["true"], registry=registry)
     with pytest.raises(sandbox.SandboxError, match=f"no running sandbox named {name}"):
-        sandbox_ops.sandbox_down(name, registry=registry)
+        sandbox_detached.sandbox_down(name, registry=registry)
 
 
 def _fake_record(name: str, pid: int, start: int) -> MachineRecord:
