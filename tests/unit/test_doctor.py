@@ -12,7 +12,6 @@ from labctl.host.systemd import UserManager
 from labctl.load import load_inventory
 from labctl.ops.doctor import (
     _env_var_check,
-    _remote_only_chains,
     _secret_file_check,
     manager_env_checks,
     root_is_shared,
@@ -52,15 +51,16 @@ def test_an_endpoint_key_file_must_define_its_variable(tmp_path: Path) -> None:
 
 
 def test_a_chain_with_no_local_hop_is_warned_of() -> None:
+    """A warning of the inventory's (validate, plan, up print it; doctor lists it as warn)."""
     text = edit(("    routes:\n", "    endpoints:\n      cloud:\n        provider: openai\n"
                                   "        api_base: https://api.example.com/v1\n    routes:\n"
                                   "      - {name: c1, endpoint: cloud, model: a}\n"
                                   "      - {name: c2, endpoint: cloud, model: b}\n"),
                 ("      bindings: [native]\n", "      bindings: [native]\n      c1: [c2]\n      \"*\": [c1]\n"))
-    gw = load_inventory("inventory.yaml", text=text).inventory.services["gateway"]
-    warned = _remote_only_chains("gateway", gw)
-    assert [(c.name, c.status) for c in warned] == [("gateway chain c1", "warn"), ("gateway chain *", "warn")]
-    assert "nothing on this host answers" in warned[0].message
+    loaded = load_inventory("inventory.yaml", text=text)
+    assert [w.split(": ")[1] for w in loaded.warnings] == ["services.gateway.fallbacks.c1",
+                                                            'services.gateway.fallbacks["*"]']
+    assert all("nothing on this host answers" in w for w in loaded.warnings)
 
 
 def test_env_references_are_checked_against_the_manager_environment() -> None:
@@ -88,16 +88,17 @@ def test_localhost_that_does_not_resolve_fails_with_the_fix(tmp_path: Path) -> N
     import subprocess
     import sys
 
-    from labctl.ops.doctor import localhost_check
+    from labctl.ops.doctor import resolves_check
 
-    assert localhost_check().status == "ok"  # this machine's /etc/hosts has it
+    assert resolves_check("localhost", "why").status == "ok"  # this machine's /etc/hosts has it
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         import pytest
 
         pytest.skip("an empty /etc/hosts needs a mount namespace (root, unshare)")
     empty = tmp_path / "hosts"
     empty.write_text("")
-    code = "from labctl.ops.doctor import localhost_check; c = localhost_check(); print(c.status, '|', c.fix)"
+    code = ("from labctl.ops.doctor import resolves_check; c = resolves_check('localhost', 'it exits'); "
+            "print(c.status, '|', c.fix)")
     done = subprocess.run(["unshare", "--mount", "sh", "-c", f'mount --bind "$1" /etc/hosts && exec "$2" -c "$3"',
                            "sh", str(empty), sys.executable, code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

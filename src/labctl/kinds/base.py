@@ -224,6 +224,9 @@ class Kind:
     also_owned: ClassVar[tuple[str, ...]] = ()
     #: Environment variables labctl sets from typed fields, which environment may not set.
     owned_environment: ClassVar[dict[str, str]] = {}
+    #: Host names its program looks up at start, each with what happens when one does not
+    #: resolve: ``labctl doctor`` (and so ``up``'s pre-flight) resolves each.
+    resolves: ClassVar[dict[str, str]] = {}
     #: A service of this kind with every optional field set, as an inventory says it: the
     #: flags its argv can carry are read from it, and the docs and the hostile-input tests
     #: take every kind's fields from it.

@@ -20,10 +20,8 @@ from labctl.host.proc import CommandFailed, run_cmd
 from labctl.host.provision import runtimes
 from labctl.host.systemd import UserManager
 from labctl.load import checks
-from labctl.kinds.litellm.fallbacks import CATCH_ALL
 from labctl.load import Loaded
 from labctl.inventory.schema import Inventory, unit_name
-from labctl.kinds.litellm import LiteLLM
 from labctl.kinds import kind_of
 from labctl.inventory.layout import Layout
 from labctl.text import shown
@@ -278,6 +276,9 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
     provisioned = runtimes(inv)
     for problem in checks.file_problems(inv, loaded.source):
         out.append(Check(problem.path, "fail", problem.message, f"edit {problem.file}:{problem.line}"))
+    for warning in loaded.warnings:  # accepted, likely not meant (file:line: path: message)
+        where, _, message = warning.partition(": ")
+        out.append(Check("inventory", "warn", warning, f"edit {where}"))
     for name in provisioned:
         out.append(Check(f"services.{name}.runtime", "ok", "provisioned by labctl up (pinned pip specs)"))
     if inv.models:
@@ -296,8 +297,9 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
                    Check(f"{name} working directory", "warn", f"{wd} does not exist yet",
                          "labctl up creates it before the unit starts"))
 
-    if inv.gateways():
-        out.append(localhost_check())
+    # Every name a service's program looks up at start (labctl.kinds: Kind.resolves).
+    names = {host: why for svc in inv.enabled().values() for host, why in kind_of(svc).resolves.items()}
+    out.extend(resolves_check(host, why) for host, why in names.items())
     for name, svc in inv.gateways().items():
         python = Path(svc.runtime.interpreter(inv.host))
         if svc.prometheus_metrics and python.exists():
@@ -311,7 +313,6 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
                        Check(f"{name} metrics", "fail", "the installed LiteLLM cannot load its Prometheus callback",
                              f"install prometheus_client into {python.parent.parent}, or set "
                              f"services.{name}.prometheus_metrics: false"))
-        out.extend(_remote_only_chains(name, svc))
 
     # Every secret a kind keeps: a file labctl makes (0600, or made at up), or one the
     # operator gives (0600, defining its variable); a variable of the manager's environment.
@@ -350,19 +351,19 @@ def run_doctor(loaded: Loaded, *, manager: UserManager | None = None, docker: bo
     return out
 
 
-def localhost_check(resolve=None) -> Check:  # type: ignore[no-untyped-def]
-    """LiteLLM's proxy (1.106) checks its port by connecting to the name "localhost" and
-    crashes at start when that does not resolve (a minimal container without /etc/hosts)."""
+def resolves_check(host: str, why: str, resolve=None) -> Check:  # type: ignore[no-untyped-def]
+    """A name a program looks up at start (``why``: what it does when it cannot), resolved
+    as the program will (a minimal container may have no /etc/hosts line for localhost)."""
     import socket
 
     resolve = resolve or socket.getaddrinfo
     try:
-        resolve("localhost", None, 0, socket.SOCK_STREAM)
+        resolve(host, None, 0, socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
-        return Check("localhost", "fail", f"the name localhost does not resolve here ({exc}); LiteLLM's proxy "
-                     "looks its port up by that name and exits at start", "add the line '127.0.0.1 localhost' "
-                     "to /etc/hosts")
-    return Check("localhost", "ok", "the name localhost resolves (LiteLLM's proxy needs it)")
+        fix = ("add the line '127.0.0.1 localhost' to /etc/hosts" if host == "localhost" else
+               f"make {host} resolve on this host (DNS or /etc/hosts)")
+        return Check(host, "fail", f"the name {host} does not resolve here ({exc}); {why}", fix)
+    return Check(host, "ok", f"the name {host} resolves")
 
 
 def root_is_shared(mountinfo: str | None = None) -> bool:
@@ -401,19 +402,6 @@ def manager_env_checks(name: str, variables: list[str], present: set[str] | None
             Check(f"{name} {var}", "fail", f"{var} is not in the user manager's environment; the gateway would "
                   "start without it", f"systemctl --user set-environment {var}=… (or use an env_file reference)")
             for var in dict.fromkeys(variables)]
-
-
-def _remote_only_chains(name: str, gw: LiteLLM) -> list[Check]:
-    """A chain whose every hop leaves the box has no local safety net."""
-    remote = {r.name for r in gw.routes if r.endpoint is not None}
-    out = []
-    for primary, chain in gw.fallbacks.items():
-        hops = [primary, *chain] if primary != CATCH_ALL else list(chain)
-        if hops and all(h in remote for h in hops):
-            out.append(Check(f"{name} chain {primary}", "warn", "every hop is a remote endpoint; nothing on this "
-                             "host answers when the network or the provider is down",
-                             "add a local route to the chain"))
-    return out
 
 
 def _secret_file_check(name: str, path: Path, generate: bool) -> Check:

@@ -176,6 +176,8 @@ class LiteLLMKind(Kind):
     start_rank = 2  # after the backends its routes use
     args_start = 2  # python launcher.py
     flag_aliases = {"--config": ("-c",)}
+    # LiteLLM's proxy (1.106) checks its port by connecting to the name "localhost".
+    resolves = {"localhost": "LiteLLM's proxy looks its port up by that name and exits at start"}
     example = {"kind": "litellm", "bind": "127.0.0.1", "runtime": {"python": "/opt/litellm/bin/python"}, "port": 4000,
                "description": "gateway", "extra_args": ["--num_workers", "1"],
                "environment": {"LITELLM_LOG": "ERROR"}, "environment_files": ["~/.config/gw.env"],

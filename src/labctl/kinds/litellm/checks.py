@@ -75,7 +75,15 @@ NEAR_MISS = 0.85  # difflib's ratio: max_input_token ~ max_input_tokens; team, o
 
 def warnings(name: str, gw: LiteLLM, keys: litellm_keys.KeySets) -> Iterator[Problem]:
     """What LiteLLM accepts but likely is not what was meant: a model_info key a near miss
-    of one LiteLLM reads (a typo there is kept as metadata, and the setting is not made)."""
+    of one LiteLLM reads (a typo there is kept as metadata, and the setting is not made);
+    a fallback chain whose every hop leaves the box (no local safety net)."""
+    remote = {r.name for r in gw.routes if r.endpoint is not None}
+    for primary, chain in gw.fallbacks.items():
+        hops = [primary, *chain] if primary != CATCH_ALL else list(chain)
+        if hops and all(h in remote for h in hops):
+            yield Problem(("services", name, "fallbacks", primary),
+                          "every hop of this chain is a remote endpoint: nothing on this host answers when the "
+                          "network or the provider is down; add a local route to it")
     valid = sorted(keys.model_info)
     lowered = {k.lower(): k for k in valid}
     for i, route in enumerate(gw.routes):
