@@ -108,6 +108,50 @@ class Share(NamedTuple):
     note: str | None = None
 
 
+class Signals(NamedTuple):
+    """What a server's metrics endpoint (:meth:`Kind.scrape`'s path) says, by the names it
+    says it with: ``labctl top`` reads these and nothing else. Gauges are summed over their
+    series, counters become rates, a histogram family (named without ``_bucket``) gives
+    quantiles. A figure a server does not expose is left out (None): top shows none."""
+
+    running: tuple[str, ...] = ()          # gauges: requests being served now
+    waiting: tuple[str, ...] = ()          # gauges: requests queued for a slot
+    requests: str | None = None            # counter: requests answered
+    prompt_tokens: str | None = None       # counter: prompt tokens processed
+    generation_tokens: str | None = None   # counter: tokens generated
+    ttft: str | None = None                # histogram family: seconds to the first token
+    #: The running gauges count the metrics request itself (LiteLLM counts every HTTP request).
+    running_counts_itself: bool = False
+
+
+class Per(NamedTuple):
+    """A family of a gateway's metrics and the label that splits it: the route's
+    (:attr:`RouteSignals.route`) or the deployment's (:attr:`RouteSignals.deployment`)."""
+
+    family: str
+    label: str
+
+
+class RouteSignals(NamedTuple):
+    """What a gateway's metrics endpoint says per route, by its names (``labctl top``).
+
+    ``answered`` and ``failed`` carry both the route's label and the deployment's: their
+    series say which deployment serves which route, so a family split by deployment (tokens, time to first
+    token, a deployment's state) is summed per route through them. A deployment answers
+    for the route it is listed under, also when it answers as another route's fallback: it
+    is the work its backend did."""
+
+    route: str                         # the label naming a route
+    deployment: str                    # the label naming a deployment (one route's backend)
+    answered: Per                      # counter: requests a route's own backend answered
+    failed: Per | None = None          # counter: requests a route's own backend failed
+    fallbacks: Per | None = None       # counter, per route first asked: requests a fallback answered
+    prompt_tokens: Per | None = None   # counters
+    generation_tokens: Per | None = None
+    ttft: Per | None = None            # histogram family
+    state: Per | None = None           # gauge per deployment: 0 healthy, 1 failing, 2 in cooldown
+
+
 class Secret(NamedTuple):
     """A secret labctl keeps for a service: what doctor calls it, the reference, whether
     labctl generates it when its file is missing, and how a generated value starts."""
@@ -382,6 +426,20 @@ class Kind:
     def panels(self, svc: Listener) -> list[Panel]:
         """Dashboard panels beyond Up and Restarts (which every scraped service gets)."""
         return []
+
+    def signals(self, svc: Listener) -> Signals | None:
+        """What its metrics endpoint says, by name (``labctl top``); None when it has none
+        (it is then probed, and shows no rates of its own)."""
+        return None
+
+    def route_signals(self, svc: Listener) -> RouteSignals | None:
+        """A gateway: what its metrics endpoint says per route; None otherwise."""
+        return None
+
+    def route_services(self, svc: Listener) -> dict[str, str | None]:
+        """A gateway: each route's name and the service of this inventory it reaches (None:
+        an endpoint labctl does not run). Empty for the rest."""
+        return {}
 
     # --- secrets ------------------------------------------------------------------------
 

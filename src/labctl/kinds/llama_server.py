@@ -10,7 +10,6 @@ list (docs/fleet.md); ``/slots`` and ``llamacpp:requests_*`` say what is in flig
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
@@ -26,7 +25,7 @@ from labctl.fields import (
     SecretRef,
     _check_server_layers,
 )
-from labctl.kinds.base import Listener, Panel, Problem, Scrape, ServiceBase
+from labctl.kinds.base import Listener, Panel, Problem, Scrape, ServiceBase, Signals
 from labctl.kinds.llama import LlamaKind
 
 if TYPE_CHECKING:
@@ -37,6 +36,10 @@ if TYPE_CHECKING:
 
 # Seconds a llama-server unit waits for its process to stop before SIGKILL.
 STOP_SEC = 5
+#: What its /metrics (with --metrics) says, by name: measured on the pinned builds. It counts
+#: no requests and keeps no latency histogram; a gateway in front of it does (labctl top).
+SIGNALS = Signals(running=("llamacpp:requests_processing",), waiting=("llamacpp:requests_deferred",),
+                  prompt_tokens="llamacpp:prompt_tokens_total", generation_tokens="llamacpp:tokens_predicted_total")
 
 
 class LlamaServer(ServiceBase):
@@ -129,9 +132,12 @@ class LlamaServerKind(LlamaKind):
         return Scrape("llama-server", "/metrics")
 
     def panels(self, svc: Listener) -> list[Panel]:
-        return [Panel("Requests in flight", "llamacpp:requests_processing{sel}", "none"),
-                Panel("Tokens/s generated", "rate(llamacpp:tokens_predicted_total{sel}[5m])", "none"),
-                Panel("Prompt tokens/s", "rate(llamacpp:prompt_tokens_total{sel}[5m])", "none")]
+        return [Panel("Requests in flight", f"{SIGNALS.running[0]}{{sel}}", "none"),
+                Panel("Tokens/s generated", f"rate({SIGNALS.generation_tokens}{{sel}}[5m])", "none"),
+                Panel("Prompt tokens/s", f"rate({SIGNALS.prompt_tokens}{{sel}}[5m])", "none")]
+
+    def signals(self, svc: Listener) -> Signals | None:
+        return SIGNALS if getattr(svc, "metrics") else None
 
     def checks(self, inv: Inventory, name: str, svc: Listener) -> Iterator[Problem]:
         assert isinstance(svc, LlamaServer)
@@ -147,6 +153,8 @@ class LlamaServerKind(LlamaKind):
         say neither. ``headers`` carry its key (it guards both)."""
         import httpx
 
+        from labctl import promtext
+
         url = self.base_url(inv, svc)
         busy: int | None = None
         try:
@@ -159,12 +167,13 @@ class LlamaServerKind(LlamaKind):
             text = httpx.get(f"{url}/metrics", timeout=timeout, trust_env=False, headers=headers).text
         except httpx.HTTPError:
             return busy
-        found = {m.group(1): int(float(m.group(2))) for m in
-                 re.finditer(r"^llamacpp:requests_(processing|deferred)\s+([0-9.]+)", text, re.MULTILINE)}
-        if busy is None and "processing" in found:
-            busy = found["processing"]
-        if busy is not None and "deferred" in found:
-            busy += found["deferred"]
+        samples = promtext.parse(text, SIGNALS.running + SIGNALS.waiting)
+        processing = promtext.total(samples, SIGNALS.running[0])
+        deferred = promtext.total(samples, SIGNALS.waiting[0])
+        if busy is None and processing is not None:
+            busy = int(processing)
+        if busy is not None and deferred is not None:
+            busy += int(deferred)
         return busy
 
     def loaded_model(self, inv: Inventory, svc: Listener, headers: dict[str, str], timeout: float = 3.0) -> str | None:

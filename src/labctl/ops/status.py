@@ -156,15 +156,10 @@ def _metrics(inv: Inventory, svc: Any, metrics: dict[str, Any], timeout: float) 
                          verify=plain_http_tls(), headers=secrets.auth_headers(inv, svc)).text
     except httpx.HTTPError:
         return {}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        for gauge in metrics["gauges"]:
-            if line.startswith(gauge) and not line.startswith("#"):
-                try:
-                    out[gauge] = out.get(gauge, 0.0) + float(line.rsplit(" ", 1)[-1])
-                except ValueError:
-                    pass
-    return out
+    from labctl import promtext
+
+    samples = promtext.parse(text, metrics["gauges"])
+    return {gauge: value for gauge in metrics["gauges"] if (value := promtext.total(samples, gauge)) is not None}
 
 
 def reach_endpoint(name: str, endpoint: Endpoint, timeout: float) -> ProbeResult:

@@ -350,6 +350,15 @@ class Gate:
         except OSError:
             pass  # it expires by itself
 
+    def closed(self) -> bool:
+        """Whether it keeps its backend out of rotation now (a deadline still ahead), as the
+        gateway's gate module reads it."""
+        try:
+            with open(self.path, encoding="ascii") as fh:
+                return float(fh.read(64).strip() or 0) > time.time()
+        except (OSError, ValueError):
+            return False
+
 
 def gate_installed(inv: Inventory) -> bool:
     """Whether the installed gateway config loads the drain gate (a config installed by an

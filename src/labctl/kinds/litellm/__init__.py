@@ -32,7 +32,18 @@ from labctl.fields import (
     Settings,
     Strict,
 )
-from labctl.kinds.base import Kind, Listener, Panel, Problem, Scrape, Secret, ServiceBase
+from labctl.kinds.base import (
+    Kind,
+    Listener,
+    Panel,
+    Per,
+    Problem,
+    RouteSignals,
+    Scrape,
+    Secret,
+    ServiceBase,
+    Signals,
+)
 
 if TYPE_CHECKING:
     from labctl.inventory.layout import Layout
@@ -45,6 +56,24 @@ if TYPE_CHECKING:
 FALLBACKS_METRIC = "litellm_deployment_successful_fallbacks_total"
 LATENCY_METRIC = "litellm_request_total_latency_metric"
 REQUESTS_METRIC = "litellm_proxy_total_requests_metric_total"
+TTFT_METRIC = "litellm_llm_api_time_to_first_token_metric"  # streamed answers only
+#: What its /metrics/ says of the whole gateway (labctl top). Its in-flight gauge counts every
+#: HTTP request, the metrics request asking it too.
+SIGNALS = Signals(running=("litellm_in_flight_requests",), requests=REQUESTS_METRIC,
+                  prompt_tokens="litellm_input_tokens_metric_total",
+                  generation_tokens="litellm_output_tokens_metric_total", ttft=TTFT_METRIC,
+                  running_counts_itself=True)
+#: ... and per route: a route is a model group (``model_group``, ``requested_model``), its
+#: entry in the model list a deployment (``model_id``). Measured on litellm 1.106.
+ROUTE_SIGNALS = RouteSignals(
+    route="model_group", deployment="model_id",
+    answered=Per("litellm_deployment_success_responses_total", "model_group"),
+    failed=Per("litellm_deployment_failure_responses_total", "model_group"),
+    fallbacks=Per(FALLBACKS_METRIC, "requested_model"),
+    prompt_tokens=Per("litellm_input_tokens_metric_total", "model_id"),
+    generation_tokens=Per("litellm_output_tokens_metric_total", "model_id"),
+    ttft=Per(TTFT_METRIC, "model_id"),
+    state=Per("litellm_deployment_state", "model_id"))
 
 
 class Endpoint(Strict):
@@ -255,6 +284,16 @@ class LiteLLMKind(Kind):
                 Panel("Latency p95", f"histogram_quantile(0.95, sum by (le) (rate({LATENCY_METRIC}_bucket{{sel}}[5m])))",
                       "s"),
                 Panel("Fallbacks/s", f"sum(rate({FALLBACKS_METRIC}{{sel}}[5m]))", "none")]
+
+    def signals(self, svc: Listener) -> Signals | None:
+        return SIGNALS if getattr(svc, "prometheus_metrics") else None
+
+    def route_signals(self, svc: Listener) -> RouteSignals | None:
+        return ROUTE_SIGNALS if getattr(svc, "prometheus_metrics") else None
+
+    def route_services(self, svc: Listener) -> dict[str, str | None]:
+        assert isinstance(svc, LiteLLM)
+        return {r.name: r.service for r in svc.routes}
 
     def secrets(self, inv: Inventory, name: str, svc: Listener) -> list[Secret]:
         assert isinstance(svc, LiteLLM)
