@@ -248,6 +248,8 @@ def test_a_killed_backend_is_failed_while_systemd_restarts_it() -> None:
     # Active for 30 s of a 60 s readiness timeout and not answering yet: still loading.
     (("active", "running"), top.Answer(False, False, "connection refused"), False, False, "loading"),
     (None, top.Answer(False, False, "connection refused"), False, False, "no answer"),
+    (("active", "running"), top.Answer(True, False, "its metrics answered HTTP 401", refused=True), False, False,
+     "no metrics"),
     (None, None, False, False, "unknown"),
 ])
 def test_state_words(unit, answer_, busy, draining, expected) -> None:  # type: ignore[no-untyped-def]

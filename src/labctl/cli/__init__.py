@@ -423,24 +423,14 @@ def logs(
 ) -> None:
     """The service's journal (journalctl --user; an external service's own unit's journal)."""
     from labctl.host.systemd import UserManager
-    from labctl.inventory.schema import unit_name
-    from labctl.kinds import kind_of
+    from labctl.ops.journal import journal_argv
 
     loaded = _load(inventory)
     inv = loaded.inventory
     if service not in inv.services:
         raise UsageError(f"no service named {service!r} in {loaded.path} (have: {', '.join(inv.services)})")
     manager = UserManager()
-    svc = inv.services[service]
-    kind = kind_of(svc)
-    if not kind.managed:
-        unit = kind.unit(service, svc)
-        if unit is None:
-            raise UsageError(f"{service} is {kind.name} and the inventory names no unit for it "
-                             f"(services.{service}.unit): its logs are wherever its owner keeps them")
-        argv = manager.journal_argv(unit.name, lines, follow, user=unit.user)
-    else:
-        argv = manager.journal_argv(unit_name(service), lines, follow)
+    argv = journal_argv(inv, service, manager, lines, follow)
     sys.stdout.flush()
     os.execvpe(argv[0], argv, manager.env)
 
@@ -533,4 +523,4 @@ def main(argv: list[str] | None = None) -> None:
 
 # The command groups register themselves on `app`; imported last, once everything they
 # use from this module exists.
-from labctl.cli import gateway, model, monitoring, sandbox  # noqa: E402,F401
+from labctl.cli import gateway, model, monitoring, sandbox, top  # noqa: E402,F401

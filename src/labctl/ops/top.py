@@ -68,12 +68,14 @@ class Target:
 @dataclass(frozen=True)
 class Answer:
     """One service's answer in one sample: it answered (any HTTP answer), is loading its
-    model (503), and the samples of the families its kind reads (None: none readable)."""
+    model (503), the samples of the families its kind reads (None: none read), and whether
+    its metrics endpoint refused them (a key top cannot read: it answers, but says nothing)."""
 
     ok: bool
     loading: bool
     detail: str
     samples: promtext.Samples | None = None
+    refused: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,7 @@ class Sampler:
             return Answer(True, True, LOADING)
         if resp.status_code != 200:
             # It answers, but its metrics cannot be read (a key it wants and top lacks).
-            return Answer(True, False, f"metrics: HTTP {resp.status_code}")
+            return Answer(True, False, f"its metrics answered HTTP {resp.status_code}", refused=True)
         return Answer(True, False, "", promtext.parse(resp.text, self.names[target.name]))
 
     def unit_facts(self) -> tuple[dict[str, UnitFacts], str]:
@@ -304,7 +306,8 @@ class Figures:
 class ServiceRow:
     name: str
     kind: str
-    state: str            # serving idle loading draining starting failed stopped stopping "no answer" unknown
+    state: str            # serving idle loading draining starting failed stopped stopping, "no answer",
+                          # "no metrics" (it answers, its metrics refuse top), unknown
     detail: str           # why, when it is not serving or idle
     model: str | None
     running: int | None
@@ -478,6 +481,8 @@ def state_of(facts: UnitFacts | None, answer: Answer | None, *, busy: bool, drai
         return "draining", "out of the gateway's rotation"
     if answer.loading:
         return "loading", detail
+    if answer.refused:
+        return "no metrics", detail
     if not answer.ok:
         if facts is not None and facts.active_state == "active" and facts.active_enter_monotonic_usec:
             up = (now_usec - facts.active_enter_monotonic_usec) / 1e6
