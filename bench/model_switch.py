@@ -168,7 +168,7 @@ def run_switch(stack, target: str) -> tuple[int, dict, dict[str, float], float]:
     seconds from the start to each progress line's first appearance, wall seconds)."""
     from harness.stack import HOME, INVENTORY, LABCTL
 
-    argv = stack.machine._enter_command([LABCTL, "model", "switch", target, "-i", INVENTORY, "--json"],
+    argv = stack.machine.enter_command([LABCTL, "model", "switch", target, "-i", INVENTORY, "--json"],
                                         "labuser", None, HOME)
     marks: dict[str, float] = {}
     stderr: list[str] = []

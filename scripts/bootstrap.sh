@@ -40,6 +40,7 @@ APT_PACKAGES=(
   redis-server prometheus-redis-exporter   # kind: redis and redis-exporter, tested for real
   qemu-system-x86 qemu-utils   # the VM tier (tests/vm): TCG, a qcow2 overlay per boot
   openssh-client          # the VM tier reaches its guest over ssh
+  tmux                    # labctl top driven in a terminal (tests/system/test_top.py, bench/top_cost.py)
 )
 [[ $MODE == demo ]] && APT_PACKAGES=("${DEMO_APT_PACKAGES[@]}")
 missing=()

@@ -128,7 +128,7 @@ def test_sigkill_at_each_step_leaves_a_valid_link(models: Stack, kill_at: str) -
     old = readlink(models)
     new = "tiny.gguf" if old == "gemma.gguf" else "gemma.gguf"
     machine = models.machine
-    argv = machine._enter_command([LABCTL, "model", "switch", new, "-i", INVENTORY], "labuser",  # type: ignore[attr-defined]
+    argv = machine.enter_command([LABCTL, "model", "switch", new, "-i", INVENTORY], "labuser",  # type: ignore[attr-defined]
                                   None, HOME)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []

@@ -30,8 +30,8 @@ CAPTURED = Path(__file__).resolve().parents[1] / "golden" / "metrics"
 SECONDS = 10.0  # the captures are read as if taken this far apart
 
 
-def answer(name: str) -> top.Answer:
-    return top.Answer(True, False, "", promtext.parse((CAPTURED / name).read_text(), ALL_NAMES))
+def answer(name: str, at: float = 0.0) -> top.Answer:
+    return top.Answer(True, False, "", promtext.parse((CAPTURED / name).read_text(), ALL_NAMES), at=at)
 
 
 def target(name: str, signals=None, route_signals=None, routes=None) -> top.Target:  # type: ignore[no-untyped-def]
@@ -176,11 +176,13 @@ def history(states: dict[str, UnitFacts] | None = None) -> list[top.Sample]:
     (llama-cpp-python: no metrics) with its probe."""
     units = states or {u: facts(u) for u in ("labctl-native.service", "labctl-bindings.service",
                                              "labctl-gateway.service")}
-    probe = top.Answer(True, False, "ready")
-    first = top.Sample(1000.0, units, {"native": answer("llama-server-0.txt"), "bindings": probe,
-                                       "gateway": answer("litellm-0.txt")}, {}, frozenset())
-    second = top.Sample(1000.0 + SECONDS, units, {"native": answer("llama-server-1.txt"), "bindings": probe,
-                                                  "gateway": answer("litellm-1.txt")}, {}, frozenset())
+    t0, t1 = 1000.0, 1000.0 + SECONDS
+    first = top.Sample(t0, units, {"native": answer("llama-server-0.txt", t0),
+                                   "bindings": top.Answer(True, False, "ready", at=t0),
+                                   "gateway": answer("litellm-0.txt", t0)}, {}, frozenset())
+    second = top.Sample(t1, units, {"native": answer("llama-server-1.txt", t1),
+                                    "bindings": top.Answer(True, False, "ready", at=t1),
+                                    "gateway": answer("litellm-1.txt", t1)}, {}, frozenset())
     return [first, second]
 
 
@@ -226,9 +228,9 @@ def test_a_killed_backend_is_failed_while_systemd_restarts_it() -> None:
     units = {u: facts(u) for u in ("labctl-bindings.service", "labctl-gateway.service")}
     units["labctl-native.service"] = facts("labctl-native.service", "activating", "auto-restart", restarts=1)
     samples = history(units)
-    samples[-1] = top.Sample(samples[-1].at, units, {**samples[-1].answers,
-                                                       "native": top.Answer(False, False, "connection refused")},
-                             {}, frozenset())
+    samples[-1] = top.Sample(samples[-1].at, units, {
+        **samples[-1].answers, "native": top.Answer(False, False, "connection refused", at=samples[-1].at)},
+        {}, frozenset())
     rows = {r.name: r for r in top.frame(demo_targets(), samples).services}
     assert rows["native"].state == "failed" and rows["native"].restarts == 1
     assert "restarting" in rows["native"].detail
@@ -266,3 +268,17 @@ def test_gpu_per_process_from_nvidia_smi_text() -> None:
     --query-compute-apps=pid,used_memory --format=csv,noheader,nounits."""
     assert top.parse_compute_apps("1234, 2048\n1234, 1024\n99, 512\n[Not Supported]\n") == {
         1234: 3072 * 2**20, 99: 512 * 2**20}
+
+
+def test_a_costly_metrics_endpoint_is_read_less_often_without_skewing_rates() -> None:
+    """LiteLLM's answer costs it (SIGNALS.min_interval): a sample between two reads repeats
+    the last answer, which adds no reading, so the rate is still over the real interval."""
+    assert GATEWAY.min_interval > 0
+    targets = demo_targets()
+    t0, t1, t2 = 1000.0, 1001.0, 1002.0
+    old, new = answer("litellm-0.txt", t0), answer("litellm-1.txt", t1)
+    probe = top.Answer(True, False, "ready", at=t0)
+    samples = [top.Sample(t, {}, {"native": answer("llama-server-0.txt", t), "bindings": probe, "gateway": g},
+                          {}, frozenset()) for t, g in ((t0, old), (t1, new), (t2, new))]
+    rows = {r.name: r for r in top.frame(targets, samples).services}
+    assert rows["gateway"].figures.req_s == pytest.approx(16 / (t1 - t0))

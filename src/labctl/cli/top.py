@@ -230,7 +230,9 @@ class Screen:
                     self.mode = Mode("confirm", f"{self.busy} is still running; quit anyway?", self.stop.set)
                 else:
                     self.stop.set()
-            elif key in ("r", "m", "l") and services:
+            elif key in ("r", "m", "l") and not services:
+                self.message = ["no services shown yet: the first sample is still being taken"]
+            elif key in ("r", "m", "l"):
                 name = services[min(self.selected, len(services) - 1)].name
                 {"r": self.ask_restart, "m": self.pick_model, "l": self.journal}[key](name)
 

@@ -122,6 +122,9 @@ class Signals(NamedTuple):
     ttft: str | None = None                # histogram family: seconds to the first token
     #: The running gauges count the metrics request itself (LiteLLM counts every HTTP request).
     running_counts_itself: bool = False
+    #: Seconds between two reads of its metrics at least, for a server whose answer costs it
+    #: (top reads it at every sample until it has two, then no more often than this).
+    min_interval: float = 0.0
 
 
 class Per(NamedTuple):

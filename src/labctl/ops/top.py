@@ -76,6 +76,7 @@ class Answer:
     detail: str
     samples: promtext.Samples | None = None
     refused: bool = False
+    at: float = 0.0        # when it was taken (time.monotonic()): a sample may repeat an older one
 
 
 @dataclass(frozen=True)
@@ -171,26 +172,41 @@ class Sampler:
         self.client.close()
 
     def answer(self, target: Target) -> Answer:
+        """Ask ``target`` now: its metrics endpoint, or its probe when it has none."""
         import httpx
 
         from labctl.ops import probes
 
+        at = time.monotonic()
         if target.metrics_url is None:
             result = probes.run(probes.ProbeSpec.from_dict(target.probe), timeout=self.timeout)
-            return Answer(result.ok, result.detail == LOADING, result.detail)
+            return Answer(result.ok, result.detail == LOADING, result.detail, at=at)
         try:
             resp = self.client.get(target.metrics_url, headers=target.headers)
         except httpx.TimeoutException:
-            return Answer(False, False, f"no answer within {self.timeout:g}s")
+            return Answer(False, False, f"no answer within {self.timeout:g}s", at=at)
         except httpx.HTTPError as exc:
             text = str(exc).lower()
-            return Answer(False, False, "connection refused" if "refused" in text else type(exc).__name__)
+            return Answer(False, False, "connection refused" if "refused" in text else type(exc).__name__, at=at)
         if resp.status_code == 503:
-            return Answer(True, True, LOADING)
+            return Answer(True, True, LOADING, at=at)
         if resp.status_code != 200:
             # It answers, but its metrics cannot be read (a key it wants and top lacks).
-            return Answer(True, False, f"its metrics answered HTTP {resp.status_code}", refused=True)
-        return Answer(True, False, "", promtext.parse(resp.text, self.names[target.name]))
+            return Answer(True, False, f"its metrics answered HTTP {resp.status_code}", refused=True, at=at)
+        return Answer(True, False, "", promtext.parse(resp.text, self.names[target.name]), at=at)
+
+    def due(self, target: Target) -> Answer | None:
+        """None when ``target`` is to be asked now; else its last answer, repeated: a server
+        whose metrics cost it (Signals.min_interval) is asked at every sample until it has
+        answered twice (the first rates), then no more often than that."""
+        if target.signals is None or not target.signals.min_interval:
+            return None
+        read = [s.answers[target.name] for s in self.history if target.name in s.answers]
+        fresh = {id(a): a for a in read if a.samples is not None}
+        if len(fresh) < 2 or not read:
+            return None
+        last = read[-1]
+        return last if last.samples is not None and time.monotonic() - last.at < target.signals.min_interval else None
 
     def unit_facts(self) -> tuple[dict[str, UnitFacts], str]:
         """The labctl units' facts, or none and why (no user manager here: no bus)."""
@@ -224,11 +240,12 @@ class Sampler:
         own = in_thread(self.unit_facts)
         externals = self.plan.externals
         ext = in_thread(lambda: _external_facts(externals, self.manager.env)) if externals else dict
-        waits = {t.name: in_thread(lambda t=t: self.answer(t)) for t in self.targets}
+        kept = {t.name: last for t in self.targets if (last := self.due(t)) is not None}
+        waits = {t.name: in_thread(lambda t=t: self.answer(t)) for t in self.targets if t.name not in kept}
         gpu_pids = self.gpu_by_pid()
         facts, note = own()
         facts = {**facts, **ext()}
-        answers = {name: wait() for name, wait in waits.items()}
+        answers = {**kept, **{name: wait() for name, wait in waits.items()}}
         draining = frozenset(t.name for t in self.targets if t.gate is not None and t.gate.closed())
         sample = Sample(time.monotonic(), facts, answers, gpu_by_service(gpu_pids, self.targets, facts), draining,
                         note)
@@ -338,13 +355,19 @@ class Frame:
     window: float | None = None    # seconds the rates are over (None: one sample so far)
 
 
-def _base(history: list[Sample], name: str, window: float) -> Sample | None:
-    """The sample to take ``name``'s rates from, against the newest: the oldest within
-    ``window`` seconds in which it answered with its metrics (rates need two readings of the
-    same counters), else the latest before that (samples further apart than the window)."""
-    newest = history[-1]
-    answered = [s for s in history[:-1] if (a := s.answers.get(name)) is not None and a.samples is not None]
-    within = [s for s in answered if newest.at - s.at <= window]
+def _base(history: list[Sample], name: str, window: float) -> Answer | None:
+    """The answer to take ``name``'s rates from, against its newest: the oldest within
+    ``window`` seconds of it with its metrics (rates need two readings of the same
+    counters), else the latest before that (answers further apart than the window). A
+    sample that repeats an older answer (Signals.min_interval) adds no reading."""
+    newest = history[-1].answers[name]
+    seen: dict[int, Answer] = {}
+    for sample in history:
+        a = sample.answers.get(name)
+        if a is not None and a.samples is not None and a.at < newest.at:
+            seen.setdefault(id(a), a)
+    answered = sorted(seen.values(), key=lambda a: a.at)
+    within = [a for a in answered if newest.at - a.at <= window]
     return within[0] if within else (answered[-1] if answered else None)
 
 
@@ -516,12 +539,12 @@ def frame(targets: list[Target], history: list[Sample], *, rate_window: float = 
         if t.signals is None or answer is None or answer.samples is None:
             continue
         base = _base(history, t.name, rate_window)
-        old = base.answers[t.name].samples if base is not None else None
-        seconds = newest.at - base.at if base is not None else 0.0
+        old = base.samples if base is not None else None
+        seconds = answer.at - base.at if base is not None else 0.0
         if base is not None:
             window = max(window or 0.0, seconds)
         ttft_base = _base(history, t.name, ttft_window)
-        ttft_old = ttft_base.answers[t.name].samples if ttft_base is not None else None
+        ttft_old = ttft_base.samples if ttft_base is not None else None
         own[t.name] = service_figures(t.signals, old, answer.samples, seconds, ttft_old)
         gauges_now[t.name] = gauges(t.signals, answer.samples)
         if t.route_signals is None:

@@ -636,7 +636,7 @@ class Machine:
         The environment is clean (not the host's): PATH, HOME, LANG, plus for the user
         XDG_RUNTIME_DIR and the session bus, plus ``env``.
         """
-        cmd = self._enter_command(argv, user, env, cwd)
+        cmd = self.enter_command(argv, user, env, cwd)
         try:
             res = run_cmd(cmd, check=False, timeout=timeout, input=input)
         except SandboxTimeout:  # name the command as the caller wrote it
@@ -649,14 +649,16 @@ class Machine:
             raise SandboxError(f"{self.name}: {short(argv)}{who} exited {res.rc}: {why}")
         return res
 
-    def _enter_command(
+    def enter_command(
         self,
         argv: Sequence[str],
         user: str | None,
         env: Mapping[str, str] | None,
         cwd: str | None,
     ) -> list[str]:
-        """The host argv that runs ``argv`` inside (nsenter, runuser, a clean env)."""
+        """The host argv that runs ``argv`` inside (nsenter, runuser, a clean env): for
+        :meth:`run` and :meth:`call`, and for a caller that runs it its own way (in a
+        terminal of tmux's: tests/system/test_top.py)."""
         if not self.pid or self._down:
             raise SandboxError(f"machine {self.name} is not running")
         extra = [f"{k}={v}" for k, v in (env or {}).items()]
@@ -694,7 +696,7 @@ class Machine:
         ``timeout`` end the command's whole process group (SIGINT or SIGKILL) and raise."""
         if not argv:
             raise SandboxError("no command given")
-        cmd = self._enter_command(argv, user, env, cwd)
+        cmd = self.enter_command(argv, user, env, cwd)
         log.debug("call: %s", shlex.join(cmd))
         try:
             # Own process group, so that a timeout or Ctrl-C reaches runuser and the command

@@ -5,7 +5,7 @@ them; their expectations are the counts of that traffic).
     PYTHONPATH=src:tests python tests/golden/metrics/capture.py [--vllm http://127.0.0.1:PORT]
 
 It starts the integration tier's stack (llama-server, llama-cpp-python and a LiteLLM
-gateway from labctl's rendered units, tests/integration/conftest.py) on loopback from the
+gateway from labctl's rendered units, tests/harness/localstack.py) on loopback from the
 tool venvs, and asks a vLLM already serving ``tiny-awq`` when given one (tests/integration/
 test_vllm.py shows how one is started). Between the two answers of each server:
 
@@ -19,7 +19,6 @@ test_vllm.py shows how one is started). Between the two answers of each server:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import signal
 import sys
 import tempfile
@@ -27,10 +26,9 @@ import time
 from pathlib import Path
 
 import httpx
-from harness import tools
+from harness import localstack
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[2]
 
 
 def chat(client: httpx.Client, url: str, model: str, *, stream: bool = False, key: str | None = None) -> int:
@@ -44,28 +42,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--vllm", help="base URL of a vLLM serving tiny-awq")
     args = parser.parse_args()
-    spec = importlib.util.spec_from_file_location("integration_conftest", REPO / "tests/integration/conftest.py")
-    conftest = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["integration_conftest"] = conftest  # its dataclasses look their module up
-    spec.loader.exec_module(conftest)  # type: ignore[union-attr]
-    from labctl.host.gguf_writer import write_tiny_gguf
-
     root = Path(tempfile.mkdtemp(prefix="labctl-capture-"))
-    models = root / "models"
-    models.mkdir()
-    write_tiny_gguf(models / "tiny.gguf")
-    (models / "current.gguf").symlink_to("tiny.gguf")
-    ports = conftest.distinct_ports("native", "bindings", "gateway", "prometheus", "grafana")
-    tool_paths = {"llama_server": tools.TOOLS_DIR / "llama-server/bin/llama-server",
-                  "llama_cpp_python": tools.TOOLS_DIR / "llama-cpp-python/bin/python",
-                  "litellm_python": tools.TOOLS_DIR / "litellm/bin/python"}
-    stack = conftest.build_stack(root, models, ports, tool_paths)
+    stack = localstack.start(root)
     client = httpx.Client(timeout=120, trust_env=False)
     try:
-        for name in stack.servers:
-            stack.launch(name)
-        for name in stack.servers:
-            stack.wait_ready(name)
         native, gateway, key = stack.url("native"), stack.gateway_url, stack.key
 
         def save(name: str, url: str) -> None:

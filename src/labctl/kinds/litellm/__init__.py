@@ -58,11 +58,13 @@ LATENCY_METRIC = "litellm_request_total_latency_metric"
 REQUESTS_METRIC = "litellm_proxy_total_requests_metric_total"
 TTFT_METRIC = "litellm_llm_api_time_to_first_token_metric"  # streamed answers only
 #: What its /metrics/ says of the whole gateway (labctl top). Its in-flight gauge counts every
-#: HTTP request, the metrics request asking it too.
+#: HTTP request, the metrics request asking it too. An answer costs it 12-13 ms of CPU once
+#: a few routes have served (200 kB of text, measured on 1.106 with bench/top_cost.py's
+#: stack), 1.3% of a core if read every second: top reads it every 5 s.
 SIGNALS = Signals(running=("litellm_in_flight_requests",), requests=REQUESTS_METRIC,
                   prompt_tokens="litellm_input_tokens_metric_total",
                   generation_tokens="litellm_output_tokens_metric_total", ttft=TTFT_METRIC,
-                  running_counts_itself=True)
+                  running_counts_itself=True, min_interval=5.0)
 #: ... and per route: a route is a model group (``model_group``, ``requested_model``), its
 #: entry in the model list a deployment (``model_id``). Measured on litellm 1.106.
 ROUTE_SIGNALS = RouteSignals(
