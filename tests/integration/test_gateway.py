@@ -218,8 +218,10 @@ def test_every_metric_labctl_uses_is_exposed(running_stack) -> None:
     assert {"llamacpp:requests_processing", "llamacpp:tokens_predicted_total",
             "llamacpp:prompt_tokens_total"} <= set(needed)
 
-    # Traffic through every route and every chain, so LiteLLM has a sample of each family.
+    # Traffic through every route and every chain, so LiteLLM has a sample of each family,
+    # and a streamed answer: LiteLLM times the first token of those only.
     assert all_ok(check(running_stack))
+    assert running_stack.chat("native", stream=True).status == 200
     deadline = time.monotonic() + 30
     while True:
         samples: set[str] = set()

@@ -136,7 +136,8 @@ def test_rules_are_loaded(prometheus: Prometheus) -> None:
 
     rules = wait_for("every rule evaluated", evaluated, context=prometheus.context)
     assert set(rules) == {"LabctlBackendDown", "LabctlRestartLoop", "LabctlGatewayDown",
-                          "LabctlFallbacksFrequent", "LabctlHighLatency"}
+                          "labctl:route_own_answers:rate10m", "labctl:route_fallback_answers:rate10m",
+                          "LabctlFallbackShareHigh", "LabctlHighLatency", "LabctlSlowFirstToken"}
     assert {name: rule["health"] for name, rule in rules.items()} == dict.fromkeys(rules, "ok"), rules
 
 

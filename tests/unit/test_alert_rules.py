@@ -24,8 +24,13 @@ from labctl.load import load_inventory
 from labctl.render import render_all
 
 RULES = "labctl/monitoring/prometheus/rules/labctl.yml"
-GATEWAY_ALERTS = {"LabctlGatewayDown", "LabctlFallbacksFrequent", "LabctlHighLatency"}
+GATEWAY_ALERTS = {"LabctlGatewayDown", "LabctlFallbackShareHigh", "LabctlHighLatency", "LabctlSlowFirstToken"}
 BACKEND_ALERTS = {"LabctlBackendDown", "LabctlRestartLoop"}
+GPU_ALERTS = {"LabctlGpuMemoryNearFull"}
+# BASE on a GPU host (its llama servers offload every layer): every alert labctl renders.
+GPU_TEXT = (BASE.replace("gpu: false", "gpu: true").replace("    n_gpu_layers: 0\n    ctx_size", "    n_gpu_layers: all\n"
+                                                             "    ctx_size")
+            .replace("n_gpu_layers: 0", "n_gpu_layers: -1"))
 
 # Label sets of the scrape targets labctl renders (see labctl.render.monitoring.scrape_jobs).
 NATIVE = {"job": "llama-server", "instance": "127.0.0.1:8080", "service": "native", "kind": "llama-server"}
@@ -33,7 +38,13 @@ CODER = {"job": "vllm", "instance": "127.0.0.1:8001", "service": "coder", "kind"
 GATEWAY = {"job": "litellm", "instance": "127.0.0.1:4000", "service": "gateway", "kind": "litellm"}
 PROMETHEUS = {"job": "prometheus", "instance": "127.0.0.1:9090", "service": "prometheus"}
 FALLBACKS = "litellm_deployment_successful_fallbacks_total"
+ANSWERED = "litellm_deployment_success_responses_total"
 LATENCY = "litellm_request_total_latency_metric_bucket"
+TTFT = "litellm_llm_api_time_to_first_token_metric_bucket"
+NATIVE_ROUTE = {"service": "gateway", "route": "native"}
+# An operator's GPU exporter jobs (monitoring.scrape_jobs): nvidia_gpu_exporter, DCGM's.
+SMI = {"job": "gpu", "instance": "127.0.0.1:9835", "uuid": "GPU-8f1e", "name": "NVIDIA H100"}
+DCGM = {"job": "dcgm", "instance": "127.0.0.1:9400", "gpu": "0", "UUID": "GPU-8f1e"}
 
 
 def series(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
@@ -41,12 +52,25 @@ def series(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
     return {"series": f"{name}{{{inner}}}", "values": values}
 
 
-def buckets(labels: dict[str, str], per_minute: dict[str, int], minutes: int) -> list[dict[str, str]]:
-    """A latency histogram whose cumulative buckets grow by the given counts per minute."""
+def buckets(labels: dict[str, str], per_minute: dict[str, int], minutes: int, name: str = LATENCY,
+            bounds: tuple[str, ...] = ("1.0", "30.0", "60.0", "+Inf")) -> list[dict[str, str]]:
+    """A histogram whose cumulative buckets grow by the given counts per minute."""
     out, total = [], 0
-    for le in ("1.0", "30.0", "60.0", "+Inf"):
+    for le in bounds:
         total += per_minute.get(le, 0)
-        out.append(series(LATENCY, {**labels, "le": le}, f"0+{total}x{minutes}"))
+        out.append(series(name, {**labels, "le": le}, f"0+{total}x{minutes}"))
+    return out
+
+
+def answers(route: str, own_per_minute: float, fallbacks_per_minute: float | None, minutes: int = 40) -> list:
+    """A route's answers at the gateway: by its own backend (LiteLLM: model_group), and by a
+    fallback for it (requested_model), as counters growing by so many a minute."""
+    out = [series(ANSWERED, {**GATEWAY, "model_group": route, "requested_model": route, "model_id": f"id-{route}",
+                             "litellm_model_name": route, "api_base": "http://127.0.0.1:8080/v1"},
+                  f"0+{own_per_minute}x{minutes}")] if own_per_minute else []
+    if fallbacks_per_minute is not None:
+        out.append(series(FALLBACKS, {**GATEWAY, "requested_model": route, "fallback_model": "bindings",
+                                      "model_id": "None"}, f"0+{fallbacks_per_minute}x{minutes}"))
     return out
 
 
@@ -107,24 +131,19 @@ CASES: dict[str, list[Scenario]] = {
         )),
         Scenario("gateway up", (series("up", GATEWAY, "1x10"),), (Expect("5m"),)),
     ],
-    "LabctlFallbacksFrequent": [
-        Scenario("ten fallbacks a minute, for long enough", (
-            series(FALLBACKS, {**GATEWAY, "requested_model": "native", "fallback_model": "bindings"}, "0+10x30"),
-            series(FALLBACKS, {**GATEWAY, "requested_model": "bindings", "fallback_model": "native"}, "0+0x30"),
+    "LabctlFallbackShareHigh": [
+        Scenario("half of a route's answers from a fallback, for ten minutes; a healthy route beside it", (
+            *answers("native", 3, 3), *answers("bindings", 6, None),
         ), (
-            Expect("3m"),  # not for five minutes yet
-            Expect("20m", ({"service": "gateway"},), "10"),
+            Expect("5m"),  # not for ten minutes yet
+            Expect("25m", (NATIVE_ROUTE,), "50%"),
         )),
-        Scenario("one fallback every two minutes is normal", (
-            series(FALLBACKS, {**GATEWAY, "requested_model": "native", "fallback_model": "bindings"}, "0+0.5x30"),
-        ), (
-            Expect("20m"),
+        Scenario("a route in cooldown from the start: every answer a fallback's", (*answers("native", 0, 3),), (
+            Expect("25m", (NATIVE_ROUTE,), "100%"),
         )),
-        Scenario("a burst two minutes ago has not lasted five", (
-            series(FALLBACKS, {**GATEWAY, "requested_model": "native", "fallback_model": "bindings"}, "0x10 100x20"),
-        ), (
-            Expect("13m"),
-        )),
+        Scenario("one fallback in ten answers is a blip", (*answers("native", 9, 1),), (Expect("25m"),)),
+        Scenario("a route answered once every two minutes (gateway check's chains) is left alone",
+                 (*answers("native", 0, 0.5),), (Expect("25m"),)),
     ],
     "LabctlHighLatency": [
         Scenario("every request between 30 and 60 s: p95 is 58.5 s", tuple(
@@ -135,6 +154,38 @@ CASES: dict[str, list[Scenario]] = {
         )),
         Scenario("every request under a second", tuple(buckets(GATEWAY, {"1.0": 10}, 40)), (
             Expect("15m"),
+        )),
+    ],
+    "LabctlSlowFirstToken": [
+        Scenario("every first token between 10 and 30 s: p95 is 29 s", tuple(
+            buckets(GATEWAY, {"30.0": 10}, 40, TTFT, ("1.0", "10.0", "30.0", "+Inf"))
+        ), (
+            Expect("5m"),  # not for ten minutes yet
+            Expect("15m", ({"service": "gateway"},), "29s"),
+        )),
+        Scenario("first tokens under a second", tuple(buckets(GATEWAY, {"1.0": 10}, 40, TTFT,
+                                                              ("1.0", "10.0", "30.0", "+Inf"))), (
+            Expect("15m"),
+        )),
+    ],
+    "LabctlGpuMemoryNearFull": [
+        Scenario("nvidia_gpu_exporter: 97.66% used for five minutes", (
+            series("nvidia_smi_memory_used_bytes", SMI, "24000000000x10"),
+            series("nvidia_smi_memory_total_bytes", SMI, "24576000000x10"),
+        ), (
+            Expect("3m"),
+            Expect("6m", ({"instance": SMI["instance"], "uuid": SMI["uuid"]},), "97.66%"),
+        )),
+        Scenario("DCGM: 79000 MiB used, 1000 free", (
+            series("DCGM_FI_DEV_FB_USED", DCGM, "79000x10"), series("DCGM_FI_DEV_FB_FREE", DCGM, "1000x10"),
+        ), (
+            Expect("6m", ({"instance": DCGM["instance"], "gpu": "0"},), "98.75%"),
+        )),
+        Scenario("vLLM's 90% (gpu_memory_utilization 0.9) is not near full", (
+            series("nvidia_smi_memory_used_bytes", SMI, "22118400000x10"),
+            series("nvidia_smi_memory_total_bytes", SMI, "24576000000x10"),
+        ), (
+            Expect("6m"),
         )),
     ],
 }
@@ -149,7 +200,7 @@ def render_annotation(template: str, labels: dict[str, str], value: str) -> str:
         expr = match.group(1)
         if expr.startswith("$labels."):
             return labels.get(expr.removeprefix("$labels."), "")
-        if expr in ("$value", "$value | humanize", "$value | humanizeDuration"):
+        if expr in ("$value", "$value | humanize", "$value | humanizeDuration", "$value | humanizePercentage"):
             return value
         raise AssertionError(f"a template this test cannot render: {{{{ {expr} }}}}; extend render_annotation")
 
@@ -199,8 +250,9 @@ def run_promtool(tmp_path: Path, rules_text: str, alerts: list[str]) -> None:
 
 
 def test_every_alert_has_firing_and_quiet_cases() -> None:
-    alerts = set(rules_by_alert(rendered_rules()))
+    alerts = set(rules_by_alert(rendered_rules(GPU_TEXT)))
     assert alerts == set(CASES), "each rendered alert needs promtool cases here"
+    assert set(rules_by_alert(rendered_rules())) == alerts - GPU_ALERTS, "GPU alerts on a GPU host only"
     for alert, scenarios in CASES.items():
         expects = [e for s in scenarios for e in s.expect]
         assert any(e.firing for e in expects), f"{alert}: no case where it fires"
@@ -209,7 +261,7 @@ def test_every_alert_has_firing_and_quiet_cases() -> None:
 
 @pytest.mark.parametrize("alert", sorted(CASES))
 def test_alert_rule(alert: str, tmp_path: Path) -> None:
-    run_promtool(tmp_path, rendered_rules(), [alert])
+    run_promtool(tmp_path, rendered_rules(GPU_TEXT), [alert])
 
 
 def test_without_gateway_only_backend_alerts(tmp_path: Path) -> None:

@@ -37,7 +37,8 @@ target answers there; it does not read the configured order back. (The integrati
 prove the rendered chain itself, with the primary's server really stopped.) Each fallback
 check is also one successful fallback in LiteLLM's metrics
 (``litellm_deployment_successful_fallbacks_total``, ``exception_status="500"``); a check
-now and then stays far below the LabctlFallbacksFrequent alert threshold. The forced
+now and then leaves LabctlFallbackShareHigh alone, which ignores a route answered less
+than once a minute. The forced
 failure also shows in ``litellm_deployment_failure_responses_total`` of the primary.
 
 Results never hold the gateway key, nor any header of the answer.

@@ -12,7 +12,8 @@ from labctl.inventory.layout import Layout
 from labctl.inventory.schema import Inventory
 from labctl.kinds import kind_of
 from labctl.kinds.base import Scrape, host_port, reach
-from labctl.kinds.litellm import FALLBACKS_METRIC, LATENCY_METRIC
+from labctl.kinds.base import Per
+from labctl.kinds.litellm import LATENCY_METRIC, ROUTE_SIGNALS
 from labctl.render import operator_files as opfiles
 from labctl.render import templates
 
@@ -68,16 +69,54 @@ def backend_kinds() -> str:
     return "|".join(sorted(k.name for k in KINDS.values() if k.backend and k.managed and k.metrics_endpoint))
 
 
+# The GPU exporters a GPU host may run, by their metric names: utkuozdemir/nvidia_gpu_exporter
+# (bytes) and NVIDIA's DCGM exporter (MiB, used and free).
+GPU_USED, GPU_TOTAL = "nvidia_smi_memory_used_bytes", "nvidia_smi_memory_total_bytes"
+DCGM_USED, DCGM_FREE = "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE"
+
+
+def _by_route(per: Per, window: str) -> str:
+    """A gateway family's rate summed per service and route, the route under one label name,
+    ``route`` (LiteLLM names it ``model_group`` on one family, ``requested_model`` on another)."""
+    return (f"sum by (service, route) (label_replace(rate({encode.promql_name(per.family)}[{window}]), "
+            f"\"route\", \"$1\", {encode.promql_str(per.label)}, \"(.+)\"))")
+
+
+def ttft_exprs(inv: Inventory) -> list[encode.Encoded]:
+    """The 95th percentile of time to first token per service, one expression per kind of
+    the inventory's scraped services whose metrics keep that histogram (labctl.kinds: signals)."""
+    out: dict[str, str] = {}
+    for name, svc in inv.enabled().items():
+        kind = kind_of(svc)
+        signals = kind.signals(svc)
+        if signals is None or not signals.ttft or not isinstance(kind.scrape(inv, name, svc), Scrape):
+            continue
+        family = encode.promql_name(f"{signals.ttft}_bucket")
+        out.setdefault(kind.name, f"histogram_quantile(0.95, sum by (le, service) "
+                                  f"(rate({family}{{kind={encode.promql_str(kind.name)}}}[5m])))")
+    # Composed of encoded names and literals only.
+    return [encode.Encoded(expr) for expr in out.values()]
+
+
 def rules_yml(inv: Inventory) -> str:
+    assert ROUTE_SIGNALS.fallbacks is not None
     return templates.render(
         "compose/rules.yml.j2",
         backend_kinds=backend_kinds(),
         down_for="1m",
         gateway=bool(inv.gateways()),
-        fallback_metric=FALLBACKS_METRIC,
-        fallbacks_per_minute=1,
+        # Composed of encoded names and literals only.
+        own_answers_expr=encode.Encoded(_by_route(ROUTE_SIGNALS.answered, "10m")),
+        fallback_answers_expr=encode.Encoded(_by_route(ROUTE_SIGNALS.fallbacks, "10m")),
+        fallback_share=0.25,
+        fallback_min_per_second=round(1 / 60, 4),  # a route answered once a minute or more
         latency_metric=LATENCY_METRIC,
         latency_p95_seconds=30,
+        ttft_exprs=ttft_exprs(inv),
+        ttft_p95_seconds=10,
+        gpu=inv.host.gpu,
+        gpu_used=GPU_USED, gpu_total=GPU_TOTAL, dcgm_used=DCGM_USED, dcgm_free=DCGM_FREE,
+        gpu_memory_fraction=0.95,
     )
 
 
