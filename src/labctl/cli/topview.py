@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from labctl.text import cell_width, fold, pad, shown
 
 if TYPE_CHECKING:
-    from labctl.ops.top import Frame, RouteRow, ServiceRow
+    from labctl.ops.top import Frame, ServiceRow
 
 #: (text, style): a style name of rich's ("" for none).
 Line = tuple[str, str]

@@ -99,16 +99,16 @@ class Plan:
 
 
 def plan(inv: Inventory, env: dict[str, str]) -> Plan:
-    """What to ask of each enabled service (labctl.ops.status.plan_of's rows, plus where its
+    """What to ask of each enabled service (labctl.ops.status.status_inputs's rows, plus where its
     metrics are and what they mean); ``env``: the user manager's environment (where the
     drain gates are)."""
     from labctl.host import secrets
     from labctl.kinds import kind_of
     from labctl.kinds.base import Scrape
-    from labctl.ops.status import plan_of
+    from labctl.ops.status import status_inputs
     from labctl.ops.switch import Gate, gateable
 
-    status_plan = plan_of(inv)
+    status_plan = status_inputs(inv)
     rows = {row["name"]: row for row in status_plan["services"]}
     targets = []
     for name, svc in inv.enabled().items():
