@@ -152,6 +152,11 @@ def test_backend_and_gateway_are_up(prometheus: Prometheus) -> None:
 def test_dashboard_queries_return_data(prometheus: Prometheus, running_stack) -> None:
     """Every panel of the running backends evaluates, on real scraped data, to something."""
     assert all_ok(check_gateway(running_stack.inventory, running_stack.key, timeout=120))
+    # Streamed answers a few scrapes apart: LiteLLM times the first token of those only, and
+    # a rate needs the histogram at two scrapes.
+    for _ in range(3):
+        assert running_stack.chat("native", stream=True).status == 200
+        time.sleep(2)
     panels = [(f"{service}/{title}", expr) for service, _, rows in backend_panels(running_stack.inventory)
               for title, expr, _ in rows]
     assert {p.split("/")[0] for p, _ in panels} == {"native", "gateway"}

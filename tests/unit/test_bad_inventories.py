@@ -82,6 +82,11 @@ CASES: list[tuple[str, str, str]] = [
     ("image-without-tag", edit(("  enabled: true\n", "  enabled: true\n  grafana: {image: grafana/grafana}\n")),
      "34: monitoring.grafana.image: must be an image reference with a version tag, such as "
      "prom/prometheus:v2.53.2 (optionally REGISTRY/ before it and @sha256:DIGEST after it)"),
+    ("gpu-exporter-without-gpu", edit(("  enabled: true\n", "  enabled: true\n  gpu_exporter: {enabled: true}\n")),
+     "34: monitoring.gpu_exporter.enabled: host.gpu is false: there is no GPU for nvidia-smi to report on this host"),
+    ("gpu-exporter-latest", edit(("  enabled: true\n",
+                                  "  enabled: true\n  gpu_exporter: {image: 'utkuozdemir/nvidia_gpu_exporter:latest'}\n")),
+     "34: monitoring.gpu_exporter.image: pin the image to a version tag, not :latest"),
     ("bind-not-an-ip", edit(("  gpu: false\n", "  gpu: false\n  bind: localhost\n")),
      "5: host.bind: must be an IP address such as 127.0.0.1"),
     # --- secrets -------------------------------------------------------------------

@@ -129,6 +129,7 @@ FULL = {
                    "grafana": {"image": "grafana/grafana:11.2.2", "admin_user": "labadmin",
                                "admin_password_file": "~/.config/labctl/secrets/grafana-admin-password"},
                    "node_exporter": {"image": "prom/node-exporter:v1.8.2"},
+                   "gpu_exporter": {"enabled": False, "image": "utkuozdemir/nvidia_gpu_exporter:1.3.1"},
                    "external_labels": {"site": "home"},
                    "scrape_jobs": [{"name": "gpu", "targets": ["127.0.0.1:9835"], "metrics_path": "/metrics",
                                     "scrape_interval": "30s", "scrape_timeout": "10s", "labels": {"service": "cache"},

@@ -45,6 +45,8 @@ def relocated(repo_root: Path, tmp_path: Path, which: str) -> Path:
     data["host"]["home"] = str(tmp_path / "home")
     # Monitoring on everywhere, so its files are validated for every service set too.
     data.setdefault("monitoring", {})["enabled"] = True
+    if data["host"].get("gpu", True):  # and the GPU exporter where there is a GPU
+        data["monitoring"]["gpu_exporter"] = {"enabled": True}
     for name, svc in data["services"].items():
         if "binary" in svc:
             svc["binary"] = f"~/bin/{name}"

@@ -37,6 +37,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("monitoring.prometheus", inv.Prometheus),
     ("monitoring.grafana", inv.Grafana),
     ("monitoring.node_exporter", inv.NodeExporter),
+    ("monitoring.gpu_exporter", inv.GpuExporter),
     ("fleet (several hosts: docs/fleet.md)", inv.Fleet),
     ("fleet.pip", inv.FleetPip),
     ("hosts.NAME", inv.FleetHost),

@@ -142,6 +142,15 @@ class NodeExporter(Strict):
     port: Port = 9100
 
 
+class GpuExporter(Strict):
+    # utkuozdemir/nvidia_gpu_exporter (nvidia-smi's figures), scraped as the job `gpu-exporter`, its
+    # panels on the dashboard. Opt-in: it needs the NVIDIA container toolkit, which gives
+    # the container the GPUs and nvidia-smi.
+    enabled: bool = False
+    image: Image = "utkuozdemir/nvidia_gpu_exporter:1.3.1"
+    port: Port = 9835
+
+
 LabelName = Annotated[str, Field(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]{0,127}$")]
 # host:port (an IP, [IPv6] or a host name) for a scrape target.
 HostPort = Annotated[str, Field(pattern=r"^([A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}$")]
@@ -201,6 +210,7 @@ class Monitoring(Strict):
     prometheus: Prometheus = Prometheus()
     grafana: Grafana = Grafana()
     node_exporter: NodeExporter = NodeExporter()
+    gpu_exporter: GpuExporter = GpuExporter()
     # Labels Prometheus adds to every series it sends out (global.external_labels).
     external_labels: dict[LabelName, Text] = {}
     scrape_jobs: list[ScrapeJob] = []

@@ -127,6 +127,36 @@ class Signals(NamedTuple):
     min_interval: float = 0.0
 
 
+def signal_panels(signals: Signals | None) -> list[Panel]:
+    """The panels a server's :class:`Signals` give: requests in flight and queued, requests,
+    prompt and generated tokens per second, and time to first token (p50 and p95): one
+    reading of a metrics endpoint for the live view and the dashboards alike."""
+    if signals is None:
+        return []
+    out = []
+    if signals.running:
+        running = _summed(signals.running)
+        if signals.running_counts_itself:  # the scrape is one of them
+            running = f"clamp_min({running} - 1, 0)"
+        out.append(Panel("Requests in flight", running, "none"))
+    if signals.waiting:
+        out.append(Panel("Requests queued", _summed(signals.waiting), "none"))
+    for title, family, unit in (("Requests/s", signals.requests, "reqps"),
+                                ("Prompt tokens/s", signals.prompt_tokens, "none"),
+                                ("Generated tokens/s", signals.generation_tokens, "none")):
+        if family:
+            out.append(Panel(title, f"sum(rate({family}{{sel}}[5m]))", unit))
+    if signals.ttft:
+        for q in ("0.5", "0.95"):
+            out.append(Panel(f"Time to first token p{round(float(q) * 100)}",
+                             f"histogram_quantile({q}, sum by (le) (rate({signals.ttft}_bucket{{sel}}[5m])))", "s"))
+    return out
+
+
+def _summed(families: tuple[str, ...]) -> str:
+    return " + ".join(f"sum({f}{{sel}})" for f in families)
+
+
 class Per(NamedTuple):
     """A family of a gateway's metrics and the label that splits it: the route's
     (:attr:`RouteSignals.route`) or the deployment's (:attr:`RouteSignals.deployment`)."""
@@ -427,8 +457,10 @@ class Kind:
         return None
 
     def panels(self, svc: Listener) -> list[Panel]:
-        """Dashboard panels beyond Up and Restarts (which every scraped service gets)."""
-        return []
+        """Dashboard panels beyond Up and Restarts (which every scraped service gets): the
+        figures ``labctl top`` shows live, over time, from its :meth:`signals`. A kind adds
+        what only it says after these."""
+        return signal_panels(self.signals(svc))
 
     def signals(self, svc: Listener) -> Signals | None:
         """What its metrics endpoint says, by name (``labctl top``); None when it has none

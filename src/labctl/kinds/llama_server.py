@@ -25,7 +25,7 @@ from labctl.fields import (
     SecretRef,
     _check_server_layers,
 )
-from labctl.kinds.base import Listener, Panel, Problem, Scrape, ServiceBase, Signals
+from labctl.kinds.base import Listener, Problem, Scrape, ServiceBase, Signals
 from labctl.kinds.llama import LlamaKind
 
 if TYPE_CHECKING:
@@ -130,11 +130,6 @@ class LlamaServerKind(LlamaKind):
         if not svc.metrics:
             return f"{name}: llama-server runs without --metrics (metrics: false), not scraped"
         return Scrape("llama-server", "/metrics")
-
-    def panels(self, svc: Listener) -> list[Panel]:
-        return [Panel("Requests in flight", f"{SIGNALS.running[0]}{{sel}}", "none"),
-                Panel("Tokens/s generated", f"rate({SIGNALS.generation_tokens}{{sel}}[5m])", "none"),
-                Panel("Prompt tokens/s", f"rate({SIGNALS.prompt_tokens}{{sel}}[5m])", "none")]
 
     def signals(self, svc: Listener) -> Signals | None:
         return SIGNALS if getattr(svc, "metrics") else None

@@ -145,10 +145,10 @@ class VllmKind(Kind):
         return Scrape("vllm", "/metrics")
 
     def panels(self, svc: Listener) -> list[Panel]:
-        return [Panel("Request rate", "sum(rate(vllm:request_success_total{sel}[5m]))", "reqps"),
+        return [*super().panels(svc),
                 Panel("Latency p95", "histogram_quantile(0.95, sum by (le) "
                                      "(rate(vllm:e2e_request_latency_seconds_bucket{sel}[5m])))", "s"),
-                Panel("Tokens/s generated", "rate(vllm:generation_tokens_total{sel}[5m])", "none")]
+                Panel("KV cache used", "sum(vllm:kv_cache_usage_perc{sel})", "percentunit")]
 
     def signals(self, svc: Listener) -> Signals:
         return SIGNALS

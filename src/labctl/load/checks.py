@@ -74,6 +74,9 @@ def _ports(inv: Inventory, src: Source) -> Iterator[InputError]:
         if mon.node_exporter.enabled:
             yield from claim(mon.node_exporter.port, ("monitoring", "node_exporter", "port"),
                              "monitoring.node_exporter")
+        if mon.gpu_exporter.enabled:
+            yield from claim(mon.gpu_exporter.port, ("monitoring", "gpu_exporter", "port"),
+                             "monitoring.gpu_exporter")
 
 
 def _is_loopback(addr: str) -> bool:
@@ -321,6 +324,9 @@ def _monitoring(inv: Inventory, src: Source) -> Iterator[InputError]:
     from labctl.render.monitoring import scrape_jobs
 
     mon = inv.monitoring
+    if mon.gpu_exporter.enabled and not inv.host.gpu:
+        yield src.error(("monitoring", "gpu_exporter", "enabled"),
+                        "host.gpu is false: there is no GPU for nvidia-smi to report on this host")
     seen: dict[str, int] = {}
     ours = {job.name for job in scrape_jobs(inv)[0]}
     for i, job in enumerate(mon.scrape_jobs):
@@ -349,7 +355,7 @@ def _monitoring(inv: Inventory, src: Source) -> Iterator[InputError]:
 def _images(inv: Inventory, src: Source) -> Iterator[InputError]:
     mon = inv.monitoring
     for part, image in (("prometheus", mon.prometheus.image), ("grafana", mon.grafana.image),
-                        ("node_exporter", mon.node_exporter.image)):
+                        ("node_exporter", mon.node_exporter.image), ("gpu_exporter", mon.gpu_exporter.image)):
         tag = image.split("@", 1)[0].rsplit(":", 1)[-1]
         if tag == "latest":
             yield src.error(("monitoring", part, "image"), "pin the image to a version tag, not :latest")

@@ -113,7 +113,8 @@ def in_docker(cgroup_text: str) -> bool:
     return False
 
 
-_MONITORING_PROCS = ("prometheus", "grafana", "grafana-server", "node_exporter", "prometheus-node-exporter")
+_MONITORING_PROCS = ("prometheus", "grafana", "grafana-server", "node_exporter", "prometheus-node-exporter",
+                    "nvidia_gpu_exporter")
 
 
 def port_checks(inv: Inventory) -> list[Check]:
@@ -124,6 +125,8 @@ def port_checks(inv: Inventory) -> list[Check]:
         wanted += [("prometheus", mon.prometheus.port, None), ("grafana", mon.grafana.port, None)]
         if mon.node_exporter.enabled:
             wanted.append(("node-exporter", mon.node_exporter.port, None))
+        if mon.gpu_exporter.enabled:
+            wanted.append(("gpu-exporter", mon.gpu_exporter.port, None))
     out = []
     for name, port, unit in wanted:
         holders = taken.get(port, [])

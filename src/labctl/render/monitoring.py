@@ -43,6 +43,8 @@ def scrape_jobs(inv: Inventory) -> tuple[list[Job], list[str]]:
     add("prometheus", "/metrics", f"127.0.0.1:{mon.prometheus.port}", service="prometheus")
     if mon.node_exporter.enabled:
         add("node", "/metrics", f"127.0.0.1:{mon.node_exporter.port}", service="node")
+    if mon.gpu_exporter.enabled:
+        add("gpu-exporter", "/metrics", f"127.0.0.1:{mon.gpu_exporter.port}", service="gpu-exporter")
     for name, svc in inv.enabled().items():
         kind = kind_of(svc)
         scrape = kind.scrape(inv, name, svc)
@@ -124,7 +126,8 @@ def compose_yaml(inv: Inventory) -> str:
     mon = inv.monitoring
     return templates.render(
         "compose/compose.yaml.j2", project=mon.project, prometheus=mon.prometheus, grafana=mon.grafana,
-        node_exporter=mon.node_exporter, grafana_password_file=inv.host.expand(mon.grafana.admin_password_file),
+        node_exporter=mon.node_exporter, gpu_exporter=mon.gpu_exporter,
+        grafana_password_file=inv.host.expand(mon.grafana.admin_password_file),
     )
 
 
@@ -156,10 +159,24 @@ def backend_panels(inv: Inventory) -> list[tuple[str, str, list[tuple[str, str, 
     return out
 
 
+def gpu_panels(inv: Inventory) -> list[tuple[str, str, list[tuple[str, str, str]]]]:
+    """The GPU row, where the inventory runs the GPU exporter (monitoring.gpu_exporter):
+    nvidia-smi's figures per GPU. Only a host with an NVIDIA GPU has them."""
+    if not inv.monitoring.gpu_exporter.enabled:
+        return []
+    sel = '{service="gpu-exporter"}'
+    return [("gpu-exporter", "nvidia_gpu_exporter", [
+        ("Up", f"up{sel}", "none"),
+        ("GPU memory used", f"sum by (uuid) ({GPU_USED}{sel}) / sum by (uuid) ({GPU_TOTAL}{sel})", "percentunit"),
+        ("GPU utilisation", f"avg by (uuid) (nvidia_smi_utilization_gpu_ratio{sel})", "percentunit"),
+        ("GPU power", f"sum by (uuid) (nvidia_smi_power_draw_watts{sel})", "watt"),
+        ("GPU temperature", f"max by (uuid) (nvidia_smi_temperature_gpu{sel})", "celsius")])]
+
+
 def dashboard(inv: Inventory) -> str:
     panels: list[dict[str, Any]] = []
     y = 0
-    for name, kind, rows in backend_panels(inv):
+    for name, kind, rows in backend_panels(inv) + gpu_panels(inv):
         panels.append({"id": len(panels) + 1, "type": "row", "title": f"{name} ({kind})", "collapsed": False,
                        "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
         y += 1

@@ -281,11 +281,17 @@ class LiteLLMKind(Kind):
     def panels(self, svc: Listener) -> list[Panel]:
         if not getattr(svc, "prometheus_metrics"):
             return []
-        return [Panel("Request rate by route", f"sum by (requested_model) (rate({REQUESTS_METRIC}{{sel}}[5m]))",
+        answered, state = ROUTE_SIGNALS.answered, ROUTE_SIGNALS.state
+        assert state is not None
+        return [*super().panels(svc),
+                Panel("Answered/s by route", f"sum by ({answered.label}) (rate({answered.family}{{sel}}[5m]))",
                       "reqps"),
                 Panel("Latency p95", f"histogram_quantile(0.95, sum by (le) (rate({LATENCY_METRIC}_bucket{{sel}}[5m])))",
                       "s"),
-                Panel("Fallbacks/s", f"sum(rate({FALLBACKS_METRIC}{{sel}}[5m]))", "none")]
+                Panel("Fallbacks/s by route",
+                      f"sum by (requested_model) (rate({FALLBACKS_METRIC}{{sel}}[5m]))", "reqps"),
+                # 0 healthy, 1 failing, 2 cooling down: the deployments LiteLLM routes around now.
+                Panel("Backends cooling down", f"sum(({state.family}{{sel}} == bool 2))", "none")]
 
     def signals(self, svc: Listener) -> Signals | None:
         return SIGNALS if getattr(svc, "prometheus_metrics") else None
