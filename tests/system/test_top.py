@@ -250,6 +250,12 @@ def test_keys_ask_before_they_restart_or_switch(demo_stack: Stack, tmp_path) -> 
             picker = said(pane, "other.gguf", 15)
             assert picker is not None, pane.lines()
             show("m: the models", picker)
+            # Earlier tests of the session may have left other models beside it: go down to it.
+            for _ in range(10):
+                if pane.wait(lambda s: any("> other.gguf" in line for line in s), 1) is not None:
+                    break
+                pane.send("Down")
+            assert said(pane, "> other.gguf", 5) is not None, pane.lines()
             pane.send("Enter")
             assert said(pane, "switch to other.gguf? native, bindings drain and restart one at a time", 10), \
                 pane.lines()
